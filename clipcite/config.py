@@ -1,0 +1,161 @@
+"""Run configuration: frozen dataclasses with the paper's defaults, YAML presets, ``key=value`` overrides.
+
+Unknown keys and values of the wrong type are errors naming the key, so a typo never silently falls back to a
+default. Building blocks never see this module: steps unpack it into plain arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from clipcite.train import FitParams
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be applied."""
+
+
+@dataclass(frozen=True)
+class SplitsConfig:
+    protocol: str = "base2new"  # base2new | fewshot (method.md "Evaluation protocols")
+    shots: int = 16  # paper: 16 shots for base-to-new and DG
+    val_shots: int = 4  # CoOp: min(K, 4) validation images per class
+    allow_fewer: bool = False  # a class with fewer than K images is an error unless true
+    train_split: str = "train"
+    val_split: str = "val"
+    eval_split: str = "test"
+    train_domains: tuple[str, ...] = ()  # empty: every domain of the train split
+    eval_domains: tuple[str, ...] = ()  # empty: every domain of the eval split
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "ViT-B-16-quickgelu"  # paper: ViT-B/16 with OpenAI weights (which use QuickGELU)
+    pretrained: str = "openai"  # open_clip tag, local checkpoint file, or "" for random init
+    init_seed: int = 0  # random init only
+    template: str = ""  # "" = the dataset's CoOp template (classes.json), else this one
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    mode: str = "cache"  # cache: replay cache-teacher's outputs; online: run the frozen teacher each step
+    dtype: str = "float32"  # storage precision of the cache (float16 halves it)
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = 256
+    zeroshot_baseline: bool = True  # evaluate the zero-shot model on the same sets beside the fine-tuned one
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 1  # CoOp seeds 1, 2, 3
+    device: str = "auto"  # auto = cuda when available
+    splits: SplitsConfig = field(default_factory=SplitsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: FitParams = field(default_factory=FitParams)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    batch_size_by_dataset: dict[str, int] = field(default_factory=dict)  # paper: eurosat 16, imagenet 64
+
+    def batch_size_for(self, dataset: str) -> int:
+        return self.batch_size_by_dataset.get(dataset, self.train.batch_size)
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Defaults, then the YAML file, then ``section.key=value`` overrides (values parsed as YAML)."""
+    data: dict = {}
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError as e:
+            raise ConfigError(f"{path}: config file not found") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=1e-5")
+        node = data
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[leaf] = yaml.safe_load(raw) if raw.strip() else ""
+    config = _build(Config, data, where=str(path or "config"))
+    config.train.validate()
+    return config
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    values = {name: _coerce(value, hints[name], f"{where}: {name}") for name, value in data.items()}
+    return cls(**values)
+
+
+def _coerce(value, hint, where: str):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif origin is tuple and isinstance(value, list | tuple):
+        items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        if len(items) == len(value):
+            return tuple(_coerce(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, items, strict=True)))
+    elif origin is dict and isinstance(value, dict):
+        return {_coerce(k, args[0], where): _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    raise ConfigError(f"{where}: expected {_name(hint)}, got {value!r} ({type(value).__name__})")
+
+
+def _name(hint) -> str:
+    return getattr(hint, "__name__", str(hint))
+
+
+def to_dict(config) -> dict:
+    """Plain dict (tuples as lists) for JSON/YAML output and tracking."""
+
+    def plain(v):
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return {k: plain(v) for k, v in dataclasses.asdict(config).items()}
+
+
+def dump_yaml(config: Config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)

@@ -1,0 +1,14 @@
+"""Image tables (Parquet) and the converters that make them."""
+
+from clipcite.data.ingest import ingest_coop, ingest_imagefolder
+from clipcite.data.table import ClassList, ImageDecodeError, read_classes, read_table, write_table
+
+__all__ = [
+    "ClassList",
+    "ImageDecodeError",
+    "ingest_coop",
+    "ingest_imagefolder",
+    "read_classes",
+    "read_table",
+    "write_table",
+]

@@ -1,0 +1,77 @@
+"""torch Datasets over table rows: training crops replayable per (seed, id, epoch), and evaluation views."""
+
+from __future__ import annotations
+
+import io
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from clipcite.crops import DEFAULT_RATIO, DEFAULT_SCALE, crop_params, eval_view, train_view
+from clipcite.data.table import ImageDecodeError, decode_image, image_bytes
+
+
+def crop_boxes(
+    rows: list[dict],
+    seed: int,
+    epochs: int,
+    scale: tuple[float, float] = DEFAULT_SCALE,
+    ratio: tuple[float, float] = DEFAULT_RATIO,
+    source: str = "",
+) -> torch.Tensor:
+    """Crop boxes [epochs, N, 4] = (top, left, h, w) from (seed, id, epoch); reads only image headers."""
+    boxes = torch.empty(epochs, len(rows), 4, dtype=torch.int32)
+    for i, row in enumerate(rows):
+        width, height = image_size(row, source)
+        for epoch in range(epochs):
+            boxes[epoch, i] = torch.tensor(crop_params(width, height, seed, row["id"], epoch, scale, ratio))
+    return boxes
+
+
+class CropDataset(Dataset):
+    """Item ``i`` is ``(i, crop tensor, label)`` for the current ``epoch`` (set it before iterating).
+
+    ``boxes[epoch, i]`` is the crop of image i in that epoch: from :func:`crop_boxes`, or replayed from a teacher
+    cache, which stored the same boxes.
+    """
+
+    def __init__(self, rows: list[dict], preprocess_cfg: dict, boxes: torch.Tensor, source: str = ""):
+        if boxes.shape[1] != len(rows):
+            raise ValueError(f"crop boxes cover {boxes.shape[1]} images, the split has {len(rows)}")
+        self.rows, self.cfg, self.boxes, self.source = rows, preprocess_cfg, boxes, source
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        row = self.rows[i]
+        image = decode_image(image_bytes(row, self.source), f"{self.source}row id={row['id']!r}")
+        box = tuple(int(v) for v in self.boxes[self.epoch, i])
+        return i, train_view(image, box, self.cfg), int(row["label"])
+
+
+class EvalDataset(Dataset):
+    """Item ``i`` is ``(i, centre-crop tensor, label)``."""
+
+    def __init__(self, rows: list[dict], preprocess_cfg: dict, source: str = ""):
+        self.rows, self.cfg, self.source = rows, preprocess_cfg, source
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        row = self.rows[i]
+        image = decode_image(image_bytes(row, self.source), f"{self.source}row id={row['id']!r}")
+        return i, eval_view(image, self.cfg), int(row["label"])
+
+
+def image_size(row: dict, source: str = "") -> tuple[int, int]:
+    """(width, height) of a row's image from its header."""
+    where = f"{source}row id={row['id']!r}"
+    try:
+        with Image.open(io.BytesIO(image_bytes(row, source))) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError) as e:
+        raise ImageDecodeError(f"{where}: corrupt or unreadable image ({e})") from e

@@ -1,0 +1,168 @@
+"""The Parquet image table: one row per image, a directory of shards plus ``classes.json``.
+
+Columns (architecture.md, "Data contracts"): ``id`` (stable string), ``image`` (original encoded bytes) or ``path``
+(a file the image can be read from), ``label`` (int), ``classname``, ``domain``, ``split``. The directory holds
+``part-00000.parquet``, ``part-00001.parquet``... and ``classes.json`` (class names in label order, the prompt
+template, the dataset name).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, UnidentifiedImageError
+
+from clipcite import storage
+
+log = logging.getLogger(__name__)
+
+SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("image", pa.binary()),
+        ("path", pa.string()),
+        ("label", pa.int64()),
+        ("classname", pa.string()),
+        ("domain", pa.string()),
+        ("split", pa.string()),
+    ]
+)
+REQUIRED_COLUMNS = ("id", "label", "classname", "domain", "split")
+CLASSES_FILE = "classes.json"
+SHARD_BYTES = 256 * 1024 * 1024  # keeps one shard well inside a worker's memory
+
+
+@dataclass(frozen=True)
+class ClassList:
+    """``classes.json``: the class names in label order, their prompt template and the dataset they come from."""
+
+    names: tuple[str, ...]
+    template: str = "a photo of a {}."
+    dataset: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        body = {"classnames": list(self.names), "template": self.template, "dataset": self.dataset, **self.extra}
+        return json.dumps(body, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "classes.json") -> ClassList:
+        body = json.loads(text)
+        if "classnames" not in body:
+            raise ValueError(f"{source}: missing the 'classnames' list")
+        extra = {k: v for k, v in body.items() if k not in ("classnames", "template", "dataset")}
+        return cls(tuple(body["classnames"]), body.get("template", cls.template), body.get("dataset", ""), extra)
+
+
+class ImageDecodeError(ValueError):
+    """An image that cannot be decoded; the message names where it came from."""
+
+
+def write_table(
+    rows: Iterable[dict], out_uri: str, classes: ClassList, shard_bytes: int = SHARD_BYTES
+) -> dict[str, int]:
+    """Write rows as a sharded table directory at ``out_uri`` (staged: all or nothing). Returns counts."""
+    counts = {"rows": 0, "shards": 0}
+    with storage.staged_dir(out_uri) as tmp:
+        batch: list[dict] = []
+        size = 0
+        for row in rows:
+            row = {name: row.get(name) for name in SCHEMA.names}
+            batch.append(row)
+            size += len(row["image"] or b"") + 64
+            if size >= shard_bytes:
+                _write_shard(batch, tmp, counts)
+                batch, size = [], 0
+        if batch or counts["shards"] == 0:
+            _write_shard(batch, tmp, counts)
+        (tmp / CLASSES_FILE).write_text(classes.to_json())
+    return counts
+
+
+def _write_shard(batch: list[dict], directory: Path, counts: dict[str, int]) -> None:
+    table = pa.Table.from_pylist(batch, schema=SCHEMA)
+    pq.write_table(table, directory / f"part-{counts['shards']:05d}.parquet")
+    counts["shards"] += 1
+    counts["rows"] += len(batch)
+
+
+def shard_uris(table_uri: str) -> list[str]:
+    shards = storage.list_files(table_uri, suffix=".parquet")
+    if not shards:
+        raise FileNotFoundError(f"{table_uri}: no Parquet shards (part-*.parquet) found")
+    return shards
+
+
+def read_classes(table_uri: str) -> ClassList:
+    uri = storage.join(table_uri, CLASSES_FILE)
+    try:
+        text = storage.read_text(uri)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{uri}: missing; every image table directory needs its classes.json") from e
+    return ClassList.from_json(text, source=uri)
+
+
+def read_table(table_uri: str, columns: list[str] | None = None) -> pa.Table:
+    """Read all shards of a table, checking the required columns and that each row has image bytes or a path."""
+    tables = []
+    for uri in shard_uris(table_uri):
+        fs, path = storage.filesystem(uri)
+        schema = pq.read_schema(path, filesystem=fs)
+        missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
+        if "image" not in schema.names and "path" not in schema.names:
+            missing.append("image (or path)")
+        if missing:
+            raise ValueError(f"{uri}: Parquet file is missing column(s) {', '.join(missing)}")
+        wanted = [c for c in (columns or SCHEMA.names) if c in schema.names]
+        table = pq.read_table(path, filesystem=fs, columns=wanted)
+        for name in SCHEMA.names:
+            if name in (columns or SCHEMA.names) and name not in table.column_names:
+                table = table.append_column(name, pa.nulls(len(table), SCHEMA.field(name).type))
+        tables.append(table.select([c for c in (columns or SCHEMA.names)]).cast(_subschema(columns)))
+    return pa.concat_tables(tables)
+
+
+def _subschema(columns: list[str] | None) -> pa.Schema:
+    return pa.schema([SCHEMA.field(c) for c in (columns or SCHEMA.names)])
+
+
+def iter_rows(table: pa.Table) -> Iterator[dict]:
+    yield from table.to_pylist()
+
+
+def image_bytes(row: dict, source: str = "") -> bytes:
+    """The encoded bytes of a row's image (inline bytes, else read from ``path``)."""
+    if row.get("image") is not None:
+        return row["image"]
+    if row.get("path"):
+        try:
+            return storage.read_bytes(row["path"])
+        except (FileNotFoundError, OSError) as e:
+            raise ImageDecodeError(f"{source}row id={row['id']!r}: cannot read image file {row['path']}: {e}") from e
+    raise ImageDecodeError(f"{source}row id={row['id']!r}: neither 'image' bytes nor 'path' is set")
+
+
+def decode_image(data: bytes, where: str) -> Image.Image:
+    """Decode to RGB; ``where`` names the file or row for the error message."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise ImageDecodeError(f"{where}: corrupt or unreadable image ({e})") from e
+
+
+def content_digest(table_uri: str) -> str:
+    """SHA-256 over the shards' bytes and classes.json: identifies a table's content for caching and manifests."""
+    h = hashlib.sha256()
+    for uri in [*shard_uris(table_uri), storage.join(table_uri, CLASSES_FILE)]:
+        h.update(Path(uri).name.encode())
+        h.update(storage.read_bytes(uri))
+    return h.hexdigest()

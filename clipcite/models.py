@@ -1,0 +1,167 @@
+"""open_clip models: loading, text features, weight-space averaging, and saving fine-tuned models.
+
+A model is named by an open_clip architecture (``ViT-B-16-quickgelu``), a JSON architecture file (tiny models for
+tests; loaded through the same open_clip code path) or ``local-dir:<path>``, plus ``pretrained``: an open_clip tag
+(``openai``; downloads in the real world), a local checkpoint (``.safetensors``, or an open_clip ``.pt`` read with
+``weights_only=True``), or empty for a random initialisation seeded by ``init_seed``.
+
+A saved model is an open_clip ``local-dir`` folder (``open_clip_config.json`` + ``open_clip_model.safetensors``), so
+``open_clip.create_model("local-dir:<path>")`` loads it as it is, plus ``clipcite.json`` with what clipcite needs
+(class names, template, alpha, the base model's identity).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+from safetensors.torch import load_file, save_file
+
+log = logging.getLogger(__name__)
+
+PACKAGE_CONFIGS = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(PACKAGE_CONFIGS)  # clipcite's tiny architectures become ordinary open_clip names
+
+WEIGHTS_FILE = "open_clip_model.safetensors"
+OPENCLIP_CONFIG_FILE = "open_clip_config.json"
+META_FILE = "clipcite.json"
+
+
+@dataclass
+class LoadedModel:
+    """An open_clip CLIP with what is needed to reproduce and describe it."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    name: str  # open_clip architecture name (or local-dir:...)
+    model_cfg: dict
+    preprocess_cfg: dict
+    identity: str  # what a cache or a report must match: "<arch>:<tag>", "sha256:<file hash>", "random:<seed>"
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_arch(arch: str) -> str:
+    """A JSON architecture file is registered with open_clip and named by its stem; names pass through."""
+    if arch.endswith(".json"):
+        path = Path(arch)
+        if not path.is_file():
+            raise FileNotFoundError(f"{arch}: architecture config file not found")
+        body = json.loads(path.read_text())
+        if not all(k in body for k in ("embed_dim", "vision_cfg", "text_cfg")):
+            raise ValueError(f"{arch}: not an open_clip model config (needs embed_dim, vision_cfg, text_cfg)")
+        open_clip.add_model_config(path)
+        return path.stem
+    if not arch.startswith("local-dir:") and open_clip.get_model_config(arch) is None:
+        raise ValueError(f"unknown architecture {arch!r}: not an open_clip model name or a .json config file")
+    return arch
+
+
+def load_model(arch: str, pretrained: str = "", *, init_seed: int = 0, device: str = "cpu") -> LoadedModel:
+    """Create an open_clip model in fp32 (autocast handles mixed precision) and report its identity."""
+    name = resolve_arch(arch)
+    if name.startswith("local-dir:"):
+        folder = Path(name.removeprefix("local-dir:"))
+        identity = "sha256:" + file_sha256(folder / WEIGHTS_FILE)
+        model = open_clip.create_model(name, device=device)
+        model_cfg = json.loads((folder / OPENCLIP_CONFIG_FILE).read_text())["model_cfg"]
+    else:
+        model_cfg = open_clip.get_model_config(name)
+        if not pretrained:
+            identity = f"random:{name}:{init_seed}"
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(init_seed)
+                model = open_clip.create_model(name, device=device, pretrained_text=False)
+        elif Path(pretrained).is_file():
+            identity = "sha256:" + file_sha256(pretrained)
+            model = open_clip.create_model(name, pretrained=pretrained, device=device, weights_only=True)
+        else:
+            identity = f"{name}:{pretrained}"
+            model = open_clip.create_model(name, pretrained=pretrained, device=device, require_pretrained=True)
+    preprocess_cfg = dict(open_clip.get_model_preprocess_cfg(model))
+    tokenizer = open_clip.get_tokenizer(name)
+    return LoadedModel(model, tokenizer, name, model_cfg, preprocess_cfg, identity)
+
+
+@torch.no_grad()
+def encode_texts(
+    model: torch.nn.Module, tokenizer, prompts: list[str], batch_size: int = 256, device: str = "cpu"
+) -> torch.Tensor:
+    """L2-normalised text features [len(prompts), D], encoded in batches (no gradient)."""
+    chunks = [
+        model.encode_text(tokenizer(prompts[i : i + batch_size]).to(device), normalize=True).float()
+        for i in range(0, len(prompts), batch_size)
+    ]
+    return torch.cat(chunks)
+
+
+def average_weights(
+    finetuned: dict[str, torch.Tensor], zeroshot: dict[str, torch.Tensor], alpha: float
+) -> dict[str, torch.Tensor]:
+    """theta = alpha * theta_ft + (1 - alpha) * theta_zs for every float tensor (method.md "Weight-space ensemble").
+
+    Both state dicts must hold the same keys and shapes; non-float buffers must be equal and are copied.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if finetuned.keys() != zeroshot.keys():
+        extra, missing = sorted(finetuned.keys() - zeroshot.keys()), sorted(zeroshot.keys() - finetuned.keys())
+        raise ValueError(f"cannot average: keys differ (only fine-tuned: {extra[:5]}, only zero-shot: {missing[:5]})")
+    out = {}
+    for key, ft in finetuned.items():
+        zs = zeroshot[key]
+        if ft.shape != zs.shape:
+            raise ValueError(f"cannot average {key}: shape {tuple(ft.shape)} vs {tuple(zs.shape)}")
+        if ft.is_floating_point():
+            if alpha == 1.0:
+                out[key] = ft.clone()
+            elif alpha == 0.0:
+                out[key] = zs.to(ft.dtype).clone()
+            else:
+                out[key] = alpha * ft + (1.0 - alpha) * zs.to(ft.dtype)
+        else:
+            if not torch.equal(ft, zs):
+                raise ValueError(f"cannot average {key}: non-float buffers differ")
+            out[key] = ft.clone()
+    return out
+
+
+def save_model(loaded: LoadedModel, state_dict: dict[str, torch.Tensor], out_dir: Path, meta: dict) -> None:
+    """Write an open_clip local-dir folder plus clipcite.json into ``out_dir`` (a staged directory)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    save_file(tensors, str(out_dir / WEIGHTS_FILE))
+    config = {"model_cfg": loaded.model_cfg, "preprocess_cfg": _jsonable(loaded.preprocess_cfg)}
+    (out_dir / OPENCLIP_CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    body = {"arch": loaded.name, "base_identity": loaded.identity, **meta}
+    (out_dir / META_FILE).write_text(json.dumps(body, indent=2))
+
+
+def load_saved(model_dir: str | Path, device: str = "cpu") -> tuple[LoadedModel, dict]:
+    """Load a model written by :func:`save_model`; returns it and its clipcite.json."""
+    folder = Path(model_dir)
+    meta_path = folder / META_FILE
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path}: not a clipcite model folder (no {META_FILE})")
+    loaded = load_model(f"local-dir:{folder}", device=device)
+    meta = json.loads(meta_path.read_text())
+    return loaded, meta
+
+
+def load_state(path: str | Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def _jsonable(cfg: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}

@@ -1,0 +1,77 @@
+"""Human-readable outputs of an evaluation: a Markdown table and PNG plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def markdown(summary: dict, models: list[str], title: str = "Evaluation") -> str:
+    """One row per domain and model: top-1 or Base / New / HM, then the mean over domains."""
+    keys = [
+        k for k in ("top1", "base", "new", "hm") if any(k in d[m] for d in summary["domains"].values() for m in models)
+    ]
+    header = {"top1": "Top-1", "base": "Base", "new": "New", "hm": "HM"}
+    lines = [
+        f"# {title}",
+        "",
+        "| domain | model | " + " | ".join(header[k] for k in keys) + " |",
+        "|---|---|" + "---|" * len(keys),
+    ]
+    rows = [*summary["domains"].items(), ("mean", summary["mean"])]
+    for domain, entry in rows:
+        for m in models:
+            lines.append(f"| {domain} | {m} | " + " | ".join(_fmt(entry[m].get(k)) for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_domains(summary: dict, models: list[str], path: Path) -> None:
+    """Grouped bars per domain: the headline number (HM for base-to-new, else top-1) of each model."""
+    domains = list(summary["domains"])
+    fig, ax = plt.subplots(figsize=(max(4, 1.4 * len(domains) + 2), 3.6))
+    width = 0.8 / len(models)
+    for i, m in enumerate(models):
+        values = [_headline(summary["domains"][d][m]) for d in domains]
+        bars = ax.bar([x + i * width for x in range(len(domains))], values, width, label=m)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(domains))], domains, rotation=20)
+    ax.set_ylabel("accuracy (%)  [HM where base/new]")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=8)
+    ax.set_title("Per-domain accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _headline(entry: dict) -> float:
+    return entry.get("hm", entry.get("top1", 0.0))
+
+
+def plot_confusion(confusion: list[list[int]], classnames: list[str], title: str, path: Path) -> None:
+    """Row-normalised confusion matrix; class names on the axes when there are few enough to read."""
+    import numpy as np
+
+    matrix = np.asarray(confusion, dtype=float)
+    matrix = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    n = len(classnames)
+    side = min(12, max(4, 0.25 * n + 2))
+    fig, ax = plt.subplots(figsize=(side, side))
+    ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
+    if n <= 50:
+        ax.set_xticks(range(n), classnames, rotation=90, fontsize=6)
+        ax.set_yticks(range(n), classnames, fontsize=6)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,63 @@
+"""Step 2, cache-teacher: the frozen CLIP's text features for every class prompt and image features for every
+(epoch, train image) crop, so that fine-tuning needs no teacher network (method.md "Teacher outputs...")."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+from clipcite import storage
+from clipcite.config import Config
+from clipcite.models import load_model
+from clipcite.steps.common import base_parser, class_prompts, config_from, resolve_device, setup_logging, split_rows
+from clipcite.teacher import build_cache, save_cache
+
+log = logging.getLogger(__name__)
+
+
+def run(splits_uri: str, out_uri: str, config: Config) -> dict:
+    train_uri = storage.join(splits_uri, "train")
+    rows, classes = split_rows(train_uri)
+    _, prompts = class_prompts(classes, config)
+    device = resolve_device(config.device)
+    teacher = load_model(config.model.arch, config.model.pretrained, init_seed=config.model.init_seed, device=device)
+    cache = build_cache(
+        teacher,
+        rows,
+        prompts,
+        seed=config.seed,
+        epochs=config.train.epochs,
+        crop_scale=config.train.crop_scale,
+        crop_ratio=config.train.crop_ratio,
+        batch_size=config.teacher.batch_size,
+        device=device,
+        dtype=config.teacher.dtype,
+        num_workers=config.train.num_workers,
+        source=f"{train_uri}: ",
+    )
+    with storage.staged_dir(out_uri) as tmp:
+        save_cache(cache, tmp)
+    summary = {
+        "identity": cache.meta.identity,
+        "images": len(rows),
+        "epochs": cache.meta.epochs,
+        "classes": len(prompts),
+        "dtype": cache.meta.dtype,
+    }
+    log.info("wrote teacher cache %s: %s", out_uri, summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser("Cache the frozen teacher's features for every class prompt and train crop.")
+    parser.add_argument("--splits", required=True, help="output folder of sample-splits")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    print(json.dumps(run(args.splits, args.out, config_from(args)), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""What the steps share: device choice, reading a split's rows and prompts, CLI plumbing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+import torch
+
+from clipcite import storage
+from clipcite.config import Config, load_config
+from clipcite.data.table import ClassList, read_classes, read_table
+from clipcite.prompts import prompts_for, template_for
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def split_rows(table_uri: str) -> tuple[list[dict], ClassList]:
+    """All rows (images included) of a small split table, and its classes."""
+    return read_table(table_uri).to_pylist(), read_classes(table_uri)
+
+
+def class_prompts(classes: ClassList, config: Config) -> tuple[str, list[str]]:
+    """The template (config wins over classes.json) and one prompt per class in label order."""
+    template = template_for(classes.dataset, config.model.template or classes.template)
+    return template, prompts_for(template, classes.names)
+
+
+def read_json(uri: str) -> dict:
+    return json.loads(storage.read_text(uri))
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", help="YAML config (see configs/)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=5 (repeatable)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def config_from(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.overrides)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("PIL", "matplotlib", "urllib3", "botocore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,133 @@
+"""Step 4, evaluate: the fine-tuned model (and the zero-shot model beside it) on every eval set.
+
+Output folder: ``metrics.json`` (per set, per domain, mean over domains), ``confusion/<set>.json``,
+``report.md`` and PNG plots (``domains.png``: zero-shot vs fine-tuned per domain; ``confusion_<set>.png``).
+``domains`` restricts the run to some domains, which is how the pipeline fans out one task per domain.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from clipcite import storage
+from clipcite.config import Config
+from clipcite.evaluate import predict, set_metrics, summarise
+from clipcite.metrics import aggregate
+from clipcite.models import load_model, load_saved
+from clipcite.prompts import prompts_for
+from clipcite.report import markdown, plot_confusion, plot_domains
+from clipcite.steps.common import base_parser, config_from, read_json, resolve_device, setup_logging, split_rows
+
+log = logging.getLogger(__name__)
+
+
+def run(model_uri: str, splits_uri: str, out_uri: str, config: Config, domains: tuple[str, ...] = ()) -> dict:
+    device = resolve_device(config.device)
+    manifest = read_json(storage.join(splits_uri, "manifest.json"))
+    sets = [s for s in manifest["eval_sets"] if not domains or s["domain"] in domains]
+    if not sets:
+        known = sorted({s["domain"] for s in manifest["eval_sets"]})
+        raise ValueError(f"no eval set for domain(s) {list(domains)} in {splits_uri}; known domains: {known}")
+    with storage.local_dir(model_uri) as folder:
+        finetuned, meta = load_saved(folder, device=device)
+    models = {"finetuned": finetuned}
+    if config.eval.zeroshot_baseline:
+        spec = config.model
+        models["zeroshot"] = load_model(spec.arch, spec.pretrained, init_seed=spec.init_seed, device=device)
+        if models["zeroshot"].identity != meta.get("base_identity"):
+            raise ValueError(
+                f"the zero-shot model {models['zeroshot'].identity!r} is not the one {model_uri} was "
+                f"fine-tuned from ({meta.get('base_identity')!r}); pass the same model config"
+            )
+    template = config.model.template or meta.get("template", "")
+
+    results: dict[str, dict] = {}
+    for spec_set in sets:
+        set_uri = storage.join(splits_uri, "eval", spec_set["name"])
+        rows, classes = split_rows(set_uri)
+        prompts = prompts_for(template or classes.template, classes.names)
+        entry = {"domain": spec_set["domain"], "subset": spec_set["subset"], "classnames": list(classes.names)}
+        for name, loaded in models.items():
+            pred, target = predict(
+                loaded,
+                rows,
+                prompts,
+                batch_size=config.eval.batch_size,
+                device=device,
+                num_workers=config.eval.num_workers,
+                source=f"{set_uri}: ",
+            )
+            entry[name] = set_metrics(pred, target, list(classes.names))
+        results[spec_set["name"]] = entry
+        log.info("%s: %s", spec_set["name"], {m: round(entry[m]["top1"], 2) for m in models})
+
+    names = list(models)
+    summary = summarise(results, names)
+    body = {
+        "model": model_uri,
+        "method": meta.get("method"),
+        "alpha": meta.get("alpha"),
+        "seed": meta.get("seed"),
+        "template": template,
+        **summary,
+        "sets": {
+            k: {
+                **{m: {x: y for x, y in v[m].items() if x != "confusion"} for m in names},
+                "domain": v["domain"],
+                "subset": v["subset"],
+            }
+            for k, v in results.items()
+        },
+    }
+    with storage.staged_dir(out_uri) as tmp:
+        _write_outputs(tmp, body, results, names)
+    return body
+
+
+def _write_outputs(folder: Path, body: dict, results: dict, names: list[str]) -> None:
+    (folder / "metrics.json").write_text(json.dumps(body, indent=2))
+    (folder / "report.md").write_text(
+        markdown(body, names, title=f"Evaluation of {body['method']} (alpha={body['alpha']}, seed={body['seed']})")
+    )
+    plot_domains(body, names, folder / "domains.png")
+    (folder / "confusion").mkdir()
+    for set_name, entry in results.items():
+        matrices = {m: entry[m]["confusion"] for m in names}
+        (folder / "confusion" / f"{set_name}.json").write_text(
+            json.dumps({"classnames": entry["classnames"], **matrices})
+        )
+        plot_confusion(
+            entry["finetuned"]["confusion"],
+            entry["classnames"],
+            f"{set_name} (fine-tuned)",
+            folder / f"confusion_{set_name}.png",
+        )
+
+
+def aggregate_runs(metric_uris: list[str], out_uri: str) -> dict:
+    """Mean and std over seeds of the per-domain and mean metrics of several evaluate outputs."""
+    runs = [read_json(u if u.endswith(".json") else storage.join(u, "metrics.json")) for u in metric_uris]
+    result = aggregate([{"domains": r["domains"], "mean": r["mean"]} for r in runs])
+    result["runs"] = metric_uris
+    storage.write_text(out_uri, json.dumps(result, indent=2))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser("Evaluate a fine-tuned model (and the zero-shot model) on the eval sets.")
+    parser.add_argument("--model", required=True, help="output folder of finetune")
+    parser.add_argument("--splits", required=True, help="output folder of sample-splits")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--domain", action="append", default=[], help="only these domains (repeatable)")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    body = run(args.model, args.splits, args.out, config_from(args), tuple(args.domain))
+    print(markdown(body, [m for m in ("zeroshot", "finetuned") if m in body["mean"]]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

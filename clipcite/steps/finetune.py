@@ -1,0 +1,158 @@
+"""Step 3, finetune: CLIP-CITE (or a baseline) on the few-shot train split, then the weight-space ensemble.
+
+Output folder: the model (an open_clip ``local-dir`` folder plus ``clipcite.json``), ``curves.jsonl`` (every loss
+term and the learning rate per step) and ``train_summary.json``. Epoch checkpoints go to ``checkpoint_dir``
+(default: beside a local output, ``<out>.checkpoints``); a rerun with the same inputs resumes from there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from clipcite import storage
+from clipcite.config import Config, to_dict
+from clipcite.models import load_model, save_model
+from clipcite.steps.common import base_parser, class_prompts, config_from, resolve_device, setup_logging, split_rows
+from clipcite.teacher import check_cache, load_cache
+from clipcite.train import fit
+
+log = logging.getLogger(__name__)
+
+
+def run(
+    splits_uri: str,
+    out_uri: str,
+    config: Config,
+    *,
+    cache_uri: str | None = None,
+    checkpoint_dir: str | None = None,
+    log_fn: Callable[[dict, int], None] | None = None,
+    keep_checkpoint: bool = False,
+) -> dict:
+    train_uri = storage.join(splits_uri, "train")
+    rows, classes = split_rows(train_uri)
+    template, prompts = class_prompts(classes, config)
+    params = dataclasses.replace(config.train, batch_size=config.batch_size_for(classes.dataset))
+    device = resolve_device(config.device)
+    spec = config.model
+    student = load_model(spec.arch, spec.pretrained, init_seed=spec.init_seed, device=device)
+    needs_teacher = params.method == "cite" and params.eta != 0
+
+    teacher = cache = None
+    with contextlib.ExitStack() as stack:
+        if cache_uri:
+            cache = load_cache(stack.enter_context(storage.local_dir(cache_uri)))
+            check_cache(
+                cache,
+                identity=student.identity,
+                seed=config.seed,
+                epochs=params.epochs,
+                ids=[r["id"] for r in rows],
+                prompts=prompts,
+                crop_scale=params.crop_scale,
+                crop_ratio=params.crop_ratio,
+                where=f"teacher cache {cache_uri}",
+            )
+        elif needs_teacher and config.teacher.mode == "cache":
+            raise ValueError(
+                "teacher.mode=cache but no teacher cache was given: run cache-teacher and pass "
+                "--cache, or set teacher.mode=online"
+            )
+        elif needs_teacher:
+            teacher = load_model(spec.arch, spec.pretrained, init_seed=spec.init_seed, device=device)
+
+    curves: list[dict] = []
+
+    def record(metrics: dict, step: int) -> None:
+        curves.append({"step": step, **metrics})
+        if log_fn is not None:
+            log_fn(metrics, step)
+
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else _default_checkpoint_dir(out_uri)
+    started = time.perf_counter()
+    result = fit(
+        student,
+        rows,
+        prompts,
+        params,
+        seed=config.seed,
+        device=device,
+        teacher=teacher,
+        cache=cache,
+        checkpoint_dir=ckpt,
+        log_fn=record,
+        source=f"{train_uri}: ",
+    )
+    summary = {
+        "method": params.method,
+        "steps": result.steps,
+        "epochs": result.epochs,
+        "alpha": params.alpha,
+        "batch_size": params.batch_size,
+        "images": len(rows),
+        "classes": len(prompts),
+        "images_per_second": result.images_per_second,
+        "seconds": time.perf_counter() - started,
+        "device": device,
+        "teacher": "cache" if cache is not None else ("online" if teacher else "none"),
+    }
+    meta = {
+        "alpha": params.alpha,
+        "method": params.method,
+        "classnames": list(classes.names),
+        "template": template,
+        "dataset": classes.dataset,
+        "seed": config.seed,
+        "steps": result.steps,
+        "config": to_dict(config),
+    }
+    with storage.staged_dir(out_uri) as tmp:
+        save_model(student, result.state_dict, tmp, meta)
+        (tmp / "curves.jsonl").write_text("".join(json.dumps(c) + "\n" for c in curves))
+        (tmp / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    if not keep_checkpoint:
+        shutil.rmtree(ckpt, ignore_errors=True)
+    log.info("wrote model %s: %s", out_uri, summary)
+    return summary
+
+
+def _default_checkpoint_dir(out_uri: str) -> Path:
+    if storage.is_s3(out_uri):
+        key = hashlib.sha256(out_uri.encode()).hexdigest()[:16]
+        return Path(".clipcite-checkpoints") / key
+    out = Path(out_uri).absolute()
+    return out.with_name(out.name + ".checkpoints")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser("Fine-tune CLIP on the few-shot train split (CLIP-CITE by default).")
+    parser.add_argument("--splits", required=True, help="output folder of sample-splits")
+    parser.add_argument("--cache", help="output folder of cache-teacher (teacher.mode=cache)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--checkpoint-dir", help="where epoch checkpoints go (default: <out>.checkpoints)")
+    parser.add_argument("--keep-checkpoint", action="store_true", help="keep the last epoch checkpoint")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    summary = run(
+        args.splits,
+        args.out,
+        config_from(args),
+        cache_uri=args.cache,
+        checkpoint_dir=args.checkpoint_dir,
+        keep_checkpoint=args.keep_checkpoint,
+    )
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

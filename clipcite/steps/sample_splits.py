@@ -1,0 +1,184 @@
+"""Step 1, sample-splits: few-shot train/val splits and eval sets per domain from image tables.
+
+Output folder: ``train/`` and ``val/`` (tables; the training classes in ``classes.json``, relabelled to the base
+classes under base-to-new), ``eval/<set>/`` one table per eval set (``<domain>``, or ``<domain>-base`` and
+``<domain>-new``), and ``manifest.json`` (protocol, shots, seed, source digests, per-set counts and id digests).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from clipcite import storage
+from clipcite.config import Config, SplitsConfig
+from clipcite.data.table import ClassList, content_digest, read_classes, read_table, shard_uris, write_table
+from clipcite.splits import base_new_classes, relabel, sample_few_shot, val_shots
+from clipcite.steps.common import base_parser, config_from, setup_logging
+
+log = logging.getLogger(__name__)
+META = ["id", "label", "classname", "domain", "split"]
+
+
+def run(table_uri: str, out_uri: str, config: Config, eval_table_uris: tuple[str, ...] = ()) -> dict:
+    """Sample the splits of ``table_uri``; eval sets also come from each of ``eval_table_uris``."""
+    cfg = config.splits
+    if cfg.protocol not in ("base2new", "fewshot"):
+        raise ValueError(f"splits.protocol must be 'base2new' or 'fewshot', got {cfg.protocol!r}")
+    classes = read_classes(table_uri)
+    meta = read_table(table_uri, columns=META)
+    keep = _kept_classes(meta["label"].to_pylist(), cfg)["base" if cfg.protocol == "base2new" else "all"]
+    train_classes = ClassList(tuple(classes.names[c] for c in keep), classes.template, classes.dataset)
+
+    train_ids = _few_shot_ids(meta, cfg.train_split, cfg.shots, keep, config, classes, "train")
+    val_k = val_shots(cfg.shots, cfg.val_shots)
+    val_ids = _few_shot_ids(meta, cfg.val_split, val_k, keep, config, classes, "val", optional=True)
+
+    manifest: dict = {
+        "protocol": cfg.protocol,
+        "shots": cfg.shots,
+        "seed": config.seed,
+        "val_shots": val_k,
+        "source": {table_uri: content_digest(table_uri), **{u: content_digest(u) for u in eval_table_uris}},
+        "train_classes": list(train_classes.names),
+        "sets": {},
+        "eval_sets": [],
+    }
+    with storage.staged_dir(out_uri) as tmp:
+        for name, ids in (("train", train_ids), ("val", val_ids)):
+            counts = write_table(_relabelled(table_uri, ids, keep), str(tmp / name), train_classes)
+            manifest["sets"][name] = {"rows": counts["rows"], "ids_sha256": _ids_digest(ids)}
+        names_seen: set[str] = set()
+        for uri in (table_uri, *eval_table_uris):
+            for spec in _eval_sets(uri, cfg):
+                if spec["name"] in names_seen:
+                    raise ValueError(
+                        f"{uri}: eval set {spec['name']!r} already comes from another table; "
+                        "give each eval table its own domain names"
+                    )
+                names_seen.add(spec["name"])
+                set_classes = ClassList(
+                    tuple(spec.pop("classnames")),
+                    spec.pop("template"),
+                    spec.pop("dataset"),
+                    {"domain": spec["domain"], "subset": spec["subset"]},
+                )
+                ids, labels = spec.pop("ids"), spec.pop("labels")
+                counts = write_table(_relabelled(uri, ids, labels), str(tmp / "eval" / spec["name"]), set_classes)
+                manifest["sets"][f"eval/{spec['name']}"] = {"rows": counts["rows"], "ids_sha256": _ids_digest(ids)}
+                manifest["eval_sets"].append(spec)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    log.info(
+        "wrote %s: %d train, %d val, %d eval set(s)", out_uri, len(train_ids), len(val_ids), len(manifest["eval_sets"])
+    )
+    return manifest
+
+
+def _kept_classes(labels: list[int], cfg: SplitsConfig) -> dict[str, list[int]]:
+    base, new = base_new_classes(labels)
+    return {"base": base, "new": new, "all": base + new}
+
+
+def _few_shot_ids(
+    meta: pa.Table,
+    split: str,
+    k: int,
+    keep: list[int],
+    config: Config,
+    classes: ClassList,
+    what: str,
+    optional: bool = False,
+) -> list[str]:
+    cfg = config.splits
+    rows = [
+        r
+        for r in meta.to_pylist()
+        if r["split"] == split
+        and r["label"] in set(keep)
+        and (not cfg.train_domains or r["domain"] in cfg.train_domains)
+    ]
+    if not rows:
+        if optional:
+            log.warning("no %r rows: the %s split is left empty", split, what)
+            return []
+        raise ValueError(
+            f"no rows with split={split!r}"
+            + (f" in domains {cfg.train_domains}" if cfg.train_domains else "")
+            + " to sample the training shots from"
+        )
+    picked = sample_few_shot(
+        [r["id"] for r in rows],
+        [r["label"] for r in rows],
+        k,
+        config.seed,
+        allow_fewer=cfg.allow_fewer,
+        classnames=classes.names,
+        what=f"{split!r}",
+    )
+    return [rows[i]["id"] for i in picked]
+
+
+def _eval_sets(table_uri: str, cfg: SplitsConfig) -> Iterator[dict]:
+    """The eval sets one table contributes: per domain, all classes or its base and new halves."""
+    classes = read_classes(table_uri)
+    meta = [r for r in read_table(table_uri, columns=META).to_pylist() if r["split"] == cfg.eval_split]
+    domains = sorted({r["domain"] for r in meta})
+    if cfg.eval_domains:
+        domains = [d for d in domains if d in cfg.eval_domains]
+    halves = _kept_classes([r["label"] for r in meta] or [0], cfg)
+    subsets = (
+        [("base", halves["base"]), ("new", halves["new"])] if cfg.protocol == "base2new" else [("all", halves["all"])]
+    )
+    for domain in domains:
+        for subset, keep in subsets:
+            rows = [r for r in meta if r["domain"] == domain and r["label"] in set(keep)]
+            if not rows:
+                continue
+            yield {
+                "name": domain if subset == "all" else f"{domain}-{subset}",
+                "domain": domain,
+                "subset": subset,
+                "ids": [r["id"] for r in rows],
+                "labels": keep,
+                "classnames": [classes.names[c] for c in keep],
+                "template": classes.template,
+                "dataset": classes.dataset,
+            }
+
+
+def _relabelled(table_uri: str, ids: list[str], keep: list[int]) -> Iterator[dict]:
+    """Stream the chosen rows (images included) shard by shard, labels mapped onto ``keep``."""
+    wanted = pa.array(ids, pa.string())
+    for uri in shard_uris(table_uri):
+        fs, path = storage.filesystem(uri)
+        shard = pq.read_table(path, filesystem=fs)
+        rows = shard.filter(pc.is_in(shard["id"], value_set=wanted)).to_pylist()
+        for row, label in zip(rows, relabel([r["label"] for r in rows], keep), strict=True):
+            yield {**row, "label": label}
+
+
+def _ids_digest(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser("Sample few-shot train/val splits and eval sets from an image table.")
+    parser.add_argument("--table", required=True, help="image table folder or s3:// prefix")
+    parser.add_argument("--eval-table", action="append", default=[], help="more tables to evaluate on (repeatable)")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    manifest = run(args.table, args.out, config_from(args), tuple(args.eval_table))
+    print(json.dumps({k: manifest[k] for k in ("protocol", "shots", "seed", "sets")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""The teacher cache: the frozen CLIP's outputs computed once and replayed (method.md "Teacher outputs...").
+
+A cache folder holds ``teacher.safetensors`` (``text`` [C, D] for every class prompt, ``image`` [E, N, D] for every
+(epoch, train image) crop, ``boxes`` [E, N, 4] the crops used) and ``teacher.json`` (the teacher's identity, the
+seed, image ids, prompts, crop settings). Training refuses a cache that does not match what it is about to do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from clipcite.data.loading import CropDataset, crop_boxes
+from clipcite.models import LoadedModel, encode_texts
+
+log = logging.getLogger(__name__)
+
+TENSORS_FILE = "teacher.safetensors"
+META_FILE = "teacher.json"
+
+
+class CacheMismatchError(ValueError):
+    """A teacher cache made for another model, seed, split, prompt set or crop setting."""
+
+
+@dataclass(frozen=True)
+class CacheMeta:
+    identity: str
+    seed: int
+    epochs: int
+    ids: list[str]
+    prompts: list[str]
+    crop_scale: tuple[float, float]
+    crop_ratio: tuple[float, float]
+    image_size: int
+    dtype: str
+
+
+@dataclass
+class TeacherCache:
+    meta: CacheMeta
+    text: torch.Tensor  # [C, D], L2-normalised
+    image: torch.Tensor  # [E, N, D], L2-normalised
+    boxes: torch.Tensor  # [E, N, 4]
+
+
+@torch.no_grad()
+def build_cache(
+    teacher: LoadedModel,
+    rows: list[dict],
+    prompts: list[str],
+    *,
+    seed: int,
+    epochs: int,
+    crop_scale: tuple[float, float],
+    crop_ratio: tuple[float, float],
+    batch_size: int = 256,
+    device: str = "cpu",
+    dtype: str = "float32",
+    num_workers: int = 0,
+    source: str = "",
+) -> TeacherCache:
+    """Run the frozen teacher over every class prompt and every (epoch, image) crop."""
+    model = teacher.model.to(device).eval()
+    text = encode_texts(model, teacher.tokenizer, prompts, batch_size, device)
+    boxes = crop_boxes(rows, seed, epochs, crop_scale, crop_ratio, source)
+    dataset = CropDataset(rows, teacher.preprocess_cfg, boxes, source)
+    image = torch.empty(epochs, len(rows), text.shape[1])
+    autocast = _autocast(device)
+    for epoch in tqdm(range(epochs), desc="teacher crops", unit="epoch"):
+        dataset.epoch = epoch
+        for index, images, _ in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
+            with autocast:
+                features = model.encode_image(images.to(device), normalize=True)
+            image[epoch, index] = features.float().cpu()
+    size = int(
+        teacher.preprocess_cfg["size"][0]
+        if isinstance(teacher.preprocess_cfg["size"], list | tuple)
+        else teacher.preprocess_cfg["size"]
+    )
+    meta = CacheMeta(
+        identity=teacher.identity,
+        seed=seed,
+        epochs=epochs,
+        ids=[r["id"] for r in rows],
+        prompts=list(prompts),
+        crop_scale=tuple(crop_scale),
+        crop_ratio=tuple(crop_ratio),
+        image_size=size,
+        dtype=dtype,
+    )
+    store = getattr(torch, dtype)
+    return TeacherCache(meta, text.cpu().to(store), image.to(store), boxes)
+
+
+def _autocast(device: str):
+    if str(device).startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def save_cache(cache: TeacherCache, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {"text": cache.text.contiguous(), "image": cache.image.contiguous(), "boxes": cache.boxes.contiguous()}
+    save_file(tensors, str(out_dir / TENSORS_FILE))
+    (out_dir / META_FILE).write_text(json.dumps(asdict(cache.meta), indent=1))
+
+
+def load_cache(cache_dir: Path) -> TeacherCache:
+    meta_path = Path(cache_dir) / META_FILE
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path}: not a teacher cache (run cache-teacher first)")
+    body = json.loads(meta_path.read_text())
+    body["crop_scale"], body["crop_ratio"] = tuple(body["crop_scale"]), tuple(body["crop_ratio"])
+    tensors = load_file(str(Path(cache_dir) / TENSORS_FILE))
+    return TeacherCache(CacheMeta(**body), tensors["text"].float(), tensors["image"].float(), tensors["boxes"])
+
+
+def check_cache(
+    cache: TeacherCache,
+    *,
+    identity: str,
+    seed: int,
+    epochs: int,
+    ids: list[str],
+    prompts: list[str],
+    crop_scale: tuple[float, float],
+    crop_ratio: tuple[float, float],
+    where: str = "teacher cache",
+) -> None:
+    """Raise :class:`CacheMismatchError` naming the first thing that differs."""
+    meta = cache.meta
+    problems = []
+    if meta.identity != identity:
+        problems.append(f"it was made with model {meta.identity!r}, training uses {identity!r}")
+    if meta.seed != seed:
+        problems.append(f"it was made with seed {meta.seed}, training uses seed {seed}")
+    if meta.epochs < epochs:
+        problems.append(f"it holds crops for {meta.epochs} epoch(s), training needs {epochs}")
+    if meta.ids != list(ids):
+        problems.append(f"its {len(meta.ids)} image ids differ from the {len(ids)} of the train split")
+    if meta.prompts != list(prompts):
+        problems.append("its class prompts differ from the train split's (class names or template changed)")
+    if (tuple(meta.crop_scale), tuple(meta.crop_ratio)) != (tuple(crop_scale), tuple(crop_ratio)):
+        problems.append(f"its crop settings {meta.crop_scale}/{meta.crop_ratio} differ from {crop_scale}/{crop_ratio}")
+    if problems:
+        raise CacheMismatchError(
+            f"{where} does not match this run: {'; '.join(problems)}. Rebuild it with "
+            "cache-teacher for this model, seed and split."
+        )

@@ -1,0 +1,289 @@
+"""The fine-tuning loop: CLIP-CITE and its baselines in one readable function (method.md "Training recipe").
+
+Methods: ``zeroshot`` (no training), ``ce`` (L_DVA only), ``flyp`` (plain CLIP contrastive on class prompts),
+``cite`` (L_DVA + lam L_SCL + eta L_VLD). Randomness is derived from the seed alone: crops from (seed, id, epoch),
+batch order from (seed, epoch), so a run resumed from an epoch checkpoint ends with the same weights as one that
+was never interrupted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from clipcite.crops import DEFAULT_RATIO, DEFAULT_SCALE
+from clipcite.data.loading import CropDataset, crop_boxes
+from clipcite.losses import cite_loss, clip_loss, similarity_logits
+from clipcite.models import LoadedModel, average_weights, encode_texts
+from clipcite.teacher import TeacherCache
+
+log = logging.getLogger(__name__)
+
+METHODS = ("zeroshot", "ce", "flyp", "cite")
+CHECKPOINT = "last.pt"
+
+
+@dataclass(frozen=True)
+class FitParams:
+    """The training recipe. Defaults are the paper's (ViT-B/16) or method.md's marked decisions."""
+
+    method: str = "cite"  # zeroshot | ce | flyp | cite
+    epochs: int = 20  # paper
+    batch_size: int = 32  # paper (16 for EuroSAT, 64 for ImageNet: see configs/paper_vitb16.yaml)
+    lr: float = 5e-6  # paper
+    weight_decay: float = 0.1  # decision
+    warmup_steps: int = 0  # decision: no warmup by default
+    w_dva: float = 1.0  # weight of L_DVA
+    lam: float = 0.7  # paper: weight of L_SCL
+    eta: float = 0.1  # paper: weight of L_VLD
+    alpha: float = 0.5  # paper: weight-space ensemble; 1.0 = no ensemble
+    logit_scale: float = 100.0  # decision: CLIP's scale, fixed
+    vld_direction: str = "teacher_student"  # decision: KL(Q||P); "student_teacher" = paper's literal KL(P||Q)
+    vld_over: str = "batch"  # decision: batch texts; "classes" = all C class prompts
+    train_head: bool = True  # paper: W trainable ("FrozenTC" ablation = false)
+    grad_clip: float = 0.0  # decision: off
+    crop_scale: tuple[float, float] = DEFAULT_SCALE  # RandomResizedCrop defaults
+    crop_ratio: tuple[float, float] = DEFAULT_RATIO
+    precision: str = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU (decision)
+    num_workers: int = 0
+
+    def validate(self) -> None:
+        checks = {
+            "method": self.method in METHODS,
+            "vld_direction": self.vld_direction in ("teacher_student", "student_teacher"),
+            "vld_over": self.vld_over in ("batch", "classes"),
+            "precision": self.precision in ("auto", "fp32", "bf16"),
+            "alpha": 0.0 <= self.alpha <= 1.0,
+            "epochs": self.epochs >= 0,
+            "batch_size": self.batch_size >= 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid training setting(s): {', '.join(f'{b}={getattr(self, b)!r}' for b in bad)}")
+
+    def loss_weights(self) -> dict[str, float]:
+        """What each method trains with; an ablation is a weight set to 0."""
+        return {
+            "zeroshot": {"dva": 0.0, "scl": 0.0, "vld": 0.0},
+            "ce": {"dva": self.w_dva, "scl": 0.0, "vld": 0.0},
+            "flyp": {"dva": 0.0, "scl": 0.0, "vld": 0.0},
+            "cite": {"dva": self.w_dva, "scl": self.lam, "vld": self.eta},
+        }[self.method]
+
+
+@dataclass
+class FitResult:
+    state_dict: dict[str, torch.Tensor]  # alpha-averaged weights for inference
+    steps: int
+    epochs: int
+    images_per_second: float
+
+
+LogFn = Callable[[dict[str, float], int], None]
+
+
+def fit(
+    student: LoadedModel,
+    rows: list[dict],
+    prompts: list[str],
+    params: FitParams,
+    *,
+    seed: int,
+    device: str = "cpu",
+    teacher: LoadedModel | None = None,
+    cache: TeacherCache | None = None,
+    checkpoint_dir: Path | None = None,
+    log_fn: LogFn | None = None,
+    source: str = "",
+) -> FitResult:
+    """Fine-tune ``student`` on ``rows`` (train split: id, image/path, label) whose classes are ``prompts``."""
+    params.validate()
+    weights = params.loss_weights()
+    model = student.model.to(device)
+    zeroshot_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    if params.method == "zeroshot" or params.epochs == 0:
+        return FitResult(zeroshot_state, 0, 0, 0.0)
+    needs_teacher_images = weights["vld"] != 0
+    if needs_teacher_images and cache is None and teacher is None:
+        raise ValueError("L_VLD needs the teacher: pass a teacher model or a teacher cache (or set eta=0)")
+
+    # Teacher text features initialise the head W; the teacher is the frozen pre-trained model.
+    if cache is not None:
+        teacher_text = cache.text.to(device)
+    else:
+        reference = teacher.model.to(device).eval() if teacher is not None else model
+        teacher_text = encode_texts(reference, student.tokenizer, prompts, device=device)
+    head = torch.nn.Parameter(teacher_text.clone(), requires_grad=params.train_head)
+    tokens = student.tokenizer(prompts).to(device)
+    labels_all = torch.tensor([int(r["label"]) for r in rows])
+    if int(labels_all.max()) >= len(prompts) or int(labels_all.min()) < 0:
+        raise ValueError(f"{source}labels must lie in 0..{len(prompts) - 1} (one prompt per class)")
+
+    boxes = (
+        cache.boxes
+        if cache is not None
+        else crop_boxes(rows, seed, params.epochs, params.crop_scale, params.crop_ratio, source)
+    )
+    dataset = CropDataset(rows, student.preprocess_cfg, boxes, source)
+    steps_per_epoch = math.ceil(len(rows) / params.batch_size)
+    total_steps = params.epochs * steps_per_epoch
+    optimizer = torch.optim.AdamW(_param_groups(model, head, params.weight_decay), lr=params.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(params.warmup_steps, total_steps))
+    fingerprint = _fingerprint(student.identity, params, seed, [r["id"] for r in rows], prompts)
+    start_epoch = _resume(checkpoint_dir, fingerprint, model, head, optimizer, scheduler)
+    autocast = _autocast(device, params.precision)
+    step, seen, started = start_epoch * steps_per_epoch, 0, time.perf_counter()
+
+    for epoch in range(start_epoch, params.epochs):
+        model.train()
+        dataset.epoch = epoch
+        order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(_mix(seed, epoch)))
+        batches = [order[i : i + params.batch_size].tolist() for i in range(0, len(rows), params.batch_size)]
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=params.num_workers)
+        for index, images, labels in tqdm(loader, desc=f"epoch {epoch + 1}/{params.epochs}", leave=False):
+            images, labels = images.to(device), labels.to(device)
+            with autocast:
+                image_features = model.encode_image(images)
+                text_features = all_text = None
+                if params.method == "flyp" or weights["scl"] or weights["vld"]:
+                    classes, inverse = labels.unique(return_inverse=True)
+                    if params.vld_over == "classes" and weights["vld"]:
+                        all_text = model.encode_text(tokens)
+                        text_features = all_text[labels]
+                    else:
+                        text_features = model.encode_text(tokens[classes])[inverse]
+                if params.method == "flyp":
+                    losses = {"clip": clip_loss(image_features, text_features, params.logit_scale)}
+                    losses["total"] = losses["clip"]
+                else:
+                    teacher_logits = student_logits = None
+                    if needs_teacher_images:
+                        teacher_image = _teacher_images(cache, teacher, epoch, index, images, device)
+                        columns = teacher_text if all_text is not None else teacher_text[labels]
+                        teacher_logits = similarity_logits(teacher_image, columns, params.logit_scale)
+                        if all_text is not None:
+                            student_logits = similarity_logits(image_features, all_text, params.logit_scale)
+                    losses = cite_loss(
+                        image_features,
+                        labels,
+                        class_weights=head if weights["dva"] else None,
+                        text_features=text_features,
+                        student_vld_logits=student_logits,
+                        teacher_vld_logits=teacher_logits,
+                        w_dva=weights["dva"],
+                        lam=weights["scl"],
+                        eta=weights["vld"],
+                        logit_scale=params.logit_scale,
+                        vld_direction=params.vld_direction,
+                    )
+            optimizer.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            if params.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_([*model.parameters(), head], params.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            seen += len(index)
+            if log_fn is not None:
+                metrics = {k: float(v.detach()) for k, v in losses.items()}
+                log_fn({**metrics, "lr": scheduler.get_last_lr()[0], "epoch": epoch + 1}, step)
+        _save_checkpoint(checkpoint_dir, fingerprint, epoch + 1, model, head, optimizer, scheduler)
+
+    throughput = seen / max(time.perf_counter() - started, 1e-9)
+    log.info("trained %d step(s) (%d epoch(s)), %.1f images/s", step, params.epochs, throughput)
+    final_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return FitResult(average_weights(final_state, zeroshot_state, params.alpha), step, params.epochs, throughput)
+
+
+def _teacher_images(cache, teacher, epoch, index, images, device) -> torch.Tensor:
+    if cache is not None:
+        return cache.image[epoch, index].to(device)
+    with torch.no_grad():
+        return teacher.model.eval().encode_image(images, normalize=True).float()
+
+
+def _param_groups(model: torch.nn.Module, head: torch.nn.Parameter, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only, not on gains, biases, embeddings' scale or logit_scale (open_clip's rule)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if name in ("logit_scale", "logit_bias"):
+            p.requires_grad_(False)  # fixed scale (decision)
+            continue
+        (decay if p.ndim >= 2 and "ln" not in name and "bn" not in name else no_decay).append(p)
+    if head.requires_grad:
+        decay.append(head)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def _autocast(device: str, precision: str):
+    use_bf16 = precision == "bf16" or (precision == "auto" and str(device).startswith("cuda"))
+    kind = "cuda" if str(device).startswith("cuda") else "cpu"
+    return torch.autocast(kind, dtype=torch.bfloat16, enabled=use_bf16)
+
+
+def _mix(seed: int, epoch: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"order:{seed}:{epoch}".encode()).digest()[:8], "little")
+
+
+def _fingerprint(identity: str, params: FitParams, seed: int, ids: list[str], prompts: list[str]) -> str:
+    body = json.dumps([identity, asdict(params), seed, ids, prompts], sort_keys=True, default=str)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _save_checkpoint(directory, fingerprint, epoch, model, head, optimizer, scheduler) -> None:
+    """Atomic: written to a temp file, then renamed over the previous checkpoint."""
+    if directory is None:
+        return
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {
+        "fingerprint": fingerprint,
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "head": head.detach(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+    }
+    tmp = directory / f".{CHECKPOINT}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, directory / CHECKPOINT)
+
+
+def _resume(directory, fingerprint, model, head, optimizer, scheduler) -> int:
+    path = Path(directory) / CHECKPOINT if directory is not None else None
+    if path is None or not path.is_file():
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state["fingerprint"] != fingerprint:
+        raise ValueError(
+            f"{path}: checkpoint belongs to another run (model, config, seed or split differ); "
+            "delete it or point checkpoint_dir elsewhere"
+        )
+    model.load_state_dict(state["model"])
+    with torch.no_grad():
+        head.copy_(state["head"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    log.info("resumed from %s after epoch %d", path, state["epoch"])
+    return int(state["epoch"])
