@@ -1,0 +1,184 @@
+"""The CLI chain on CPU (ingest -> sample-splits -> cache-teacher -> finetune -> evaluate) and its clear errors."""
+
+import json
+
+import pytest
+
+from clipcite.cli import main
+
+TINY = ["--config", "configs/demo_cpu.yaml", "--set", "train.epochs=2"]
+
+
+@pytest.fixture(scope="module")
+def chain(imagefolder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("chain")
+    assert (
+        main(
+            [
+                "ingest",
+                "imagefolder",
+                "--root",
+                str(imagefolder),
+                "--layout",
+                "split/domain/class",
+                "--dataset",
+                "demo",
+                "--out",
+                str(out / "table"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "sample-splits",
+                *TINY,
+                "--set",
+                "splits.shots=4",
+                "--table",
+                str(out / "table"),
+                "--out",
+                str(out / "splits"),
+            ]
+        )
+        == 0
+    )
+    assert main(["cache-teacher", *TINY, "--splits", str(out / "splits"), "--out", str(out / "teacher")]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                *TINY,
+                "--splits",
+                str(out / "splits"),
+                "--cache",
+                str(out / "teacher"),
+                "--out",
+                str(out / "model"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                *TINY,
+                "--model",
+                str(out / "model"),
+                "--splits",
+                str(out / "splits"),
+                "--out",
+                str(out / "eval"),
+            ]
+        )
+        == 0
+    )
+    return out
+
+
+def test_chain_produces_every_artifact(chain):
+    manifest = json.loads((chain / "splits" / "manifest.json").read_text())
+    assert manifest["sets"]["train"]["rows"] == 3 * 4 and manifest["shots"] == 4
+    assert [s["name"] for s in manifest["eval_sets"]] == ["photo-base", "photo-new", "sketch-base", "sketch-new"]
+    assert {p.name for p in (chain / "teacher").iterdir()} == {"teacher.safetensors", "teacher.json"}
+    model_files = {p.name for p in (chain / "model").iterdir()}
+    assert {
+        "open_clip_model.safetensors",
+        "open_clip_config.json",
+        "clipcite.json",
+        "curves.jsonl",
+        "train_summary.json",
+    } <= model_files
+    curves = [json.loads(line) for line in (chain / "model" / "curves.jsonl").read_text().splitlines()]
+    assert len(curves) == 2 and {"dva", "scl", "vld", "total", "lr"} <= set(curves[0])  # 12 images, batch 16
+    assert not (chain / "model.checkpoints").exists()  # removed once the model is published
+    metrics = json.loads((chain / "eval" / "metrics.json").read_text())
+    for domain in ("photo", "sketch"):
+        for model in ("zeroshot", "finetuned"):
+            entry = metrics["domains"][domain][model]
+            assert {"base", "new", "hm"} <= set(entry) and 0 <= entry["hm"] <= 100
+    per_class = metrics["sets"]["photo-base"]["finetuned"]["per_class"]
+    assert len(per_class) == 3
+    eval_files = {p.name for p in (chain / "eval").iterdir()}
+    assert {"metrics.json", "report.md", "domains.png", "confusion", "confusion_photo-base.png"} <= eval_files
+    confusion = json.loads((chain / "eval" / "confusion" / "photo-new.json").read_text())
+    assert sum(map(sum, confusion["finetuned"])) == metrics["sets"]["photo-new"]["finetuned"]["n"]
+    assert "| photo | finetuned |" in (chain / "eval" / "report.md").read_text()
+
+
+def test_aggregate_over_seeds(chain, tmp_path):
+    assert main(["aggregate", str(chain / "eval"), str(chain / "eval"), "--out", str(tmp_path / "agg.json")]) == 0
+    agg = json.loads((tmp_path / "agg.json").read_text())
+    assert agg["mean"]["finetuned"]["hm"]["n"] == 2 and agg["mean"]["finetuned"]["hm"]["std"] == 0
+
+
+def test_too_few_shots_fails_clearly_and_writes_nothing(chain, tmp_path, capsys):
+    out = tmp_path / "splits"
+    code = main(
+        ["sample-splits", *TINY, "--set", "splits.shots=50", "--table", str(chain / "table"), "--out", str(out)]
+    )
+    assert code == 2
+    assert "has 12 'train' image(s), fewer than shots=50" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_cache_from_another_model_is_refused(chain, tmp_path, capsys):
+    code = main(
+        [
+            "finetune",
+            *TINY,
+            "--set",
+            "model.init_seed=5",
+            "--splits",
+            str(chain / "splits"),
+            "--cache",
+            str(chain / "teacher"),
+            "--out",
+            str(tmp_path / "m"),
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "teacher cache" in err and "made with model 'random:clipcite-tiny:0'" in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_unknown_config_key_is_an_error(chain, tmp_path, capsys):
+    code = main(
+        [
+            "finetune",
+            *TINY,
+            "--set",
+            "train.learning_rate=1",
+            "--splits",
+            str(chain / "splits"),
+            "--out",
+            str(tmp_path / "m"),
+        ]
+    )
+    assert code == 2 and "unknown key(s) learning_rate" in capsys.readouterr().err
+
+
+def test_corrupt_image_in_a_split_names_the_table_and_row(chain, tmp_path, capsys):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    splits = tmp_path / "splits"
+    shutil.copytree(chain / "splits", splits)
+    shard = splits / "train" / "part-00000.parquet"
+    table = pq.read_table(shard).to_pylist()
+    table[0]["image"] = b"garbage"
+    import pyarrow as pa
+
+    from clipcite.data.table import SCHEMA
+
+    pq.write_table(pa.Table.from_pylist(table, schema=SCHEMA), shard)
+    code = main(
+        ["finetune", *TINY, "--splits", str(splits), "--set", "teacher.mode=online", "--out", str(tmp_path / "m")]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"row id={table[0]['id']!r}: corrupt or unreadable image" in err and "train" in err
