@@ -33,7 +33,7 @@ def run(model_uri: str, splits_uri: str, out_uri: str, config: Config, domains: 
         raise ValueError(f"no eval set for domain(s) {list(domains)} in {splits_uri}; known domains: {known}")
     with storage.local_dir(model_uri) as folder:
         finetuned, meta = load_saved(folder, device=device)
-    models = {"finetuned": finetuned}
+    models = {}
     if config.eval.zeroshot_baseline:
         spec = config.model
         models["zeroshot"] = load_model(spec.arch, spec.pretrained, init_seed=spec.init_seed, device=device)
@@ -42,6 +42,7 @@ def run(model_uri: str, splits_uri: str, out_uri: str, config: Config, domains: 
                 f"the zero-shot model {models['zeroshot'].identity!r} is not the one {model_uri} was "
                 f"fine-tuned from ({meta.get('base_identity')!r}); pass the same model config"
             )
+    models["finetuned"] = finetuned
     template = config.model.template or meta.get("template", "")
 
     results: dict[str, dict] = {}
