@@ -4,19 +4,22 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint format clean
+.PHONY: setup run test lint format clean images
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+REGISTRY ?= ghcr.io/clipcite
+VERSION  ?= 0.1.0
+
+$(STAMP): requirements.txt requirements-pipeline.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-pipeline.txt -r requirements-dev.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 run: setup
-	PATH=$(CURDIR)/$(BIN):$$PATH scripts/run_demo.sh runs/demo
+	PATH=$(CURDIR)/$(BIN):$$PATH scripts/run_chain.sh runs/default configs/default.yaml
 
 lint: setup
 	$(BIN)/ruff check .
@@ -31,3 +34,11 @@ format: setup
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
+
+# Build and push both images (needs a Docker engine; `docker login` to the registry first).
+images:
+	@command -v docker >/dev/null || { echo "make images needs Docker"; exit 1; }
+	docker build -f docker/Dockerfile.cpu -t $(REGISTRY)/clipcite-cpu:$(VERSION) .
+	docker build -f docker/Dockerfile.cuda -t $(REGISTRY)/clipcite-cuda:$(VERSION) .
+	docker push $(REGISTRY)/clipcite-cpu:$(VERSION)
+	docker push $(REGISTRY)/clipcite-cuda:$(VERSION)

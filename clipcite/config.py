@@ -70,30 +70,63 @@ class Config:
         return self.batch_size_by_dataset.get(dataset, self.train.batch_size)
 
 
-def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Defaults, then the YAML file, then ``section.key=value`` overrides (values parsed as YAML)."""
+PRESETS = Path(__file__).parent / "presets"
+
+
+def preset_path(source: str | Path) -> Path:
+    """A YAML file path, or the name of a preset shipped in clipcite/presets (``default``, ``paper_vitb16``)."""
+    path = Path(source)
+    if path.is_file():
+        return path
+    named = PRESETS / f"{path.stem if path.suffix == '.yaml' else source}.yaml"
+    if named.is_file():
+        return named
+    known = sorted(p.stem for p in PRESETS.glob("*.yaml"))
+    raise ConfigError(f"{source}: config file not found, and not a preset name ({', '.join(known)})")
+
+
+def load_config(source: str | Path | None = None, overrides: typing.Sequence[str | tuple[str, object]] = ()) -> Config:
+    """Defaults, then the YAML file or preset, then overrides: ``"section.key=value"`` strings (values parsed as
+    YAML) or ``(key, value)`` pairs."""
     data: dict = {}
-    if path:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError as e:
-            raise ConfigError(f"{path}: config file not found") from e
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections")
+    if source:
+        path = preset_path(source)
+        data = _parse_yaml(path.read_text(), str(path))
+    return _finish(data, overrides, str(source or "config"))
+
+
+def config_from_yaml(text: str, overrides: typing.Sequence[str | tuple[str, object]] = ()) -> Config:
+    """A config from YAML text (e.g. the resolved config a pipeline step passes on)."""
+    return _finish(_parse_yaml(text, "config text"), overrides, "config text")
+
+
+def _parse_yaml(text: str, where: str) -> dict:
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML ({e})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: top level must be a mapping of sections")
+    return data
+
+
+def _finish(data: dict, overrides, where: str) -> Config:
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=1e-5")
+        if isinstance(item, str):
+            key, sep, raw = item.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=1e-5")
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        else:
+            key, value = item
         node = data
-        *parents, leaf = key.strip().split(".")
+        *parents, leaf = str(key).strip().split(".")
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part} is not a section")
-        node[leaf] = yaml.safe_load(raw) if raw.strip() else ""
-    config = _build(Config, data, where=str(path or "config"))
+                raise ConfigError(f"override {key!r}: {part} is not a section")
+        node[leaf] = value
+    config = _build(Config, data, where=where)
     config.train.validate()
     return config
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import open_clip
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,36 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def resolve_checkpoint(pretrained: str) -> Path:
+    """``clipcite:<path>`` names a checkpoint shipped inside the package (the toy world's); else a plain path."""
+    if pretrained.startswith("clipcite:"):
+        return Path(__file__).parent / pretrained.removeprefix("clipcite:")
+    return Path(pretrained)
+
+
+def _looks_like_path(pretrained: str) -> bool:
+    return (
+        pretrained.startswith("clipcite:")
+        or "/" in pretrained
+        or Path(pretrained).suffix in (".safetensors", ".pt", ".pth", ".bin")
+        or Path(pretrained).is_file()
+    )
+
+
+def verified_sha256(path: Path) -> str:
+    """The file's SHA-256, checked against ``<file>.sha256`` when that record exists beside it."""
+    digest = file_sha256(path)
+    record = path.with_name(path.name + ".sha256")
+    if record.is_file():
+        expected = record.read_text().split()[0]
+        if digest != expected:
+            raise ValueError(
+                f"{path}: SHA-256 {digest} does not match the recorded {expected} in {record}; "
+                "the checkpoint is corrupt or was replaced"
+            )
+    return digest
 
 
 def resolve_arch(arch: str) -> str:
@@ -83,9 +113,15 @@ def load_model(arch: str, pretrained: str = "", *, init_seed: int = 0, device: s
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(init_seed)
                 model = open_clip.create_model(name, device=device, pretrained_text=False)
-        elif Path(pretrained).is_file():
-            identity = "sha256:" + file_sha256(pretrained)
-            model = open_clip.create_model(name, pretrained=pretrained, device=device, weights_only=True)
+        elif _looks_like_path(pretrained):
+            path = resolve_checkpoint(pretrained)
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: checkpoint file not found (model.pretrained={pretrained!r})")
+            identity = "sha256:" + verified_sha256(path)
+            try:
+                model = open_clip.create_model(name, pretrained=str(path), device=device, weights_only=True)
+            except Exception as e:  # safetensors/torch raise many types for a bad file
+                raise ValueError(f"{path}: cannot load checkpoint for {name} ({type(e).__name__}: {e})") from e
         else:
             identity = f"{name}:{pretrained}"
             model = open_clip.create_model(name, pretrained=pretrained, device=device, require_pretrained=True)
@@ -157,10 +193,6 @@ def load_saved(model_dir: str | Path, device: str = "cpu") -> tuple[LoadedModel,
     loaded = load_model(f"local-dir:{folder}", device=device)
     meta = json.loads(meta_path.read_text())
     return loaded, meta
-
-
-def load_state(path: str | Path) -> dict[str, torch.Tensor]:
-    return load_file(str(path))
 
 
 def _jsonable(cfg: dict) -> dict:

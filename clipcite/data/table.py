@@ -12,7 +12,7 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,10 +134,6 @@ def _subschema(columns: list[str] | None) -> pa.Schema:
     return pa.schema([SCHEMA.field(c) for c in (columns or SCHEMA.names)])
 
 
-def iter_rows(table: pa.Table) -> Iterator[dict]:
-    yield from table.to_pylist()
-
-
 def image_bytes(row: dict, source: str = "") -> bytes:
     """The encoded bytes of a row's image (inline bytes, else read from ``path``)."""
     if row.get("image") is not None:
@@ -159,10 +155,21 @@ def decode_image(data: bytes, where: str) -> Image.Image:
         raise ImageDecodeError(f"{where}: corrupt or unreadable image ({e})") from e
 
 
-def content_digest(table_uri: str) -> str:
-    """SHA-256 over the shards' bytes and classes.json: identifies a table's content for caching and manifests."""
+def snapshot(table_uri: str) -> dict:
+    """What a table holds right now: its shards (name, size, modification time) and a digest over them and
+    classes.json. Cheap (no image bytes read) and changes whenever a shard or the class list changes."""
     h = hashlib.sha256()
-    for uri in [*shard_uris(table_uri), storage.join(table_uri, CLASSES_FILE)]:
-        h.update(Path(uri).name.encode())
-        h.update(storage.read_bytes(uri))
-    return h.hexdigest()
+    files = []
+    for uri in shard_uris(table_uri):
+        fs, path = storage.filesystem(uri)
+        info = fs.get_file_info(path)
+        entry = {"name": Path(path).name, "size": info.size, "mtime_ns": info.mtime_ns}
+        files.append(entry)
+        h.update(json.dumps(entry, sort_keys=True).encode())
+    h.update(storage.read_bytes(storage.join(table_uri, CLASSES_FILE)))
+    return {"uri": table_uri, "digest": h.hexdigest(), "files": files}
+
+
+def sources_digest(snapshots: list[dict]) -> str:
+    """One digest over several tables' snapshots (the pipeline's snapshot step computes the same)."""
+    return hashlib.sha256("\n".join(s["digest"] for s in snapshots).encode()).hexdigest()

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from clipcite import storage
 from clipcite.config import Config, SplitsConfig
-from clipcite.data.table import ClassList, content_digest, read_classes, read_table, shard_uris, write_table
+from clipcite.data.table import ClassList, read_classes, read_table, shard_uris, snapshot, sources_digest, write_table
 from clipcite.splits import base_new_classes, relabel, sample_few_shot, val_shots
 from clipcite.steps.common import base_parser, config_from, setup_logging
 
@@ -27,26 +27,44 @@ log = logging.getLogger(__name__)
 META = ["id", "label", "classname", "domain", "split"]
 
 
-def run(table_uri: str, out_uri: str, config: Config, eval_table_uris: tuple[str, ...] = ()) -> dict:
-    """Sample the splits of ``table_uri``; eval sets also come from each of ``eval_table_uris``."""
+def run(
+    table_uri: str,
+    out_uri: str,
+    config: Config,
+    eval_table_uris: tuple[str, ...] = (),
+    expected_digest: str = "",
+) -> dict:
+    """Sample the splits of ``table_uri``; eval sets also come from each of ``eval_table_uris``.
+
+    ``expected_digest`` (from the pipeline's snapshot step) must match the data as read here, so the splits are
+    those of the snapshot the run recorded.
+    """
     cfg = config.splits
     if cfg.protocol not in ("base2new", "fewshot"):
         raise ValueError(f"splits.protocol must be 'base2new' or 'fewshot', got {cfg.protocol!r}")
     classes = read_classes(table_uri)
     meta = read_table(table_uri, columns=META)
-    keep = _kept_classes(meta["label"].to_pylist(), cfg)["base" if cfg.protocol == "base2new" else "all"]
+    keep = _kept_classes(meta["label"].to_pylist())["base" if cfg.protocol == "base2new" else "all"]
     train_classes = ClassList(tuple(classes.names[c] for c in keep), classes.template, classes.dataset)
 
     train_ids = _few_shot_ids(meta, cfg.train_split, cfg.shots, keep, config, classes, "train")
     val_k = val_shots(cfg.shots, cfg.val_shots)
     val_ids = _few_shot_ids(meta, cfg.val_split, val_k, keep, config, classes, "val", optional=True)
 
+    sources = [snapshot(u) for u in (table_uri, *eval_table_uris)]
+    digest = sources_digest(sources)
+    if expected_digest and digest != expected_digest:
+        raise ValueError(
+            f"the data under {table_uri} changed after this run's snapshot (digest {digest[:12]} != "
+            f"{expected_digest[:12]}); rerun the pipeline"
+        )
     manifest: dict = {
         "protocol": cfg.protocol,
         "shots": cfg.shots,
         "seed": config.seed,
         "val_shots": val_k,
-        "source": {table_uri: content_digest(table_uri), **{u: content_digest(u) for u in eval_table_uris}},
+        "sources": sources,
+        "sources_digest": digest,
         "train_classes": list(train_classes.names),
         "sets": {},
         "eval_sets": [],
@@ -81,7 +99,7 @@ def run(table_uri: str, out_uri: str, config: Config, eval_table_uris: tuple[str
     return manifest
 
 
-def _kept_classes(labels: list[int], cfg: SplitsConfig) -> dict[str, list[int]]:
+def _kept_classes(labels: list[int]) -> dict[str, list[int]]:
     base, new = base_new_classes(labels)
     return {"base": base, "new": new, "all": base + new}
 
@@ -97,12 +115,11 @@ def _few_shot_ids(
     optional: bool = False,
 ) -> list[str]:
     cfg = config.splits
+    kept = set(keep)
     rows = [
         r
         for r in meta.to_pylist()
-        if r["split"] == split
-        and r["label"] in set(keep)
-        and (not cfg.train_domains or r["domain"] in cfg.train_domains)
+        if r["split"] == split and r["label"] in kept and (not cfg.train_domains or r["domain"] in cfg.train_domains)
     ]
     if not rows:
         if optional:
@@ -132,13 +149,14 @@ def _eval_sets(table_uri: str, cfg: SplitsConfig) -> Iterator[dict]:
     domains = sorted({r["domain"] for r in meta})
     if cfg.eval_domains:
         domains = [d for d in domains if d in cfg.eval_domains]
-    halves = _kept_classes([r["label"] for r in meta] or [0], cfg)
+    halves = _kept_classes([r["label"] for r in meta] or [0])
     subsets = (
         [("base", halves["base"]), ("new", halves["new"])] if cfg.protocol == "base2new" else [("all", halves["all"])]
     )
     for domain in domains:
         for subset, keep in subsets:
-            rows = [r for r in meta if r["domain"] == domain and r["label"] in set(keep)]
+            kept = set(keep)
+            rows = [r for r in meta if r["domain"] == domain and r["label"] in kept]
             if not rows:
                 continue
             yield {

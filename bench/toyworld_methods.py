@@ -1,0 +1,157 @@
+"""The method table on the toy world: base-to-new and cross-domain, 7 methods x 3 seeds (run by hand).
+
+    python bench/toyworld_methods.py --out runs/bench            # the full table (about 30 min on 2 cores)
+    python bench/toyworld_methods.py --out runs/bench --quick    # one seed, 5 epochs: a fast look
+
+Base-to-new: 16 shots of the 24 base classes of the main domain (photo); Base / New / HM on photo.
+Cross-domain: 16 shots of all 48 classes of photo; top-1 on every domain (photo is in-domain).
+Every method runs the same steps as the CLI (sample-splits, cache-teacher, finetune, evaluate) with the same
+hyperparameters (configs/default.yaml); only the method's own switches differ. ``ce`` and ``flyp`` are plain
+fine-tuning (alpha = 1), as they are published; ``cite`` uses the paper's alpha = 0.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from clipcite.config import load_config
+from clipcite.metrics import aggregate
+from clipcite.report import plt
+from clipcite.steps import cache_teacher, evaluate, finetune, sample_splits
+from clipcite.toyworld.generate import write_world
+from clipcite.toyworld.world import DOMAINS
+
+log = logging.getLogger("bench")
+METHODS = {
+    "zero-shot": ["train.method=zeroshot"],
+    "ce": ["train.method=ce", "train.alpha=1.0"],
+    "flyp": ["train.method=flyp", "train.alpha=1.0"],
+    "cite": [],
+    "cite alpha=1": ["train.alpha=1.0"],
+    "cite w/o VLD": ["train.eta=0.0"],
+    "cite w/o SCL": ["train.lam=0.0"],
+}
+PROTOCOLS = {
+    "b2n": ["splits.protocol=base2new", "splits.train_domains=[photo]", "splits.eval_domains=[photo]"],
+    "xd": ["splits.protocol=fewshot", "splits.train_domains=[photo]"],
+}
+
+
+def run_one(table: Path, out: Path, seed: int, extra: list[str]) -> dict:
+    """All methods of both protocols for one seed; returns {method: {"b2n": {...}, "xd": {...}}}."""
+    results: dict = {m: {} for m in METHODS}
+    for protocol, settings in PROTOCOLS.items():
+        base = [f"seed={seed}", "device=cpu", "eval.zeroshot_baseline=false", *settings, *extra]
+        config = load_config("configs/default.yaml", base)
+        splits, cache = out / f"{protocol}-splits", out / f"{protocol}-teacher"
+        sample_splits.run(str(table), str(splits), config)
+        cache_teacher.run(str(splits), str(cache), config)
+        for method, switches in METHODS.items():
+            method_config = load_config("configs/default.yaml", [*base, *switches])
+            slug = method.replace(" ", "_").replace("/", "").replace("=", "")
+            model, metrics = out / f"{protocol}-{slug}-model", out / f"{protocol}-{slug}-eval"
+            started = time.perf_counter()
+            finetune.run(str(splits), str(model), method_config, cache_uri=str(cache))
+            body = evaluate.run(str(model), str(splits), str(metrics), method_config)
+            entry = body["domains"]
+            if protocol == "b2n":
+                results[method]["b2n"] = {k: entry["photo"]["finetuned"][k] for k in ("base", "new", "hm")}
+            else:
+                results[method]["xd"] = {d: entry[d]["finetuned"]["top1"] for d in DOMAINS}
+            log.info(
+                "seed %d %s %-13s %.0fs %s",
+                seed,
+                protocol,
+                method,
+                time.perf_counter() - started,
+                json.dumps(results[method][protocol], default=lambda v: round(v, 1)),
+            )
+    return results
+
+
+def table_markdown(summary: dict, seeds: list[int], command: str) -> str:
+    cols = ["Base", "New", "HM", *DOMAINS]
+    lines = [
+        f"Toy world, {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); top-1 %, mean ± std.",
+        "",
+        f"Command: `{command}`",
+        "",
+        "| method | " + " | ".join(cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    for method, entry in summary.items():
+        cells = [entry["b2n"][k] for k in ("base", "new", "hm")] + [entry["xd"][d] for d in DOMAINS]
+        lines.append(f"| {method} | " + " | ".join(f"{c['mean']:.1f} ± {c['std']:.1f}" for c in cells) + " |")
+    lines += [
+        "",
+        "Base/New/HM: base-to-new on photo (16 shots of 24 base classes). Domain columns: cross-domain "
+        "(16 shots of all 48 photo classes, tested on each domain; photo is in-domain).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, path: Path) -> None:
+    cols = [("b2n", "hm", "HM"), *[("xd", d, d) for d in DOMAINS]]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    width = 0.8 / len(summary)
+    for i, (method, entry) in enumerate(summary.items()):
+        values = [entry[p][k]["mean"] for p, k, _ in cols]
+        errors = [entry[p][k]["std"] for p, k, _ in cols]
+        ax.bar([x + i * width for x in range(len(cols))], values, width, yerr=errors, label=method, capsize=2)
+    ax.set_xticks([x + width * (len(summary) - 1) / 2 for x in range(len(cols))], [c for *_, c in cols])
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title("Toy world: base-to-new HM and cross-domain accuracy")
+    ax.legend(fontsize=7, ncol=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="runs/bench")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--quick", action="store_true", help="one seed, 5 epochs")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every run, e.g. model.pretrained=path (repeatable)",
+    )
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    log.setLevel(logging.INFO)
+    seeds = args.seeds[:1] if args.quick else args.seeds
+    extra = (["train.epochs=5"] if args.quick else []) + args.overrides
+    out = Path(args.out)
+    started = time.perf_counter()
+    table = out / "table"
+    if not table.exists():
+        write_world(str(table), seed=1)
+    runs = [run_one(table, out / f"seed{seed}", seed, extra) for seed in seeds]
+    summary = {m: aggregate([r[m] for r in runs]) for m in METHODS}
+    command = (
+        "python bench/toyworld_methods.py"
+        + (" --quick" if args.quick else "")
+        + (f" --seeds {' '.join(map(str, seeds))}" if seeds != [1, 2, 3] and not args.quick else "")
+    )
+    text = table_markdown(summary, seeds, command)
+    (out / "toyworld_methods.md").write_text(text)
+    (out / "toyworld_methods.json").write_text(json.dumps({"seeds": seeds, "runs": runs, "summary": summary}, indent=1))
+    plot(summary, out / "toyworld_methods.png")
+    print(text)
+    print(f"total {time.perf_counter() - started:.0f}s; wrote {out}/toyworld_methods.{{md,json,png}}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,24 @@
+"""Component evaluate: one eval domain, fine-tuned and zero-shot (GPU; one task per domain; never cached)."""
+
+from kfp import dsl
+
+from components.images import GPU_IMAGE
+
+
+@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
+def evaluate(
+    model: dsl.Input[dsl.Model],
+    splits: dsl.Input[dsl.Dataset],
+    domain: str,
+    config_yaml: str,
+    report: dsl.Output[dsl.Artifact],
+    metrics: dsl.Output[dsl.Metrics],
+):
+    from clipcite.config import config_from_yaml
+    from clipcite.steps.evaluate import run
+
+    body = run(model.path, splits.path, report.path, config_from_yaml(config_yaml), (domain,))
+    for model_name, values in body["domains"][domain].items():
+        for key, value in values.items():
+            metrics.log_metric(f"{domain}/{model_name}/{key}", float(value))
+    report.metadata.update({"domain": domain})

@@ -1,0 +1,22 @@
+"""Component finetune: CLIP-CITE on the train split, then the weight-space ensemble (GPU; never cached)."""
+
+from kfp import dsl
+
+from components.images import GPU_IMAGE
+
+
+@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
+def finetune(
+    splits: dsl.Input[dsl.Dataset],
+    teacher: dsl.Input[dsl.Dataset],
+    config_yaml: str,
+    model: dsl.Output[dsl.Model],
+    curves: dsl.Output[dsl.Metrics],
+):
+    from clipcite.config import config_from_yaml
+    from clipcite.steps.finetune import run
+
+    summary = run(splits.path, model.path, config_from_yaml(config_yaml), cache_uri=teacher.path)
+    model.metadata.update(summary)
+    for key in ("steps", "epochs", "images_per_second"):
+        curves.log_metric(key, float(summary[key]))

@@ -1,0 +1,42 @@
+"""Component sample_splits: resolve the run's config, then few-shot splits and eval sets (CPU; cached)."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+
+from components.images import CPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def sample_splits(
+    data_uri: str,
+    eval_data_uris: list,
+    data_digest: str,
+    config: str,
+    shots: int,
+    seed: int,
+    arch: str,
+    pretrained: str,
+    method: str,
+    overrides: dict,
+    splits: dsl.Output[dsl.Dataset],
+) -> NamedTuple("Outputs", [("domains", list), ("config_yaml", str)]):
+    from collections import namedtuple
+
+    from clipcite.config import dump_yaml, load_config
+    from clipcite.steps.sample_splits import run
+
+    # Pipeline parameters first (empty strings keep the preset's value), then the free-form overrides win.
+    settings = {
+        "splits.shots": shots,
+        "seed": seed,
+        "model.arch": arch,
+        "model.pretrained": pretrained,
+        "train.method": method,
+    }
+    chosen = [(k, v) for k, v in settings.items() if v != ""]
+    resolved = load_config(config, [*chosen, *overrides.items()])
+    manifest = run(data_uri, splits.path, resolved, tuple(eval_data_uris), expected_digest=data_digest)
+    splits.metadata.update({"train_rows": manifest["sets"]["train"]["rows"], "shots": manifest["shots"]})
+    domains = sorted({s["domain"] for s in manifest["eval_sets"]})
+    return namedtuple("Outputs", ["domains", "config_yaml"])(domains, dump_yaml(resolved))

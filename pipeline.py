@@ -1,0 +1,303 @@
+"""The clipcite Kubeflow pipeline (KFP v2) and its command line.
+
+    python pipeline.py run                     # local, through kfp.local, on the offline default (the toy world)
+    python pipeline.py compile [--output pipeline.yaml]
+    python pipeline.py submit --host URL [--experiment NAME] [--namespace NS] [--param key=value ...]
+    python pipeline.py schedule --host URL --cron "0 0 3 * * 1" [--max-concurrency N] [--no-catchup]
+
+DAG: snapshot -> sample_splits -> cache_teacher -> finetune -> ParallelFor(domain: evaluate) -> register.
+Cluster settings (GPU count, requests, /dev/shm, tolerations, node selector, images) are read when the pipeline is
+built, from the environment (see ClusterSettings) or the compile/submit flags.
+"""
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+from kfp import compiler, dsl, kubernetes
+
+from components.cache_teacher import cache_teacher
+from components.evaluate import evaluate
+from components.finetune import finetune
+from components.register import register
+from components.sample_splits import sample_splits
+from components.snapshot import snapshot
+
+PIPELINE_NAME = "clipcite"
+ROOT = Path(__file__).resolve().parent
+log = logging.getLogger("pipeline")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterSettings:
+    """Where and how the steps run on a cluster; every field has a CLIPCITE_* environment variable."""
+
+    gpu_limit: int = 1  # CLIPCITE_GPU_LIMIT
+    gpu_resource: str = "nvidia.com/gpu"  # CLIPCITE_GPU_RESOURCE
+    gpu_cpu_request: str = "4"  # CLIPCITE_GPU_CPU_REQUEST
+    gpu_memory_request: str = "32G"  # CLIPCITE_GPU_MEMORY_REQUEST
+    cpu_cpu_request: str = "1"  # CLIPCITE_CPU_CPU_REQUEST
+    cpu_memory_request: str = "4G"  # CLIPCITE_CPU_MEMORY_REQUEST
+    shm_size: str = "16Gi"  # CLIPCITE_SHM_SIZE: memory-backed /dev/shm for DataLoader workers
+    tolerations: tuple[str, ...] = ()  # CLIPCITE_TOLERATIONS: "key=value:Effect" or "key:Effect", comma-separated
+    node_selector: tuple[str, ...] = ()  # CLIPCITE_NODE_SELECTOR: "label=value", comma-separated
+    retries: int = 2  # CLIPCITE_RETRIES: for steps that can fail transiently (storage, preemption)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "ClusterSettings":
+        env = os.environ if env is None else env
+        values: dict = {}
+        for field in dataclasses.fields(cls):
+            raw = env.get(f"CLIPCITE_{field.name.upper()}")
+            if raw is None:
+                continue
+            if field.type in ("int", int):
+                values[field.name] = int(raw)
+            elif "tuple" in str(field.type):
+                values[field.name] = tuple(x.strip() for x in raw.split(",") if x.strip())
+            else:
+                values[field.name] = raw
+        return cls(**values)
+
+
+def _gpu_task(task: dsl.PipelineTask, settings: ClusterSettings) -> dsl.PipelineTask:
+    task.set_accelerator_type(settings.gpu_resource).set_accelerator_limit(settings.gpu_limit)
+    task.set_cpu_request(settings.gpu_cpu_request).set_memory_request(settings.gpu_memory_request)
+    kubernetes.empty_dir_mount(
+        task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=settings.shm_size
+    )
+    for toleration in settings.tolerations:
+        key_value, _, effect = toleration.partition(":")
+        key, eq, value = key_value.partition("=")
+        kubernetes.add_toleration(
+            task, key=key, operator="Equal" if eq else "Exists", value=value or None, effect=effect or None
+        )
+    for selector in settings.node_selector:
+        label, _, value = selector.partition("=")
+        kubernetes.add_node_selector(task, label_key=label, label_value=value)
+    return task
+
+
+def _cpu_task(task: dsl.PipelineTask, settings: ClusterSettings) -> dsl.PipelineTask:
+    return task.set_cpu_request(settings.cpu_cpu_request).set_memory_request(settings.cpu_memory_request)
+
+
+def build_pipeline(settings: ClusterSettings | None = None):
+    """The pipeline function, with cluster settings applied to its tasks."""
+    settings = settings or ClusterSettings.from_env()
+
+    @dsl.pipeline(name=PIPELINE_NAME, description="Few-shot CLIP fine-tuning with CLIP-CITE, evaluated per domain")
+    def clipcite_pipeline(
+        data_uri: str,
+        eval_data_uris: list = [],  # noqa: B006  (KFP pipeline defaults are literals)
+        config: str = "default",
+        shots: int = 16,
+        seed: int = 1,
+        arch: str = "",
+        pretrained: str = "",
+        method: str = "",
+        overrides: dict = {},  # noqa: B006
+        experiment_name: str = "clipcite",
+        registered_model_name: str = "clipcite",
+    ) -> NamedTuple("Outputs", [("summary", dsl.Markdown), ("record", dsl.Artifact)]):
+        snap = _cpu_task(snapshot(data_uri=data_uri, eval_data_uris=eval_data_uris), settings)
+        snap.set_caching_options(False).set_retry(settings.retries, backoff_duration="30s", backoff_factor=2)
+        splits = sample_splits(
+            data_uri=data_uri,
+            eval_data_uris=eval_data_uris,
+            data_digest=snap.output,
+            config=config,
+            shots=shots,
+            seed=seed,
+            arch=arch,
+            pretrained=pretrained,
+            method=method,
+            overrides=overrides,
+        )
+        _cpu_task(splits, settings).set_caching_options(True)
+        splits.set_retry(settings.retries, backoff_duration="30s", backoff_factor=2)
+        config_yaml = splits.outputs["config_yaml"]
+        teacher = cache_teacher(splits=splits.outputs["splits"], config_yaml=config_yaml)
+        _gpu_task(teacher, settings).set_caching_options(True)
+        teacher.set_retry(settings.retries, backoff_duration="60s", backoff_factor=2)
+        model = finetune(splits=splits.outputs["splits"], teacher=teacher.outputs["teacher"], config_yaml=config_yaml)
+        _gpu_task(model, settings).set_caching_options(False)
+        with dsl.ParallelFor(splits.outputs["domains"], name="eval-domains") as domain:
+            evaluation = evaluate(
+                model=model.outputs["model"], splits=splits.outputs["splits"], domain=domain, config_yaml=config_yaml
+            )
+            _gpu_task(evaluation, settings).set_caching_options(False)
+            evaluation.set_retry(settings.retries, backoff_duration="60s", backoff_factor=2)
+        registered = register(
+            model=model.outputs["model"],
+            reports=dsl.Collected(evaluation.outputs["report"]),
+            registered_model_name=registered_model_name,
+            experiment_name=experiment_name,
+        )
+        _cpu_task(registered, settings).set_caching_options(False)
+        outputs = NamedTuple("Outputs", [("summary", dsl.Markdown), ("record", dsl.Artifact)])  # noqa: UP014
+        return outputs(summary=registered.outputs["summary"], record=registered.outputs["record"])
+
+    return clipcite_pipeline
+
+
+def compile_pipeline(output: str | Path, settings: ClusterSettings | None = None) -> Path:
+    compiler.Compiler().compile(build_pipeline(settings), str(output))
+    return Path(output)
+
+
+# ---------------------------------------------------------------------------------------------------- command line
+
+
+def parse_params(items: list[str]) -> dict:
+    """``key=value`` pipeline parameters; values are JSON when they parse (8, ["s3://..."], {"train.lr": 1e-5})."""
+    params = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--param {item!r}: expected key=value")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
+
+
+def run_local(params: dict, out: Path, *, caching: bool = True) -> dict:
+    """Run the DAG through kfp.local (subprocesses in this Python environment) and return the merged metrics."""
+    from kfp import local
+
+    from clipcite.steps.common import setup_logging
+
+    setup_logging()
+    if not params.get("data_uri"):
+        from clipcite.toyworld.generate import write_world
+
+        data = out / "data" / "toyworld"
+        if not data.exists():
+            log.info("generating the toy world at %s", data)
+            write_world(str(data), seed=1)
+        params = {**params, "data_uri": str(data.resolve())}
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(out / "root"),
+        enable_caching=caching,
+        cache_root=str(out / "cache"),
+    )
+    settings = dataclasses.replace(ClusterSettings.from_env(), retries=0)  # retries are for clusters' hiccups
+    result = build_pipeline(settings)(**params)
+    record = Path(result.outputs["record"].path)
+    return {
+        "metrics": json.loads((record / "metrics.json").read_text()),
+        "record": record,
+        "summary": Path(result.outputs["summary"].path),
+    }
+
+
+def make_client(host: str, namespace: str | None = None, token: str | None = None):
+    """kfp.Client with an existing token (flag or KFP_TOKEN), else the in-cluster service-account token."""
+    import kfp
+    from kfp.client import ServiceAccountTokenVolumeCredentials
+
+    token = token or os.environ.get("KFP_TOKEN")
+    if token:
+        return kfp.Client(host=host, namespace=namespace, existing_token=token)
+    sa_token = os.environ.get("KF_PIPELINES_SA_TOKEN_PATH", "/var/run/secrets/kubeflow/pipelines/token")
+    if Path(sa_token).is_file():
+        return kfp.Client(host=host, namespace=namespace, credentials=ServiceAccountTokenVolumeCredentials(sa_token))
+    return kfp.Client(host=host, namespace=namespace)
+
+
+def submit(args: argparse.Namespace, params: dict):
+    client = make_client(args.host, args.namespace, args.token)
+    package = compile_pipeline(Path(args.workdir) / "pipeline.yaml")
+    return client.create_run_from_pipeline_package(
+        str(package),
+        arguments=params,
+        run_name=args.run_name,
+        experiment_name=args.experiment,
+        namespace=args.namespace,
+    )
+
+
+def schedule(args: argparse.Namespace, params: dict):
+    """A recurring run: each run snapshots the data source as it is then, so new few-shot data is picked up."""
+    client = make_client(args.host, args.namespace, args.token)
+    package = compile_pipeline(Path(args.workdir) / "pipeline.yaml")
+    experiment = client.create_experiment(args.experiment, namespace=args.namespace)
+    return client.create_recurring_run(
+        experiment_id=experiment.experiment_id,
+        job_name=args.job_name,
+        cron_expression=args.cron,
+        max_concurrency=args.max_concurrency,
+        no_catchup=args.no_catchup,
+        params=params,
+        pipeline_package_path=str(package),
+        enabled=True,
+    )
+
+
+def print_summary(result: dict) -> None:
+    from clipcite.report import markdown
+
+    metrics = result["metrics"]
+    print(markdown(metrics, metrics["models"], title=f"clipcite: {metrics['method']} (alpha={metrics['alpha']})"))
+    print(f"registration record: {result['record']}\nreport: {result['summary']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_p = commands.add_parser("run", help="run locally through kfp.local (offline default: the toy world)")
+    run_p.add_argument("--out", default="runs/pipeline", help="local pipeline root, cache and generated data")
+    run_p.add_argument("--no-cache", action="store_true", help="rerun every step")
+    compile_p = commands.add_parser("compile", help="write the pipeline spec")
+    compile_p.add_argument("--output", default=str(ROOT / "pipeline.yaml"))
+    for name in ("submit", "schedule"):
+        p = commands.add_parser(name, help=f"{name} on a Kubeflow Pipelines server")
+        p.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
+        p.add_argument("--namespace", help="Kubeflow profile namespace")
+        p.add_argument("--experiment", default="clipcite")
+        p.add_argument("--token", help="bearer token (default: $KFP_TOKEN, else the in-cluster service account)")
+        p.add_argument("--workdir", default=".", help="where the compiled spec is written before upload")
+    commands.choices["submit"].add_argument("--run-name", default=None)
+    sched = commands.choices["schedule"]
+    sched.add_argument("--cron", required=True, help='6-field cron, e.g. "0 0 3 * * 1" (Mondays 03:00)')
+    sched.add_argument("--job-name", default="clipcite-retrain")
+    sched.add_argument("--max-concurrency", type=int, default=1)
+    sched.add_argument("--no-catchup", action="store_true", help="skip the runs missed while paused")
+    for p in (run_p, commands.choices["submit"], sched):
+        p.add_argument(
+            "--param",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="pipeline parameter: data_uri, eval_data_uris, config, shots, seed, arch, pretrained, "
+            "method, overrides, experiment_name, registered_model_name",
+        )
+    args = parser.parse_args(argv)
+
+    if args.command == "compile":
+        print(compile_pipeline(args.output))
+        return 0
+    params = parse_params(args.param)
+    if args.command == "run":
+        try:
+            result = run_local(params, Path(args.out), caching=not args.no_cache)
+        except RuntimeError as e:  # kfp.local names the failed task; its log above holds the step's own error
+            print(f"pipeline failed: {e}", file=sys.stderr)
+            return 1
+        print_summary(result)
+        return 0
+    response = submit(args, params) if args.command == "submit" else schedule(args, params)
+    print(response)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""The KFP pipeline: the committed spec, its structure, cluster settings, and submit/schedule client calls."""
+
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pipeline  # noqa: E402
+
+STEPS = {"snapshot", "sample-splits", "cache-teacher", "finetune", "evaluate", "register"}
+GPU_STEPS = {"cache-teacher", "finetune", "evaluate"}
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory):
+    path = pipeline.compile_pipeline(tmp_path_factory.mktemp("spec") / "p.yaml", pipeline.ClusterSettings())
+    return path, [doc for doc in yaml.safe_load_all(path.read_text())]
+
+
+def all_tasks(root: dict) -> dict:
+    tasks = dict(root["root"]["dag"]["tasks"])
+    for component in root["components"].values():
+        if "dag" in component:
+            tasks.update(component["dag"]["tasks"])
+    return tasks
+
+
+def test_committed_spec_matches_a_fresh_compile(spec):
+    path, _ = spec
+    assert (ROOT / "pipeline.yaml").read_text() == path.read_text(), (
+        "pipeline.yaml is stale: run `python pipeline.py compile` and commit it"
+    )
+
+
+def test_dag_has_every_step_the_parallel_for_and_the_collected_reports(spec):
+    _, (root, _) = spec
+    tasks = all_tasks(root)
+    assert {t.removesuffix("-2") for t in tasks} >= STEPS
+    loop = next(c for c in root["components"].values() if "dag" in c and "evaluate" in c["dag"]["tasks"])
+    assert "parameterIterator" in root["root"]["dag"]["tasks"]["for-loop-1"]
+    iterator = root["root"]["dag"]["tasks"]["for-loop-1"]["parameterIterator"]
+    assert iterator["items"]["inputParameter"].endswith("domains")
+    assert "evaluate" in loop["dag"]["tasks"]
+    reports = tasks["register"]["inputs"]["artifacts"]["reports"]
+    assert "taskOutputArtifact" in reports and reports["taskOutputArtifact"]["producerTask"] == "for-loop-1"
+    # order: snapshot -> sample-splits -> cache-teacher -> finetune
+    assert tasks["sample-splits"]["dependentTasks"] == ["snapshot"]
+    assert tasks["cache-teacher"]["dependentTasks"] == ["sample-splits"]
+    assert set(tasks["finetune"]["dependentTasks"]) == {"cache-teacher", "sample-splits"}
+
+
+def test_caching_choices(spec):
+    _, (root, _) = spec
+    tasks = all_tasks(root)
+    cached = {name for name, t in tasks.items() if t.get("cachingOptions", {}).get("enableCache")}
+    assert cached == {"sample-splits", "cache-teacher"}
+
+
+def test_gpu_limits_requests_and_shm_on_gpu_steps(spec):
+    _, (root, platform) = spec
+    executors = root["deploymentSpec"]["executors"]
+    for step in STEPS:
+        resources = executors[f"exec-{step}"]["container"].get("resources", {})
+        if step in GPU_STEPS:
+            assert resources["accelerator"]["resourceCount"] == "1"
+            assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+            assert "clipcite-cuda" in executors[f"exec-{step}"]["container"]["image"]
+        else:
+            assert "accelerator" not in resources
+            assert "clipcite-cpu" in executors[f"exec-{step}"]["container"]["image"]
+        assert resources["resourceCpuRequest"] and resources["resourceMemoryRequest"]
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(k8s) == {f"exec-{s}" for s in GPU_STEPS}
+    for executor in k8s.values():
+        (mount,) = executor["emptyDirMounts"]
+        assert mount["mountPath"] == "/dev/shm" and mount["medium"] == "Memory"
+
+
+def test_cluster_settings_from_env_reach_the_spec(tmp_path):
+    env = {
+        "CLIPCITE_GPU_LIMIT": "2",
+        "CLIPCITE_TOLERATIONS": "nvidia.com/gpu:NoSchedule",
+        "CLIPCITE_NODE_SELECTOR": "gpu=h100",
+        "CLIPCITE_RETRIES": "4",
+    }
+    settings = pipeline.ClusterSettings.from_env(env)
+    assert (settings.gpu_limit, settings.tolerations, settings.retries) == (2, ("nvidia.com/gpu:NoSchedule",), 4)
+    root, platform = yaml.safe_load_all(pipeline.compile_pipeline(tmp_path / "p.yaml", settings).read_text())
+    assert (
+        root["deploymentSpec"]["executors"]["exec-finetune"]["container"]["resources"]["accelerator"]["resourceCount"]
+        == "2"
+    )
+    finetune = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-finetune"]
+    assert finetune["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
+    assert finetune["nodeSelector"] == {"labels": {"gpu": "h100"}}
+    assert all_tasks(root)["cache-teacher"]["retryPolicy"]["maxRetryCount"] == 4
+
+
+def test_submit_calls_the_client_with_the_parameters(tmp_path, monkeypatch):
+    monkeypatch.setenv("KFP_TOKEN", "t0ken")
+    with mock.patch("kfp.Client") as client_cls:
+        assert (
+            pipeline.main(
+                [
+                    "submit",
+                    "--host",
+                    "http://127.0.0.1:8888",
+                    "--namespace",
+                    "team-a",
+                    "--experiment",
+                    "pets",
+                    "--workdir",
+                    str(tmp_path),
+                    "--param",
+                    "data_uri=s3://b/pets",
+                    "--param",
+                    "shots=4",
+                    "--param",
+                    'overrides={"train.epochs": 5}',
+                ]
+            )
+            == 0
+        )
+    client_cls.assert_called_once_with(host="http://127.0.0.1:8888", namespace="team-a", existing_token="t0ken")
+    call = client_cls.return_value.create_run_from_pipeline_package.call_args
+    assert call.args[0] == str(tmp_path / "pipeline.yaml")
+    assert call.kwargs["arguments"] == {"data_uri": "s3://b/pets", "shots": 4, "overrides": {"train.epochs": 5}}
+    assert call.kwargs["experiment_name"] == "pets" and call.kwargs["namespace"] == "team-a"
+
+
+def test_schedule_creates_a_recurring_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("KFP_TOKEN", raising=False)
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(tmp_path / "missing"))
+    with mock.patch("kfp.Client") as client_cls:
+        client = client_cls.return_value
+        client.create_experiment.return_value.experiment_id = "exp-1"
+        assert (
+            pipeline.main(
+                [
+                    "schedule",
+                    "--host",
+                    "http://127.0.0.1:8888",
+                    "--cron",
+                    "0 0 3 * * 1",
+                    "--max-concurrency",
+                    "2",
+                    "--no-catchup",
+                    "--workdir",
+                    str(tmp_path),
+                    "--param",
+                    "data_uri=s3://b/pets",
+                ]
+            )
+            == 0
+        )
+    client_cls.assert_called_once_with(host="http://127.0.0.1:8888", namespace=None)
+    client.create_experiment.assert_called_once_with("clipcite", namespace=None)
+    kwargs = client.create_recurring_run.call_args.kwargs
+    assert kwargs["experiment_id"] == "exp-1" and kwargs["cron_expression"] == "0 0 3 * * 1"
+    assert kwargs["max_concurrency"] == 2 and kwargs["no_catchup"] is True and kwargs["enabled"] is True
+    assert kwargs["params"] == {"data_uri": "s3://b/pets"}
+    assert Path(kwargs["pipeline_package_path"]).is_file()
+
+
+def test_in_cluster_service_account_token_is_used(tmp_path, monkeypatch):
+    monkeypatch.delenv("KFP_TOKEN", raising=False)
+    token = tmp_path / "token"
+    token.write_text("sa")
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token))
+    with mock.patch("kfp.Client") as client_cls:
+        pipeline.make_client("http://127.0.0.1:8888")
+    credentials = client_cls.call_args.kwargs["credentials"]
+    assert type(credentials).__name__ == "ServiceAccountTokenVolumeCredentials"

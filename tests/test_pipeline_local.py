@@ -1,0 +1,54 @@
+"""The whole DAG through kfp.local on tiny data; a bad input fails at its step, the fixed rerun reuses the cache."""
+
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pipeline  # noqa: E402
+from clipcite.models import resolve_checkpoint  # noqa: E402
+from clipcite.toyworld.generate import write_world  # noqa: E402
+
+FAST = {"train.epochs": 1, "eval.batch_size": 64}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world") / "table"
+    write_world(str(out), seed=1, counts={"train": 3, "val": 1, "test": 2}, domains=("photo", "sketch"))
+    return out
+
+
+def test_whole_dag_runs_locally_and_evaluates_every_domain(world, tmp_path):
+    result = pipeline.run_local({"data_uri": str(world), "shots": 2, "overrides": FAST}, tmp_path)
+    metrics = result["metrics"]
+    assert set(metrics["domains"]) == {"photo", "sketch"}
+    for domain in ("photo", "sketch"):
+        for model in ("zeroshot", "finetuned"):
+            assert {"base", "new", "hm"} <= set(metrics["domains"][domain][model])
+    assert len(metrics["sets"]) == 4  # base and new of each domain, gathered from two evaluate tasks
+    assert "| photo | finetuned |" in result["summary"].read_text()
+    assert (result["record"] / "registration.json").is_file()
+
+
+def test_bad_input_fails_at_its_step_and_the_fixed_rerun_reuses_the_cache(world, tmp_path, capfd, caplog):
+    checkpoint = tmp_path / "weights" / "toyclip.safetensors"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"this is not a checkpoint")
+    params = {"data_uri": str(world), "shots": 2, "pretrained": str(checkpoint), "overrides": FAST}
+    with pytest.raises(RuntimeError, match="cache-teacher"):
+        pipeline.run_local(params, tmp_path / "run")
+    assert f"{checkpoint}: cannot load checkpoint" in capfd.readouterr().out + capfd.readouterr().err
+
+    shutil.copy(resolve_checkpoint("clipcite:toyworld/toyclip.safetensors"), checkpoint)  # the input is fixed
+    caplog.set_level(logging.INFO)
+    result = pipeline.run_local(params, tmp_path / "run")
+    hits = [r.getMessage() for r in caplog.records if "cache hit" in r.getMessage()]
+    assert any("sample-splits" in h for h in hits)
+    assert not any("cache-teacher" in h for h in hits)  # a failed step is never cached
+    assert set(result["metrics"]["domains"]) == {"photo", "sketch"}
