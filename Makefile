@@ -19,7 +19,7 @@ $(STAMP): requirements.txt requirements-pipeline.txt requirements-dev.txt pyproj
 setup: $(STAMP)
 
 run: setup
-	PATH=$(CURDIR)/$(BIN):$$PATH scripts/run_chain.sh runs/default configs/default.yaml
+	$(BIN)/python pipeline.py run
 
 lint: setup
 	$(BIN)/ruff check .

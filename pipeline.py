@@ -121,16 +121,13 @@ def build_pipeline(settings: ClusterSettings | None = None):
         )
         _cpu_task(splits, settings).set_caching_options(True)
         splits.set_retry(settings.retries, backoff_duration="30s", backoff_factor=2)
-        config_yaml = splits.outputs["config_yaml"]
-        teacher = cache_teacher(splits=splits.outputs["splits"], config_yaml=config_yaml)
+        teacher = cache_teacher(splits=splits.outputs["splits"])
         _gpu_task(teacher, settings).set_caching_options(True)
         teacher.set_retry(settings.retries, backoff_duration="60s", backoff_factor=2)
-        model = finetune(splits=splits.outputs["splits"], teacher=teacher.outputs["teacher"], config_yaml=config_yaml)
+        model = finetune(splits=splits.outputs["splits"], teacher=teacher.outputs["teacher"])
         _gpu_task(model, settings).set_caching_options(False)
-        with dsl.ParallelFor(splits.outputs["domains"], name="eval-domains") as domain:
-            evaluation = evaluate(
-                model=model.outputs["model"], splits=splits.outputs["splits"], domain=domain, config_yaml=config_yaml
-            )
+        with dsl.ParallelFor(splits.outputs["Output"], name="eval-domains") as domain:
+            evaluation = evaluate(model=model.outputs["model"], splits=splits.outputs["splits"], domain=domain)
             _gpu_task(evaluation, settings).set_caching_options(False)
             evaluation.set_retry(settings.retries, backoff_duration="60s", backoff_factor=2)
         registered = register(

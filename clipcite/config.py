@@ -153,6 +153,8 @@ def _coerce(value, hint, where: str):
     elif hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        if isinstance(value, float) and value.is_integer():  # JSON through KFP/protobuf has no int type
+            return int(value)
     elif hint is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)

@@ -8,11 +8,10 @@ from components.images import GPU_IMAGE
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
 def cache_teacher(
     splits: dsl.Input[dsl.Dataset],
-    config_yaml: str,
     teacher: dsl.Output[dsl.Dataset],
 ):
-    from clipcite.config import config_from_yaml
     from clipcite.steps.cache_teacher import run
+    from clipcite.steps.common import splits_config
 
-    summary = run(splits.path, teacher.path, config_from_yaml(config_yaml))
+    summary = run(splits.path, teacher.path, splits_config(splits.path))
     teacher.metadata.update(summary)

@@ -10,14 +10,13 @@ def evaluate(
     model: dsl.Input[dsl.Model],
     splits: dsl.Input[dsl.Dataset],
     domain: str,
-    config_yaml: str,
     report: dsl.Output[dsl.Artifact],
     metrics: dsl.Output[dsl.Metrics],
 ):
-    from clipcite.config import config_from_yaml
+    from clipcite.steps.common import splits_config
     from clipcite.steps.evaluate import run
 
-    body = run(model.path, splits.path, report.path, config_from_yaml(config_yaml), (domain,))
+    body = run(model.path, splits.path, report.path, splits_config(splits.path), (domain,))
     for model_name, values in body["domains"][domain].items():
         for key, value in values.items():
             metrics.log_metric(f"{domain}/{model_name}/{key}", float(value))

@@ -9,14 +9,13 @@ from components.images import GPU_IMAGE
 def finetune(
     splits: dsl.Input[dsl.Dataset],
     teacher: dsl.Input[dsl.Dataset],
-    config_yaml: str,
     model: dsl.Output[dsl.Model],
     curves: dsl.Output[dsl.Metrics],
 ):
-    from clipcite.config import config_from_yaml
+    from clipcite.steps.common import splits_config
     from clipcite.steps.finetune import run
 
-    summary = run(splits.path, model.path, config_from_yaml(config_yaml), cache_uri=teacher.path)
+    summary = run(splits.path, model.path, splits_config(splits.path), cache_uri=teacher.path)
     model.metadata.update(summary)
     for key in ("steps", "epochs", "images_per_second"):
         curves.log_metric(key, float(summary[key]))

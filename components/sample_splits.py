@@ -1,6 +1,8 @@
-"""Component sample_splits: resolve the run's config, then few-shot splits and eval sets (CPU; cached)."""
+"""Component sample_splits: resolve the run's config, then few-shot splits and eval sets (CPU; cached).
 
-from typing import NamedTuple
+The resolved config is written into the splits artifact (``config.yaml``), where every later step reads it; the
+step returns the eval domains the pipeline fans out over.
+"""
 
 from kfp import dsl
 
@@ -20,10 +22,8 @@ def sample_splits(
     method: str,
     overrides: dict,
     splits: dsl.Output[dsl.Dataset],
-) -> NamedTuple("Outputs", [("domains", list), ("config_yaml", str)]):
-    from collections import namedtuple
-
-    from clipcite.config import dump_yaml, load_config
+) -> list:
+    from clipcite.config import load_config
     from clipcite.steps.sample_splits import run
 
     # Pipeline parameters first (empty strings keep the preset's value), then the free-form overrides win.
@@ -38,5 +38,4 @@ def sample_splits(
     resolved = load_config(config, [*chosen, *overrides.items()])
     manifest = run(data_uri, splits.path, resolved, tuple(eval_data_uris), expected_digest=data_digest)
     splits.metadata.update({"train_rows": manifest["sets"]["train"]["rows"], "shots": manifest["shots"]})
-    domains = sorted({s["domain"] for s in manifest["eval_sets"]})
-    return namedtuple("Outputs", ["domains", "config_yaml"])(domains, dump_yaml(resolved))
+    return sorted({s["domain"] for s in manifest["eval_sets"]})

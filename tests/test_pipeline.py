@@ -44,7 +44,7 @@ def test_dag_has_every_step_the_parallel_for_and_the_collected_reports(spec):
     loop = next(c for c in root["components"].values() if "dag" in c and "evaluate" in c["dag"]["tasks"])
     assert "parameterIterator" in root["root"]["dag"]["tasks"]["for-loop-1"]
     iterator = root["root"]["dag"]["tasks"]["for-loop-1"]["parameterIterator"]
-    assert iterator["items"]["inputParameter"].endswith("domains")
+    assert iterator["items"]["inputParameter"] == "pipelinechannel--sample-splits-Output"  # the eval domains
     assert "evaluate" in loop["dag"]["tasks"]
     reports = tasks["register"]["inputs"]["artifacts"]["reports"]
     assert "taskOutputArtifact" in reports and reports["taskOutputArtifact"]["producerTask"] == "for-loop-1"

@@ -32,6 +32,13 @@ def class_prompts(classes: ClassList, config: Config) -> tuple[str, list[str]]:
     return template, prompts_for(template, classes.names)
 
 
+def splits_config(splits_uri: str) -> Config:
+    """The resolved config that sample-splits stored with the splits (what the pipeline's later steps use)."""
+    from clipcite.config import config_from_yaml
+
+    return config_from_yaml(storage.read_text(storage.join(splits_uri, "config.yaml")))
+
+
 def read_json(uri: str) -> dict:
     return json.loads(storage.read_text(uri))
 

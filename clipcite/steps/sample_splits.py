@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from clipcite import storage
-from clipcite.config import Config, SplitsConfig
+from clipcite.config import Config, SplitsConfig, dump_yaml
 from clipcite.data.table import ClassList, read_classes, read_table, shard_uris, snapshot, sources_digest, write_table
 from clipcite.splits import base_new_classes, relabel, sample_few_shot, val_shots
 from clipcite.steps.common import base_parser, config_from, setup_logging
@@ -93,6 +93,7 @@ def run(
                 manifest["sets"][f"eval/{spec['name']}"] = {"rows": counts["rows"], "ids_sha256": _ids_digest(ids)}
                 manifest["eval_sets"].append(spec)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        (tmp / "config.yaml").write_text(dump_yaml(config))
     log.info(
         "wrote %s: %d train, %d val, %d eval set(s)", out_uri, len(train_ids), len(val_ids), len(manifest["eval_sets"])
     )
@@ -135,7 +136,7 @@ def _few_shot_ids(
         [r["label"] for r in rows],
         k,
         config.seed,
-        allow_fewer=cfg.allow_fewer,
+        allow_fewer=cfg.allow_fewer or optional,  # validation only monitors: take what there is
         classnames=classes.names,
         what=f"{split!r}",
     )
