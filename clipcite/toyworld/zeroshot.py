@@ -28,7 +28,12 @@ def zeroshot_accuracy(
     for domain in domains:
         rows = list(iter_rows(seed, {"test": per_class}, (domain,)))
         pred, target = predict(loaded, rows, prompts_for(TEMPLATE, names))
-        entry = {"all": top1(pred, target)}
+        class_acc = [float((pred[target == c] == c).float().mean()) * 100 for c in range(len(names))]
+        entry = {
+            "all": top1(pred, target),
+            "worst_class": min(class_acc),
+            "worst_name": names[class_acc.index(min(class_acc))],
+        }
         for half, keep in (("base", base), ("new", new)):
             sub = [r for r in rows if r["label"] in keep]
             sub = [{**r, "label": keep.index(r["label"])} for r in sub]
@@ -50,9 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         f"zero-shot top-1 (%) of {args.checkpoint}, {args.per_class} test images per class and domain; "
         f"chance: all {100 / 48:.1f}, base/new {100 / 24:.1f}"
     )
-    print(f"{'domain':<10} {'all 48':>7} {'base 24':>8} {'new 24':>7}")
+    print(f"{'domain':<10} {'all 48':>7} {'base 24':>8} {'new 24':>7}   worst class (of 48)")
     for domain, entry in result.items():
-        print(f"{domain:<10} {entry['all']:7.1f} {entry['base']:8.1f} {entry['new']:7.1f}")
+        print(
+            f"{domain:<10} {entry['all']:7.1f} {entry['base']:8.1f} {entry['new']:7.1f}   "
+            f"{entry['worst_class']:.0f} ({entry['worst_name']})"
+        )
     return 0
 
 
