@@ -23,7 +23,7 @@ from clipcite.metrics import top1
 from clipcite.models import load_model, load_saved
 from clipcite.prompts import prompts_for
 from clipcite.steps import finetune, sample_splits
-from clipcite.steps.common import split_rows
+from clipcite.steps.common import add_overrides_argument, split_rows
 from clipcite.toyworld.generate import write_world
 
 # torchvision's RandomResizedCrop defaults, and square near-full crops (aspect jitter squashes a square into a
@@ -38,7 +38,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/lr")
     parser.add_argument("--lr", type=float, nargs="+", default=[3e-5, 1e-4, 3e-4, 1e-3])
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_overrides_argument(parser)
     parser.add_argument("--crops", nargs="+", default=list(CROPS), choices=list(CROPS))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

@@ -25,6 +25,7 @@ from clipcite.config import load_config
 from clipcite.metrics import aggregate
 from clipcite.report import plt
 from clipcite.steps import cache_teacher, evaluate, finetune, sample_splits
+from clipcite.steps.common import add_overrides_argument
 from clipcite.toyworld.generate import write_world
 from clipcite.toyworld.world import DOMAINS
 
@@ -119,14 +120,7 @@ def main() -> int:
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--quick", action="store_true", help="one seed, 5 epochs")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override for every run, e.g. model.pretrained=path (repeatable)",
-    )
+    add_overrides_argument(parser)  # applied to every run
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     log.setLevel(logging.INFO)

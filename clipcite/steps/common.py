@@ -43,9 +43,8 @@ def read_json(uri: str) -> dict:
     return json.loads(storage.read_text(uri))
 
 
-def base_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", help="YAML config (see configs/)")
+def add_overrides_argument(parser: argparse.ArgumentParser) -> None:
+    """``--set key=value`` (repeatable) into ``args.overrides``."""
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -54,6 +53,12 @@ def base_parser(description: str) -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set train.epochs=5 (repeatable)",
     )
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", help="YAML config (see configs/)")
+    add_overrides_argument(parser)
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
