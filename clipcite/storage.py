@@ -143,8 +143,15 @@ def staged_dir(uri: str | os.PathLike) -> Iterator[Path]:
 def publish_dir(local: Path, uri: str) -> None:
     """Move a finished local directory to ``uri``, replacing what was there only once the new one is complete."""
     if is_s3(uri):
+        # Upload first, then delete what the previous version had and this one does not (an old shard left
+        # behind would silently join the new table). Objects are replaced one by one: readers during the
+        # upload may see a mix, which the pipeline never does (it writes each artifact once).
         fs, path = filesystem(uri)
         pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+        new = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
+        for info in fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True)):
+            if info.type == pafs.FileType.File and info.path[len(path) + 1 :] not in new:
+                fs.delete_file(info.path)
         return
     target = Path(uri).absolute()
     staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.new")

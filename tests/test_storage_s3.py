@@ -49,3 +49,17 @@ def test_missing_object_and_bucket_are_named(s3):
         read_classes("s3://clipcite-test/nope")
     with pytest.raises(FileNotFoundError, match="s3://no-such-bucket/t"):
         read_table("s3://no-such-bucket/t")
+
+
+def test_rewriting_a_table_on_s3_leaves_no_stale_shard(s3):
+    from clipcite.data.table import ClassList, write_table
+
+    rows = [
+        {"id": str(i), "image": b"x" * 100, "label": 0, "classname": "a", "domain": "d", "split": "train"}
+        for i in range(6)
+    ]
+    write_table(rows, "s3://clipcite-test/rewrite", ClassList(("a",)), shard_bytes=200)
+    assert len(storage.list_files("s3://clipcite-test/rewrite", ".parquet")) == 3
+    write_table(rows[:2], "s3://clipcite-test/rewrite", ClassList(("a",)), shard_bytes=10_000)
+    assert len(storage.list_files("s3://clipcite-test/rewrite", ".parquet")) == 1
+    assert [r["id"] for r in read_table("s3://clipcite-test/rewrite").to_pylist()] == ["0", "1"]

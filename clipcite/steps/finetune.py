@@ -2,7 +2,8 @@
 
 Output folder: the model (an open_clip ``local-dir`` folder plus ``clipcite.json``), ``curves.jsonl`` (every loss
 term and the learning rate per step) and ``train_summary.json``. Epoch checkpoints go to ``checkpoint_dir``
-(default: beside a local output, ``<out>.checkpoints``); a rerun with the same inputs resumes from there.
+(default: beside a local output, ``<out>.checkpoints``; under the temp dir for an s3:// output); a rerun with
+the same inputs resumes from there.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import logging
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -128,7 +130,7 @@ def run(
 def _default_checkpoint_dir(out_uri: str) -> Path:
     if storage.is_s3(out_uri):
         key = hashlib.sha256(out_uri.encode()).hexdigest()[:16]
-        return Path(".clipcite-checkpoints") / key
+        return Path(tempfile.gettempdir()) / "clipcite-checkpoints" / key  # the image's workdir is read-only
     out = Path(out_uri).absolute()
     return out.with_name(out.name + ".checkpoints")
 
