@@ -43,8 +43,8 @@ def run(
     if cfg.protocol not in ("base2new", "fewshot"):
         raise ValueError(f"splits.protocol must be 'base2new' or 'fewshot', got {cfg.protocol!r}")
     classes = read_classes(table_uri)
-    meta = read_table(table_uri, columns=META)
-    keep = _kept_classes(meta["label"].to_pylist())["base" if cfg.protocol == "base2new" else "all"]
+    meta = read_table(table_uri, columns=META).to_pylist()  # ids and labels only: small even for ImageNet
+    keep = _kept_classes([r["label"] for r in meta])["base" if cfg.protocol == "base2new" else "all"]
     train_classes = ClassList(tuple(classes.names[c] for c in keep), classes.template, classes.dataset)
 
     train_ids = _few_shot_ids(meta, cfg.train_split, cfg.shots, keep, config, classes, "train")
@@ -75,7 +75,7 @@ def run(
             manifest["sets"][name] = {"rows": counts["rows"], "ids_sha256": _ids_digest(ids)}
         names_seen: set[str] = set()
         for uri in (table_uri, *eval_table_uris):
-            for spec in _eval_sets(uri, cfg):
+            for spec in _eval_sets(uri, cfg, meta if uri == table_uri else None):
                 if spec["name"] in names_seen:
                     raise ValueError(
                         f"{uri}: eval set {spec['name']!r} already comes from another table; "
@@ -106,7 +106,7 @@ def _kept_classes(labels: list[int]) -> dict[str, list[int]]:
 
 
 def _few_shot_ids(
-    meta: pa.Table,
+    meta: list[dict],
     split: str,
     k: int,
     keep: list[int],
@@ -119,7 +119,7 @@ def _few_shot_ids(
     kept = set(keep)
     rows = [
         r
-        for r in meta.to_pylist()
+        for r in meta
         if r["split"] == split and r["label"] in kept and (not cfg.train_domains or r["domain"] in cfg.train_domains)
     ]
     if not rows:
@@ -143,10 +143,12 @@ def _few_shot_ids(
     return [rows[i]["id"] for i in picked]
 
 
-def _eval_sets(table_uri: str, cfg: SplitsConfig) -> Iterator[dict]:
+def _eval_sets(table_uri: str, cfg: SplitsConfig, meta: list[dict] | None = None) -> Iterator[dict]:
     """The eval sets one table contributes: per domain, all classes or its base and new halves."""
     classes = read_classes(table_uri)
-    meta = [r for r in read_table(table_uri, columns=META).to_pylist() if r["split"] == cfg.eval_split]
+    if meta is None:
+        meta = read_table(table_uri, columns=META).to_pylist()
+    meta = [r for r in meta if r["split"] == cfg.eval_split]
     domains = sorted({r["domain"] for r in meta})
     if cfg.eval_domains:
         domains = [d for d in domains if d in cfg.eval_domains]
