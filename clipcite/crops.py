@@ -62,7 +62,7 @@ def to_tensor(image: Image.Image, mean, std) -> torch.Tensor:
 def train_view(image: Image.Image, box: tuple[int, int, int, int], preprocess_cfg: dict) -> torch.Tensor:
     """Crop ``box`` = (top, left, h, w) and resize to the model's input size."""
     top, left, h, w = box
-    size = _size(preprocess_cfg)
+    size = input_size(preprocess_cfg)
     resample = _RESAMPLE.get(preprocess_cfg.get("interpolation", "bicubic"), Image.BICUBIC)
     crop = image.crop((left, top, left + w, top + h)).resize((size, size), resample)
     return to_tensor(crop, preprocess_cfg["mean"], preprocess_cfg["std"])
@@ -70,7 +70,7 @@ def train_view(image: Image.Image, box: tuple[int, int, int, int], preprocess_cf
 
 def eval_view(image: Image.Image, preprocess_cfg: dict) -> torch.Tensor:
     """CLIP's test transform: resize the shorter side to the input size, then centre crop."""
-    size = _size(preprocess_cfg)
+    size = input_size(preprocess_cfg)
     resample = _RESAMPLE.get(preprocess_cfg.get("interpolation", "bicubic"), Image.BICUBIC)
     w, h = image.size
     scale = size / min(w, h)
@@ -81,6 +81,7 @@ def eval_view(image: Image.Image, preprocess_cfg: dict) -> torch.Tensor:
     return to_tensor(crop, preprocess_cfg["mean"], preprocess_cfg["std"])
 
 
-def _size(preprocess_cfg: dict) -> int:
+def input_size(preprocess_cfg: dict) -> int:
+    """The model's square input side from its preprocessing config."""
     size = preprocess_cfg["size"]
     return int(size[0] if isinstance(size, list | tuple) else size)

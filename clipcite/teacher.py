@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from clipcite.crops import input_size
 from clipcite.data.loading import CropDataset, crop_boxes
 from clipcite.models import LoadedModel, encode_texts
 
@@ -80,11 +81,7 @@ def build_cache(
             with autocast:
                 features = model.encode_image(images.to(device), normalize=True)
             image[epoch, index] = features.float().cpu()
-    size = int(
-        teacher.preprocess_cfg["size"][0]
-        if isinstance(teacher.preprocess_cfg["size"], list | tuple)
-        else teacher.preprocess_cfg["size"]
-    )
+    size = input_size(teacher.preprocess_cfg)
     meta = CacheMeta(
         identity=teacher.identity,
         seed=seed,

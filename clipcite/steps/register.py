@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from pathlib import Path
 
 from clipcite import storage
 from clipcite.evaluate import summarise
+from clipcite.models import META_FILE
 from clipcite.report import markdown
 from clipcite.steps.common import read_json, setup_logging
 
@@ -46,8 +46,7 @@ def run(
     experiment_name: str = "",
 ) -> dict:
     body = merge_reports(report_uris)
-    with storage.local_dir(model_uri) as folder:
-        meta = json.loads((Path(folder) / "clipcite.json").read_text())
+    meta = json.loads(storage.read_text(storage.join(model_uri, META_FILE)))  # not the weights
     record = {
         "registered_model_name": registered_model_name,
         "experiment_name": experiment_name,
