@@ -104,13 +104,23 @@ def build_pipeline(settings: ClusterSettings | None = None):
         overrides: dict = {},  # noqa: B006
         experiment_name: str = "clipcite",
         registered_model_name: str = "clipcite",
+        tracking_uri: str = "",
     ) -> NamedTuple("Outputs", [("summary", dsl.Markdown), ("record", dsl.Artifact)]):
-        snap = _cpu_task(snapshot(data_uri=data_uri, eval_data_uris=eval_data_uris), settings)
+        snap = snapshot(
+            data_uri=data_uri,
+            eval_data_uris=eval_data_uris,
+            tracking_uri=tracking_uri,
+            experiment_name=experiment_name,
+            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        )
+        _cpu_task(snap, settings)
+        run_id = snap.outputs["mlflow_run_id"]
         snap.set_caching_options(False).set_retry(settings.retries, backoff_duration="30s", backoff_factor=2)
         splits = sample_splits(
             data_uri=data_uri,
             eval_data_uris=eval_data_uris,
-            data_digest=snap.output,
+            data_digest=snap.outputs["digest"],
             config=config,
             shots=shots,
             seed=seed,
@@ -124,10 +134,21 @@ def build_pipeline(settings: ClusterSettings | None = None):
         teacher = cache_teacher(splits=splits.outputs["splits"])
         _gpu_task(teacher, settings).set_caching_options(True)
         teacher.set_retry(settings.retries, backoff_duration="60s", backoff_factor=2)
-        model = finetune(splits=splits.outputs["splits"], teacher=teacher.outputs["teacher"])
+        model = finetune(
+            splits=splits.outputs["splits"],
+            teacher=teacher.outputs["teacher"],
+            tracking_uri=tracking_uri,
+            mlflow_run_id=run_id,
+        )
         _gpu_task(model, settings).set_caching_options(False)
         with dsl.ParallelFor(splits.outputs["Output"], name="eval-domains") as domain:
-            evaluation = evaluate(model=model.outputs["model"], splits=splits.outputs["splits"], domain=domain)
+            evaluation = evaluate(
+                model=model.outputs["model"],
+                splits=splits.outputs["splits"],
+                domain=domain,
+                tracking_uri=tracking_uri,
+                registered_model_name=registered_model_name,
+            )
             _gpu_task(evaluation, settings).set_caching_options(False)
             evaluation.set_retry(settings.retries, backoff_duration="60s", backoff_factor=2)
         registered = register(
@@ -135,6 +156,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
             reports=dsl.Collected(evaluation.outputs["report"]),
             registered_model_name=registered_model_name,
             experiment_name=experiment_name,
+            tracking_uri=tracking_uri,
         )
         _cpu_task(registered, settings).set_caching_options(False)
         outputs = NamedTuple("Outputs", [("summary", dsl.Markdown), ("record", dsl.Artifact)])  # noqa: UP014
@@ -245,6 +267,9 @@ def print_summary(result: dict) -> None:
     metrics = result["metrics"]
     print(markdown(metrics, metrics["models"], title=f"clipcite: {metrics['method']} (alpha={metrics['alpha']})"))
     print(f"registration record: {result['record']}\nreport: {result['summary']}")
+    registry = json.loads((result["record"] / "registration.json").read_text()).get("registry")
+    if registry:
+        print(f"registered {registry['name']} v{registry['version']}: {registry['decision']} ({registry['reason']})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,6 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     run_p = commands.add_parser("run", help="run locally through kfp.local (offline default: the toy world)")
     run_p.add_argument("--out", default="runs/pipeline", help="local pipeline root, cache and generated data")
     run_p.add_argument("--no-cache", action="store_true", help="rerun every step")
+    run_p.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db); 'off' disables tracking",
+    )
     compile_p = commands.add_parser("compile", help="write the pipeline spec")
     compile_p.add_argument("--output", default=str(ROOT / "pipeline.yaml"))
     for name in ("submit", "schedule"):
@@ -275,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             default=[],
             metavar="KEY=VALUE",
             help="pipeline parameter: data_uri, eval_data_uris, config, shots, seed, arch, pretrained, "
-            "method, overrides, experiment_name, registered_model_name",
+            "method, overrides, experiment_name, registered_model_name, tracking_uri",
         )
     args = parser.parse_args(argv)
 
@@ -284,12 +314,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     params = parse_params(args.param)
     if args.command == "run":
+        params.setdefault("tracking_uri", args.tracking_uri)
         try:
             result = run_local(params, Path(args.out), caching=not args.no_cache)
         except RuntimeError as e:  # kfp.local names the failed task; its log above holds the step's own error
             print(f"pipeline failed: {e}", file=sys.stderr)
             return 1
         print_summary(result)
+        uri = params["tracking_uri"]
+        if uri.startswith("sqlite:"):
+            print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)")
+        elif uri.lower() not in ("off", "none", "disabled", "false"):
+            print(f"MLflow: {uri}")
         return 0
     response = submit(args, params) if args.command == "submit" else schedule(args, params)
     print(response)

@@ -56,6 +56,18 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class GateConfig:
+    """When a new model version takes the ``champion`` alias (both models evaluated on the same eval sets)."""
+
+    metric: str = "auto"  # hm | top1 | base | new; auto = hm under base2new, else top1
+    domain: str = ""  # the primary metric on this domain; "" = the mean over the eval domains
+    min_improvement: float = 0.0  # points the primary metric must gain (a tie never promotes)
+    max_domain_drop: float = 1.0  # points any kept domain may lose on its metric
+    kept_domains: tuple[str, ...] = ()  # domains the drop rule protects; empty = every eval domain
+    evaluate_champion: bool = True  # evaluate the current champion beside the new model (else: never promote)
+
+
+@dataclass(frozen=True)
 class Config:
     seed: int = 1  # CoOp seeds 1, 2, 3
     device: str = "auto"  # auto = cuda when available
@@ -64,6 +76,7 @@ class Config:
     train: FitParams = field(default_factory=FitParams)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
     batch_size_by_dataset: dict[str, int] = field(default_factory=dict)  # paper: eurosat 16, imagenet 64
 
     def batch_size_for(self, dataset: str) -> int:

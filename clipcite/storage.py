@@ -5,6 +5,10 @@ S3-compatible store: MinIO, Ceph) behave the same. Credentials come only from th
 (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``/``AWS_REGION``); an S3-compatible endpoint is
 set with ``AWS_ENDPOINT_URL`` (or ``CLIPCITE_S3_ENDPOINT``).
 
+S3 requests go through boto3 (the only module that uses it): transient errors are retried with backoff, large
+objects move as multipart uploads/downloads, and errors name the URI and what to fix (credentials, bucket, key).
+Parquet shards are read with pyarrow's S3 filesystem (same endpoint, credentials and retry budget).
+
 Outputs are staged: a step writes into a local temporary directory and :func:`publish_dir` moves it into place only
 when the step succeeded, so a failed run never leaves a half-written artifact where a good one was.
 """
@@ -12,6 +16,8 @@ when the step succeeded, so a failed run never leaves a half-written artifact wh
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
 import logging
 import os
 import shutil
@@ -21,7 +27,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
+import boto3
 import pyarrow.fs as pafs
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +58,114 @@ def s3_endpoint() -> str | None:
     return os.environ.get("CLIPCITE_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+def max_attempts() -> int:
+    """Attempts per S3 request (``CLIPCITE_S3_MAX_ATTEMPTS``, default 8): throttling, 5xx and dropped connections
+    are retried with exponential backoff and jitter."""
+    return int(os.environ.get("CLIPCITE_S3_MAX_ATTEMPTS", "8"))
+
+
+def transfer_config() -> TransferConfig:
+    """Objects above ``CLIPCITE_S3_MULTIPART_MB`` (default 64) move in parallel parts of that size."""
+    part = int(float(os.environ.get("CLIPCITE_S3_MULTIPART_MB", "64")) * 1024 * 1024)
+    return TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=8)
+
+
+def _client():
+    """An S3 client for the current environment (endpoint, region and credentials are read on every call, so a
+    changed environment gets a new client)."""
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    return _cached_client(s3_endpoint(), region, os.environ.get("AWS_ACCESS_KEY_ID"), max_attempts())
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_client(endpoint: str | None, region: str | None, _access_key: str | None, attempts: int):
+    config = BotoConfig(retries={"mode": "standard", "max_attempts": attempts}, connect_timeout=10, read_timeout=120)
+    return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
+
+
+def _code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+_DENIED = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "InvalidToken", "ExpiredToken")
+
+
+def _s3_error(error: Exception, uri: str) -> Exception:
+    """A message that says what to fix: credentials, the bucket, or the key."""
+    where = s3_endpoint() or "AWS S3"
+    if isinstance(error, NoCredentialsError | PartialCredentialsError):
+        return PermissionError(
+            f"{uri}: no S3 credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (on a cluster: the "
+            "clipcite-s3 secret) or another source boto3 reads"
+        )
+    if isinstance(error, EndpointConnectionError):
+        return ConnectionError(f"{uri}: cannot reach the S3 endpoint {where} ({error}); check AWS_ENDPOINT_URL")
+    if isinstance(error, ClientError):
+        code = _code(error)
+        bucket = split_s3(uri)[0]
+        if code == "NoSuchBucket":
+            return FileNotFoundError(f"{uri}: bucket {bucket!r} does not exist at {where}; create it or fix the URI")
+        if code in ("NoSuchKey", "404", "NotFound"):
+            return FileNotFoundError(f"{uri}: no such object")
+        if code in _DENIED:
+            return PermissionError(
+                f"{uri}: {where} refused the request ({code}): the S3 credentials are wrong or lack access to "
+                f"bucket {bucket!r}; check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+            )
+        return OSError(f"{uri}: S3 error {code}: {error}")
+    return OSError(f"{uri}: S3 error: {error}")
+
+
+@contextlib.contextmanager
+def _s3_errors(uri: str) -> Iterator[None]:
+    try:
+        yield
+    except ClientError as e:
+        if _code(e) in ("404", "NoSuchKey", "NotFound"):
+            check_bucket(uri)  # name a missing bucket rather than a missing key
+        raise _s3_error(e, uri) from e
+    except BotoCoreError as e:
+        raise _s3_error(e, uri) from e
+
+
+def check_bucket(uri: str) -> None:
+    """Fail with a clear message when the bucket of ``uri`` is missing or the credentials cannot reach it."""
+    bucket = split_s3(uri)[0]
+    try:
+        _client().head_bucket(Bucket=bucket)
+    except ClientError as e:
+        if _code(e) in ("404", "NoSuchBucket", "NotFound"):
+            where = s3_endpoint() or "AWS S3"
+            raise FileNotFoundError(
+                f"{uri}: bucket {bucket!r} does not exist at {where}; create it or fix the URI"
+            ) from e
+        raise _s3_error(e, uri) from e
+    except BotoCoreError as e:
+        raise _s3_error(e, uri) from e
+
+
+def _list_keys(uri: str, *, delimiter: bool = False, limit: int | None = None) -> list[str]:
+    """Object keys under the prefix ``uri`` (recursively, or one level with ``delimiter``)."""
+    bucket, prefix = split_s3(uri)
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    kwargs = {"Bucket": bucket, "Prefix": prefix, **({"Delimiter": "/"} if delimiter else {})}
+    keys: list[str] = []
+    with _s3_errors(uri):
+        for page in _client().get_paginator("list_objects_v2").paginate(**kwargs):
+            keys.extend(o["Key"] for o in page.get("Contents", []))
+            if limit and len(keys) >= limit:
+                break
+    return keys
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key/part`` -> ``("bucket", "key/part")``."""
+    parsed = urlparse(str(uri))
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"{uri}: not an s3://bucket/key URI")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
 def filesystem(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """Return ``(filesystem, path_within_it)`` for a local path or s3:// URI."""
     uri = str(uri)
@@ -57,21 +181,39 @@ def filesystem(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:
         kwargs["region"] = region
+    kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts())
     return pafs.S3FileSystem(**kwargs), f"{parsed.netloc}/{parsed.path.lstrip('/')}".rstrip("/")
 
 
 def exists(uri: str | os.PathLike) -> bool:
-    fs, path = filesystem(uri)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    uri = str(uri)
+    if not is_s3(uri):
+        return Path(uri).exists()
+    bucket, key = split_s3(uri)
+    try:
+        _client().head_object(Bucket=bucket, Key=key)
+        return True
+    except ClientError as e:
+        if _code(e) in ("404", "NoSuchKey"):
+            check_bucket(uri)  # a missing bucket is an error, not "no such object"
+            return bool(_list_keys(uri, limit=1))  # a prefix "exists" when objects are under it
+        raise _s3_error(e, uri) from e
+    except BotoCoreError as e:
+        raise _s3_error(e, uri) from e
 
 
 def read_bytes(uri: str | os.PathLike) -> bytes:
-    fs, path = filesystem(uri)
-    try:
-        with fs.open_input_stream(path) as f:
-            return f.read()
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{uri}: no such file") from e
+    uri = str(uri)
+    if not is_s3(uri):
+        try:
+            return Path(uri).read_bytes()
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{uri}: no such file") from e
+    bucket, key = split_s3(uri)
+    buffer = io.BytesIO()
+    with _s3_errors(uri):
+        _client().download_fileobj(bucket, key, buffer, Config=transfer_config())
+    return buffer.getvalue()
 
 
 def read_text(uri: str | os.PathLike) -> str:
@@ -79,12 +221,13 @@ def read_text(uri: str | os.PathLike) -> str:
 
 
 def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
-    """Write a whole file atomically: a temp file renamed into place locally, one PUT on S3."""
+    """Write a whole file atomically: a temp file renamed into place locally; on S3 an object appears only once
+    its (possibly multipart) upload completed."""
     uri = str(uri)
     if is_s3(uri):
-        fs, path = filesystem(uri)
-        with fs.open_output_stream(path) as f:
-            f.write(data)
+        bucket, key = split_s3(uri)
+        with _s3_errors(uri):
+            _client().upload_fileobj(io.BytesIO(data), bucket, key, Config=transfer_config())
         return
     target = Path(uri)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -102,10 +245,26 @@ def write_text(uri: str | os.PathLike, text: str) -> None:
 
 def list_files(uri: str | os.PathLike, suffix: str = "") -> list[str]:
     """Files directly inside a directory/prefix, sorted, as URIs of the same kind as ``uri``."""
-    fs, path = filesystem(uri)
-    info = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    names = sorted(i.base_name for i in info if i.type == pafs.FileType.File and i.base_name.endswith(suffix))
-    return [join(uri, n) for n in names]
+    uri = str(uri)
+    if is_s3(uri):
+        prefix = split_s3(uri)[1].rstrip("/") + "/"
+        names = {k[len(prefix) :] for k in _list_keys(uri, delimiter=True)}
+    else:
+        folder = Path(uri)
+        names = {p.name for p in folder.iterdir() if p.is_file()} if folder.is_dir() else set()
+    return [join(uri, n) for n in sorted(names) if n.endswith(suffix)]
+
+
+def stat(uri: str | os.PathLike) -> dict:
+    """Size, modification time and (on S3) ETag of one file: what a data snapshot records."""
+    uri = str(uri)
+    if not is_s3(uri):
+        info = Path(uri).stat()
+        return {"size": info.st_size, "mtime_ns": info.st_mtime_ns}
+    bucket, key = split_s3(uri)
+    with _s3_errors(uri):
+        head = _client().head_object(Bucket=bucket, Key=key)
+    return {"size": head["ContentLength"], "etag": head["ETag"].strip('"')}
 
 
 @contextlib.contextmanager
@@ -117,11 +276,17 @@ def local_dir(uri: str | os.PathLike) -> Iterator[Path]:
             raise FileNotFoundError(f"{uri}: no such directory")
         yield Path(uri)
         return
+    keys = _list_keys(uri)
+    if not keys:
+        raise FileNotFoundError(f"{uri}: no such prefix (no objects under it)")
+    bucket, prefix = split_s3(uri)
+    prefix = prefix.rstrip("/") + "/"
     with tempfile.TemporaryDirectory(prefix="clipcite-") as tmp:
-        fs, path = filesystem(uri)
-        if fs.get_file_info(path).type == pafs.FileType.NotFound:
-            raise FileNotFoundError(f"{uri}: no such prefix")
-        pafs.copy_files(path, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        for key in keys:
+            target = Path(tmp, key[len(prefix) :])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with _s3_errors(f"s3://{bucket}/{key}"):
+                _client().download_file(bucket, key, str(target), Config=transfer_config())
         yield Path(tmp)
 
 
@@ -146,12 +311,21 @@ def publish_dir(local: Path, uri: str) -> None:
         # Upload first, then delete what the previous version had and this one does not (an old shard left
         # behind would silently join the new table). Objects are replaced one by one: readers during the
         # upload may see a mix, which the pipeline never does (it writes each artifact once).
-        fs, path = filesystem(uri)
-        pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-        new = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
-        for info in fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True)):
-            if info.type == pafs.FileType.File and info.path[len(path) + 1 :] not in new:
-                fs.delete_file(info.path)
+        bucket, prefix = split_s3(uri)
+        prefix = prefix.rstrip("/") + "/"
+        client = _client()
+        new = set()
+        for path in sorted(p for p in local.rglob("*") if p.is_file()):
+            key = prefix + path.relative_to(local).as_posix()
+            with _s3_errors(f"s3://{bucket}/{key}"):
+                client.upload_file(str(path), bucket, key, Config=transfer_config())
+            new.add(key)
+        stale = [k for k in _list_keys(uri) if k not in new]
+        for start in range(0, len(stale), 1000):  # DeleteObjects takes at most 1000 keys
+            with _s3_errors(uri):
+                client.delete_objects(
+                    Bucket=bucket, Delete={"Objects": [{"Key": k} for k in stale[start : start + 1000]]}
+                )
         return
     target = Path(uri).absolute()
     staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.new")

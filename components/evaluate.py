@@ -10,13 +10,23 @@ def evaluate(
     model: dsl.Input[dsl.Model],
     splits: dsl.Input[dsl.Dataset],
     domain: str,
+    tracking_uri: str,
+    registered_model_name: str,
     report: dsl.Output[dsl.Artifact],
     metrics: dsl.Output[dsl.Metrics],
 ):
     from clipcite.steps.common import splits_config
     from clipcite.steps.evaluate import run
 
-    body = run(model.path, splits.path, report.path, splits_config(splits.path), (domain,))
+    body = run(
+        model.path,
+        splits.path,
+        report.path,
+        splits_config(splits.path),
+        (domain,),
+        tracking_uri=tracking_uri,
+        registered_model_name=registered_model_name,
+    )
     for model_name, values in body["domains"][domain].items():
         for key, value in values.items():
             metrics.log_metric(f"{domain}/{model_name}/{key}", float(value))

@@ -9,13 +9,22 @@ from components.images import GPU_IMAGE
 def finetune(
     splits: dsl.Input[dsl.Dataset],
     teacher: dsl.Input[dsl.Dataset],
+    tracking_uri: str,
+    mlflow_run_id: str,
     model: dsl.Output[dsl.Model],
     curves: dsl.Output[dsl.Metrics],
 ):
     from clipcite.steps.common import splits_config
     from clipcite.steps.finetune import run
 
-    summary = run(splits.path, model.path, splits_config(splits.path), cache_uri=teacher.path)
+    summary = run(
+        splits.path,
+        model.path,
+        splits_config(splits.path),
+        cache_uri=teacher.path,
+        tracking_uri=tracking_uri,
+        mlflow_run_id=mlflow_run_id,
+    )
     model.metadata.update(summary)
     for key in ("steps", "epochs", "images_per_second"):
         curves.log_metric(key, float(summary[key]))

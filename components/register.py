@@ -1,7 +1,7 @@
-"""Component register: gather the per-domain evaluations with the model (CPU; never cached).
+"""Component register: merge the per-domain evaluations, register the model, apply the promotion gate (CPU).
 
-Until MLflow lands, the "registration" is the pipeline artifact itself: the model's location, the merged metrics
-and the Markdown report, which kfp records in its metadata store.
+The model is already a pipeline artifact (finetune's output), so a registry failure here loses no training: fix
+the registry and rerun this step. With tracking off, the record and the report are the only registration.
 """
 
 from typing import List  # noqa: UP035  (KFP's type parser wants typing.List)
@@ -17,6 +17,7 @@ def register(
     reports: dsl.Input[List[dsl.Artifact]],  # noqa: UP006
     registered_model_name: str,
     experiment_name: str,
+    tracking_uri: str,
     summary: dsl.Output[dsl.Markdown],
     record: dsl.Output[dsl.Artifact],
 ):
@@ -29,5 +30,13 @@ def register(
         summary.path,
         registered_model_name=registered_model_name,
         experiment_name=experiment_name,
+        tracking_uri=tracking_uri,
     )
-    record.metadata.update({"model_name": registered_model_name, **body["mean"].get("finetuned", {})})
+    registry = body["registry"] or {}
+    record.metadata.update(
+        {
+            "model_name": registered_model_name,
+            **body["mean"].get("finetuned", {}),
+            **{k: registry[k] for k in ("version", "decision", "reason") if k in registry},
+        }
+    )

@@ -51,7 +51,21 @@ def test_dag_has_every_step_the_parallel_for_and_the_collected_reports(spec):
     # order: snapshot -> sample-splits -> cache-teacher -> finetune
     assert tasks["sample-splits"]["dependentTasks"] == ["snapshot"]
     assert tasks["cache-teacher"]["dependentTasks"] == ["sample-splits"]
-    assert set(tasks["finetune"]["dependentTasks"]) == {"cache-teacher", "sample-splits"}
+    assert set(tasks["finetune"]["dependentTasks"]) == {"cache-teacher", "sample-splits", "snapshot"}
+
+
+def test_mlflow_run_flows_from_snapshot_to_finetune_and_not_into_cached_steps(spec):
+    _, (root, _) = spec
+    tasks = all_tasks(root)
+    snap = tasks["snapshot"]["inputs"]["parameters"]
+    assert snap["kfp_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    assert snap["tracking_uri"]["componentInputParameter"] == "tracking_uri"
+    run_id = tasks["finetune"]["inputs"]["parameters"]["mlflow_run_id"]["taskOutputParameter"]
+    assert run_id == {"producerTask": "snapshot", "outputParameterKey": "mlflow_run_id"}
+    for cached in ("sample-splits", "cache-teacher"):  # a per-run value would make every cache key unique
+        assert "mlflow_run_id" not in tasks[cached]["inputs"].get("parameters", {})
+    digest = tasks["sample-splits"]["inputs"]["parameters"]["data_digest"]["taskOutputParameter"]
+    assert digest["outputParameterKey"] == "digest"
 
 
 def test_caching_choices(spec):

@@ -15,6 +15,7 @@ from clipcite.models import resolve_checkpoint  # noqa: E402
 from clipcite.toyworld.generate import write_world  # noqa: E402
 
 FAST = {"train.epochs": 1, "eval.batch_size": 64}
+NO_TRACKING = {"tracking_uri": "off"}
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def world(tmp_path_factory):
 
 
 def test_whole_dag_runs_locally_and_evaluates_every_domain(world, tmp_path):
-    result = pipeline.run_local({"data_uri": str(world), "shots": 2, "overrides": FAST}, tmp_path)
+    result = pipeline.run_local({"data_uri": str(world), "shots": 2, "overrides": FAST, **NO_TRACKING}, tmp_path)
     metrics = result["metrics"]
     assert set(metrics["domains"]) == {"photo", "sketch"}
     for domain in ("photo", "sketch"):
@@ -40,7 +41,7 @@ def test_bad_input_fails_at_its_step_and_the_fixed_rerun_reuses_the_cache(world,
     checkpoint = tmp_path / "weights" / "toyclip.safetensors"
     checkpoint.parent.mkdir()
     checkpoint.write_bytes(b"this is not a checkpoint")
-    params = {"data_uri": str(world), "shots": 2, "pretrained": str(checkpoint), "overrides": FAST}
+    params = {"data_uri": str(world), "shots": 2, "pretrained": str(checkpoint), "overrides": FAST, **NO_TRACKING}
     with pytest.raises(RuntimeError, match="cache-teacher"):
         pipeline.run_local(params, tmp_path / "run")
     assert f"{checkpoint}: cannot load checkpoint" in capfd.readouterr().out + capfd.readouterr().err

@@ -10,7 +10,7 @@ from clipcite.data.table import read_classes, read_table
 from clipcite.steps import sample_splits
 
 from .conftest import tiny_config
-from .s3server import moto_server, s3_environment
+from .servers import moto_server, s3_environment
 
 
 @pytest.fixture(scope="module")

@@ -156,14 +156,13 @@ def decode_image(data: bytes, where: str) -> Image.Image:
 
 
 def snapshot(table_uri: str) -> dict:
-    """What a table holds right now: its shards (name, size, modification time) and a digest over them and
-    classes.json. Cheap (no image bytes read) and changes whenever a shard or the class list changes."""
+    """What a table holds right now: its shards (name, size, and modification time locally or ETag on S3) and a
+    digest over them and classes.json. Cheap (no image bytes read) and changes whenever a shard or the class list
+    changes."""
     h = hashlib.sha256()
     files = []
     for uri in shard_uris(table_uri):
-        fs, path = storage.filesystem(uri)
-        info = fs.get_file_info(path)
-        entry = {"name": Path(path).name, "size": info.size, "mtime_ns": info.mtime_ns}
+        entry = {"name": uri.rsplit("/", 1)[-1], **storage.stat(uri)}
         files.append(entry)
         h.update(json.dumps(entry, sort_keys=True).encode())
     h.update(storage.read_bytes(storage.join(table_uri, CLASSES_FILE)))

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import tempfile
 from pathlib import Path
 
-from clipcite import storage
+from clipcite import storage, tracking
 from clipcite.config import Config
 from clipcite.evaluate import predict, set_metrics, summarise
 from clipcite.metrics import aggregate
-from clipcite.models import load_model, load_saved
+from clipcite.models import META_FILE, load_model, load_saved
 from clipcite.prompts import prompts_for
 from clipcite.report import markdown, plot_confusion, plot_domains
 from clipcite.steps.common import base_parser, config_from, read_json, resolve_device, setup_logging, split_rows
@@ -24,7 +25,44 @@ from clipcite.steps.common import base_parser, config_from, read_json, resolve_d
 log = logging.getLogger(__name__)
 
 
-def run(model_uri: str, splits_uri: str, out_uri: str, config: Config, domains: tuple[str, ...] = ()) -> dict:
+def run(
+    model_uri: str,
+    splits_uri: str,
+    out_uri: str,
+    config: Config,
+    domains: tuple[str, ...] = (),
+    *,
+    tracking_uri: str | None = None,
+    mlflow_run_id: str = "",
+    registered_model_name: str = "",
+) -> dict:
+    """Evaluate on the eval sets of ``domains`` (all when empty). With tracking, the registered model's current
+    ``champion`` is evaluated beside the new one (for the promotion gate) and everything is logged to a nested run.
+    """
+    name = "evaluate" + "".join(f"-{d}" for d in domains)
+    if tracking_uri is not None and not mlflow_run_id:  # the run that trained the model, as finetune recorded it
+        mlflow_run_id = read_json(storage.join(model_uri, META_FILE)).get("mlflow_run_id") or ""
+    with tracking.step_run(tracking_uri, mlflow_run_id, name) as step, tempfile.TemporaryDirectory() as tmp:
+        champion = None
+        if step.enabled and registered_model_name and config.gate.evaluate_champion:
+            champion = _champion(tracking_uri, registered_model_name, Path(tmp), resolve_device(config.device))
+        body = _run(model_uri, splits_uri, out_uri, config, domains, champion, step)
+    return body
+
+
+def _champion(uri: str, name: str, tmp: Path, device: str):
+    """(version, loaded model) of the registered model's champion, or None when there is none yet."""
+    client = tracking.connect(uri)
+    version = tracking.champion(client, name)
+    if version is None:
+        log.info("%s has no champion yet", name)
+        return None
+    folder = tracking.download_model_dir(client, name, version.version, tmp)
+    log.info("evaluating champion %s v%s beside the new model", name, version.version)
+    return version.version, load_saved(folder, device=device)[0]
+
+
+def _run(model_uri, splits_uri, out_uri, config: Config, domains, champion, step) -> dict:
     device = resolve_device(config.device)
     manifest = read_json(storage.join(splits_uri, "manifest.json"))
     sets = [s for s in manifest["eval_sets"] if not domains or s["domain"] in domains]
@@ -43,6 +81,8 @@ def run(model_uri: str, splits_uri: str, out_uri: str, config: Config, domains: 
                 f"fine-tuned from ({meta.get('base_identity')!r}); pass the same model config"
             )
     models["finetuned"] = finetuned
+    if champion is not None:
+        models["champion"] = champion[1]
     template = config.model.template or meta.get("template", "")
 
     results: dict[str, dict] = {}
@@ -63,6 +103,10 @@ def run(model_uri: str, splits_uri: str, out_uri: str, config: Config, domains: 
             )
             entry[name] = set_metrics(pred, target, list(classes.names))
         results[spec_set["name"]] = entry
+        ids = manifest["sets"].get(f"eval/{spec_set['name']}", {})
+        step.log_dataset(
+            spec_set["name"], set_uri, ids.get("ids_sha256", ""), "evaluation", rows=len(rows), classes=len(prompts)
+        )
         log.info("%s: %s", spec_set["name"], {m: round(entry[m]["top1"], 2) for m in models})
 
     names = list(models)
@@ -73,6 +117,7 @@ def run(model_uri: str, splits_uri: str, out_uri: str, config: Config, domains: 
         "alpha": meta.get("alpha"),
         "seed": meta.get("seed"),
         "template": template,
+        "champion_version": champion[0] if champion else None,
         **summary,
         "sets": {
             k: {
@@ -85,6 +130,9 @@ def run(model_uri: str, splits_uri: str, out_uri: str, config: Config, domains: 
     }
     with storage.staged_dir(out_uri) as tmp:
         _write_outputs(tmp, body, results, names)
+        step.log_artifacts(tmp)
+    for scope in (False, True):  # the step's run, and the pipeline's run where all domains meet
+        step.log_metrics({"eval": summary["domains"]}, parent=scope)
     return body
 
 

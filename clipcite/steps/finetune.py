@@ -20,10 +20,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from clipcite import storage
-from clipcite.config import Config, to_dict
+from clipcite import storage, tracking
+from clipcite.config import Config, dump_yaml, to_dict
 from clipcite.models import load_model, save_model
-from clipcite.steps.common import base_parser, class_prompts, config_from, resolve_device, setup_logging, split_rows
+from clipcite.steps.common import (
+    base_parser,
+    class_prompts,
+    config_from,
+    read_json,
+    resolve_device,
+    setup_logging,
+    split_rows,
+)
 from clipcite.teacher import check_cache, load_cache
 from clipcite.train import fit
 
@@ -39,7 +47,17 @@ def run(
     checkpoint_dir: str | None = None,
     log_fn: Callable[[dict, int], None] | None = None,
     keep_checkpoint: bool = False,
+    tracking_uri: str | None = None,
+    mlflow_run_id: str = "",
 ) -> dict:
+    """Fine-tune, save the model to ``out_uri``; with ``tracking_uri`` and ``mlflow_run_id`` (the pipeline's run)
+    also log params, datasets, every loss term per step, throughput and the outputs to a nested run."""
+    with tracking.step_run(tracking_uri, mlflow_run_id, "finetune") as step:
+        summary = _run(splits_uri, out_uri, config, cache_uri, checkpoint_dir, log_fn, keep_checkpoint, step)
+    return summary
+
+
+def _run(splits_uri, out_uri, config, cache_uri, checkpoint_dir, log_fn, keep_checkpoint, step) -> dict:
     train_uri = storage.join(splits_uri, "train")
     rows, classes = split_rows(train_uri)
     template, prompts = class_prompts(classes, config)
@@ -74,10 +92,13 @@ def run(
 
     curves: list[dict] = []
 
-    def record(metrics: dict, step: int) -> None:
-        curves.append({"step": step, **metrics})
+    def record(metrics: dict, index: int) -> None:
+        curves.append({"step": index, **metrics})
+        step.log_metrics({f"train/{k}": v for k, v in metrics.items()}, index)
         if log_fn is not None:
-            log_fn(metrics, step)
+            log_fn(metrics, index)
+
+    _log_inputs(step, splits_uri, config, classes)
 
     ckpt = Path(checkpoint_dir) if checkpoint_dir else _default_checkpoint_dir(out_uri)
     started = time.perf_counter()
@@ -116,15 +137,44 @@ def run(
         "seed": config.seed,
         "steps": result.steps,
         "config": to_dict(config),
+        "mlflow_run_id": step.parent_run_id,  # the pipeline run that trained it; evaluate and register log there
     }
     with storage.staged_dir(out_uri) as tmp:
         save_model(student, result.state_dict, tmp, meta)
         (tmp / "curves.jsonl").write_text("".join(json.dumps(c) + "\n" for c in curves))
         (tmp / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        step.log_artifacts(tmp / "curves.jsonl")
+        step.log_artifacts(tmp / "train_summary.json")
+    step.log_metrics({k: summary[k] for k in ("images_per_second", "seconds", "steps", "epochs")})
     if not keep_checkpoint:
         shutil.rmtree(ckpt, ignore_errors=True)
     log.info("wrote model %s: %s", out_uri, summary)
     return summary
+
+
+def _log_inputs(step, splits_uri: str, config: Config, classes) -> None:
+    """The resolved config and data identity (source digest, split id digests) as params; the splits as inputs."""
+    if not step.enabled:
+        return
+    manifest = read_json(storage.join(splits_uri, "manifest.json"))
+    params = {
+        "config": to_dict(config),
+        "data": {"sources_digest": manifest["sources_digest"], "splits_uri": splits_uri},
+    }
+    step.log_params(params)
+    step.log_params(params, parent=True)
+    step.log_text(dump_yaml(config), "config.yaml")
+    for name in ("train", "val"):
+        info = manifest["sets"].get(name)
+        if info and info["rows"]:
+            step.log_dataset(
+                f"{classes.dataset or 'data'}-{name}",
+                storage.join(splits_uri, name),
+                info["ids_sha256"],
+                "training" if name == "train" else "validation",
+                rows=info["rows"],
+                classes=len(classes.names),
+            )
 
 
 def _default_checkpoint_dir(out_uri: str) -> Path:

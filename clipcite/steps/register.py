@@ -1,23 +1,32 @@
-"""Step 5, register: merge the per-domain evaluations and record the model with them.
+"""Step 5, register: merge the per-domain evaluations, register the model, and let the gate decide on ``champion``.
 
-This version records to files only (the pipeline keeps them as artifacts): ``record`` gets ``registration.json``
-(the model's location and identity, the merged metrics) and ``summary`` a Markdown report. Registration in the
-MLflow model registry with a promotion gate builds on this (see the MLflow milestone).
+Files first (the pipeline keeps them as artifacts): ``record`` gets ``registration.json`` (the model's location and
+identity, the merged metrics, the registry's answer) and ``metrics.json``, ``summary`` a Markdown report. With
+tracking on, the model is logged as an MLflow pyfunc in a nested run, registered as a new version of
+``registered_model_name`` (once per pipeline run: a rerun finds its version), and the promotion gate
+(:mod:`clipcite.gate`) moves the ``champion`` alias to it or tags it ``challenger`` with the reason.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
 
-from clipcite import storage
+import numpy as np
+from PIL import Image
+
+from clipcite import storage, tracking
+from clipcite.config import config_from_yaml
 from clipcite.evaluate import summarise
+from clipcite.gate import decide, primary_metric
 from clipcite.models import META_FILE
 from clipcite.report import markdown
 from clipcite.steps.common import read_json, setup_logging
 
 log = logging.getLogger(__name__)
+MODELS = ("zeroshot", "finetuned", "champion")
 
 
 def merge_reports(report_uris: list[str]) -> dict:
@@ -31,8 +40,11 @@ def merge_reports(report_uris: list[str]) -> dict:
         if overlap:
             raise ValueError(f"eval set(s) {sorted(overlap)} appear in more than one report")
         sets.update(body["sets"])
-    models = [m for m in ("zeroshot", "finetuned") if m in next(iter(sets.values()))]
-    merged = {k: bodies[0].get(k) for k in ("model", "method", "alpha", "seed", "template")}
+    champions = {b.get("champion_version") for b in bodies}
+    if len(champions) > 1:  # the alias moved while the domains were being evaluated
+        raise ValueError(f"the evaluations compared against different champion versions {sorted(map(str, champions))}")
+    models = [m for m in MODELS if all(m in entry for entry in sets.values())]
+    merged = {k: bodies[0].get(k) for k in ("model", "method", "alpha", "seed", "template", "champion_version")}
     return {**merged, **summarise(sets, models), "sets": sets, "models": models}
 
 
@@ -44,6 +56,8 @@ def run(
     *,
     registered_model_name: str,
     experiment_name: str = "",
+    tracking_uri: str | None = None,
+    mlflow_run_id: str = "",
 ) -> dict:
     body = merge_reports(report_uris)
     meta = json.loads(storage.read_text(storage.join(model_uri, META_FILE)))  # not the weights
@@ -58,13 +72,107 @@ def run(
         "domains": body["domains"],
         "mean": body["mean"],
     }
+    mlflow_run_id = mlflow_run_id or meta.get("mlflow_run_id") or ""
+    if tracking_uri is not None and mlflow_run_id:
+        try:
+            record["registry"] = _register(model_uri, meta, body, registered_model_name, tracking_uri, mlflow_run_id)
+        except Exception:
+            tracking.finish_pipeline_run(tracking_uri, mlflow_run_id, "FAILED")
+            raise
+        tracking.finish_pipeline_run(tracking_uri, mlflow_run_id)
     with storage.staged_dir(record_uri) as tmp:
         (tmp / "registration.json").write_text(json.dumps(record, indent=2))
         (tmp / "metrics.json").write_text(json.dumps(body, indent=2))
     title = f"{registered_model_name}: {body['method']} (alpha={body['alpha']}, seed={body['seed']})"
-    storage.write_text(summary_uri, markdown(body, body["models"], title=title))
+    text = markdown(body, body["models"], title=title)
+    if "registry" in record:
+        entry = record["registry"]
+        text += f"\nRegistered as version {entry['version']}: {entry['decision']} ({entry['reason']}).\n"
+    storage.write_text(summary_uri, text)
     log.info("recorded %s for %s", record_uri, registered_model_name)
-    return body
+    return {**body, "registry": record.get("registry")}
+
+
+def _register(model_uri: str, meta: dict, body: dict, name: str, uri: str, pipeline_run: str) -> dict:
+    """Log + register the model (once per pipeline run), then apply the gate. Returns what the registry did."""
+    config = config_from_yaml(json.dumps(meta.get("config") or {}))
+    with tracking.step_run(uri, pipeline_run, "register", system_metrics=False) as step:
+        client = tracking.connect(uri)
+        version = tracking.find_version(client, name, pipeline_run)
+        if version is not None:
+            log.info(
+                "pipeline run %s already registered %s v%s; not registering again", pipeline_run, name, version.version
+            )
+        else:
+            with storage.local_dir(model_uri) as folder:
+                logged = tracking.log_classifier(step, folder, example_images=_example_images())
+            tags = _version_tags(meta, body, primary_metric(config.gate, body))
+            version = tracking.register_version(
+                client, name, logged, run_id=step.run_id, pipeline_run_id=pipeline_run, tags=tags
+            )
+        current = tracking.champion(client, name)
+        evaluated = body.get("champion_version")
+        if current is not None and current.version == version.version:
+            decision = {"promote": True, "reason": f"v{version.version} already holds champion"}
+        elif current is not None and current.version != evaluated:
+            decision = {
+                "promote": False,
+                "reason": f"champion is v{current.version} but this run was compared with "
+                f"{'v' + str(evaluated) if evaluated else 'no champion'} (it moved during the run); rerun to compare",
+            }
+        else:
+            decision = decide(body, config.gate, champion_version=evaluated).as_dict()
+        role = "champion" if decision["promote"] else "challenger"
+        tracking.set_version_tags(
+            client, name, version.version, {"gate.decision": role, "gate.reason": decision["reason"]}
+        )
+        if decision["promote"]:
+            tracking.set_champion(client, name, version.version)
+        log.info("%s v%s: %s (%s)", name, version.version, role, decision["reason"])
+        step.log_metrics({"mean": body["mean"]}, parent=True)
+        step.set_tags({"registered_version": version.version, "gate.decision": role}, parent=True)
+        step.log_text(json.dumps(decision, indent=2), "gate.json")
+    return {
+        "name": name,
+        "version": version.version,
+        "decision": role,
+        "reason": decision["reason"],
+        "gate": decision,
+        "mlflow_run_id": pipeline_run,
+        "champion_before": evaluated,
+    }
+
+
+def _version_tags(meta: dict, body: dict, metric: str) -> dict:
+    config = meta.get("config") or {}
+    tags = {
+        "dataset": meta.get("dataset") or "",
+        "shots": config.get("splits", {}).get("shots", ""),
+        "protocol": config.get("splits", {}).get("protocol", ""),
+        "method": meta.get("method"),
+        "alpha": meta.get("alpha"),
+        "seed": meta.get("seed"),
+        "base_model": meta.get("base_identity"),
+        "classes": len(meta.get("classnames") or []),
+        "code_version": tracking.code_version(),
+    }
+    finetuned = body["mean"].get("finetuned", {})
+    for key, value in finetuned.items():
+        tags[f"metric.mean.{key}"] = f"{value:.2f}"
+    for domain, entry in body["domains"].items():
+        if metric in entry.get("finetuned", {}):
+            tags[f"metric.{domain}.{metric}"] = f"{entry['finetuned'][metric]:.2f}"
+    return tags
+
+
+def _example_images() -> list[bytes]:
+    """Two small PNGs for the model's input example (documents the input format; not a test set)."""
+    images = []
+    for colour in ((200, 40, 40), (40, 80, 220)):
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((32, 32, 3), colour, dtype=np.uint8)).save(buffer, format="PNG")
+        images.append(buffer.getvalue())
+    return images
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,9 +184,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="folder for registration.json and metrics.json")
     parser.add_argument("--summary", required=True, help="Markdown file to write")
     parser.add_argument("--name", default="clipcite", help="registered model name")
+    parser.add_argument("--tracking-uri", default="off", help="MLflow tracking URI ('off': files only)")
+    parser.add_argument("--mlflow-run-id", default="", help="the pipeline's MLflow run (from snapshot)")
     args = parser.parse_args(argv)
     setup_logging()
-    body = run(args.model, args.report, args.out, args.summary, registered_model_name=args.name)
+    body = run(
+        args.model,
+        args.report,
+        args.out,
+        args.summary,
+        registered_model_name=args.name,
+        tracking_uri=tracking.resolve_uri(args.tracking_uri),
+        mlflow_run_id=args.mlflow_run_id,
+    )
     print(markdown(body, body["models"]))
     return 0
 

@@ -1,0 +1,86 @@
+"""An open-vocabulary image classifier over a saved clipcite model: what the registered MLflow model serves.
+
+Labels are free text: the model scores each image against ``template.format(label)`` for whatever labels the
+caller passes, so a model trained on some classes still names new ones (that is what CLIP-CITE preserves).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from clipcite.crops import eval_view
+from clipcite.models import encode_texts, load_saved
+from clipcite.prompts import prompts_for
+
+
+class Classifier:
+    """A fine-tuned model with its trained class names and template as defaults."""
+
+    def __init__(self, model_dir: str | Path, device: str = "cpu"):
+        self.loaded, self.meta = load_saved(model_dir, device=device)
+        self.device = device
+        self.labels: list[str] = list(self.meta.get("classnames") or [])
+        self.template: str = self.meta.get("template") or "a photo of a {}."
+        self.loaded.model.eval()
+
+    @torch.no_grad()
+    def predict(
+        self,
+        images: Sequence[bytes | np.ndarray | Image.Image],
+        labels: Sequence[str] | None = None,
+        template: str | None = None,
+        top_k: int = 1,
+    ) -> list[dict]:
+        """One dict per image: ``label``, ``score`` (softmax probability over ``labels``), and with top_k > 1
+        ``top_labels``/``top_scores``."""
+        labels = list(labels) if labels else self.labels
+        if not labels:
+            raise ValueError("no labels: pass labels=[...] (the model has no trained class names)")
+        if len(set(labels)) != len(labels):
+            raise ValueError(
+                f"labels must be distinct; duplicates: {sorted({x for x in labels if labels.count(x) > 1})}"
+            )
+        k = max(1, min(int(top_k), len(labels)))
+        model, cfg = self.loaded.model, self.loaded.preprocess_cfg
+        text = encode_texts(
+            model, self.loaded.tokenizer, prompts_for(template or self.template, labels), 256, self.device
+        )
+        batch = torch.stack([eval_view(to_image(x, i), cfg) for i, x in enumerate(images)]).to(self.device)
+        features = model.encode_image(batch, normalize=True).float()
+        probs = (model.logit_scale.exp().float() * features @ text.T).softmax(dim=1).cpu()
+        scores, index = probs.topk(k, dim=1)
+        results = []
+        for row_scores, row_index in zip(scores.tolist(), index.tolist(), strict=True):
+            entry = {"label": labels[row_index[0]], "score": row_scores[0]}
+            if top_k > 1:
+                entry["top_labels"] = [labels[i] for i in row_index]
+                entry["top_scores"] = row_scores
+            results.append(entry)
+        return results
+
+
+def to_image(value: bytes | np.ndarray | Image.Image, index: int = 0) -> Image.Image:
+    """Encoded bytes (PNG, JPEG, ...), an HxWx3 / HxW uint8 array, or a PIL image, as an RGB image."""
+    if isinstance(value, Image.Image):
+        return value.convert("RGB")
+    if isinstance(value, bytes | bytearray | memoryview):
+        try:
+            with Image.open(io.BytesIO(bytes(value))) as img:
+                return img.convert("RGB")
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"image {index}: not a decodable image ({e})") from e
+    array = np.asarray(value)
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        raise ValueError(
+            f"image {index}: expected encoded bytes or a uint8 array of shape HxW or HxWxC (C in 1, 3, 4), "
+            f"got dtype {array.dtype} shape {array.shape}"
+        )
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    return Image.fromarray(array).convert("RGB")

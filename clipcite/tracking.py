@@ -1,0 +1,448 @@
+"""MLflow tracking and the model registry: the only module that imports MLflow.
+
+One MLflow run per pipeline run (opened by the pipeline's first step, or the run named by ``MLFLOW_RUN_ID`` when a
+KFP deployment injects one), and a nested run per step. Where MLflow is (``MLFLOW_TRACKING_URI`` or the pipeline's
+``tracking_uri``) is checked before any training: an unreachable server fails the run at its first step unless
+tracking is turned off (``tracking_uri=off``).
+
+The registered model is an MLflow pyfunc written as models-from-code (``clipcite/mlflow_model.py``, no pickled
+class): weights and configs are plain files (safetensors) under the model's ``artifacts/model``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import mlflow.pyfunc
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature, set_model
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+import clipcite
+
+log = logging.getLogger(__name__)
+
+__all__ = ["set_model"]  # re-exported for the models-from-code file
+DISABLED = ("off", "none", "disabled", "false")
+CHAMPION = "champion"
+RUN_TAG = "clipcite.pipeline_run"  # on a model version: the pipeline run that registered it (rerun -> same version)
+KFP_RUN_TAG = "clipcite.kfp_run_id"
+MODEL_ARTIFACT = "model"  # the name of the weights folder among the pyfunc model's artifacts
+RUNTIME_PACKAGES = (
+    "torch",
+    "torchvision",
+    "open_clip_torch",
+    "numpy",
+    "pillow",
+    "pyarrow",
+    "safetensors",
+    "pyyaml",
+    "tqdm",
+    "pandas",
+    "boto3",
+    "matplotlib",
+    "mlflow",
+)
+
+
+class TrackingError(RuntimeError):
+    """MLflow cannot be used as configured (unreachable, misconfigured, registry refused)."""
+
+
+# ------------------------------------------------------------------------------------------------ where MLflow is
+
+
+def resolve_uri(uri: str = "") -> str | None:
+    """The tracking URI to use: ``uri``, else ``MLFLOW_TRACKING_URI``; None when tracking is off."""
+    uri = (uri or os.environ.get("MLFLOW_TRACKING_URI", "")).strip()
+    if uri.lower() in DISABLED:
+        return None
+    if not uri:
+        raise TrackingError(
+            "no MLflow tracking URI: set MLFLOW_TRACKING_URI or the pipeline parameter tracking_uri "
+            "(e.g. http://mlflow.mlflow.svc:5000 or sqlite:///mlflow.db), or tracking_uri=off to run without tracking"
+        )
+    return uri
+
+
+def connect(uri: str) -> MlflowClient:
+    """A client for ``uri``, after checking that the server answers (a few quick tries, not MLflow's minutes of
+    retries), so a wrong address fails the run before any training. ``uri`` as for :func:`resolve_uri`."""
+    resolved = resolve_uri(uri)
+    if resolved is None:
+        raise TrackingError("tracking is off (tracking_uri=off); no MLflow server to talk to")
+    uri = resolved
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(uri, registry_uri=uri)
+    if uri.startswith(("http://", "https://")):
+        saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+        os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"})
+        try:
+            client.search_experiments(max_results=1)
+        except Exception as e:  # connection refused, DNS, TLS, 401/403 from an auth proxy
+            raise TrackingError(
+                f"MLflow tracking server {uri} is unreachable or refused the request ({type(e).__name__}: "
+                f"{str(e)[:300]}); check MLFLOW_TRACKING_URI and credentials (MLFLOW_TRACKING_USERNAME/"
+                "MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN), or run with tracking_uri=off"
+            ) from e
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+    return client
+
+
+def code_version() -> str:
+    """The package version plus the git commit: from ``CLIPCITE_GIT_SHA`` (baked into images), else ``git``."""
+    sha = os.environ.get("CLIPCITE_GIT_SHA", "")
+    if not sha:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            sha = subprocess.run(
+                ["git", "rev-parse", "--short=12", "HEAD"],
+                cwd=Path(clipcite.__file__).parent,
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=True,
+            ).stdout.strip()
+    return f"{clipcite.__version__}+{sha}" if sha else clipcite.__version__
+
+
+# ------------------------------------------------------------------------------------------ the pipeline's run
+
+
+def open_pipeline_run(uri: str, experiment: str, *, kfp_run_id: str = "", run_name: str = "", tags=None) -> str:
+    """The MLflow run of this pipeline run: ``MLFLOW_RUN_ID`` when set, else the one tagged with this KFP run id
+    (a retried first step finds it), else a new one in ``experiment`` (or ``MLFLOW_EXPERIMENT_ID``)."""
+    client = connect(uri)
+    injected = os.environ.get("MLFLOW_RUN_ID", "")
+    if injected:
+        try:
+            return client.get_run(injected).info.run_id
+        except MlflowException as e:
+            raise TrackingError(f"MLFLOW_RUN_ID={injected} is not a run on {uri}: {e}") from e
+    experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID", "") or _experiment_id(client, experiment)
+    if kfp_run_id:
+        found = client.search_runs(
+            [experiment_id], filter_string=f"tags.`{KFP_RUN_TAG}` = '{kfp_run_id}'", max_results=1
+        )
+        if found:
+            return found[0].info.run_id
+    run_tags = {KFP_RUN_TAG: kfp_run_id, "clipcite.version": code_version(), **(tags or {})}
+    run = client.create_run(experiment_id, run_name=run_name or None, tags={k: str(v) for k, v in run_tags.items()})
+    log.info("MLflow run %s in experiment %s on %s", run.info.run_id, experiment, uri)
+    return run.info.run_id
+
+
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            raise TrackingError(f"MLflow experiment {name!r} is deleted; restore it or choose another name")
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=_local_artifact_location(client.tracking_uri))
+    except MlflowException:  # created meanwhile by a parallel run
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def _local_artifact_location(uri: str) -> str | None:
+    """For a sqlite store, artifacts beside the database file (``mlartifacts/``) rather than the cwd of whichever
+    process created the experiment; servers choose their own."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri[len("sqlite:///") :]).absolute().parent / "mlartifacts").as_uri()
+
+
+def finish_pipeline_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    connect(uri).set_terminated(run_id, status)
+
+
+# ----------------------------------------------------------------------------------------------- a step's run
+
+
+class StepRun:
+    """A nested run for one pipeline step; every method does nothing when tracking is off (``client is None``)."""
+
+    def __init__(self, client: MlflowClient | None, run_id: str = "", parent_run_id: str = ""):
+        self.client = client
+        self.run_id = run_id
+        self.parent_run_id = parent_run_id
+        self._metrics: list[tuple[bool, Metric]] = []  # (on the parent run?, metric)
+
+    @property
+    def enabled(self) -> bool:
+        return self.client is not None
+
+    def log_params(self, params: dict, *, parent: bool = False) -> None:
+        """Flattened (``a.b.c``) params, values cut to MLflow's limit; ``parent`` logs on the pipeline's run."""
+        if not self.enabled:
+            return
+        flat = [Param(k, _param_value(v)) for k, v in flatten(params).items()]
+        run_id = self.parent_run_id if parent else self.run_id
+        for start in range(0, len(flat), 100):
+            self.client.log_batch(run_id, params=flat[start : start + 100])
+
+    def log_metrics(self, metrics: dict, step: int | None = None, *, parent: bool = False) -> None:
+        """Numeric values (nested dicts flattened to ``a/b``); buffered and sent in batches."""
+        if not self.enabled:
+            return
+        now = int(time.time() * 1000)
+        for key, value in flatten(metrics, sep="/").items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                self._metrics.append((parent, Metric(key, float(value), now, step or 0)))
+        if len(self._metrics) >= 500:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.enabled or not self._metrics:
+            return
+        for run_id, on_parent in ((self.run_id, False), (self.parent_run_id, True)):
+            batch = [m for parent, m in self._metrics if parent == on_parent]
+            for start in range(0, len(batch), 1000):
+                self.client.log_batch(run_id, metrics=batch[start : start + 1000])
+        self._metrics = []
+
+    def log_dataset(self, name: str, uri: str, digest: str, context: str, *, rows: int, classes: int) -> None:
+        """A dataset input (train split, eval set) with its source URI and content digest."""
+        if not self.enabled:
+            return
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+
+        dataset = MetaDataset(source=resolve_dataset_source(uri), name=name, digest=digest[:36])
+        with self._active():
+            mlflow.log_input(dataset, context=context, tags={"rows": str(rows), "classes": str(classes)})
+
+    def log_artifacts(self, local: str | Path, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            path = Path(local)
+            if path.is_dir():
+                self.client.log_artifacts(self.run_id, str(path), artifact_path)
+            else:
+                self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        if self.enabled:
+            self.client.log_text(self.run_id, text, artifact_file)
+
+    def set_tags(self, tags: dict, *, parent: bool = False) -> None:
+        if self.enabled:
+            for key, value in tags.items():
+                self.client.set_tag(self.parent_run_id if parent else self.run_id, key, str(value))
+
+    @contextlib.contextmanager
+    def _active(self) -> Iterator[None]:
+        """Make this run the fluent API's active run (for the few calls only the fluent API has)."""
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == self.run_id:
+            yield
+            return
+        with mlflow.start_run(run_id=self.run_id, nested=True):
+            yield
+
+
+@contextlib.contextmanager
+def step_run(uri: str | None, parent_run_id: str, name: str, *, system_metrics: bool = True) -> Iterator[StepRun]:
+    """A nested run named ``name`` under ``parent_run_id``; a do-nothing StepRun when the parent is empty (tracking
+    off: the snapshot step returns no run id). Ends FINISHED, or FAILED when the step raises."""
+    if not parent_run_id or resolve_uri(uri or "") is None:
+        yield StepRun(None)
+        return
+    client = connect(uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    with mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=name,
+        nested=True,
+        parent_run_id=parent_run_id,
+        tags={"clipcite.step": name, "clipcite.version": code_version(), "clipcite.image": _image()},
+        log_system_metrics=system_metrics,
+    ) as active:
+        run = StepRun(client, active.info.run_id, parent_run_id)
+        try:
+            yield run
+        finally:
+            run.flush()
+
+
+def _image() -> str:
+    return os.environ.get("CLIPCITE_IMAGE_REF", "local")
+
+
+def flatten(values: dict, prefix: str = "", sep: str = ".") -> dict:
+    out: dict = {}
+    for key, value in values.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            out.update(flatten(value, name, sep))
+        else:
+            out[name] = value
+    return out
+
+
+def _param_value(value) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+# ------------------------------------------------------------------------------------------ the served model
+
+
+class ClassifierModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper of :class:`clipcite.classifier.Classifier`.
+
+    Input: a DataFrame with an ``image`` column of encoded bytes (base64 strings over REST) or HxWxC uint8 arrays.
+    Params: ``labels`` (default: the trained classes), ``template``, ``top_k``. Output: ``label``, ``score`` and,
+    with top_k > 1, ``top_labels``/``top_scores``.
+    """
+
+    def load_context(self, context) -> None:
+        import torch
+
+        from clipcite.classifier import Classifier
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.classifier = Classifier(context.artifacts[MODEL_ARTIFACT], device=device)
+
+    def predict(self, context, model_input, params: dict | None = None) -> pd.DataFrame:
+        params = params or {}
+        images = _input_images(model_input)
+        results = self.classifier.predict(
+            images,
+            labels=list(params["labels"]) if params.get("labels") is not None else None,
+            template=params.get("template") or None,
+            top_k=int(params.get("top_k") or 1),
+        )
+        return pd.DataFrame(results)
+
+
+def _input_images(model_input) -> list:
+    if isinstance(model_input, pd.DataFrame):
+        if "image" not in model_input.columns:
+            raise ValueError(f"input needs an 'image' column; got columns {list(model_input.columns)}")
+        values = list(model_input["image"])
+    elif isinstance(model_input, dict) and "image" in model_input:
+        values = list(model_input["image"])
+    else:
+        values = list(model_input)
+    return [base64.b64decode(v) if isinstance(v, str) else v for v in values]
+
+
+MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
+
+
+def log_classifier(run: StepRun, model_dir: Path, *, example_images: list[bytes]) -> str:
+    """Log the fine-tuned model as a pyfunc (models-from-code) in ``run``; returns its ``models:/`` URI."""
+    meta = json.loads((model_dir / "clipcite.json").read_text())
+    labels = list(meta.get("classnames") or [])
+    template = meta.get("template") or "a photo of a {}."
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("binary", "image")]),
+        outputs=Schema([ColSpec("string", "label"), ColSpec("double", "score")]),
+        params=ParamSchema(
+            [
+                ParamSpec("labels", "string", labels, shape=(-1,)),
+                ParamSpec("template", "string", template),
+                ParamSpec("top_k", "long", 1),
+            ]
+        ),
+    )
+    with tempfile.TemporaryDirectory() as tmp, run._active():
+        code = _package_code(Path(tmp))
+        info = mlflow.pyfunc.log_model(
+            name="classifier",
+            python_model=str(MODEL_CODE),
+            artifacts={MODEL_ARTIFACT: str(model_dir)},
+            code_paths=[str(code)],
+            signature=signature,
+            input_example=pd.DataFrame({"image": example_images}),
+            pip_requirements=_pip_requirements(),
+            metadata={"clipcite_version": code_version(), "classnames": labels, "template": template},
+        )
+    return info.model_uri
+
+
+def _package_code(tmp: Path) -> Path:
+    """The clipcite package's code and small configs (not the toy world's checkpoint) for ``code_paths``."""
+    source = Path(clipcite.__file__).parent
+    target = tmp / "clipcite"
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.safetensors", "*.sha256", "*.pyc"))
+    return target
+
+
+def _pip_requirements() -> list[str]:
+    pins = []
+    for name in RUNTIME_PACKAGES:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            pins.append(f"{name}=={importlib.metadata.version(name)}")
+    return pins
+
+
+# --------------------------------------------------------------------------------------------------- registry
+
+
+def find_version(client: MlflowClient, name: str, pipeline_run_id: str):
+    """The version a pipeline run already registered (a rerun of the register step must not add another)."""
+    with contextlib.suppress(MlflowException):
+        for version in client.search_model_versions(f"name = '{name}' and tags.`{RUN_TAG}` = '{pipeline_run_id}'"):
+            return version
+    return None
+
+
+def register_version(client: MlflowClient, name: str, model_uri: str, *, run_id: str, pipeline_run_id: str, tags: dict):
+    """Create ``name`` if needed and a version from ``model_uri`` tagged with the pipeline run and ``tags``."""
+    with contextlib.suppress(MlflowException):
+        client.create_registered_model(name, description="clipcite: few-shot CLIP fine-tuned with CLIP-CITE")
+    all_tags = {RUN_TAG: pipeline_run_id, **{k: str(v) for k, v in tags.items()}}
+    try:
+        version = client.create_model_version(name, model_uri, run_id=run_id, tags=all_tags)
+    except MlflowException as e:
+        raise TrackingError(f"the model registry refused version of {name!r} from {model_uri}: {e}") from e
+    log.info("registered %s version %s", name, version.version)
+    return version
+
+
+def champion(client: MlflowClient, name: str):
+    """The version holding the ``champion`` alias, or None."""
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def download_model_dir(client: MlflowClient, name: str, version: str, dst: Path) -> Path:
+    """The weights folder of a registered version (what :func:`clipcite.models.load_saved` reads)."""
+    source = f"models:/{name}/{version}"
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst)))
+    folder = local / "artifacts" / MODEL_ARTIFACT
+    if not (folder / "clipcite.json").is_file():
+        raise TrackingError(f"{source} has no clipcite weights under artifacts/{MODEL_ARTIFACT}")
+    return folder
+
+
+def set_version_tags(client: MlflowClient, name: str, version: str, tags: dict) -> None:
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+
+
+def set_champion(client: MlflowClient, name: str, version: str) -> None:
+    client.set_registered_model_alias(name, CHAMPION, version)
