@@ -414,7 +414,8 @@ def register_version(client: MlflowClient, name: str, model_uri: str, *, run_id:
         client.create_registered_model(name, description="clipcite: few-shot CLIP fine-tuned with CLIP-CITE")
     all_tags = {RUN_TAG: pipeline_run_id, **{k: str(v) for k, v in tags.items()}}
     try:
-        version = client.create_model_version(name, model_uri, run_id=run_id, tags=all_tags)
+        model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+        version = client.create_model_version(name, model_uri, run_id=run_id, tags=all_tags, model_id=model_id)
     except MlflowException as e:
         raise TrackingError(f"the model registry refused version of {name!r} from {model_uri}: {e}") from e
     log.info("registered %s version %s", name, version.version)
@@ -439,10 +440,10 @@ def download_model_dir(client: MlflowClient, name: str, version: str, dst: Path)
     return folder
 
 
-def set_version_tags(client: MlflowClient, name: str, version: str, tags: dict) -> None:
+def set_version_tags(client: MlflowClient, name: str, version: int | str, tags: dict) -> None:
     for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, str(value))
+        client.set_model_version_tag(name, str(version), key, str(value))
 
 
-def set_champion(client: MlflowClient, name: str, version: str) -> None:
-    client.set_registered_model_alias(name, CHAMPION, version)
+def set_champion(client: MlflowClient, name: str, version: int | str) -> None:
+    client.set_registered_model_alias(name, CHAMPION, str(version))

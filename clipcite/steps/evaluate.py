@@ -59,7 +59,7 @@ def _champion(uri: str, name: str, tmp: Path, device: str):
         return None
     folder = tracking.download_model_dir(client, name, version.version, tmp)
     log.info("evaluating champion %s v%s beside the new model", name, version.version)
-    return version.version, load_saved(folder, device=device)[0]
+    return int(version.version), load_saved(folder, device=device)[0]
 
 
 def _run(model_uri, splits_uri, out_uri, config: Config, domains, champion, step) -> dict:

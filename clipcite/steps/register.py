@@ -9,6 +9,7 @@ tracking on, the model is logged as an MLflow pyfunc in a nested run, registered
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -77,7 +78,8 @@ def run(
         try:
             record["registry"] = _register(model_uri, meta, body, registered_model_name, tracking_uri, mlflow_run_id)
         except Exception:
-            tracking.finish_pipeline_run(tracking_uri, mlflow_run_id, "FAILED")
+            with contextlib.suppress(Exception):  # MLflow may be the thing that failed
+                tracking.finish_pipeline_run(tracking_uri, mlflow_run_id, "FAILED")
             raise
         tracking.finish_pipeline_run(tracking_uri, mlflow_run_id)
     with storage.staged_dir(record_uri) as tmp:
@@ -110,31 +112,31 @@ def _register(model_uri: str, meta: dict, body: dict, name: str, uri: str, pipel
             version = tracking.register_version(
                 client, name, logged, run_id=step.run_id, pipeline_run_id=pipeline_run, tags=tags
             )
+        number = int(version.version)
         current = tracking.champion(client, name)
+        holder = int(current.version) if current is not None else None
         evaluated = body.get("champion_version")
-        if current is not None and current.version == version.version:
-            decision = {"promote": True, "reason": f"v{version.version} already holds champion"}
-        elif current is not None and current.version != evaluated:
+        if holder == number:
+            decision = {"promote": True, "reason": f"v{number} already holds champion"}
+        elif holder != evaluated:
             decision = {
                 "promote": False,
-                "reason": f"champion is v{current.version} but this run was compared with "
-                f"{'v' + str(evaluated) if evaluated else 'no champion'} (it moved during the run); rerun to compare",
+                "reason": f"champion is v{holder} but this run was compared with "
+                f"{f'v{evaluated}' if evaluated else 'no champion'} (it moved during the run); rerun to compare",
             }
         else:
             decision = decide(body, config.gate, champion_version=evaluated).as_dict()
         role = "champion" if decision["promote"] else "challenger"
-        tracking.set_version_tags(
-            client, name, version.version, {"gate.decision": role, "gate.reason": decision["reason"]}
-        )
+        tracking.set_version_tags(client, name, number, {"gate.decision": role, "gate.reason": decision["reason"]})
         if decision["promote"]:
-            tracking.set_champion(client, name, version.version)
-        log.info("%s v%s: %s (%s)", name, version.version, role, decision["reason"])
+            tracking.set_champion(client, name, number)
+        log.info("%s v%s: %s (%s)", name, number, role, decision["reason"])
         step.log_metrics({"mean": body["mean"]}, parent=True)
-        step.set_tags({"registered_version": version.version, "gate.decision": role}, parent=True)
+        step.set_tags({"registered_version": number, "gate.decision": role}, parent=True)
         step.log_text(json.dumps(decision, indent=2), "gate.json")
     return {
         "name": name,
-        "version": version.version,
+        "version": number,
         "decision": role,
         "reason": decision["reason"],
         "gate": decision,

@@ -1,0 +1,179 @@
+"""The pipeline against real servers on loopback: ``mlflow server`` (sqlite backend, artifacts proxied to S3) and
+``moto_server`` as the S3 endpoint. Data on S3, three runs: the first takes ``champion``, a worse one does not, a
+better one does; the champion loads as a pyfunc and names images, also with a new label list."""
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import boto3
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+
+from clipcite import tracking
+from clipcite.steps import register
+from clipcite.toyworld.generate import write_world
+from clipcite.toyworld.world import classnames, render
+
+from .servers import free_port, mlflow_server, moto_server, s3_environment
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pipeline  # noqa: E402
+
+NAME = "toyworld-clip"
+DATA = "s3://clipcite-data/toyworld"
+BASE = {"train.epochs": 1, "eval.batch_size": 96}
+RUNS = {  # deterministic on CPU; the first is almost zero-shot, the second ruins the model, the third learns
+    "first": {**BASE, "train.lr": 1e-6},
+    "worse": {**BASE, "train.lr": 1e-2, "train.alpha": 1.0},
+    "better": {**BASE, "train.lr": 1e-4},
+}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    work = tmp_path_factory.mktemp("stack")
+    with pytest.MonkeyPatch.context() as mp, moto_server() as s3:
+        for key, value in s3_environment(s3).items():
+            mp.setenv(key, value)
+        client = boto3.client("s3", endpoint_url=s3)
+        for bucket in ("clipcite-data", "mlflow-artifacts"):
+            client.create_bucket(Bucket=bucket)
+        write_world(DATA, seed=1, counts={"train": 3, "val": 1, "test": 2}, domains=("photo", "sketch"))
+        with mlflow_server(work, "s3://mlflow-artifacts/mlflow", s3) as url:
+            mp.setenv("MLFLOW_TRACKING_URI", url)
+            runs = {}
+            for name, overrides in RUNS.items():
+                params = {"data_uri": DATA, "shots": 2, "overrides": overrides, "registered_model_name": NAME}
+                runs[name] = pipeline.run_local(params, work / name)
+            yield {"url": url, "s3": s3, "runs": runs, "work": work}
+
+
+def _registry(result: dict) -> dict:
+    return json.loads((result["record"] / "registration.json").read_text())["registry"]
+
+
+def test_the_first_run_takes_champion_a_worse_does_not_a_better_does(stack):
+    first, worse, better = (_registry(stack["runs"][n]) for n in RUNS)
+    assert (first["version"], first["decision"], first["reason"]) == (1, "champion", "no champion yet")
+    assert (worse["version"], worse["decision"]) == (2, "challenger")
+    assert worse["champion_before"] == 1 and "gain -" in worse["reason"]
+    assert (better["version"], better["decision"]) == (3, "champion"), better["reason"]
+    assert better["gate"]["candidate"] > better["gate"]["champion"]
+    client = MlflowClient(stack["url"])
+    assert client.get_model_version_by_alias(NAME, "champion").version == "3"
+    tags = client.get_model_version(NAME, "2").tags
+    assert tags["gate.decision"] == "challenger" and tags["gate.reason"] == worse["reason"]
+
+
+def test_version_tags_name_data_method_and_metrics(stack):
+    tags = MlflowClient(stack["url"]).get_model_version(NAME, "3").tags
+    assert {k: tags[k] for k in ("dataset", "shots", "method", "protocol")} == {
+        "dataset": "toyworld",
+        "shots": "2",
+        "method": "cite",
+        "protocol": "base2new",
+    }
+    metrics = _registry(stack["runs"]["better"])["gate"]
+    assert float(tags["metric.mean.hm"]) == pytest.approx(metrics["candidate"], abs=0.01)
+    assert {"metric.photo.hm", "metric.sketch.hm", "base_model", "code_version"} <= set(tags)
+
+
+def test_the_pipeline_run_holds_per_domain_metrics_loss_curves_datasets_and_artifacts(stack):
+    client = MlflowClient(stack["url"])
+    run_id = _registry(stack["runs"]["first"])["mlflow_run_id"]
+    parent = client.get_run(run_id)
+    assert parent.info.status == "FINISHED"
+    for domain in ("photo", "sketch"):
+        for key in ("base", "new", "hm"):
+            assert f"eval/{domain}/finetuned/{key}" in parent.data.metrics
+            assert f"eval/{domain}/zeroshot/{key}" in parent.data.metrics
+    assert parent.data.params["config.train.lr"] == "1e-06"
+    assert len(parent.data.params["data.sources_digest"]) == 64
+    children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
+    steps = {c.data.tags["clipcite.step"]: c for c in children}
+    assert set(steps) == {"snapshot", "finetune", "evaluate-photo", "evaluate-sketch", "register"}
+    finetune = steps["finetune"]
+    curve = client.get_metric_history(finetune.info.run_id, "train/total")
+    assert len(curve) >= 2 and [m.step for m in curve] == sorted(m.step for m in curve)
+    for term in ("train/lr", "train/dva", "train/scl", "train/vld"):
+        assert client.get_metric_history(finetune.info.run_id, term), term
+    assert finetune.data.metrics["images_per_second"] > 0
+    inputs = {d.dataset.name: d for d in finetune.inputs.dataset_inputs}
+    assert set(inputs) == {"toyworld-train", "toyworld-val"}
+    assert inputs["toyworld-train"].dataset.digest and "s3://" not in inputs["toyworld-train"].dataset.digest
+    evaluate = steps["evaluate-photo"]
+    assert {d.dataset.name for d in evaluate.inputs.dataset_inputs} == {"photo-base", "photo-new"}
+    names = {a.path for a in client.list_artifacts(evaluate.info.run_id)}
+    assert {"report.md", "domains.png", "metrics.json", "confusion"} <= names
+    # The server proxied every artifact to S3: the report is an object in the artifacts bucket.
+    s3 = boto3.client("s3", endpoint_url=stack["s3"])
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="mlflow-artifacts", Prefix="mlflow/")["Contents"]]
+    assert any(k.endswith(f"{evaluate.info.run_id}/artifacts/report.md") for k in keys)
+    assert any("open_clip_model.safetensors" in k for k in keys)
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _images(names: list[str]) -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [render(name, "photo", rng, (0.5, 0.6)) for name in names]
+
+
+def test_champion_loads_as_pyfunc_and_names_images_with_trained_and_new_labels(stack):
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    trained = ["red circle", "blue square", "green triangle", "yellow diamond"]  # base classes
+    result = model.predict(pd.DataFrame({"image": [_png(a) for a in _images(trained)]}))
+    assert list(result.columns) == ["label", "score"]
+    assert list(result["label"]) == trained
+    # New labels the model was never fine-tuned on (new shapes), given at call time; arrays instead of bytes.
+    new = ["purple star", "orange crescent", "blue bar"]
+    arrays = _images(new)
+    result = model.predict(pd.DataFrame({"image": arrays}), params={"labels": new, "top_k": 2})
+    assert list(result["label"]) == new
+    assert all(len(t) == 2 and t[0] == lab for t, lab in zip(result["top_labels"], new, strict=True))
+    assert ((result["score"] > 1 / len(new)) & (result["score"] <= 1)).all()
+    defaults = model.metadata.get_params_schema().to_dict()
+    labels = next(p for p in defaults if p["name"] == "labels")
+    assert labels["default"] == classnames()[:24]  # the trained (base) classes
+
+
+def test_rerunning_register_does_not_register_twice_and_a_registry_outage_loses_nothing(stack, tmp_path):
+    result = stack["runs"]["better"]
+    record = json.loads((result["record"] / "registration.json").read_text())
+    reports = sorted(str(p) for p in result["record"].parents[1].glob("for-loop-1-iteration-*/evaluate/report"))
+    assert len(reports) == 2
+    dead = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(tracking.TrackingError, match=dead):
+        register.run(
+            record["model_uri"],
+            reports,
+            str(tmp_path / "record"),
+            str(tmp_path / "summary.md"),
+            registered_model_name=NAME,
+            tracking_uri=dead,
+        )
+    assert Path(record["model_uri"], "open_clip_model.safetensors").is_file()  # the trained model is still there
+    assert not (tmp_path / "record").exists()
+    body = register.run(
+        record["model_uri"],
+        reports,
+        str(tmp_path / "record"),
+        str(tmp_path / "summary.md"),
+        registered_model_name=NAME,
+        tracking_uri=stack["url"],
+    )
+    assert body["registry"]["version"] == 3  # found, not registered again
+    versions = MlflowClient(stack["url"]).search_model_versions(f"name = '{NAME}'")
+    assert sorted(int(v.version) for v in versions) == [1, 2, 3]
