@@ -1,0 +1,92 @@
+"""Tracking settings and failures: no URI, MLflow unreachable (the pipeline fails before training), tracking off,
+a local sqlite store, and the pyfunc classifier's input handling."""
+
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+
+from clipcite import tracking
+from clipcite.classifier import Classifier, to_image
+from clipcite.steps import snapshot
+
+from .servers import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pipeline  # noqa: E402
+
+
+def test_resolve_uri(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(tracking.TrackingError, match="set MLFLOW_TRACKING_URI or the pipeline parameter"):
+        tracking.resolve_uri("")
+    assert tracking.resolve_uri("off") is None and tracking.resolve_uri("OFF") is None
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    assert tracking.resolve_uri("") == "http://mlflow:5000"
+    assert tracking.resolve_uri("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_unreachable_mlflow_fails_the_pipeline_at_its_first_step(tmp_path, capfd):
+    from clipcite.toyworld.generate import write_world
+
+    data = tmp_path / "world"
+    write_world(str(data), seed=1, counts={"train": 2, "val": 1, "test": 1}, domains=("photo",))
+    dead = f"http://127.0.0.1:{free_port()}"
+    params = {"data_uri": str(data), "shots": 2, "tracking_uri": dead, "overrides": {"train.epochs": 1}}
+    with pytest.raises(RuntimeError, match="snapshot"):
+        pipeline.run_local(params, tmp_path / "run")
+    output = capfd.readouterr()
+    assert f"MLflow tracking server {dead} is unreachable" in output.out + output.err
+    assert not list((tmp_path / "run" / "root").glob("*/finetune"))  # nothing trained
+
+
+def test_snapshot_with_tracking_off_opens_no_run(tmp_path, table):
+    digest, run_id = snapshot.run(str(table), tracking_uri="off")
+    assert len(digest) == 64 and run_id == ""
+
+
+def test_snapshot_opens_one_run_per_kfp_run_in_a_local_store(tmp_path, table, monkeypatch):
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _, first = snapshot.run(str(table), tracking_uri=uri, experiment_name="t", kfp_run_id="kfp-1")
+    _, retried = snapshot.run(str(table), tracking_uri=uri, experiment_name="t", kfp_run_id="kfp-1")
+    _, other = snapshot.run(str(table), tracking_uri=uri, experiment_name="t", kfp_run_id="kfp-2")
+    assert first == retried != other  # a retried first step finds its run
+    client = MlflowClient(uri)
+    run = client.get_run(first)
+    assert run.data.params["data_digest"] and run.data.tags[tracking.KFP_RUN_TAG] == "kfp-1"
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.artifact_location == (tmp_path / "mlartifacts").as_uri()  # beside the database
+    monkeypatch.setenv("MLFLOW_RUN_ID", first)  # a deployment that injects its own run
+    assert snapshot.run(str(table), tracking_uri=uri, kfp_run_id="kfp-3")[1] == first
+
+
+def _png(colour) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((20, 28, 3), colour, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_classifier_inputs_labels_and_errors(tiny, tmp_path):
+    from clipcite.models import save_model
+
+    save_model(tiny, tiny.model.state_dict(), tmp_path, {"classnames": ["cat", "dog"], "template": "a {}."})
+    classifier = Classifier(tmp_path)
+    images = [_png((200, 0, 0)), np.zeros((16, 16, 3), np.uint8), np.zeros((16, 16), np.uint8)]
+    out = classifier.predict(images)
+    assert [set(r) for r in out] == [{"label", "score"}] * 3 and {r["label"] for r in out} <= {"cat", "dog"}
+    out = classifier.predict(images[:1], labels=["a", "b", "c"], top_k=5)
+    assert out[0]["top_labels"][0] == out[0]["label"] and len(out[0]["top_labels"]) == 3
+    assert sum(out[0]["top_scores"]) == pytest.approx(1, abs=1e-5)
+    with pytest.raises(ValueError, match="labels must be distinct"):
+        classifier.predict(images[:1], labels=["a", "a"])
+    with pytest.raises(ValueError, match="image 0: not a decodable image"):
+        to_image(b"not an image")
+    with pytest.raises(ValueError, match="image 2: expected encoded bytes or a uint8 array"):
+        to_image(np.zeros((4, 4, 3), np.float32), 2)
