@@ -38,7 +38,9 @@ clean:
 # Build and push both images (needs a Docker engine; `docker login` to the registry first).
 images:
 	@command -v docker >/dev/null || { echo "make images needs Docker"; exit 1; }
-	docker build -f docker/Dockerfile.cpu -t $(REGISTRY)/clipcite-cpu:$(VERSION) .
-	docker build -f docker/Dockerfile.cuda -t $(REGISTRY)/clipcite-cuda:$(VERSION) .
+	docker build -f docker/Dockerfile.cpu -t $(REGISTRY)/clipcite-cpu:$(VERSION) \
+		--build-arg GIT_SHA=$$(git rev-parse --short=12 HEAD) --build-arg IMAGE_REF=$(REGISTRY)/clipcite-cpu:$(VERSION) .
+	docker build -f docker/Dockerfile.cuda -t $(REGISTRY)/clipcite-cuda:$(VERSION) \
+		--build-arg GIT_SHA=$$(git rev-parse --short=12 HEAD) --build-arg IMAGE_REF=$(REGISTRY)/clipcite-cuda:$(VERSION) .
 	docker push $(REGISTRY)/clipcite-cpu:$(VERSION)
 	docker push $(REGISTRY)/clipcite-cuda:$(VERSION)

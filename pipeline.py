@@ -241,6 +241,7 @@ def submit(args: argparse.Namespace, params: dict):
         run_name=args.run_name,
         experiment_name=args.experiment,
         namespace=args.namespace,
+        pipeline_root=args.pipeline_root,
     )
 
 
@@ -257,6 +258,7 @@ def schedule(args: argparse.Namespace, params: dict):
         no_catchup=args.no_catchup,
         params=params,
         pipeline_package_path=str(package),
+        pipeline_root=args.pipeline_root,
         enabled=True,
     )
 
@@ -292,6 +294,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--experiment", default="clipcite")
         p.add_argument("--token", help="bearer token (default: $KFP_TOKEN, else the in-cluster service account)")
         p.add_argument("--workdir", default=".", help="where the compiled spec is written before upload")
+        p.add_argument(
+            "--pipeline-root",
+            default=os.environ.get("CLIPCITE_PIPELINE_ROOT") or None,
+            help="where KFP stores this run's artifacts, e.g. s3://bucket/kfp (default: the deployment's)",
+        )
     commands.choices["submit"].add_argument("--run-name", default=None)
     sched = commands.choices["schedule"]
     sched.add_argument("--cron", required=True, help='6-field cron, e.g. "0 0 3 * * 1" (Mondays 03:00)')

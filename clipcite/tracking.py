@@ -112,7 +112,7 @@ def connect(uri: str) -> MlflowClient:
 
 def code_version() -> str:
     """The package version plus the git commit: from ``CLIPCITE_GIT_SHA`` (baked into images), else ``git``."""
-    sha = os.environ.get("CLIPCITE_GIT_SHA", "")
+    sha = os.environ.get("CLIPCITE_GIT_SHA", "").replace("unknown", "")
     if not sha:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             sha = subprocess.run(

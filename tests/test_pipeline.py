@@ -136,6 +136,8 @@ def test_submit_calls_the_client_with_the_parameters(tmp_path, monkeypatch):
                     "shots=4",
                     "--param",
                     'overrides={"train.epochs": 5}',
+                    "--pipeline-root",
+                    "s3://kfp-artifacts/clipcite",
                 ]
             )
             == 0
@@ -145,6 +147,7 @@ def test_submit_calls_the_client_with_the_parameters(tmp_path, monkeypatch):
     assert call.args[0] == str(tmp_path / "pipeline.yaml")
     assert call.kwargs["arguments"] == {"data_uri": "s3://b/pets", "shots": 4, "overrides": {"train.epochs": 5}}
     assert call.kwargs["experiment_name"] == "pets" and call.kwargs["namespace"] == "team-a"
+    assert call.kwargs["pipeline_root"] == "s3://kfp-artifacts/clipcite"
 
 
 def test_schedule_creates_a_recurring_run(tmp_path, monkeypatch):
