@@ -267,6 +267,31 @@ def stat(uri: str | os.PathLike) -> dict:
     return {"size": head["ContentLength"], "etag": head["ETag"].strip('"')}
 
 
+def walk(uri: str | os.PathLike) -> list[tuple[str, dict]]:
+    """Every file under a directory/prefix, recursively: ``(path relative to uri, {size, mtime_ns | etag})``,
+    sorted. Hidden local files are left out; a missing directory or prefix is empty."""
+    uri = str(uri)
+    if not is_s3(uri):
+        root = Path(uri)
+        if not root.is_dir():
+            return []
+        found = []
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            rel = path.relative_to(root).as_posix()
+            if not any(part.startswith(".") for part in rel.split("/")):
+                info = path.stat()
+                found.append((rel, {"size": info.st_size, "mtime_ns": info.st_mtime_ns}))
+        return found
+    bucket, prefix = split_s3(uri)
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    found = []
+    with _s3_errors(uri):
+        for page in _client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                found.append((obj["Key"][len(prefix) :], {"size": obj["Size"], "etag": obj["ETag"].strip('"')}))
+    return sorted(found)
+
+
 @contextlib.contextmanager
 def local_dir(uri: str | os.PathLike) -> Iterator[Path]:
     """A local directory holding the contents of ``uri``; downloaded to a temp dir when it is on S3."""

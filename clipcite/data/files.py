@@ -11,6 +11,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from clipcite import storage
 from clipcite.data.table import ImageDecodeError
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ VERIFY_MODES = ("full", "header", "none")
 
 @dataclass(frozen=True)
 class FileEntry:
-    path: Path
+    path: Path | str  # a local path or an s3:// URI
     id: str
     label: int
     classname: str
@@ -70,7 +71,7 @@ def rows_from_files(
     for entry in tqdm(entries, total=total, desc="reading images", unit="img", leave=False):
         try:
             try:
-                data = entry.path.read_bytes()
+                data = storage.read_bytes(entry.path)
             except OSError as e:
                 raise ImageDecodeError(f"{entry.path}: cannot read file ({e.strerror or e})") from e
             check_image(data, str(entry.path), verify)

@@ -7,6 +7,7 @@ classes under base-to-new), ``eval/<set>/`` one table per eval set (``<domain>``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -19,7 +20,8 @@ import pyarrow.parquet as pq
 
 from clipcite import storage
 from clipcite.config import Config, SplitsConfig, dump_yaml
-from clipcite.data.table import ClassList, read_classes, read_table, shard_uris, snapshot, sources_digest, write_table
+from clipcite.data.folder import as_table, source_snapshot
+from clipcite.data.table import ClassList, read_classes, read_table, shard_uris, sources_digest, write_table
 from clipcite.splits import base_new_classes, relabel, sample_few_shot, val_shots
 from clipcite.steps.common import base_parser, config_from, setup_logging
 
@@ -34,14 +36,29 @@ def run(
     eval_table_uris: tuple[str, ...] = (),
     expected_digest: str = "",
 ) -> dict:
-    """Sample the splits of ``table_uri``; eval sets also come from each of ``eval_table_uris``.
+    """Sample the splits of ``table_uri``; eval sets also come from each of ``eval_table_uris``. Each source is an
+    image table or a folder of images (:mod:`clipcite.data.folder`).
 
     ``expected_digest`` (from the pipeline's snapshot step) must match the data as read here, so the splits are
-    those of the snapshot the run recorded.
+    those of the snapshot the run recorded (the manifest keeps that snapshot: every shard or image and a digest).
     """
     cfg = config.splits
     if cfg.protocol not in ("base2new", "fewshot"):
         raise ValueError(f"splits.protocol must be 'base2new' or 'fewshot', got {cfg.protocol!r}")
+    sources = [source_snapshot(u) for u in (table_uri, *eval_table_uris)]
+    digest = sources_digest(sources)
+    if expected_digest and digest != expected_digest:
+        raise ValueError(
+            f"the data under {table_uri} changed after this run's snapshot (digest {digest[:12]} != "
+            f"{expected_digest[:12]}); rerun the pipeline"
+        )
+    with contextlib.ExitStack() as stack:
+        tables = [stack.enter_context(as_table(u)) for u in (table_uri, *eval_table_uris)]
+        return _sample(tables[0], out_uri, config, tuple(tables[1:]), sources, digest)
+
+
+def _sample(table_uri: str, out_uri: str, config: Config, eval_table_uris, sources: list, digest: str) -> dict:
+    cfg = config.splits
     classes = read_classes(table_uri)
     meta = read_table(table_uri, columns=META).to_pylist()  # ids and labels only: small even for ImageNet
     keep = _kept_classes([r["label"] for r in meta])["base" if cfg.protocol == "base2new" else "all"]
@@ -51,13 +68,6 @@ def run(
     val_k = val_shots(cfg.shots, cfg.val_shots)
     val_ids = _few_shot_ids(meta, cfg.val_split, val_k, keep, config, classes, "val", optional=True)
 
-    sources = [snapshot(u) for u in (table_uri, *eval_table_uris)]
-    digest = sources_digest(sources)
-    if expected_digest and digest != expected_digest:
-        raise ValueError(
-            f"the data under {table_uri} changed after this run's snapshot (digest {digest[:12]} != "
-            f"{expected_digest[:12]}); rerun the pipeline"
-        )
     manifest: dict = {
         "protocol": cfg.protocol,
         "shots": cfg.shots,

@@ -11,7 +11,8 @@ import logging
 import sys
 
 from clipcite import storage, tracking
-from clipcite.data.table import snapshot, sources_digest
+from clipcite.data.folder import source_snapshot
+from clipcite.data.table import sources_digest
 from clipcite.steps.common import setup_logging
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def run(
     for source in (data_uri, *eval_data_uris):
         if storage.is_s3(source):
             storage.check_bucket(source)
-        sources.append(snapshot(source))
+        sources.append(source_snapshot(source))
     digest = sources_digest(sources)
     if uri is None:
         log.info("tracking is off (tracking_uri=off)")
@@ -42,7 +43,7 @@ def run(
         params = {"data_uri": data_uri, "eval_data_uris": list(eval_data_uris), "data_digest": digest}
         step.log_params(params, parent=True)
         step.log_params({"code_version": tracking.code_version()}, parent=True)
-        step.log_text(json.dumps(sources, indent=2), "snapshot.json")
+        step.log_text(json.dumps(sources, indent=2), "snapshot.json")  # every shard or image, for reproducibility
     return digest, run_id
 
 

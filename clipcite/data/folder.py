@@ -1,0 +1,137 @@
+"""Image folders as data sources: a local directory or an ``s3://`` prefix that grows as images arrive.
+
+Scheduled retraining points the pipeline at such a folder. Each run lists it (the snapshot: every file with its
+size and modification time or ETag, and a digest over them), and turns what is there now into an image table, so
+new images and new class folders are picked up without any configuration.
+
+The layout is read from the folder depth (``class/img``, ``domain/class/img`` or ``split/class/img`` when the top
+folders are split names, ``split/domain/class/img``), or set in an optional ``clipcite-source.yaml`` at the root
+(``layout``, ``dataset``, ``template``, ``split``, ``domain``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import tempfile
+from collections.abc import Iterator
+
+import yaml
+
+from clipcite import storage
+from clipcite.data.files import IMAGE_SUFFIXES, FileEntry, SkipCounter, rows_from_files
+from clipcite.data.imagefolder import LEVELS
+from clipcite.data.table import ClassList, snapshot, write_table
+from clipcite.prompts import template_for
+
+log = logging.getLogger(__name__)
+SOURCE_FILE = "clipcite-source.yaml"
+SPLIT_NAMES = {"train", "val", "test"}
+
+
+def is_table(uri: str) -> bool:
+    return bool(storage.list_files(uri, suffix=".parquet"))
+
+
+def source_snapshot(uri: str) -> dict:
+    """What a source holds now: a table's shards, or a folder's images (object list and digest)."""
+    if is_table(uri):
+        return {**snapshot(uri), "kind": "table"}
+    files = [{"name": rel, **info} for rel, info in _images(uri)]
+    if not files:
+        raise FileNotFoundError(
+            f"{uri}: neither an image table (part-*.parquet + classes.json) nor a folder of images "
+            f"({', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
+    h = hashlib.sha256()
+    for entry in files:
+        h.update(json.dumps(entry, sort_keys=True).encode())
+    if storage.exists(storage.join(uri, SOURCE_FILE)):
+        h.update(storage.read_bytes(storage.join(uri, SOURCE_FILE)))
+    return {"uri": uri, "digest": h.hexdigest(), "files": files, "kind": "folder"}
+
+
+def _images(uri: str) -> list[tuple[str, dict]]:
+    return [(rel, info) for rel, info in storage.walk(uri) if "." + rel.rsplit(".", 1)[-1].lower() in IMAGE_SUFFIXES]
+
+
+def read_settings(uri: str) -> dict:
+    path = storage.join(uri, SOURCE_FILE)
+    if not storage.exists(path):
+        return {}
+    settings = yaml.safe_load(storage.read_text(path)) or {}
+    unknown = set(settings) - {"layout", "dataset", "template", "split", "domain"}
+    if not isinstance(settings, dict) or unknown:
+        raise ValueError(f"{path}: expected keys layout, dataset, template, split, domain; unknown {sorted(unknown)}")
+    return settings
+
+
+def detect_layout(paths: list[str], where: str) -> str:
+    """The layout from the depth of the image files; all images must be at the same depth."""
+    depths = {p.count("/") for p in paths}
+    if len(depths) != 1:
+        deepest = max(paths, key=lambda p: p.count("/"))
+        shallowest = min(paths, key=lambda p: p.count("/"))
+        raise ValueError(
+            f"{where}: images at different depths ({shallowest!r} vs {deepest!r}); put every image at the same "
+            f"level or set 'layout' in {SOURCE_FILE}"
+        )
+    depth = depths.pop()
+    if depth == 1:
+        return "class"
+    if depth == 2:
+        return "split/class" if {p.split("/")[0] for p in paths} <= SPLIT_NAMES else "domain/class"
+    if depth == 3:
+        return "split/domain/class"
+    raise ValueError(f"{where}: images {depth} folders deep; expected class/, domain/class/ or split/domain/class/")
+
+
+def scan_folder(uri: str) -> tuple[list[FileEntry], ClassList]:
+    """Entries (paths are URIs) and the classes (sorted class folder names) of an image folder source."""
+    settings = read_settings(uri)
+    images = [rel for rel, _ in _images(uri)]
+    layout = settings.get("layout") or detect_layout(images, uri)
+    levels = layout.split("/")
+    if "class" not in levels or any(level not in LEVELS for level in levels):
+        raise ValueError(f"{uri}: layout {layout!r}: use levels from {LEVELS} separated by '/', including 'class'")
+    parsed = []
+    for rel in images:
+        parts = rel.split("/")
+        if len(parts) != len(levels) + 1:
+            raise ValueError(f"{storage.join(uri, rel)}: not in the {layout!r} layout")
+        parsed.append((dict(zip(levels, parts[:-1], strict=True)), rel))
+    names = sorted({p["class"] for p, _ in parsed})
+    index = {n: i for i, n in enumerate(names)}
+    entries = [
+        FileEntry(
+            path=storage.join(uri, rel),
+            id=rel,
+            label=index[p["class"]],
+            classname=p["class"].replace("_", " "),
+            domain=p.get("domain", settings.get("domain", "default")),
+            split=p.get("split", settings.get("split", "train")),
+        )
+        for p, rel in parsed
+    ]
+    dataset = settings.get("dataset", "")
+    classes = ClassList(
+        tuple(n.replace("_", " ") for n in names), template_for(dataset, settings.get("template", "")), dataset
+    )
+    return entries, classes
+
+
+@contextlib.contextmanager
+def as_table(uri: str) -> Iterator[str]:
+    """``uri`` itself when it is an image table, else a temporary table made from the folder's images now."""
+    if is_table(uri):
+        yield uri
+        return
+    entries, classes = scan_folder(uri)
+    with tempfile.TemporaryDirectory(prefix="clipcite-source-") as tmp:
+        counter = SkipCounter()
+        rows = rows_from_files(entries, verify="header", counter=counter, total=len(entries))
+        counts = write_table(rows, f"{tmp}/table", classes)
+        log.info("read %s: %d images, %d classes", uri, counts["rows"], len(classes.names))
+        yield f"{tmp}/table"
