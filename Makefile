@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+CHECKOV_STAMP := .venv-checkov/.installed
 
 .PHONY: setup run test lint format clean images
 
@@ -16,6 +17,12 @@ $(STAMP): requirements.txt requirements-pipeline.txt requirements-dev.txt pyproj
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
+# checkov scans manifests/ and docker/ in the tests; it lives in its own venv (its pins clash with the runtime's).
+$(CHECKOV_STAMP): requirements-checkov.txt
+	test -x .venv-checkov/bin/python || $(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/python -m pip install -q -r requirements-checkov.txt
+	touch $(CHECKOV_STAMP)
+
 setup: $(STAMP)
 
 run: setup
@@ -25,7 +32,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+test: lint $(CHECKOV_STAMP)
 	$(BIN)/python -m pytest -q
 
 format: setup
@@ -35,12 +42,14 @@ format: setup
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
 
-# Build and push both images (needs a Docker engine; `docker login` to the registry first).
+# Build and push the images (needs a Docker engine; `docker login` to the registry first).
 images:
 	@command -v docker >/dev/null || { echo "make images needs Docker"; exit 1; }
 	docker build -f docker/Dockerfile.cpu -t $(REGISTRY)/clipcite-cpu:$(VERSION) \
 		--build-arg GIT_SHA=$$(git rev-parse --short=12 HEAD) --build-arg IMAGE_REF=$(REGISTRY)/clipcite-cpu:$(VERSION) .
 	docker build -f docker/Dockerfile.cuda -t $(REGISTRY)/clipcite-cuda:$(VERSION) \
 		--build-arg GIT_SHA=$$(git rev-parse --short=12 HEAD) --build-arg IMAGE_REF=$(REGISTRY)/clipcite-cuda:$(VERSION) .
+	docker build -f docker/Dockerfile.mlflow -t $(REGISTRY)/clipcite-mlflow:$(VERSION) .
 	docker push $(REGISTRY)/clipcite-cpu:$(VERSION)
 	docker push $(REGISTRY)/clipcite-cuda:$(VERSION)
+	docker push $(REGISTRY)/clipcite-mlflow:$(VERSION)

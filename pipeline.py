@@ -65,7 +65,11 @@ class ClusterSettings:
         return cls(**values)
 
 
+POD_LABEL = ("clipcite.io/mlflow", "true")  # the Kubeflow PodDefault in manifests/ injects MLflow and S3 settings
+
+
 def _gpu_task(task: dsl.PipelineTask, settings: ClusterSettings) -> dsl.PipelineTask:
+    kubernetes.add_pod_label(task, *POD_LABEL)
     task.set_accelerator_type(settings.gpu_resource).set_accelerator_limit(settings.gpu_limit)
     task.set_cpu_request(settings.gpu_cpu_request).set_memory_request(settings.gpu_memory_request)
     kubernetes.empty_dir_mount(
@@ -84,6 +88,7 @@ def _gpu_task(task: dsl.PipelineTask, settings: ClusterSettings) -> dsl.Pipeline
 
 
 def _cpu_task(task: dsl.PipelineTask, settings: ClusterSettings) -> dsl.PipelineTask:
+    kubernetes.add_pod_label(task, *POD_LABEL)
     return task.set_cpu_request(settings.cpu_cpu_request).set_memory_request(settings.cpu_memory_request)
 
 
@@ -242,6 +247,7 @@ def submit(args: argparse.Namespace, params: dict):
         experiment_name=args.experiment,
         namespace=args.namespace,
         pipeline_root=args.pipeline_root,
+        service_account=args.service_account,
     )
 
 
@@ -259,6 +265,7 @@ def schedule(args: argparse.Namespace, params: dict):
         params=params,
         pipeline_package_path=str(package),
         pipeline_root=args.pipeline_root,
+        service_account=args.service_account,
         enabled=True,
     )
 
@@ -298,6 +305,11 @@ def main(argv: list[str] | None = None) -> int:
             "--pipeline-root",
             default=os.environ.get("CLIPCITE_PIPELINE_ROOT") or None,
             help="where KFP stores this run's artifacts, e.g. s3://bucket/kfp (default: the deployment's)",
+        )
+        p.add_argument(
+            "--service-account",
+            default=os.environ.get("CLIPCITE_SERVICE_ACCOUNT") or None,
+            help="service account the steps run as, e.g. clipcite-pipeline from manifests/ (default: the profile's)",
         )
     commands.choices["submit"].add_argument("--run-name", default=None)
     sched = commands.choices["schedule"]

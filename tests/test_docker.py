@@ -31,9 +31,15 @@ def test_hadolint_passes():
 def test_images_install_the_ci_requirements_as_non_root_without_secrets(dockerfile):
     text = dockerfile.read_text()
     makefile = (ROOT / "Makefile").read_text()
-    for requirements in ("requirements.txt", "requirements-pipeline.txt"):
-        assert f"-r {requirements}" in text and f"-r {requirements}" in makefile
     runtime = pins(ROOT / "requirements.txt")
+    assert f"-f docker/{dockerfile.name}" in makefile  # make images builds it
+    if dockerfile.name == "Dockerfile.mlflow":  # the tracking server: the client's MLflow and boto3
+        server = pins(ROOT / "requirements-mlflow-server.txt")
+        assert "-r requirements-mlflow-server.txt" in text
+        assert {k: server[k] for k in ("mlflow", "boto3")} == {k: runtime[k] for k in ("mlflow", "boto3")}
+    else:
+        for requirements in ("requirements.txt", "requirements-pipeline.txt"):
+            assert f"-r {requirements}" in text and f"-r {requirements}" in makefile
     for package, version in re.findall(r"\b(torch|torchvision)==([\w.]+)", text):
         assert runtime[package] == version, f"{dockerfile.name} pins {package}=={version}, CI {runtime[package]}"
     assert re.search(r"^USER 10001$", text, re.M)
