@@ -89,10 +89,13 @@ def test_gpu_limits_requests_and_shm_on_gpu_steps(spec):
             assert "clipcite-cpu" in executors[f"exec-{step}"]["container"]["image"]
         assert resources["resourceCpuRequest"] and resources["resourceMemoryRequest"]
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert set(k8s) == {f"exec-{s}" for s in GPU_STEPS}
-    for executor in k8s.values():
-        (mount,) = executor["emptyDirMounts"]
-        assert mount["mountPath"] == "/dev/shm" and mount["medium"] == "Memory"
+    assert set(k8s) == {f"exec-{s}" for s in STEPS}  # every step carries the PodDefault's label
+    for step, executor in k8s.items():
+        if step.removeprefix("exec-") in GPU_STEPS:
+            (mount,) = executor["emptyDirMounts"]
+            assert mount["mountPath"] == "/dev/shm" and mount["medium"] == "Memory"
+        else:
+            assert "emptyDirMounts" not in executor
 
 
 def test_cluster_settings_from_env_reach_the_spec(tmp_path):
