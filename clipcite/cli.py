@@ -75,7 +75,29 @@ def aggregate_main(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"ingest": ingest_main, **STEPS, "aggregate": aggregate_main}
+def champion_main(argv: list[str]) -> int:
+    from clipcite import tracking
+
+    parser = argparse.ArgumentParser(
+        prog="clipcite champion",
+        description="Show a registered model's versions and gate decisions; --set moves the champion alias "
+        "(a rollback, or overriding the gate by hand).",
+    )
+    parser.add_argument("name", help="registered model name")
+    parser.add_argument("--set", dest="version", type=int, help="give the champion alias to this version")
+    parser.add_argument("--reason", default="set by hand", help="recorded on the version with --set")
+    parser.add_argument("--tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI")
+    args = parser.parse_args(argv)
+    setup_logging()
+    client = tracking.connect(args.tracking_uri)
+    if args.version is not None:
+        tracking.promote_by_hand(client, args.name, args.version, args.reason)
+    for row in tracking.version_table(client, args.name):
+        print(row)
+    return 0
+
+
+COMMANDS = {"ingest": ingest_main, **STEPS, "aggregate": aggregate_main, "champion": champion_main}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     try:
         return COMMANDS[argv[0]](argv[1:])
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
         # Bad input: one clear line naming the file/row/field, no traceback.
         log.error("%s", e)
         print(f"clipcite {argv[0]}: error: {e}", file=sys.stderr)

@@ -447,3 +447,31 @@ def set_version_tags(client: MlflowClient, name: str, version: int | str, tags: 
 
 def set_champion(client: MlflowClient, name: str, version: int | str) -> None:
     client.set_registered_model_alias(name, CHAMPION, str(version))
+
+
+def promote_by_hand(client: MlflowClient, name: str, version: int, reason: str) -> None:
+    """Move ``champion`` to ``version`` outside the gate (a rollback), recording who-knows-why on the version."""
+    try:
+        client.get_model_version(name, str(version))
+    except MlflowException as e:
+        raise TrackingError(f"{name} has no version {version}: {e}") from e
+    previous = champion(client, name)
+    set_champion(client, name, version)
+    set_version_tags(client, name, version, {"gate.decision": "champion", "gate.reason": f"manual: {reason}"})
+    log.info("%s: champion v%s -> v%s (%s)", name, previous.version if previous else None, version, reason)
+
+
+def version_table(client: MlflowClient, name: str) -> list[str]:
+    """One line per version, newest first: number, champion marker, gate decision and reason, key metric tags."""
+    holder = champion(client, name)
+    lines = []
+    versions = sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: -int(v.version))
+    for v in versions:
+        mark = "*" if holder is not None and v.version == holder.version else " "
+        metrics = " ".join(
+            f"{k.removeprefix('metric.')}={val}" for k, val in sorted(v.tags.items()) if k.startswith("metric.mean")
+        )
+        lines.append(
+            f"{mark} v{v.version:<4} {v.tags.get('gate.decision', '-'):<10} {metrics}  {v.tags.get('gate.reason', '')}"
+        )
+    return lines

@@ -177,3 +177,16 @@ def test_rerunning_register_does_not_register_twice_and_a_registry_outage_loses_
     assert body["registry"]["version"] == 3  # found, not registered again
     versions = MlflowClient(stack["url"]).search_model_versions(f"name = '{NAME}'")
     assert sorted(int(v.version) for v in versions) == [1, 2, 3]
+
+
+def test_rolling_back_the_champion_by_hand(stack, capsys):
+    from clipcite.cli import main
+
+    assert main(["champion", NAME, "--set", "1", "--reason", "rollback after an incident"]) == 0
+    client = MlflowClient(stack["url"])
+    assert client.get_model_version_by_alias(NAME, "champion").version == "1"
+    assert client.get_model_version(NAME, "1").tags["gate.reason"] == "manual: rollback after an incident"
+    listing = capsys.readouterr().out.splitlines()
+    assert listing[-1].startswith("* v1") and listing[0].startswith("  v3")
+    assert main(["champion", NAME, "--set", "9"]) == 2  # no such version: a clear error, nothing moved
+    assert client.get_model_version_by_alias(NAME, "champion").version == "1"
