@@ -84,6 +84,7 @@ def test_a_second_run_picks_up_new_images_and_a_new_class(tmp_path):
 
     registry = json.loads((second["record"] / "registration.json").read_text())["registry"]
     assert registry["version"] == 2 and registry["champion_before"] == 1
-    tags = MlflowClient(params["tracking_uri"]).get_model_version("retrain", "2").tags
+    uri = params["tracking_uri"]
+    tags = MlflowClient(uri, registry_uri=uri).get_model_version("retrain", "2").tags
     assert tags["gate.decision"] in ("champion", "challenger") and tags["gate.reason"] == registry["reason"]
     assert tags["classes"] == str(len(FIRST) + 1)
