@@ -80,6 +80,9 @@ def resolve_uri(uri: str = "") -> str | None:
     return uri
 
 
+_REACHED: set[str] = set()  # servers this process has already checked
+
+
 def connect(uri: str) -> MlflowClient:
     """A client for ``uri``, after checking that the server answers (a few quick tries, not MLflow's minutes of
     retries), so a wrong address fails the run before any training. ``uri`` as for :func:`resolve_uri`."""
@@ -90,11 +93,12 @@ def connect(uri: str) -> MlflowClient:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(uri, registry_uri=uri)
-    if uri.startswith(("http://", "https://")):
+    if uri.startswith(("http://", "https://")) and uri not in _REACHED:
         saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
         os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"})
         try:
             client.search_experiments(max_results=1)
+            _REACHED.add(uri)
         except Exception as e:  # connection refused, DNS, TLS, 401/403 from an auth proxy
             raise TrackingError(
                 f"MLflow tracking server {uri} is unreachable or refused the request ({type(e).__name__}: "

@@ -88,10 +88,11 @@ def detect_layout(paths: list[str], where: str) -> str:
     raise ValueError(f"{where}: images {depth} folders deep; expected class/, domain/class/ or split/domain/class/")
 
 
-def scan_folder(uri: str) -> tuple[list[FileEntry], ClassList]:
-    """Entries (paths are URIs) and the classes (sorted class folder names) of an image folder source."""
+def scan_folder(uri: str, images: list[str] | None = None) -> tuple[list[FileEntry], ClassList]:
+    """Entries (paths are URIs) and the classes (sorted class folder names) of an image folder source; ``images``
+    (relative paths, e.g. from a snapshot) instead of listing the folder again."""
     settings = read_settings(uri)
-    images = [rel for rel, _ in _images(uri)]
+    images = [rel for rel, _ in _images(uri)] if images is None else images
     layout = settings.get("layout") or detect_layout(images, uri)
     levels = layout.split("/")
     if "class" not in levels or any(level not in LEVELS for level in levels):
@@ -123,12 +124,14 @@ def scan_folder(uri: str) -> tuple[list[FileEntry], ClassList]:
 
 
 @contextlib.contextmanager
-def as_table(uri: str) -> Iterator[str]:
-    """``uri`` itself when it is an image table, else a temporary table made from the folder's images now."""
-    if is_table(uri):
+def as_table(source: dict) -> Iterator[str]:
+    """For a :func:`source_snapshot`: the table itself, or a temporary table of exactly the images the snapshot
+    listed (files that arrive later wait for the next run, so the recorded snapshot is what was used)."""
+    uri = source["uri"]
+    if source["kind"] == "table":
         yield uri
         return
-    entries, classes = scan_folder(uri)
+    entries, classes = scan_folder(uri, [f["name"] for f in source["files"]])
     with tempfile.TemporaryDirectory(prefix="clipcite-source-") as tmp:
         counter = SkipCounter()
         rows = rows_from_files(entries, verify="header", counter=counter, total=len(entries))

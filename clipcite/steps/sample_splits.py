@@ -53,7 +53,7 @@ def run(
             f"{expected_digest[:12]}); rerun the pipeline"
         )
     with contextlib.ExitStack() as stack:
-        tables = [stack.enter_context(as_table(u)) for u in (table_uri, *eval_table_uris)]
+        tables = [stack.enter_context(as_table(source)) for source in sources]
         return _sample(tables[0], out_uri, config, tuple(tables[1:]), sources, digest)
 
 
