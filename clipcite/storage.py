@@ -104,7 +104,7 @@ def _s3_error(error: Exception, uri: str) -> Exception:
         code = _code(error)
         bucket = split_s3(uri)[0]
         if code == "NoSuchBucket":
-            return FileNotFoundError(f"{uri}: bucket {bucket!r} does not exist at {where}; create it or fix the URI")
+            return _no_bucket(uri)
         if code in ("NoSuchKey", "404", "NotFound"):
             return FileNotFoundError(f"{uri}: no such object")
         if code in _DENIED:
@@ -128,6 +128,11 @@ def _s3_errors(uri: str) -> Iterator[None]:
         raise _s3_error(e, uri) from e
 
 
+def _no_bucket(uri: str) -> FileNotFoundError:
+    where = s3_endpoint() or "AWS S3"
+    return FileNotFoundError(f"{uri}: bucket {split_s3(uri)[0]!r} does not exist at {where}; create it or fix the URI")
+
+
 def check_bucket(uri: str) -> None:
     """Fail with a clear message when the bucket of ``uri`` is missing or the credentials cannot reach it."""
     bucket = split_s3(uri)[0]
@@ -135,10 +140,7 @@ def check_bucket(uri: str) -> None:
         _client().head_bucket(Bucket=bucket)
     except ClientError as e:
         if _code(e) in ("404", "NoSuchBucket", "NotFound"):
-            where = s3_endpoint() or "AWS S3"
-            raise FileNotFoundError(
-                f"{uri}: bucket {bucket!r} does not exist at {where}; create it or fix the URI"
-            ) from e
+            raise _no_bucket(uri) from e
         raise _s3_error(e, uri) from e
     except BotoCoreError as e:
         raise _s3_error(e, uri) from e

@@ -49,6 +49,8 @@ def stack(tmp_path_factory):
         write_world(DATA, seed=1, counts={"train": 3, "val": 1, "test": 2}, domains=("photo", "sketch"))
         with mlflow_server(work, "s3://mlflow-artifacts/mlflow", s3) as url:
             mp.setenv("MLFLOW_TRACKING_URI", url)
+            mlflow.set_tracking_uri(url)  # the env var does not override a URI an earlier test set in-process
+            mlflow.set_registry_uri(url)
             runs = {}
             for name, overrides in RUNS.items():
                 params = {"data_uri": DATA, "shots": 2, "overrides": overrides, "registered_model_name": NAME}

@@ -39,7 +39,8 @@ def source_snapshot(uri: str) -> dict:
     """What a source holds now: a table's shards, or a folder's images (object list and digest)."""
     if is_table(uri):
         return {**snapshot(uri), "kind": "table"}
-    files = [{"name": rel, **info} for rel, info in _images(uri)]
+    listing = storage.walk(uri)
+    files = [{"name": rel, **info} for rel, info in _images(listing)]
     if not files:
         raise FileNotFoundError(
             f"{uri}: neither an image table (part-*.parquet + classes.json) nor a folder of images "
@@ -48,13 +49,14 @@ def source_snapshot(uri: str) -> dict:
     h = hashlib.sha256()
     for entry in files:
         h.update(json.dumps(entry, sort_keys=True).encode())
-    if storage.exists(storage.join(uri, SOURCE_FILE)):
+    if any(rel == SOURCE_FILE for rel, _ in listing):  # from the listing above, not another request
         h.update(storage.read_bytes(storage.join(uri, SOURCE_FILE)))
     return {"uri": uri, "digest": h.hexdigest(), "files": files, "kind": "folder"}
 
 
-def _images(uri: str) -> list[tuple[str, dict]]:
-    return [(rel, info) for rel, info in storage.walk(uri) if "." + rel.rsplit(".", 1)[-1].lower() in IMAGE_SUFFIXES]
+def _images(listing: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """The image files of a :func:`storage.walk` listing."""
+    return [(rel, info) for rel, info in listing if "." + rel.rsplit(".", 1)[-1].lower() in IMAGE_SUFFIXES]
 
 
 def read_settings(uri: str) -> dict:
@@ -92,7 +94,7 @@ def scan_folder(uri: str, images: list[str] | None = None) -> tuple[list[FileEnt
     """Entries (paths are URIs) and the classes (sorted class folder names) of an image folder source; ``images``
     (relative paths, e.g. from a snapshot) instead of listing the folder again."""
     settings = read_settings(uri)
-    images = [rel for rel, _ in _images(uri)] if images is None else images
+    images = [rel for rel, _ in _images(storage.walk(uri))] if images is None else images
     layout = settings.get("layout") or detect_layout(images, uri)
     levels = layout.split("/")
     if "class" not in levels or any(level not in LEVELS for level in levels):

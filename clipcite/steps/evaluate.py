@@ -45,14 +45,13 @@ def run(
     with tracking.step_run(tracking_uri, mlflow_run_id, name) as step, tempfile.TemporaryDirectory() as tmp:
         champion = None
         if step.enabled and registered_model_name and config.gate.evaluate_champion:
-            champion = _champion(tracking_uri, registered_model_name, Path(tmp), resolve_device(config.device))
+            champion = _champion(step.client, registered_model_name, Path(tmp), resolve_device(config.device))
         body = _run(model_uri, splits_uri, out_uri, config, domains, champion, step)
     return body
 
 
-def _champion(uri: str, name: str, tmp: Path, device: str):
+def _champion(client, name: str, tmp: Path, device: str):
     """(version, loaded model) of the registered model's champion, or None when there is none yet."""
-    client = tracking.connect(uri)
     version = tracking.champion(client, name)
     if version is None:
         log.info("%s has no champion yet", name)

@@ -99,7 +99,7 @@ def _register(model_uri: str, meta: dict, body: dict, name: str, uri: str, pipel
     """Log + register the model (once per pipeline run), then apply the gate. Returns what the registry did."""
     config = config_from_yaml(json.dumps(meta.get("config") or {}))
     with tracking.step_run(uri, pipeline_run, "register", system_metrics=False) as step:
-        client = tracking.connect(uri)
+        client = step.client
         version = tracking.find_version(client, name, pipeline_run)
         if version is not None:
             log.info(
