@@ -118,6 +118,10 @@ def build_pipeline(settings: ClusterSettings | None = None):
             experiment_name=experiment_name,
             kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+            config=config,
+            arch=arch,
+            pretrained=pretrained,
+            overrides=overrides,
         )
         _cpu_task(snap, settings)
         run_id = snap.outputs["mlflow_run_id"]
@@ -136,7 +140,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
         )
         _cpu_task(splits, settings).set_caching_options(True)
         splits.set_retry(settings.retries, backoff_duration="30s", backoff_factor=2)
-        teacher = cache_teacher(splits=splits.outputs["splits"])
+        teacher = cache_teacher(splits=splits.outputs["splits"], model_identity=snap.outputs["model_identity"])
         _gpu_task(teacher, settings).set_caching_options(True)
         teacher.set_retry(settings.retries, backoff_duration="60s", backoff_factor=2)
         model = finetune(

@@ -98,32 +98,46 @@ def resolve_arch(arch: str) -> str:
     return arch
 
 
-def load_model(arch: str, pretrained: str = "", *, init_seed: int = 0, device: str = "cpu") -> LoadedModel:
-    """Create an open_clip model in fp32 (autocast handles mixed precision) and report its identity."""
+def checkpoint_identity(arch: str, pretrained: str = "", *, init_seed: int = 0) -> str:
+    """What ``load_model`` would report, without building the model: a file's SHA-256 (checked against its
+    ``.sha256`` record), ``<arch>:<tag>`` for an open_clip tag, ``random:<arch>:<seed>`` without weights.
+
+    The pipeline keys its teacher cache on this, so a checkpoint replaced under the same path is never served a
+    cache built from the old weights.
+    """
     name = resolve_arch(arch)
     if name.startswith("local-dir:"):
-        folder = Path(name.removeprefix("local-dir:"))
-        identity = "sha256:" + file_sha256(folder / WEIGHTS_FILE)
+        return "sha256:" + file_sha256(Path(name.removeprefix("local-dir:")) / WEIGHTS_FILE)
+    if not pretrained:
+        return f"random:{name}:{init_seed}"
+    if _looks_like_path(pretrained):
+        path = resolve_checkpoint(pretrained)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: checkpoint file not found (model.pretrained={pretrained!r})")
+        return "sha256:" + verified_sha256(path)
+    return f"{name}:{pretrained}"
+
+
+def load_model(arch: str, pretrained: str = "", *, init_seed: int = 0, device: str = "cpu") -> LoadedModel:
+    """Create an open_clip model in fp32 (autocast handles mixed precision) and report its identity."""
+    identity = checkpoint_identity(arch, pretrained, init_seed=init_seed)
+    name = resolve_arch(arch)
+    if name.startswith("local-dir:"):
         model = open_clip.create_model(name, device=device)
-        model_cfg = json.loads((folder / OPENCLIP_CONFIG_FILE).read_text())["model_cfg"]
+        model_cfg = json.loads((Path(name.removeprefix("local-dir:")) / OPENCLIP_CONFIG_FILE).read_text())["model_cfg"]
     else:
         model_cfg = open_clip.get_model_config(name)
         if not pretrained:
-            identity = f"random:{name}:{init_seed}"
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(init_seed)
                 model = open_clip.create_model(name, device=device, pretrained_text=False)
         elif _looks_like_path(pretrained):
             path = resolve_checkpoint(pretrained)
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: checkpoint file not found (model.pretrained={pretrained!r})")
-            identity = "sha256:" + verified_sha256(path)
             try:
                 model = open_clip.create_model(name, pretrained=str(path), device=device, weights_only=True)
             except Exception as e:  # safetensors/torch raise many types for a bad file
                 raise ValueError(f"{path}: cannot load checkpoint for {name} ({type(e).__name__}: {e})") from e
         else:
-            identity = f"{name}:{pretrained}"
             model = open_clip.create_model(name, pretrained=pretrained, device=device, require_pretrained=True)
     preprocess_cfg = dict(open_clip.get_model_preprocess_cfg(model))
     tokenizer = open_clip.get_tokenizer(name)

@@ -23,19 +23,17 @@ def sample_splits(
     overrides: dict,
     splits: dsl.Output[dsl.Dataset],
 ) -> list:
-    from clipcite.config import load_config
+    from clipcite.steps.common import pipeline_config
     from clipcite.steps.sample_splits import run
 
-    # Pipeline parameters first (empty strings keep the preset's value), then the free-form overrides win.
-    settings = {
+    parameters = {
         "splits.shots": shots,
         "seed": seed,
         "model.arch": arch,
         "model.pretrained": pretrained,
         "train.method": method,
     }
-    chosen = [(k, v) for k, v in settings.items() if v != ""]
-    resolved = load_config(config, [*chosen, *overrides.items()])
+    resolved = pipeline_config(config, parameters, overrides)
     manifest = run(data_uri, splits.path, resolved, tuple(eval_data_uris), expected_digest=data_digest)
     splits.metadata.update({"train_rows": manifest["sets"]["train"]["rows"], "shots": manifest["shots"]})
     return sorted({s["domain"] for s in manifest["eval_sets"]})

@@ -50,7 +50,7 @@ def test_dag_has_every_step_the_parallel_for_and_the_collected_reports(spec):
     assert "taskOutputArtifact" in reports and reports["taskOutputArtifact"]["producerTask"] == "for-loop-1"
     # order: snapshot -> sample-splits -> cache-teacher -> finetune
     assert tasks["sample-splits"]["dependentTasks"] == ["snapshot"]
-    assert tasks["cache-teacher"]["dependentTasks"] == ["sample-splits"]
+    assert set(tasks["cache-teacher"]["dependentTasks"]) == {"sample-splits", "snapshot"}
     assert set(tasks["finetune"]["dependentTasks"]) == {"cache-teacher", "sample-splits", "snapshot"}
 
 
@@ -66,6 +66,9 @@ def test_mlflow_run_flows_from_snapshot_to_finetune_and_not_into_cached_steps(sp
         assert "mlflow_run_id" not in tasks[cached]["inputs"].get("parameters", {})
     digest = tasks["sample-splits"]["inputs"]["parameters"]["data_digest"]["taskOutputParameter"]
     assert digest["outputParameterKey"] == "digest"
+    # the base model's identity keys the teacher cache: replaced weights under the same path get a new cache
+    identity = tasks["cache-teacher"]["inputs"]["parameters"]["model_identity"]["taskOutputParameter"]
+    assert identity == {"producerTask": "snapshot", "outputParameterKey": "model_identity"}
 
 
 def test_caching_choices(spec):

@@ -1,4 +1,5 @@
-"""The whole DAG through kfp.local on tiny data; a bad input fails at its step, the fixed rerun reuses the cache."""
+"""The whole DAG through kfp.local on tiny data; a bad input fails at its step, the fixed rerun reuses the cache,
+and weights replaced under the same path get a new teacher cache."""
 
 import logging
 import shutil
@@ -9,6 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from safetensors.torch import load_file, save_file  # noqa: E402
 
 import pipeline  # noqa: E402
 from clipcite.models import resolve_checkpoint  # noqa: E402
@@ -52,4 +55,16 @@ def test_bad_input_fails_at_its_step_and_the_fixed_rerun_reuses_the_cache(world,
     hits = [r.getMessage() for r in caplog.records if "cache hit" in r.getMessage()]
     assert any("sample-splits" in h for h in hits)
     assert not any("cache-teacher" in h for h in hits)  # a failed step is never cached
+    assert set(result["metrics"]["domains"]) == {"photo", "sketch"}
+
+    # New weights under the same path (a re-exported checkpoint): the data is unchanged, so the splits come from
+    # the cache, but the teacher cache must be rebuilt; serving the old one fails finetune's identity check.
+    state = load_file(checkpoint)
+    state["logit_scale"] = state["logit_scale"] + 0.5
+    save_file(state, str(checkpoint))
+    seen = len(caplog.records)
+    result = pipeline.run_local(params, tmp_path / "run")
+    hits = [r.getMessage() for r in caplog.records[seen:] if "cache hit" in r.getMessage()]
+    assert any("sample-splits" in h for h in hits)
+    assert not any("cache-teacher" in h for h in hits)
     assert set(result["metrics"]["domains"]) == {"photo", "sketch"}

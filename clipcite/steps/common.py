@@ -39,6 +39,13 @@ def splits_config(splits_uri: str) -> Config:
     return config_from_yaml(storage.read_text(storage.join(splits_uri, "config.yaml")))
 
 
+def pipeline_config(config: str, parameters: dict, overrides: dict) -> Config:
+    """A pipeline run's config: the preset, then its named parameters ("" keeps the preset's value), then the
+    free-form ``overrides`` (dotted keys), which win. Every component that needs the config resolves it here."""
+    chosen = [(key, value) for key, value in parameters.items() if value != ""]
+    return load_config(config, [*chosen, *overrides.items()])
+
+
 def read_json(uri: str) -> dict:
     return json.loads(storage.read_text(uri))
 

@@ -26,8 +26,12 @@ def run(
     experiment_name: str = "clipcite",
     kfp_run_id: str = "",
     run_name: str = "",
+    model_identity: str = "",
 ) -> tuple[str, str]:
-    """Returns ``(data digest, MLflow run id)``; the run id is "" when tracking is off."""
+    """Returns ``(data digest, MLflow run id)``; the run id is "" when tracking is off.
+
+    ``model_identity`` (the base model's, when the caller resolved it) is recorded on the pipeline run.
+    """
     uri = tracking.resolve_uri(tracking_uri)  # a missing setting fails before anything else
     sources = []
     for source in (data_uri, *eval_data_uris):
@@ -41,6 +45,8 @@ def run(
     run_id = tracking.open_pipeline_run(uri, experiment_name, kfp_run_id=kfp_run_id, run_name=run_name)
     with tracking.step_run(uri, run_id, "snapshot", system_metrics=False) as step:
         params = {"data_uri": data_uri, "eval_data_uris": list(eval_data_uris), "data_digest": digest}
+        if model_identity:
+            params["base_model_identity"] = model_identity
         step.log_params(params, parent=True)
         step.log_params({"code_version": tracking.code_version()}, parent=True)
         step.log_text(json.dumps(sources, indent=2), "snapshot.json")  # every shard or image, for reproducibility

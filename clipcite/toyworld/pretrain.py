@@ -4,11 +4,11 @@
 
 The corpus is drawn from a seed space disjoint from the benchmark tables (like web data is disjoint from a test
 set), each domain with its own caption styles, and its shapes are drawn plain (the benchmark has its own designs,
-``world.BENCHMARK_DESIGNS``). Its domain mix (35% photo, 20% sketch, 20% noisy, 25% painting) and 1,500 steps are what spread zero-shot accuracy
-over every class: with 70% photo and 600 steps the model named the colour of a sketch or a noisy render but fell back
-to one default shape, leaving whole shapes at 0% on the shifted domains; with ``noisy``/``painting`` left out,
-zero-shot accuracy there was at chance. Caption noise was tried and did not change zero-shot accuracy, so the
-captions are clean. The history, measured, is in docs/toyworld.md.
+``world.BENCHMARK_DESIGNS``). Its domain mix (35% photo, 20% sketch, 20% noisy, 25% painting) and 1,500 steps are
+what spread zero-shot accuracy over every class: with 70% photo and 600 steps the model named the colour of a sketch
+or a noisy render but fell back to one default shape, leaving whole shapes at 0% on the shifted domains; with
+``noisy``/``painting`` left out, zero-shot accuracy there was at chance. Caption noise was tried and did not change
+zero-shot accuracy, so the captions are clean. The history, measured, is in docs/toyworld.md.
 """
 
 from __future__ import annotations
