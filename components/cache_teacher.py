@@ -15,10 +15,5 @@ def cache_teacher(
     from clipcite.steps.cache_teacher import run
     from clipcite.steps.common import splits_config
 
-    summary = run(splits.path, teacher.path, splits_config(splits.path))
-    if summary["identity"] != model_identity:
-        raise ValueError(
-            f"the base model changed during this run: snapshot saw {model_identity}, cache-teacher loaded "
-            f"{summary['identity']}; rerun the pipeline"
-        )
+    summary = run(splits.path, teacher.path, splits_config(splits.path), expected_identity=model_identity)
     teacher.metadata.update(summary)

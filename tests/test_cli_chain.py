@@ -5,6 +5,8 @@ import json
 import pytest
 
 from clipcite.cli import main
+from clipcite.steps import cache_teacher
+from clipcite.steps.common import splits_config
 
 TINY = ["--config", "configs/demo_cpu.yaml", "--set", "train.epochs=2"]
 
@@ -182,3 +184,10 @@ def test_corrupt_image_in_a_split_names_the_table_and_row(chain, tmp_path, capsy
     assert code == 2
     err = capsys.readouterr().err
     assert f"row id={table[0]['id']!r}: corrupt or unreadable image" in err and "train" in err
+
+
+def test_cache_teacher_refuses_weights_other_than_the_snapshot_saw(chain, tmp_path):
+    config = splits_config(str(chain / "splits"))
+    with pytest.raises(ValueError, match="snapshot saw sha256:old, cache-teacher loaded random:clipcite-tiny:0"):
+        cache_teacher.run(str(chain / "splits"), str(tmp_path / "t"), config, expected_identity="sha256:old")
+    assert not (tmp_path / "t").exists()

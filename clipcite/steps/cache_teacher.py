@@ -16,12 +16,19 @@ from clipcite.teacher import build_cache, save_cache
 log = logging.getLogger(__name__)
 
 
-def run(splits_uri: str, out_uri: str, config: Config) -> dict:
+def run(splits_uri: str, out_uri: str, config: Config, *, expected_identity: str = "") -> dict:
+    """Build and write the cache; ``expected_identity`` (the pipeline's snapshot of the base model) must match the
+    weights loaded here, checked before any teacher work."""
     train_uri = storage.join(splits_uri, "train")
     rows, classes = split_rows(train_uri)
     _, prompts = class_prompts(classes, config)
     device = resolve_device(config.device)
     teacher = load_model(config.model.arch, config.model.pretrained, init_seed=config.model.init_seed, device=device)
+    if expected_identity and teacher.identity != expected_identity:
+        raise ValueError(
+            f"the base model changed during this run: snapshot saw {expected_identity}, cache-teacher loaded "
+            f"{teacher.identity}; rerun the pipeline"
+        )
     cache = build_cache(
         teacher,
         rows,
