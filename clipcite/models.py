@@ -105,7 +105,10 @@ def checkpoint_identity(arch: str, pretrained: str = "", *, init_seed: int = 0) 
     The pipeline keys its teacher cache on this, so a checkpoint replaced under the same path is never served a
     cache built from the old weights.
     """
-    name = resolve_arch(arch)
+    return _identity(resolve_arch(arch), pretrained, init_seed)
+
+
+def _identity(name: str, pretrained: str, init_seed: int) -> str:
     if name.startswith("local-dir:"):
         return "sha256:" + file_sha256(Path(name.removeprefix("local-dir:")) / WEIGHTS_FILE)
     if not pretrained:
@@ -120,8 +123,8 @@ def checkpoint_identity(arch: str, pretrained: str = "", *, init_seed: int = 0) 
 
 def load_model(arch: str, pretrained: str = "", *, init_seed: int = 0, device: str = "cpu") -> LoadedModel:
     """Create an open_clip model in fp32 (autocast handles mixed precision) and report its identity."""
-    identity = checkpoint_identity(arch, pretrained, init_seed=init_seed)
     name = resolve_arch(arch)
+    identity = _identity(name, pretrained, init_seed)
     if name.startswith("local-dir:"):
         model = open_clip.create_model(name, device=device)
         model_cfg = json.loads((Path(name.removeprefix("local-dir:")) / OPENCLIP_CONFIG_FILE).read_text())["model_cfg"]
