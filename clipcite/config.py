@@ -140,7 +140,10 @@ def _finish(data: dict, overrides, where: str) -> Config:
                 raise ConfigError(f"override {key!r}: {part} is not a section")
         node[leaf] = value
     config = _build(Config, data, where=where)
-    config.train.validate()
+    try:
+        config.train.validate()
+    except ValueError as e:  # one error type for every config problem, whatever check found it
+        raise ConfigError(f"{where}: train: {e}") from e
     return config
 
 
