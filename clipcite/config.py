@@ -7,6 +7,7 @@ default. Building blocks never see this module: steps unpack it into plain argum
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,7 +164,13 @@ def _coerce(value, hint, where: str):
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, where)
-    if hint is bool:
+    if origin is types.UnionType:  # e.g. float | str: the first member that accepts the value
+        for member in args:
+            try:
+                return _coerce(value, member, where)
+            except ConfigError:
+                continue
+    elif hint is bool:
         if isinstance(value, bool):
             return value
     elif hint is int:
@@ -192,6 +199,8 @@ def _coerce(value, hint, where: str):
 
 
 def _name(hint) -> str:
+    if typing.get_origin(hint) is types.UnionType:
+        return " or ".join(_name(member) for member in typing.get_args(hint))
     return getattr(hint, "__name__", str(hint))
 
 

@@ -48,7 +48,9 @@ class FitParams:
     lam: float = 0.7  # paper: weight of L_SCL
     eta: float = 0.1  # paper: weight of L_VLD
     alpha: float = 0.5  # paper: weight-space ensemble; 1.0 = no ensemble
-    logit_scale: float = 100.0  # decision: CLIP's scale, fixed
+    # decision: the temperature of every loss, fixed (not trained); "checkpoint" = the base model's own
+    # exp(logit_scale) (100 for OpenAI's weights, the paper's s), or a number
+    logit_scale: float | str = "checkpoint"
     vld_direction: str = "teacher_student"  # decision: KL(Q||P); "student_teacher" = paper's literal KL(P||Q)
     vld_over: str = "batch"  # decision: batch texts; "classes" = all C class prompts
     train_head: bool = True  # paper: W trainable ("FrozenTC" ablation = false)
@@ -67,6 +69,8 @@ class FitParams:
             "alpha": 0.0 <= self.alpha <= 1.0,
             "epochs": self.epochs >= 0,
             "batch_size": self.batch_size >= 1,
+            "logit_scale": self.logit_scale == "checkpoint"
+            or (isinstance(self.logit_scale, int | float) and self.logit_scale > 0),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -88,6 +92,7 @@ class FitResult:
     steps: int
     epochs: int
     images_per_second: float
+    logit_scale: float  # the temperature the losses used
 
 
 LogFn = Callable[[dict[str, float], int], None]
@@ -113,7 +118,8 @@ def fit(
     model = student.model.to(device)
     zeroshot_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     if params.method == "zeroshot" or params.epochs == 0:
-        return FitResult(zeroshot_state, 0, 0, 0.0)
+        return FitResult(zeroshot_state, 0, 0, 0.0, resolve_logit_scale(params.logit_scale, model))
+    scale = resolve_logit_scale(params.logit_scale, model)
     needs_teacher_images = weights["vld"] != 0
     if needs_teacher_images and cache is None and teacher is None:
         raise ValueError("L_VLD needs the teacher: pass a teacher model or a teacher cache (or set eta=0)")
@@ -164,16 +170,16 @@ def fit(
                     else:
                         text_features = model.encode_text(tokens[classes])[inverse]
                 if params.method == "flyp":
-                    losses = {"clip": clip_loss(image_features, text_features, params.logit_scale)}
+                    losses = {"clip": clip_loss(image_features, text_features, scale)}
                     losses["total"] = losses["clip"]
                 else:
                     teacher_logits = student_logits = None
                     if needs_teacher_images:
                         teacher_image = _teacher_images(cache, teacher, epoch, index, images, device)
                         columns = teacher_text if all_text is not None else teacher_text[labels]
-                        teacher_logits = similarity_logits(teacher_image, columns, params.logit_scale)
+                        teacher_logits = similarity_logits(teacher_image, columns, scale)
                         if all_text is not None:
-                            student_logits = similarity_logits(image_features, all_text, params.logit_scale)
+                            student_logits = similarity_logits(image_features, all_text, scale)
                     losses = cite_loss(
                         image_features,
                         labels,
@@ -184,7 +190,7 @@ def fit(
                         w_dva=weights["dva"],
                         lam=weights["scl"],
                         eta=weights["vld"],
-                        logit_scale=params.logit_scale,
+                        logit_scale=scale,
                         vld_direction=params.vld_direction,
                     )
             optimizer.zero_grad(set_to_none=True)
@@ -203,7 +209,25 @@ def fit(
     throughput = seen / max(time.perf_counter() - started, 1e-9)
     log.info("trained %d step(s) (%d epoch(s)), %.1f images/s", step, params.epochs, throughput)
     final_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return FitResult(average_weights(final_state, zeroshot_state, params.alpha), step, params.epochs, throughput)
+    weights_out = average_weights(final_state, zeroshot_state, params.alpha)
+    return FitResult(weights_out, step, params.epochs, throughput, scale)
+
+
+def resolve_logit_scale(setting: float | str, model: torch.nn.Module) -> float:
+    """The fixed temperature s of every loss term (method.md "Notation").
+
+    ``"checkpoint"``: the model's own learned ``exp(logit_scale)`` (100 for OpenAI's CLIP, the paper's value); a
+    number overrides it. A model without a ``logit_scale`` falls back to CLIP's 100.
+    """
+    if setting != "checkpoint":
+        return float(setting)
+    learned = getattr(model, "logit_scale", None)
+    if not isinstance(learned, torch.Tensor):
+        log.info("the model has no logit_scale: using CLIP's 100 as the loss temperature")
+        return 100.0
+    scale = float(learned.detach().float().exp())
+    log.info("loss temperature: the checkpoint's own logit scale %.4g", scale)
+    return scale
 
 
 def _teacher_images(cache, teacher, epoch, index, images, device) -> torch.Tensor:

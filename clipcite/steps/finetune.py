@@ -120,6 +120,7 @@ def _run(splits_uri, out_uri, config, cache_uri, checkpoint_dir, log_fn, keep_ch
         "steps": result.steps,
         "epochs": result.epochs,
         "alpha": params.alpha,
+        "logit_scale": result.logit_scale,
         "batch_size": params.batch_size,
         "images": len(rows),
         "classes": len(prompts),
@@ -136,6 +137,7 @@ def _run(splits_uri, out_uri, config, cache_uri, checkpoint_dir, log_fn, keep_ch
         "dataset": classes.dataset,
         "seed": config.seed,
         "steps": result.steps,
+        "logit_scale": result.logit_scale,  # the loss temperature the run used (train.logit_scale resolved)
         "config": to_dict(config),
         "mlflow_run_id": step.parent_run_id,  # the pipeline run that trained it; evaluate and register log there
     }
