@@ -44,7 +44,9 @@ def aggregate(runs: Sequence[dict]) -> dict:
     """Mean and std over seeds of every number found at the same place in each run's dict.
 
     ``{"a": {"top1": 80}}`` x 3 -> ``{"a": {"top1": {"mean": .., "std": .., "n": 3}}}``; keys missing in some
-    runs are aggregated over the runs that have them.
+    runs are aggregated over the runs that have them. Where ``base`` and ``new`` sit beside ``hm``, ``hm.mean`` is
+    the HM of the mean Base and mean New (method.md: 81.06 = HM(85.48, 77.08)); ``hm.std`` is the spread of the
+    per-run HMs and ``hm.mean_of_runs`` their plain mean.
     """
     if not runs:
         raise ValueError("nothing to aggregate: no runs given")
@@ -57,4 +59,11 @@ def aggregate(runs: Sequence[dict]) -> dict:
         elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
             mean, std = mean_std([float(v) for v in values])
             out[key] = {"mean": mean, "std": std, "n": len(values)}
+    if all(isinstance(out.get(k), dict) and "mean" in out[k] for k in ("base", "new", "hm")):
+        out["hm"] = {
+            "mean": harmonic_mean(out["base"]["mean"], out["new"]["mean"]),
+            "std": out["hm"]["std"],
+            "n": out["hm"]["n"],
+            "mean_of_runs": out["hm"]["mean"],
+        }
     return out

@@ -23,6 +23,18 @@ def test_harmonic_mean_and_aggregate_over_seeds():
     assert aggregate(runs)["mean"]["ft"]["hm"] == {"mean": 72.0, "std": 2.0, "n": 3}
 
 
+def test_aggregate_takes_the_hm_of_the_mean_base_and_new():
+    """The paper's rule (81.06 = HM(85.48, 77.08)), not the mean of per-seed HMs."""
+    runs = [{"ft": {"base": 90.0, "new": 50.0}}, {"ft": {"base": 70.0, "new": 80.0}}]
+    for run in runs:
+        run["ft"]["hm"] = harmonic_mean(run["ft"]["base"], run["ft"]["new"])
+    hm = aggregate(runs)["ft"]["hm"]
+    assert hm["mean"] == pytest.approx(harmonic_mean(80.0, 65.0))  # 71.72
+    assert hm["mean_of_runs"] == pytest.approx((harmonic_mean(90, 50) + harmonic_mean(70, 80)) / 2)  # 69.46
+    assert hm["n"] == 2 and hm["std"] == pytest.approx(abs(harmonic_mean(90, 50) - harmonic_mean(70, 80)) / 2**0.5)
+    assert harmonic_mean(85.48, 77.08) == pytest.approx(81.06, abs=0.005)
+
+
 def test_presets_load_and_overrides_apply():
     paper = load_config("configs/paper_vitb16.yaml")
     assert (paper.train.lr, paper.train.lam, paper.train.eta, paper.train.alpha) == (5e-6, 0.7, 0.1, 0.5)
