@@ -22,7 +22,7 @@ import yaml
 
 from clipcite import storage
 from clipcite.data.files import IMAGE_SUFFIXES, FileEntry, SkipCounter, rows_from_files
-from clipcite.data.imagefolder import LEVELS
+from clipcite.data.imagefolder import layout_entries
 from clipcite.data.table import ClassList, snapshot, write_table
 from clipcite.prompts import template_for
 
@@ -96,32 +96,11 @@ def scan_folder(uri: str, images: list[str] | None = None) -> tuple[list[FileEnt
     settings = read_settings(uri)
     images = [rel for rel, _ in _images(storage.walk(uri))] if images is None else images
     layout = settings.get("layout") or detect_layout(images, uri)
-    levels = layout.split("/")
-    if "class" not in levels or any(level not in LEVELS for level in levels):
-        raise ValueError(f"{uri}: layout {layout!r}: use levels from {LEVELS} separated by '/', including 'class'")
-    parsed = []
-    for rel in images:
-        parts = rel.split("/")
-        if len(parts) != len(levels) + 1:
-            raise ValueError(f"{storage.join(uri, rel)}: not in the {layout!r} layout")
-        parsed.append((dict(zip(levels, parts[:-1], strict=True)), rel))
-    names = sorted({p["class"] for p, _ in parsed})
-    index = {n: i for i, n in enumerate(names)}
-    entries = [
-        FileEntry(
-            path=storage.join(uri, rel),
-            id=rel,
-            label=index[p["class"]],
-            classname=p["class"].replace("_", " "),
-            domain=p.get("domain", settings.get("domain", "default")),
-            split=p.get("split", settings.get("split", "train")),
-        )
-        for p, rel in parsed
-    ]
-    dataset = settings.get("dataset", "")
-    classes = ClassList(
-        tuple(n.replace("_", " ") for n in names), template_for(dataset, settings.get("template", "")), dataset
+    entries, names = layout_entries(
+        uri, images, layout, split=settings.get("split", "train"), domain=settings.get("domain", "default")
     )
+    dataset = settings.get("dataset", "")
+    classes = ClassList(tuple(names), template_for(dataset, settings.get("template", "")), dataset)
     return entries, classes
 
 
