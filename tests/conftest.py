@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+from collections.abc import Iterator
 
+import mlflow
+import mlflow.tracking._model_registry.utils as mlflow_registry_state
+import mlflow.tracking._tracking_service.utils as mlflow_tracking_state
 import pytest
 
+from clipcite import tracking
 from clipcite.config import load_config
 from clipcite.data.ingest import ingest_imagefolder
 from clipcite.demo import make_imagefolder
@@ -17,6 +24,40 @@ TINY = ["model.arch=clipcite-tiny", "model.pretrained=", "device=cpu"]
 @pytest.fixture(autouse=True)
 def _quiet_open_clip():
     logging.getLogger().setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def mlflow_state_restored() -> Iterator[None]:
+    """MLflow keeps process-wide tracking and registry URIs (and copies them into ``MLFLOW_*`` environment variables
+    that kfp.local's step subprocesses inherit); ``tracking.connect`` sets them and remembers reachable servers.
+    Put all of it back as it was, so no test inherits a deleted database or a stopped server's URI."""
+    tracking_uri, registry_uri = mlflow_tracking_state._tracking_uri, mlflow_registry_state._registry_uri
+    environment = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    reached = set(tracking._REACHED)
+    try:
+        yield
+    finally:
+        if mlflow_tracking_state._tracking_uri != tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)  # also resets the tracer that holds the URI
+        mlflow_registry_state._registry_uri = registry_uri
+        for key in [k for k in os.environ if k.startswith("MLFLOW_") and k not in environment]:
+            del os.environ[key]
+        os.environ.update(environment)
+        tracking._REACHED.clear()
+        tracking._REACHED.update(reached)
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_state_per_test():
+    with mlflow_state_restored():
+        yield
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _mlflow_state_per_module():
+    """Module fixtures (a module's servers and runs) set URIs too; autouse, so it is set up before them."""
+    with mlflow_state_restored():
+        yield
 
 
 @pytest.fixture(scope="session")
