@@ -6,6 +6,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 from clipcite.data.ingest import ingest_imagefolder
@@ -108,5 +109,11 @@ def test_rows_may_point_at_files_instead_of_bytes(tmp_path):
     write_table(rows, str(tmp_path / "t"), ClassList(("a",)))
     from clipcite.data.loading import EvalDataset
 
-    dataset = EvalDataset(read_table(str(tmp_path / "t")).to_pylist(), {"size": 8, "mean": (0, 0, 0), "std": (1, 1, 1)})
-    assert dataset[0][1].shape == (3, 8, 8)
+    mean, std = (0.5, 0.25, 0.0), (0.5, 0.25, 1.0)
+    dataset = EvalDataset(read_table(str(tmp_path / "t")).to_pylist(), {"size": 8, "mean": mean, "std": std})
+    index, pixels, label = dataset[0]
+    assert (index, pixels.shape, label) == (0, (3, 8, 8), 0)
+    # png() is one flat colour, so every pixel of each channel is (colour / 255 - mean) / std, in RGB order
+    for channel, value in enumerate((200, 10, 10)):
+        expected = (value / 255 - mean[channel]) / std[channel]
+        assert torch.allclose(pixels[channel], torch.full((8, 8), expected), atol=1e-6), channel

@@ -1,10 +1,14 @@
 """Tracking settings and failures: no URI, MLflow unreachable (the pipeline fails before training), tracking off,
 a local sqlite store, and the pyfunc classifier's input handling."""
 
+import hashlib
 import io
+import json
+import os
 import sys
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
@@ -14,7 +18,8 @@ from clipcite import tracking
 from clipcite.classifier import Classifier, to_image
 from clipcite.steps import snapshot
 
-from .servers import free_port
+from .conftest import mlflow_state_restored
+from .servers import dead_url
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,18 +42,25 @@ def test_unreachable_mlflow_fails_the_pipeline_at_its_first_step(tmp_path, capfd
 
     data = tmp_path / "world"
     write_world(str(data), seed=1, counts={"train": 2, "val": 1, "test": 1}, domains=("photo",))
-    dead = f"http://127.0.0.1:{free_port()}"
-    params = {"data_uri": str(data), "shots": 2, "tracking_uri": dead, "overrides": {"train.epochs": 1}}
-    with pytest.raises(RuntimeError, match="snapshot"):
-        pipeline.run_local(params, tmp_path / "run")
+    with dead_url() as dead:
+        params = {"data_uri": str(data), "shots": 2, "tracking_uri": dead, "overrides": {"train.epochs": 1}}
+        with pytest.raises(RuntimeError, match="snapshot"):
+            pipeline.run_local(params, tmp_path / "run")
     output = capfd.readouterr()
     assert f"MLflow tracking server {dead} is unreachable" in output.out + output.err
     assert not list((tmp_path / "run" / "root").glob("*/finetune"))  # nothing trained
 
 
-def test_snapshot_with_tracking_off_opens_no_run(tmp_path, table):
+def test_snapshot_with_tracking_off_opens_no_run_and_digests_the_shards_and_class_list(tmp_path, table):
     digest, run_id = snapshot.run(str(table), tracking_uri="off")
-    assert len(digest) == 64 and run_id == ""
+    # The recipe written out: each shard's name, size and modification time, then classes.json; one digest per
+    # source, and a digest over the sources' digests.
+    table_digest = hashlib.sha256()
+    for shard in sorted(table.glob("part-*.parquet")):
+        facts = {"name": shard.name, "size": shard.stat().st_size, "mtime_ns": shard.stat().st_mtime_ns}
+        table_digest.update(json.dumps(facts, sort_keys=True).encode())
+    table_digest.update((table / "classes.json").read_bytes())
+    assert digest == hashlib.sha256(table_digest.hexdigest().encode()).hexdigest() and run_id == ""
 
 
 def test_snapshot_opens_one_run_per_kfp_run_in_a_local_store(tmp_path, table, monkeypatch):
@@ -67,6 +79,22 @@ def test_snapshot_opens_one_run_per_kfp_run_in_a_local_store(tmp_path, table, mo
     assert snapshot.run(str(table), tracking_uri=uri, kfp_run_id="kfp-3")[1] == first
 
 
+def test_connect_changes_process_wide_state_that_the_test_fixture_puts_back(tmp_path):
+    def state():
+        env = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+        return mlflow.get_tracking_uri(), mlflow.get_registry_uri(), env, set(tracking._REACHED)
+
+    before = state()
+    uri = f"sqlite:///{tmp_path / 'gone.db'}"
+    with mlflow_state_restored():
+        tracking.connect(uri)
+        tracking._REACHED.add("http://127.0.0.1:1")
+        inside = state()
+        assert inside[:2] == (uri, uri) and inside[2]["MLFLOW_TRACKING_URI"] == uri  # what later tests would inherit
+        assert inside[2]["MLFLOW_REGISTRY_URI"] == uri
+    assert state() == before
+
+
 def _png(colour) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.full((20, 28, 3), colour, dtype=np.uint8)).save(buffer, format="PNG")
@@ -78,9 +106,13 @@ def test_classifier_inputs_labels_and_errors(tiny, tmp_path):
 
     save_model(tiny, tiny.model.state_dict(), tmp_path, {"classnames": ["cat", "dog"], "template": "a {}."})
     classifier = Classifier(tmp_path)
-    images = [_png((200, 0, 0)), np.zeros((16, 16, 3), np.uint8), np.zeros((16, 16), np.uint8)]
+    grey = np.add.outer(np.arange(16), np.arange(16)).astype(np.uint8) * 8  # a gradient, not a flat image
+    images = [_png((200, 0, 0)), np.stack([grey] * 3, axis=-1), grey]
     out = classifier.predict(images)
     assert [set(r) for r in out] == [{"label", "score"}] * 3 and {r["label"] for r in out} <= {"cat", "dog"}
+    assert all(0 < r["score"] <= 1 for r in out)
+    assert all(r["score"] >= 0.5 for r in out)  # the most probable of two labels
+    assert out[2]["label"] == out[1]["label"] and out[2]["score"] == pytest.approx(out[1]["score"], abs=1e-6)
     out = classifier.predict(images[:1], labels=["a", "b", "c"], top_k=5)
     assert out[0]["top_labels"][0] == out[0]["label"] and len(out[0]["top_labels"]) == 3
     assert sum(out[0]["top_scores"]) == pytest.approx(1, abs=1e-5)
