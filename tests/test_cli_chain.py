@@ -1,6 +1,7 @@
 """The CLI chain on CPU (ingest -> sample-splits -> cache-teacher -> finetune -> evaluate) and its clear errors."""
 
 import json
+import math
 
 import pytest
 
@@ -100,7 +101,11 @@ def test_chain_produces_every_artifact(chain):
     for domain in ("photo", "sketch"):
         for model in ("zeroshot", "finetuned"):
             entry = metrics["domains"][domain][model]
-            assert {"base", "new", "hm"} <= set(entry) and 0 <= entry["hm"] <= 100
+            assert {"base", "new", "hm"} <= set(entry)
+            base, new = entry["base"], entry["new"]
+            assert entry["hm"] == pytest.approx(2 * base * new / (base + new) if base + new else 0.0, abs=1e-9)
+            assert base == metrics["sets"][f"{domain}-base"][model]["top1"]
+            assert new == metrics["sets"][f"{domain}-new"][model]["top1"]
     per_class = metrics["sets"]["photo-base"]["finetuned"]["per_class"]
     assert len(per_class) == 3
     eval_files = {p.name for p in (chain / "eval").iterdir()}
@@ -110,10 +115,26 @@ def test_chain_produces_every_artifact(chain):
     assert "| photo | finetuned |" in (chain / "eval" / "report.md").read_text()
 
 
-def test_aggregate_over_seeds(chain, tmp_path):
-    assert main(["aggregate", str(chain / "eval"), str(chain / "eval"), "--out", str(tmp_path / "agg.json")]) == 0
+def _metrics_file(folder, base: float, new: float):
+    """An evaluate output with one domain and known numbers (the per-domain and mean rows agree: one domain)."""
+    folder.mkdir()
+    row = {"base": base, "new": new, "hm": 2 * base * new / (base + new)}
+    (folder / "metrics.json").write_text(
+        json.dumps({"domains": {"photo": {"finetuned": row}}, "mean": {"finetuned": row}})
+    )
+    return str(folder)
+
+
+def test_aggregate_gives_mean_sample_std_and_count_over_two_seeds(tmp_path):
+    seeds = [_metrics_file(tmp_path / "seed1", 80.0, 60.0), _metrics_file(tmp_path / "seed2", 76.0, 50.0)]
+    assert main(["aggregate", *seeds, "--out", str(tmp_path / "agg.json")]) == 0
     agg = json.loads((tmp_path / "agg.json").read_text())
-    assert agg["mean"]["finetuned"]["hm"]["n"] == 2 and agg["mean"]["finetuned"]["hm"]["std"] == 0
+    assert agg["runs"] == seeds
+    for rows in (agg["mean"]["finetuned"], agg["domains"]["photo"]["finetuned"]):
+        # sample standard deviation (n - 1): |a - b| / sqrt(2) for two seeds
+        assert rows["base"] == {"mean": 78.0, "std": pytest.approx(4 / math.sqrt(2), rel=1e-12), "n": 2}
+        assert rows["new"] == {"mean": 55.0, "std": pytest.approx(10 / math.sqrt(2), rel=1e-12), "n": 2}
+        assert rows["hm"]["n"] == 2  # hm asserted by the issue-13 change (HM of the mean Base and mean New)
 
 
 def test_too_few_shots_fails_clearly_and_writes_nothing(chain, tmp_path, capsys):
@@ -183,7 +204,7 @@ def test_corrupt_image_in_a_split_names_the_table_and_row(chain, tmp_path, capsy
     )
     assert code == 2
     err = capsys.readouterr().err
-    assert f"row id={table[0]['id']!r}: corrupt or unreadable image" in err and "train" in err
+    assert f"{splits / 'train'}: row id={table[0]['id']!r}: corrupt or unreadable image" in err
 
 
 def test_cache_teacher_refuses_weights_other_than_the_snapshot_saw(chain, tmp_path):
@@ -191,3 +212,46 @@ def test_cache_teacher_refuses_weights_other_than_the_snapshot_saw(chain, tmp_pa
     with pytest.raises(ValueError, match="snapshot saw sha256:old, cache-teacher loaded random:clipcite-tiny:0"):
         cache_teacher.run(str(chain / "splits"), str(tmp_path / "t"), config, expected_identity="sha256:old")
     assert not (tmp_path / "t").exists()
+
+
+def test_unknown_command_prints_the_commands_and_exits_2(capsys):
+    assert main(["train"]) == 2
+    captured = capsys.readouterr()
+    assert "usage: clipcite {ingest,sample-splits," in captured.out + captured.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["ingest", "imagefolder", "--out", "t"], "--root is required"),
+        (["ingest", "coop", "--root", "data", "--out", "t"], "coop needs --dataset"),
+    ],
+)
+def test_ingest_without_a_required_option_exits_2_naming_it(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
+
+
+def test_ingest_coop_writes_the_table_and_prints_the_counts(tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "oxford_pets"
+    split = {"train": [["a_1.jpg", 0, "abyssinian"]], "val": [], "test": [["b_1.jpg", 1, "beagle"]]}
+    (folder / "images").mkdir(parents=True)
+    (folder / "split_zhou_OxfordPets.json").write_text(json.dumps(split))
+    for name, colour in (("a_1.jpg", (200, 0, 0)), ("b_1.jpg", (0, 0, 200))):
+        Image.new("RGB", (8, 8), colour).save(folder / "images" / name)
+    code = main(["ingest", "coop", "--root", str(tmp_path), "--dataset", "OxfordPets", "--out", str(tmp_path / "t")])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 2
+    from clipcite.data.table import read_classes, read_table
+
+    rows = sorted(
+        (r["id"], r["label"], r["split"])
+        for r in read_table(str(tmp_path / "t"), columns=["id", "label", "split"]).to_pylist()
+    )
+    assert rows == [("oxford_pets/a_1.jpg", 0, "train"), ("oxford_pets/b_1.jpg", 1, "test")]
+    assert read_classes(str(tmp_path / "t")).names == ("abyssinian", "beagle")

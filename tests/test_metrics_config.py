@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from clipcite.config import ConfigError, load_config
+from clipcite.evaluate import summarise
 from clipcite.metrics import aggregate, confusion_matrix, harmonic_mean, per_class_accuracy, top1
 
 
@@ -33,6 +34,17 @@ def test_aggregate_takes_the_hm_of_the_mean_base_and_new():
     assert hm["mean_of_runs"] == pytest.approx((harmonic_mean(90, 50) + harmonic_mean(70, 80)) / 2)  # 69.46
     assert hm["n"] == 2 and hm["std"] == pytest.approx(abs(harmonic_mean(90, 50) - harmonic_mean(70, 80)) / 2**0.5)
     assert harmonic_mean(85.48, 77.08) == pytest.approx(81.06, abs=0.005)
+
+
+def test_each_domain_gets_the_harmonic_mean_of_its_base_and_new_accuracy():
+    sets = {
+        "photo-base": {"domain": "photo", "subset": "base", "finetuned": {"top1": 80.0}},
+        "photo-new": {"domain": "photo", "subset": "new", "finetuned": {"top1": 60.0}},
+        "sketch": {"domain": "sketch", "subset": "all", "finetuned": {"top1": 40.0}},
+    }
+    domains = summarise(sets, ["finetuned"])["domains"]
+    assert domains["photo"]["finetuned"] == {"base": 80.0, "new": 60.0, "hm": pytest.approx(2 * 80 * 60 / 140)}
+    assert domains["sketch"]["finetuned"] == {"top1": 40.0}  # no base/new split: top-1 only
 
 
 def test_presets_load_and_overrides_apply():
