@@ -19,6 +19,12 @@ OVERLAYS = ("dev", "prod")
 K8S_VERSION = "1.33.0"
 CUSTOM_SCHEMAS = {("kubeflow.org/v1alpha1", "PodDefault"): MANIFESTS / "schemas" / "poddefault.json"}
 PROFILE = "kubeflow-user-example-com"
+# The references each overlay's pods make (update when manifests/ adds or removes one): a check that finds none of
+# them passes silently, so the test counts what it checked.
+EXPECTED_REFERENCES = {
+    "dev": {"configMapKeyRef": 2, "secretKeyRef": 10, "secret volume": 0},
+    "prod": {"configMapKeyRef": 2, "secretKeyRef": 7, "secret volume": 1},
+}
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
@@ -60,13 +66,14 @@ def test_a_typo_in_a_custom_resource_is_caught():
 
 
 def test_references_resolve_and_secrets_come_from_the_templates(overlay):
-    _, objects = overlay
+    name, objects = overlay
     objs = index(objects)
     templates = {
         (s["metadata"]["namespace"], s["metadata"]["name"]): s
         for path in (MANIFESTS / "secrets").glob("*.example.yaml")
         for s in yaml.safe_load_all(path.read_text())
     }
+    checked = {"configMapKeyRef": 0, "secretKeyRef": 0, "secret volume": 0}  # a vanished reference is a failure
     for obj, spec in pod_specs(objects):
         namespace = obj["metadata"]["namespace"]
         for container in spec["containers"]:
@@ -75,12 +82,16 @@ def test_references_resolve_and_secrets_come_from_the_templates(overlay):
                 if "configMapKeyRef" in ref:
                     cm = objs[("ConfigMap", namespace, ref["configMapKeyRef"]["name"])]
                     assert ref["configMapKeyRef"]["key"] in cm["data"]
+                    checked["configMapKeyRef"] += 1
                 if "secretKeyRef" in ref:
                     secret = templates[(namespace, ref["secretKeyRef"]["name"])]
                     assert ref["secretKeyRef"]["key"] in secret["stringData"]
+                    checked["secretKeyRef"] += 1
         for volume in spec.get("volumes", []):
             if "secret" in volume:
                 assert (namespace, volume["secret"]["secretName"]) in templates
+                checked["secret volume"] += 1
+    assert checked == EXPECTED_REFERENCES[name], f"{name}: references checked {checked}"
     services = [o for o in objects if o["kind"] == "Service"]
     for service in services:
         selector = service["spec"]["selector"]
