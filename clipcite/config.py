@@ -7,6 +7,7 @@ default. Building blocks never see this module: steps unpack it into plain argum
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from clipcite.prompts import canonical_dataset
 from clipcite.train import FitParams
 
 
@@ -54,6 +56,7 @@ class EvalConfig:
     batch_size: int = 256
     zeroshot_baseline: bool = True  # evaluate the zero-shot model on the same sets beside the fine-tuned one
     num_workers: int = 0
+    mean_over: str = "ood"  # decision: the mean leaves out the trained-on domains (paper's OOD average); or "all"
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class GateConfig:
     """When a new model version takes the ``champion`` alias (both models evaluated on the same eval sets)."""
 
     metric: str = "auto"  # hm | top1 | base | new; auto = hm under base2new, else top1
-    domain: str = ""  # the primary metric on this domain; "" = the mean over the eval domains
+    domain: str = ""  # the primary metric on this domain; "" = the summary's mean (eval.mean_over says over which)
     min_improvement: float = 0.0  # points the primary metric must gain (a tie never promotes)
     max_domain_drop: float = 1.0  # points any kept domain may lose on its metric
     kept_domains: tuple[str, ...] = ()  # domains the drop rule protects; empty = every eval domain
@@ -81,7 +84,16 @@ class Config:
     batch_size_by_dataset: dict[str, int] = field(default_factory=dict)  # paper: eurosat 16, imagenet 64
 
     def batch_size_for(self, dataset: str) -> int:
-        return self.batch_size_by_dataset.get(dataset, self.train.batch_size)
+        """The per-dataset batch size, matched on the canonical dataset name (EuroSAT, eurosat, Eurosat: one)."""
+        wanted = _dataset_key(dataset)
+        for name, size in self.batch_size_by_dataset.items():
+            if wanted and _dataset_key(name) == wanted:
+                return size
+        return self.train.batch_size
+
+
+def _dataset_key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", canonical_dataset(name).lower())
 
 
 PRESETS = Path(__file__).parent / "presets"
@@ -145,6 +157,8 @@ def _finish(data: dict, overrides, where: str) -> Config:
         config.train.validate()
     except ValueError as e:  # one error type for every config problem, whatever check found it
         raise ConfigError(f"{where}: train: {e}") from e
+    if config.eval.mean_over not in ("ood", "all"):
+        raise ConfigError(f"{where}: eval: mean_over must be 'ood' or 'all', got {config.eval.mean_over!r}")
     return config
 
 

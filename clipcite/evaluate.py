@@ -15,6 +15,7 @@ from tqdm import tqdm
 from clipcite.data.loading import EvalDataset
 from clipcite.metrics import confusion_matrix, harmonic_mean, per_class_accuracy, top1
 from clipcite.models import LoadedModel, encode_texts
+from clipcite.precision import autocast as precision_autocast
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ def predict(
     batch_size: int = 256,
     device: str = "cpu",
     num_workers: int = 0,
+    precision: str = "auto",
     source: str = "",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Predicted labels [N] and true labels [N] for ``rows`` among ``prompts`` (one per class, label order)."""
@@ -35,7 +37,7 @@ def predict(
     text = encode_texts(model, loaded.tokenizer, prompts, batch_size, device)
     preds, targets = [], []
     dataset = EvalDataset(rows, loaded.preprocess_cfg, source)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if str(device).startswith("cuda") else _null()
+    autocast = precision_autocast(device, precision)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     for _, images, labels in tqdm(loader, desc=f"evaluating {source or 'set'}", leave=False):
         with autocast:
@@ -45,10 +47,6 @@ def predict(
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long), (
         torch.cat(targets) if targets else torch.empty(0, dtype=torch.long)
     )
-
-
-def _null():
-    return torch.autocast("cpu", enabled=False)
 
 
 def set_metrics(pred: torch.Tensor, target: torch.Tensor, classnames: list[str]) -> dict:
@@ -62,11 +60,21 @@ def set_metrics(pred: torch.Tensor, target: torch.Tensor, classnames: list[str])
     }
 
 
-def summarise(sets: dict[str, dict], models: list[str]) -> dict:
+MEAN_OVER = ("ood", "all")
+
+
+def summarise(
+    sets: dict[str, dict], models: list[str], source_domains: tuple[str, ...] | list[str] = (), mean_over: str = "ood"
+) -> dict:
     """Per domain: top-1 (all classes) or Base/New/HM (base-to-new sets); then the mean over domains.
 
-    ``sets[name]`` holds ``domain``, ``subset`` (all|base|new) and one metrics dict per model name.
+    ``sets[name]`` holds ``domain``, ``subset`` (all|base|new) and one metrics dict per model name. The mean
+    averages top-1, Base and New over the domains not trained on (``source_domains``; method.md's "OOD average")
+    when ``mean_over="ood"`` and there are any, else over every domain; its ``hm`` is HM(mean Base, mean New).
+    ``mean_domains`` says which domains it covers, ``source_domains`` which evaluated domains were trained on.
     """
+    if mean_over not in MEAN_OVER:
+        raise ValueError(f"eval.mean_over must be one of {MEAN_OVER}, got {mean_over!r}")
     domains: dict[str, dict] = {}
     for info in sets.values():
         entry = domains.setdefault(info["domain"], {m: {} for m in models})
@@ -77,10 +85,15 @@ def summarise(sets: dict[str, dict], models: list[str]) -> dict:
         for m in models:
             if "base" in entry[m] and "new" in entry[m]:
                 entry[m]["hm"] = harmonic_mean(entry[m]["base"], entry[m]["new"])
-    mean = {m: {} for m in models}
+    sources = [d for d in domains if d in set(source_domains)]
+    targets = [d for d in domains if d not in set(source_domains)]
+    averaged = targets if mean_over == "ood" and targets else list(domains)
+    mean: dict[str, dict] = {m: {} for m in models}
     for m in models:
-        for key in ("top1", "base", "new", "hm"):
-            values = [d[m][key] for d in domains.values() if key in d[m]]
+        for key in ("top1", "base", "new"):
+            values = [domains[d][m][key] for d in averaged if key in domains[d][m]]
             if values:
                 mean[m][key] = sum(values) / len(values)
-    return {"domains": domains, "mean": mean}
+        if "base" in mean[m] and "new" in mean[m]:
+            mean[m]["hm"] = harmonic_mean(mean[m]["base"], mean[m]["new"])
+    return {"domains": domains, "mean": mean, "mean_domains": averaged, "source_domains": sources}

@@ -39,7 +39,8 @@ def decide(body: dict, gate: GateConfig, *, champion_version: str | None) -> Dec
         return Decision(False, f"champion v{champion_version} was not evaluated on these eval sets", metric)
     candidate = _value(body, "finetuned", metric, gate.domain)
     current = _value(body, "champion", metric, gate.domain)
-    where = f"on {gate.domain}" if gate.domain else "mean over domains"
+    covered = ", ".join(body.get("mean_domains") or ()) or "the eval domains"
+    where = f"on {gate.domain}" if gate.domain else f"mean over {covered}"
     drops = {}
     kept = gate.kept_domains or tuple(sorted(body["domains"]))
     for domain in kept:

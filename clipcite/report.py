@@ -15,7 +15,8 @@ def _fmt(value) -> str:
 
 
 def markdown(summary: dict, models: list[str], title: str = "Evaluation") -> str:
-    """One row per domain and model: top-1 or Base / New / HM, then the mean over domains."""
+    """One row per domain and model: top-1 or Base / New / HM, then the mean (the domains it covers named: by
+    default those not trained on, which are marked)."""
     keys = [
         k for k in ("top1", "base", "new", "hm") if any(k in d[m] for d in summary["domains"].values() for m in models)
     ]
@@ -26,7 +27,12 @@ def markdown(summary: dict, models: list[str], title: str = "Evaluation") -> str
         "| domain | model | " + " | ".join(header[k] for k in keys) + " |",
         "|---|---|" + "---|" * len(keys),
     ]
-    rows = [*summary["domains"].items(), ("mean", summary["mean"])]
+    covered = summary.get("mean_domains")
+    trained_on = set(summary.get("source_domains") or ()) - set(covered or ())  # marked where the mean leaves them out
+    rows = [
+        *((f"{d} (trained on)" if d in trained_on else d, e) for d, e in summary["domains"].items()),
+        (f"mean of {', '.join(covered)}" if covered else "mean", summary["mean"]),
+    ]
     for domain, entry in rows:
         for m in models:
             lines.append(f"| {domain} | {m} | " + " | ".join(_fmt(entry[m].get(k)) for k in keys) + " |")

@@ -20,6 +20,8 @@ from tqdm import tqdm
 from clipcite.crops import input_size
 from clipcite.data.loading import CropDataset, crop_boxes
 from clipcite.models import LoadedModel, encode_texts
+from clipcite.precision import autocast as precision_autocast
+from clipcite.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ class CacheMeta:
     crop_ratio: tuple[float, float]
     image_size: int
     dtype: str
+    precision: str = "fp32"  # the autocast the image features were computed under (older caches: fp32 on CPU)
 
 
 @dataclass
@@ -65,16 +68,18 @@ def build_cache(
     batch_size: int = 256,
     device: str = "cpu",
     dtype: str = "float32",
+    precision: str = "auto",
     num_workers: int = 0,
     source: str = "",
 ) -> TeacherCache:
-    """Run the frozen teacher over every class prompt and every (epoch, image) crop."""
+    """Run the frozen teacher over every class prompt and every (epoch, image) crop, under the autocast that
+    ``precision`` (the run's ``train.precision``) gives on ``device``, like the online teacher in training."""
     model = teacher.model.to(device).eval()
     text = encode_texts(model, teacher.tokenizer, prompts, batch_size, device)
     boxes = crop_boxes(rows, seed, epochs, crop_scale, crop_ratio, source)
     dataset = CropDataset(rows, teacher.preprocess_cfg, boxes, source)
     image = torch.empty(epochs, len(rows), text.shape[1])
-    autocast = _autocast(device)
+    autocast = precision_autocast(device, precision)
     for epoch in tqdm(range(epochs), desc="teacher crops", unit="epoch"):
         dataset.epoch = epoch
         for index, images, _ in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
@@ -92,15 +97,10 @@ def build_cache(
         crop_ratio=tuple(crop_ratio),
         image_size=size,
         dtype=dtype,
+        precision=resolve_precision(device, precision),
     )
     store = getattr(torch, dtype)
     return TeacherCache(meta, text.cpu().to(store), image.to(store), boxes)
-
-
-def _autocast(device: str):
-    if str(device).startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
 
 
 def save_cache(cache: TeacherCache, out_dir: Path) -> None:

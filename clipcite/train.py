@@ -26,6 +26,8 @@ from clipcite.crops import DEFAULT_RATIO, DEFAULT_SCALE
 from clipcite.data.loading import CropDataset, crop_boxes
 from clipcite.losses import cite_loss, clip_loss, similarity_logits
 from clipcite.models import LoadedModel, average_weights, encode_texts
+from clipcite.precision import PRECISIONS
+from clipcite.precision import autocast as precision_autocast
 from clipcite.teacher import TeacherCache
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,7 @@ class FitParams:
             "method": self.method in METHODS,
             "vld_direction": self.vld_direction in ("teacher_student", "student_teacher"),
             "vld_over": self.vld_over in ("batch", "classes"),
-            "precision": self.precision in ("auto", "fp32", "bf16"),
+            "precision": self.precision in PRECISIONS,
             "alpha": 0.0 <= self.alpha <= 1.0,
             "epochs": self.epochs >= 0,
             "batch_size": self.batch_size >= 1,
@@ -148,7 +150,7 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(params.warmup_steps, total_steps))
     fingerprint = _fingerprint(student.identity, params, seed, [r["id"] for r in rows], prompts)
     start_epoch = _resume(checkpoint_dir, fingerprint, model, head, optimizer, scheduler)
-    autocast = _autocast(device, params.precision)
+    autocast = precision_autocast(device, params.precision)
     step, seen, started = start_epoch * steps_per_epoch, 0, time.perf_counter()
 
     for epoch in range(start_epoch, params.epochs):
@@ -258,12 +260,6 @@ def _cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
         return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
     return factor
-
-
-def _autocast(device: str, precision: str):
-    use_bf16 = precision == "bf16" or (precision == "auto" and str(device).startswith("cuda"))
-    kind = "cuda" if str(device).startswith("cuda") else "cpu"
-    return torch.autocast(kind, dtype=torch.bfloat16, enabled=use_bf16)
 
 
 def _mix(seed: int, epoch: int) -> int:

@@ -40,6 +40,7 @@ def run(splits_uri: str, out_uri: str, config: Config, *, expected_identity: str
         batch_size=config.teacher.batch_size,
         device=device,
         dtype=config.teacher.dtype,
+        precision=config.train.precision,
         num_workers=config.train.num_workers,
         source=f"{train_uri}: ",
     )
@@ -51,6 +52,7 @@ def run(splits_uri: str, out_uri: str, config: Config, *, expected_identity: str
         "epochs": cache.meta.epochs,
         "classes": len(prompts),
         "dtype": cache.meta.dtype,
+        "precision": cache.meta.precision,
     }
     log.info("wrote teacher cache %s: %s", out_uri, summary)
     return summary

@@ -18,9 +18,16 @@ from clipcite.config import Config
 from clipcite.evaluate import predict, set_metrics, summarise
 from clipcite.metrics import aggregate
 from clipcite.models import META_FILE, load_model, load_saved
-from clipcite.prompts import prompts_for
 from clipcite.report import markdown, plot_confusion, plot_domains
-from clipcite.steps.common import base_parser, config_from, read_json, resolve_device, setup_logging, split_rows
+from clipcite.steps.common import (
+    base_parser,
+    class_prompts,
+    config_from,
+    read_json,
+    resolve_device,
+    setup_logging,
+    split_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +89,18 @@ def _run(model_uri, splits_uri, out_uri, config: Config, domains, champion, step
     models["finetuned"] = finetuned
     if champion is not None:
         models["champion"] = champion[1]
-    template = config.model.template or meta.get("template", "")
 
     results: dict[str, dict] = {}
     for spec_set in sets:
         set_uri = storage.join(splits_uri, "eval", spec_set["name"])
         rows, classes = split_rows(set_uri)
-        prompts = prompts_for(template or classes.template, classes.names)
-        entry = {"domain": spec_set["domain"], "subset": spec_set["subset"], "classnames": list(classes.names)}
+        template, prompts = class_prompts(classes, config)  # each eval set's own template unless model.template
+        entry = {
+            "domain": spec_set["domain"],
+            "subset": spec_set["subset"],
+            "template": template,
+            "classnames": list(classes.names),
+        }
         for name, loaded in models.items():
             pred, target = predict(
                 loaded,
@@ -98,6 +109,7 @@ def _run(model_uri, splits_uri, out_uri, config: Config, domains, champion, step
                 batch_size=config.eval.batch_size,
                 device=device,
                 num_workers=config.eval.num_workers,
+                precision=config.train.precision,
                 source=f"{set_uri}: ",
             )
             entry[name] = set_metrics(pred, target, list(classes.names))
@@ -109,13 +121,16 @@ def _run(model_uri, splits_uri, out_uri, config: Config, domains, champion, step
         log.info("%s: %s", spec_set["name"], {m: round(entry[m]["top1"], 2) for m in models})
 
     names = list(models)
-    summary = summarise(results, names)
+    train_domains = manifest.get("train_domains", list(config.splits.train_domains))
+    summary = summarise(results, names, train_domains, config.eval.mean_over)
     body = {
         "model": model_uri,
         "method": meta.get("method"),
         "alpha": meta.get("alpha"),
         "seed": meta.get("seed"),
-        "template": template,
+        "template": config.model.template,  # "" = each eval set's own (sets.<name>.template)
+        "train_domains": train_domains,
+        "mean_over": config.eval.mean_over,
         "champion_version": champion[0] if champion else None,
         **summary,
         "sets": {
@@ -123,6 +138,7 @@ def _run(model_uri, splits_uri, out_uri, config: Config, domains, champion, step
                 **{m: {x: y for x, y in v[m].items() if x != "confusion"} for m in names},
                 "domain": v["domain"],
                 "subset": v["subset"],
+                "template": v["template"],
             }
             for k, v in results.items()
         },

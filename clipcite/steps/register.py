@@ -45,8 +45,10 @@ def merge_reports(report_uris: list[str]) -> dict:
     if len(champions) > 1:  # the alias moved while the domains were being evaluated
         raise ValueError(f"the evaluations compared against different champion versions {sorted(map(str, champions))}")
     models = [m for m in MODELS if all(m in entry for entry in sets.values())]
-    merged = {k: bodies[0].get(k) for k in ("model", "method", "alpha", "seed", "template", "champion_version")}
-    return {**merged, **summarise(sets, models), "sets": sets, "models": models}
+    keys = ("model", "method", "alpha", "seed", "template", "champion_version", "train_domains", "mean_over")
+    merged = {k: bodies[0].get(k) for k in keys}
+    summary = summarise(sets, models, merged["train_domains"] or (), merged["mean_over"] or "ood")
+    return {**merged, **summary, "sets": sets, "models": models}
 
 
 def run(

@@ -61,7 +61,9 @@ def _sample(table_uri: str, out_uri: str, config: Config, eval_table_uris, sourc
     cfg = config.splits
     classes = read_classes(table_uri)
     meta = read_table(table_uri, columns=META).to_pylist()  # ids and labels only: small even for ImageNet
-    keep = _kept_classes([r["label"] for r in meta])["base" if cfg.protocol == "base2new" else "all"]
+    # the base/new cut is made once, on the training split's classes, and applied to every eval set of this table
+    halves = _kept_classes([r["label"] for r in meta if r["split"] == cfg.train_split] or [r["label"] for r in meta])
+    keep = halves["base" if cfg.protocol == "base2new" else "all"]
     train_classes = ClassList(tuple(classes.names[c] for c in keep), classes.template, classes.dataset)
 
     train_ids = _few_shot_ids(meta, cfg.train_split, cfg.shots, keep, config, classes, "train")
@@ -76,6 +78,7 @@ def _sample(table_uri: str, out_uri: str, config: Config, eval_table_uris, sourc
         "sources": sources,
         "sources_digest": digest,
         "train_classes": list(train_classes.names),
+        "train_domains": _domains_of(meta, train_ids),  # the source domains: evaluate's OOD mean leaves them out
         "sets": {},
         "eval_sets": [],
     }
@@ -85,7 +88,7 @@ def _sample(table_uri: str, out_uri: str, config: Config, eval_table_uris, sourc
             manifest["sets"][name] = {"rows": counts["rows"], "ids_sha256": _ids_digest(ids)}
         names_seen: set[str] = set()
         for uri in (table_uri, *eval_table_uris):
-            for spec in _eval_sets(uri, cfg, meta if uri == table_uri else None):
+            for spec in _eval_sets(uri, cfg, classes, halves, meta if uri == table_uri else None):
                 if spec["name"] in names_seen:
                     raise ValueError(
                         f"{uri}: eval set {spec['name']!r} already comes from another table; "
@@ -153,8 +156,15 @@ def _few_shot_ids(
     return [rows[i]["id"] for i in picked]
 
 
-def _eval_sets(table_uri: str, cfg: SplitsConfig, meta: list[dict] | None = None) -> Iterator[dict]:
-    """The eval sets one table contributes: per domain, all classes or its base and new halves."""
+def _eval_sets(
+    table_uri: str, cfg: SplitsConfig, source_classes: ClassList, halves: dict, meta: list[dict] | None = None
+) -> Iterator[dict]:
+    """The eval sets one table contributes: per domain, all classes or its base and new halves.
+
+    ``halves`` is the cut made on the training table's train split; a table of the same classes (``source_classes``)
+    uses it, a table of another dataset is cut on its own class list (``classes.json``), never on the labels its
+    eval rows happen to have.
+    """
     classes = read_classes(table_uri)
     if meta is None:
         meta = read_table(table_uri, columns=META).to_pylist()
@@ -162,7 +172,8 @@ def _eval_sets(table_uri: str, cfg: SplitsConfig, meta: list[dict] | None = None
     domains = sorted({r["domain"] for r in meta})
     if cfg.eval_domains:
         domains = [d for d in domains if d in cfg.eval_domains]
-    halves = _kept_classes([r["label"] for r in meta] or [0])
+    if classes.names != source_classes.names:
+        halves = _kept_classes(list(range(len(classes.names))))
     subsets = (
         [("base", halves["base"]), ("new", halves["new"])] if cfg.protocol == "base2new" else [("all", halves["all"])]
     )
@@ -193,6 +204,11 @@ def _relabelled(table_uri: str, ids: list[str], keep: list[int]) -> Iterator[dic
         rows = shard.filter(pc.is_in(shard["id"], value_set=wanted)).to_pylist()
         for row, label in zip(rows, relabel([r["label"] for r in rows], keep), strict=True):
             yield {**row, "label": label}
+
+
+def _domains_of(meta: list[dict], ids: list[str]) -> list[str]:
+    wanted = set(ids)
+    return sorted({r["domain"] for r in meta if r["id"] in wanted})
 
 
 def _ids_digest(ids: list[str]) -> str:
