@@ -71,7 +71,7 @@ def test_mlflow_run_flows_from_snapshot_to_finetune_and_not_into_cached_steps(sp
     assert identity == {"producerTask": "snapshot", "outputParameterKey": "model_identity"}
 
 
-def test_caching_choices(spec):
+def test_only_sample_splits_and_cache_teacher_are_cached(spec):
     _, (root, _) = spec
     tasks = all_tasks(root)
     cached = {name for name, t in tasks.items() if t.get("cachingOptions", {}).get("enableCache")}
@@ -104,26 +104,54 @@ def test_gpu_limits_requests_and_shm_on_gpu_steps(spec):
 def test_cluster_settings_from_env_reach_the_spec(tmp_path):
     env = {
         "CLIPCITE_GPU_LIMIT": "2",
-        "CLIPCITE_TOLERATIONS": "nvidia.com/gpu:NoSchedule",
+        "CLIPCITE_TOLERATIONS": "nvidia.com/gpu:NoSchedule, dedicated=ml:NoExecute",
         "CLIPCITE_NODE_SELECTOR": "gpu=h100",
         "CLIPCITE_RETRIES": "4",
     }
     settings = pipeline.ClusterSettings.from_env(env)
-    assert (settings.gpu_limit, settings.tolerations, settings.retries) == (2, ("nvidia.com/gpu:NoSchedule",), 4)
+    tolerations = ("nvidia.com/gpu:NoSchedule", "dedicated=ml:NoExecute")
+    assert (settings.gpu_limit, settings.tolerations, settings.retries) == (2, tolerations, 4)
     root, platform = yaml.safe_load_all(pipeline.compile_pipeline(tmp_path / "p.yaml", settings).read_text())
     assert (
         root["deploymentSpec"]["executors"]["exec-finetune"]["container"]["resources"]["accelerator"]["resourceCount"]
         == "2"
     )
     finetune = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-finetune"]
-    assert finetune["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
+    assert finetune["tolerations"] == [
+        {"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"},  # key:Effect
+        {"effect": "NoExecute", "key": "dedicated", "operator": "Equal", "value": "ml"},  # key=value:Effect
+    ]
     assert finetune["nodeSelector"] == {"labels": {"gpu": "h100"}}
     assert all_tasks(root)["cache-teacher"]["retryPolicy"]["maxRetryCount"] == 4
 
 
-def test_submit_calls_the_client_with_the_parameters(tmp_path, monkeypatch):
+def assert_uploaded_spec(path: str, params: dict, tmp_path: Path) -> None:
+    """The file handed to the client is the pipeline as compiled now, and it takes every parameter sent."""
+    uploaded = Path(path).read_text()
+    assert uploaded == pipeline.compile_pipeline(tmp_path / "fresh.yaml").read_text()
+    root = next(yaml.safe_load_all(uploaded))
+    assert root["pipelineInfo"]["name"] == "clipcite"
+    assert set(params) <= set(root["root"]["inputDefinitions"]["parameters"])
+
+
+@pytest.fixture
+def no_cluster_env(monkeypatch):
+    """Cluster settings come from CLIPCITE_* variables at compile time; none here, so both compiles agree."""
+    for key in [k for k in __import__("os").environ if k.startswith("CLIPCITE_")]:
+        monkeypatch.delenv(key)
+
+
+def test_compile_command_writes_the_spec(tmp_path, capsys, no_cluster_env):
+    assert pipeline.main(["compile", "--output", str(tmp_path / "p.yaml")]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "p.yaml")
+    written = (tmp_path / "p.yaml").read_text()
+    assert written == pipeline.compile_pipeline(tmp_path / "fresh.yaml", pipeline.ClusterSettings()).read_text()
+    assert next(yaml.safe_load_all(written))["pipelineInfo"]["name"] == "clipcite"
+
+
+def test_submit_calls_the_client_with_the_parameters(tmp_path, monkeypatch, no_cluster_env):
     monkeypatch.setenv("KFP_TOKEN", "t0ken")
-    with mock.patch("kfp.Client") as client_cls:
+    with mock.patch("kfp.Client", autospec=True) as client_cls:  # autospec: a misspelt keyword is an error
         assert (
             pipeline.main(
                 [
@@ -152,14 +180,15 @@ def test_submit_calls_the_client_with_the_parameters(tmp_path, monkeypatch):
     call = client_cls.return_value.create_run_from_pipeline_package.call_args
     assert call.args[0] == str(tmp_path / "pipeline.yaml")
     assert call.kwargs["arguments"] == {"data_uri": "s3://b/pets", "shots": 4, "overrides": {"train.epochs": 5}}
+    assert_uploaded_spec(call.args[0], call.kwargs["arguments"], tmp_path)
     assert call.kwargs["experiment_name"] == "pets" and call.kwargs["namespace"] == "team-a"
     assert call.kwargs["pipeline_root"] == "s3://kfp-artifacts/clipcite"
 
 
-def test_schedule_creates_a_recurring_run(tmp_path, monkeypatch):
+def test_schedule_creates_a_recurring_run(tmp_path, monkeypatch, no_cluster_env):
     monkeypatch.delenv("KFP_TOKEN", raising=False)
     monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(tmp_path / "missing"))
-    with mock.patch("kfp.Client") as client_cls:
+    with mock.patch("kfp.Client", autospec=True) as client_cls:
         client = client_cls.return_value
         client.create_experiment.return_value.experiment_id = "exp-1"
         assert (
@@ -187,7 +216,8 @@ def test_schedule_creates_a_recurring_run(tmp_path, monkeypatch):
     assert kwargs["experiment_id"] == "exp-1" and kwargs["cron_expression"] == "0 0 3 * * 1"
     assert kwargs["max_concurrency"] == 2 and kwargs["no_catchup"] is True and kwargs["enabled"] is True
     assert kwargs["params"] == {"data_uri": "s3://b/pets"}
-    assert Path(kwargs["pipeline_package_path"]).is_file()
+    assert kwargs["job_name"] == "clipcite-retrain"
+    assert_uploaded_spec(kwargs["pipeline_package_path"], kwargs["params"], tmp_path)
 
 
 def test_in_cluster_service_account_token_is_used(tmp_path, monkeypatch):
@@ -195,7 +225,8 @@ def test_in_cluster_service_account_token_is_used(tmp_path, monkeypatch):
     token = tmp_path / "token"
     token.write_text("sa")
     monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token))
-    with mock.patch("kfp.Client") as client_cls:
+    with mock.patch("kfp.Client", autospec=True) as client_cls:
         pipeline.make_client("http://127.0.0.1:8888")
     credentials = client_cls.call_args.kwargs["credentials"]
-    assert type(credentials).__name__ == "ServiceAccountTokenVolumeCredentials"
+    assert credentials._token_path == str(token)  # kfp reads the token from this file on every request
+    assert credentials._get_token() == "sa"
