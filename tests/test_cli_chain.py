@@ -134,7 +134,12 @@ def test_aggregate_gives_mean_sample_std_and_count_over_two_seeds(tmp_path):
         # sample standard deviation (n - 1): |a - b| / sqrt(2) for two seeds
         assert rows["base"] == {"mean": 78.0, "std": pytest.approx(4 / math.sqrt(2), rel=1e-12), "n": 2}
         assert rows["new"] == {"mean": 55.0, "std": pytest.approx(10 / math.sqrt(2), rel=1e-12), "n": 2}
-        assert rows["hm"]["n"] == 2  # hm asserted by the issue-13 change (HM of the mean Base and mean New)
+        # hm: the HM of the mean Base and mean New (method.md), not the mean of the per-seed HMs
+        assert rows["hm"]["mean"] == pytest.approx(2 * 78.0 * 55.0 / (78.0 + 55.0), rel=1e-12)
+        per_seed = [2 * 80 * 60 / 140, 2 * 76 * 50 / 126]
+        assert rows["hm"]["mean_of_runs"] == pytest.approx(sum(per_seed) / 2, rel=1e-12)
+        assert rows["hm"]["std"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / math.sqrt(2), rel=1e-12)
+        assert rows["hm"]["n"] == 2
 
 
 def test_too_few_shots_fails_clearly_and_writes_nothing(chain, tmp_path, capsys):
