@@ -42,7 +42,7 @@ def test_class_layout_keeps_original_bytes_and_sorted_labels(tmp_path):
     assert read_classes(str(tmp_path / "t")).names == ("apple", "zebra")
 
 
-def test_domain_class_layout(tmp_path):
+def test_domain_class_layout_takes_the_domain_from_the_folder_and_labels_by_class(tmp_path):
     root = tree(tmp_path / "src", {"sketch/cat/1.png": png(), "photo/cat/1.png": png(), "photo/dog/1.png": png()})
     ingest_imagefolder(str(root), str(tmp_path / "t"), layout="domain/class", split="test")
     rows = read_table(str(tmp_path / "t")).to_pylist()

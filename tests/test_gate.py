@@ -30,7 +30,7 @@ def test_better_mean_promotes_and_worse_or_equal_does_not():
     assert not worse.promote and "gain -1.00" in worse.reason
 
 
-def test_min_improvement():
+def test_gain_below_min_improvement_does_not_promote():
     metrics = body({"photo": 60.4}, {"photo": 60.0})
     assert not decide(metrics, GateConfig(min_improvement=0.5), champion_version=1).promote
     assert decide(metrics, GateConfig(min_improvement=0.3), champion_version=1).promote

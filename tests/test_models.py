@@ -53,7 +53,7 @@ def test_local_checkpoints_safetensors_and_pt_with_hash_identity(tiny, tmp_path)
         assert torch.equal(loaded.model.visual.conv1.weight, tiny.model.visual.conv1.weight)
 
 
-def test_json_architecture_file(tmp_path):
+def test_architecture_from_a_json_file_and_an_unknown_name_refused(tmp_path):
     cfg = json.loads(open_clip.get_model_config("clipcite-tiny").__repr__().replace("'", '"').replace("True", "true"))
     cfg["vision_cfg"]["layers"] = 1
     path = tmp_path / "tiny-one-layer.json"

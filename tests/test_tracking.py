@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 import pipeline  # noqa: E402
 
 
-def test_resolve_uri(monkeypatch):
+def test_tracking_uri_from_the_argument_else_the_environment_and_off_disables(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(tracking.TrackingError, match="set MLFLOW_TRACKING_URI or the pipeline parameter"):
         tracking.resolve_uri("")
