@@ -8,7 +8,7 @@ import torch
 from open_clip.transform import image_transform
 from PIL import Image
 
-from clipcite.crops import eval_view, to_tensor
+from clipcite.crops import crop_params, eval_view, to_tensor, train_view
 
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 # odd, even, portrait, landscape, square, and smaller than the crop on one or both sides
@@ -64,3 +64,28 @@ def test_longest_pads_with_fill_colour():
     assert torch.allclose(out[:, :8, :], fill.view(3, 1, 1).expand(3, 8, 32))
     assert torch.allclose(out[:, -8:, :], fill.view(3, 1, 1).expand(3, 8, 32))
     assert not torch.allclose(out[:, 8:24, :], fill.view(3, 1, 1).expand(3, 16, 32))
+
+
+def test_train_view_is_torchvisions_resized_crop():
+    """A replayed crop box goes through the same crop + resize as torchvision's RandomResizedCrop."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
+
+    image = _image(97, 61)
+    cfg = _cfg(32, "shortest", "bicubic")
+    for box in [(0, 0, 61, 97), (5, 11, 40, 23), (60, 96, 1, 1)]:
+        top, left, h, w = box
+        expected = F.resized_crop(image, top, left, h, w, [32, 32], InterpolationMode.BICUBIC)
+        assert torch.equal(train_view(image, box, cfg), to_tensor(expected, MEAN, STD))
+
+
+def test_crop_params_fall_back_like_torchvision():
+    """When no sampled box fits (10 tries), both take the largest centre crop within the ratio range."""
+    from torchvision.transforms import RandomResizedCrop
+
+    for width, height in [(1000, 10), (10, 1000), (300, 200)]:
+        ours = crop_params(width, height, seed=1, image_id="x", epoch=0, scale=(1.0, 1.0), ratio=(3 / 4, 4 / 3))
+        theirs = RandomResizedCrop.get_params(_image(width, height), scale=(1.0, 1.0), ratio=(3 / 4, 4 / 3))
+        assert ours == tuple(theirs)
+    # 3:2 is outside 3/4..4/3, so no full-area box fits: the fallback crops the centre to 4:3, left (300 - 267) // 2
+    assert crop_params(300, 200, 1, "x", 0, scale=(1.0, 1.0)) == (0, 16, 200, 267)
