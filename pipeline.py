@@ -12,6 +12,7 @@ built, from the environment (see ClusterSettings) or the compile/submit flags.
 
 import argparse
 import dataclasses
+import difflib
 import json
 import logging
 import os
@@ -182,27 +183,67 @@ def compile_pipeline(output: str | Path, settings: ClusterSettings | None = None
 # ---------------------------------------------------------------------------------------------------- command line
 
 
-def parse_params(items: list[str]) -> dict:
-    """``key=value`` pipeline parameters; values are JSON when they parse (8, ["s3://..."], {"train.lr": 1e-5})."""
+PARAM_TYPES = {
+    "String": "a string",
+    "Integer": "an integer",
+    "Float": "a number",
+    "Boolean": "true or false",
+    "List": "a JSON list, e.g. '[\"s3://bucket/table\"]'",
+    "Dict": "a JSON object, e.g. '{\"train.epochs\": 5}'",
+}
+
+
+def parse_params(items: list[str], inputs: dict | None = None) -> dict:
+    """``key=value`` pipeline parameters, checked against the pipeline's own inputs (``component_spec.inputs``) so
+    a misspelt name or a value of the wrong type fails here, naming the parameter, before anything runs."""
+    inputs = inputs if inputs is not None else build_pipeline(ClusterSettings()).component_spec.inputs
     params = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep:
-            raise SystemExit(f"--param {item!r}: expected key=value")
-        try:
-            params[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key] = raw
+            raise ValueError(f"--param {item!r}: expected key=value, e.g. --param shots=8")
+        if key not in inputs:
+            close = difflib.get_close_matches(key, list(inputs), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(
+                f"--param {item!r}: the pipeline has no parameter {key!r}; {hint}they are: {', '.join(inputs)}"
+            )
+        params[key] = _typed(key, raw, inputs[key].type)
     return params
 
 
-def run_local(params: dict, out: Path, *, caching: bool = True) -> dict:
-    """Run the DAG through kfp.local (subprocesses in this Python environment) and return the merged metrics."""
-    from kfp import local
+def _typed(key: str, raw: str, kind: str):
+    if kind == "String":
+        return raw
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = None
+    expected = {"Integer": int, "Float": (int, float), "Boolean": bool, "List": list, "Dict": dict}[kind]
+    if not isinstance(value, expected) or (kind in ("Integer", "Float") and isinstance(value, bool)):
+        raise ValueError(f"--param {key}={raw}: {key} takes {PARAM_TYPES[kind]}")
+    return value
 
-    from clipcite.steps.common import setup_logging
 
-    setup_logging()
+def check_params(params: dict, inputs: dict):
+    """The run's config as its steps will resolve it (preset, parameters, overrides), so a wrong preset, method or
+    override fails before kfp starts; returns it (the summary's heading says what ran)."""
+    from clipcite.steps.run_config import CONFIG_PARAMETERS, run_config
+
+    missing = [
+        name for name, spec in inputs.items() if spec.default is None and not spec.optional and name not in params
+    ]
+    if missing:
+        raise ValueError(f"missing pipeline parameter(s) {', '.join(missing)}: pass --param {missing[0]}=...")
+    values = {name: spec.default for name, spec in inputs.items()} | params
+    return run_config(values["config"], values["overrides"], **{name: values[name] for name in CONFIG_PARAMETERS})
+
+
+def run_local(params: dict, out: Path, *, caching: bool = True, quiet: bool = False) -> dict:
+    """Run the DAG through kfp.local (subprocesses in this Python environment) after checking its parameters;
+    returns the merged metrics, the resolved config and where the outputs are (see ``local_run.run_dag``)."""
+    import local_run
+
     if not params.get("data_uri"):
         from clipcite.toyworld.generate import write_world
 
@@ -211,20 +252,10 @@ def run_local(params: dict, out: Path, *, caching: bool = True) -> dict:
             log.info("generating the toy world at %s", data)
             write_world(str(data), seed=1)
         params = {**params, "data_uri": str(data.resolve())}
-    local.init(
-        runner=local.SubprocessRunner(use_venv=False),
-        pipeline_root=str(out / "root"),
-        enable_caching=caching,
-        cache_root=str(out / "cache"),
-    )
     settings = dataclasses.replace(ClusterSettings.from_env(), retries=0)  # retries are for clusters' hiccups
-    result = build_pipeline(settings)(**params)
-    record = Path(result.outputs["record"].path)
-    return {
-        "metrics": json.loads((record / "metrics.json").read_text()),
-        "record": record,
-        "summary": Path(result.outputs["summary"].path),
-    }
+    pipeline_func = build_pipeline(settings)
+    config = check_params(params, pipeline_func.component_spec.inputs)
+    return {**local_run.run_dag(pipeline_func, params, out, caching=caching, quiet=quiet), "config": config}
 
 
 def make_client(host: str, namespace: str | None = None, token: str | None = None):
@@ -274,15 +305,19 @@ def schedule(args: argparse.Namespace, params: dict):
     )
 
 
-def print_summary(result: dict) -> None:
-    from clipcite.report import markdown
+def run(args: argparse.Namespace, params: dict) -> int:
+    """``pipeline.py run``: quiet unless -v, the summary and where the outputs are at the end."""
+    import local_run
+    from clipcite.steps.common import setup_logging
 
-    metrics = result["metrics"]
-    print(markdown(metrics, metrics["models"], title=f"clipcite: {metrics['method']} (alpha={metrics['alpha']})"))
-    print(f"registration record: {result['record']}\nreport: {result['summary']}")
-    registry = json.loads((result["record"] / "registration.json").read_text()).get("registry")
-    if registry:
-        print(f"registered {registry['name']} v{registry['version']}: {registry['decision']} ({registry['reason']})")
+    setup_logging()
+    try:
+        result = run_local(params, Path(args.out), caching=not args.no_cache, quiet=not args.verbose)
+    except RuntimeError as e:
+        print(f"pipeline.py run: error: {e}", file=sys.stderr)
+        return 1
+    local_run.print_summary(result, params["tracking_uri"])
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,9 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--no-cache", action="store_true", help="rerun every step")
     run_p.add_argument(
         "--tracking-uri",
-        default=os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}",
+        default="",
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db); 'off' disables tracking",
     )
+    run_p.add_argument("-v", "--verbose", action="store_true", help="print kfp.local's whole log, not one line a task")
     compile_p = commands.add_parser("compile", help="write the pipeline spec")
     compile_p.add_argument("--output", default=str(ROOT / "pipeline.yaml"))
     for name in ("submit", "schedule"):
@@ -335,21 +371,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "compile":
         print(compile_pipeline(args.output))
         return 0
-    params = parse_params(args.param)
-    if args.command == "run":
-        params.setdefault("tracking_uri", args.tracking_uri)
-        try:
-            result = run_local(params, Path(args.out), caching=not args.no_cache)
-        except RuntimeError as e:  # kfp.local names the failed task; its log above holds the step's own error
-            print(f"pipeline failed: {e}", file=sys.stderr)
-            return 1
-        print_summary(result)
-        uri = params["tracking_uri"]
-        if uri.startswith("sqlite:"):
-            print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)")
-        elif uri.lower() not in ("off", "none", "disabled", "false"):
-            print(f"MLflow: {uri}")
-        return 0
+    try:
+        inputs = build_pipeline(ClusterSettings()).component_spec.inputs
+        params = parse_params(args.param, inputs)
+        if args.command == "run":
+            from clipcite.cli import default_tracking_uri
+
+            params.setdefault("tracking_uri", args.tracking_uri or default_tracking_uri())
+            return run(args, params)
+        check_params(params, inputs)
+    except ValueError as e:  # a parameter, preset or override: one line that names it, no traceback
+        print(f"pipeline.py {args.command}: error: {e}", file=sys.stderr)
+        return 2
     response = submit(args, params) if args.command == "submit" else schedule(args, params)
     print(response)
     return 0

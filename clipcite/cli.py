@@ -1,28 +1,37 @@
-"""The ``clipcite`` command: ingest, then the four pipeline steps, plus aggregate over seeds."""
+"""The ``clipcite`` command: ingest, then the four pipeline steps, plus aggregate over seeds and champion.
+
+Each command's module is imported only when that command runs, so ``clipcite --help`` and argument errors answer
+without loading torch or MLflow.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
+import os
 import sys
-
-from clipcite.steps import cache_teacher, evaluate, finetune, sample_splits
-from clipcite.steps.common import setup_logging
+from pathlib import Path
 
 log = logging.getLogger("clipcite")
 
+LOCAL_STORE = "mlflow.db"  # the MLflow store `python pipeline.py run` writes by default, in the working directory
+
 STEPS = {
-    "sample-splits": sample_splits.main,
-    "cache-teacher": cache_teacher.main,
-    "finetune": finetune.main,
-    "evaluate": evaluate.main,
+    "sample-splits": "clipcite.steps.sample_splits",
+    "cache-teacher": "clipcite.steps.cache_teacher",
+    "finetune": "clipcite.steps.finetune",
+    "evaluate": "clipcite.steps.evaluate",
 }
 
 
-def ingest_main(argv: list[str]) -> int:
-    from clipcite.data.ingest import ingest_coop, ingest_imagefolder
+def default_tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI``, else ``./mlflow.db``: where ``pipeline.py run`` tracks and ``champion`` looks."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / LOCAL_STORE}"
 
+
+def ingest_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="clipcite ingest", description="Convert images to an image table.")
     parser.add_argument("format", choices=["imagefolder", "coop"])
     parser.add_argument("--root", help="imagefolder: the tree's root; coop: $DATA")
@@ -41,14 +50,18 @@ def ingest_main(argv: list[str]) -> int:
         help="how thoroughly to check that each image decodes",
     )
     parser.add_argument("--skip-bad-images", action="store_true", help="skip and count unreadable images")
+    parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
-    setup_logging()
     if not args.root:
         parser.error("--root is required")
+    if args.format == "coop" and not args.dataset:
+        parser.error("coop needs --dataset")
+    from clipcite.data.ingest import ingest_coop, ingest_imagefolder
+    from clipcite.steps.common import setup_logging
+
+    setup_logging(args.verbose)
     common = {"template": args.template, "verify": args.verify, "skip_bad_images": args.skip_bad_images}
     if args.format == "coop":
-        if not args.dataset:
-            parser.error("coop needs --dataset")
         counts = ingest_coop(args.root, args.dataset, args.out, **common)
     else:
         counts = ingest_imagefolder(
@@ -69,15 +82,16 @@ def aggregate_main(argv: list[str]) -> int:
     parser.add_argument("metrics", nargs="+", help="evaluate output folders (or their metrics.json)")
     parser.add_argument("--out", required=True, help="JSON file to write")
     args = parser.parse_args(argv)
+    from clipcite.steps.common import setup_logging
+    from clipcite.steps.evaluate import aggregate_runs
+
     setup_logging()
-    result = evaluate.aggregate_runs(args.metrics, args.out)
+    result = aggregate_runs(args.metrics, args.out)
     print(json.dumps(result["mean"], indent=2))
     return 0
 
 
 def champion_main(argv: list[str]) -> int:
-    from clipcite import tracking
-
     parser = argparse.ArgumentParser(
         prog="clipcite champion",
         description="Show a registered model's versions and gate decisions; --set moves the champion alias "
@@ -86,30 +100,66 @@ def champion_main(argv: list[str]) -> int:
     parser.add_argument("name", help="registered model name")
     parser.add_argument("--set", dest="version", type=int, help="give the champion alias to this version")
     parser.add_argument("--reason", default="set by hand", help="recorded on the version with --set")
-    parser.add_argument("--tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI")
+    parser.add_argument(
+        "--tracking-uri",
+        default="",
+        help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./{LOCAL_STORE} as `pipeline.py run` writes)",
+    )
     args = parser.parse_args(argv)
+    uri = args.tracking_uri or default_tracking_uri()
+    store = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+    if store and not Path(store).is_file():
+        raise FileNotFoundError(
+            f"no MLflow store at {store} (`python pipeline.py run` makes one in the directory it runs in); "
+            "pass --tracking-uri URI or set MLFLOW_TRACKING_URI to the store that holds the model"
+        )
+    from clipcite import tracking
+    from clipcite.steps.common import setup_logging
+
     setup_logging()
-    client = tracking.connect(args.tracking_uri)
+    client = tracking.connect(uri)
     if args.version is not None:
         tracking.promote_by_hand(client, args.name, args.version, args.reason)
-    for row in tracking.version_table(client, args.name):
+    rows = tracking.version_table(client, args.name)
+    if not rows:
+        known = sorted(m.name for m in client.search_registered_models())
+        raise ValueError(
+            f"no registered model {args.name!r} with versions in {uri} (registered there: "
+            f"{', '.join(known) or 'none'}); check the name, or pass --tracking-uri for another store"
+        )
+    for row in rows:
         print(row)
     return 0
 
 
-COMMANDS = {"ingest": ingest_main, **STEPS, "aggregate": aggregate_main, "champion": champion_main}
+def _step_main(name: str):
+    def run(argv: list[str]) -> int:
+        return importlib.import_module(STEPS[name]).main(argv)
+
+    return run
+
+
+COMMANDS = {
+    "ingest": ingest_main,
+    **{name: _step_main(name) for name in STEPS},
+    "aggregate": aggregate_main,
+    "champion": champion_main,
+}
+USAGE = "usage: clipcite {" + ",".join(COMMANDS) + "} [options]   (clipcite COMMAND --help for options)"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: clipcite {" + ",".join(COMMANDS) + "} [options]   (clipcite COMMAND --help for options)")
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"{USAGE}\nclipcite: error: unknown command {argv[0]!r}", file=sys.stderr)
+        return 2
     try:
         return COMMANDS[argv[0]](argv[1:])
     except (ValueError, FileNotFoundError, RuntimeError) as e:
-        # Bad input: one clear line naming the file/row/field, no traceback.
-        log.error("%s", e)
+        # Bad input: one clear line naming the file/row/field, no traceback (the step's log has the detail).
         print(f"clipcite {argv[0]}: error: {e}", file=sys.stderr)
         return 2
 

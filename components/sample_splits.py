@@ -23,17 +23,10 @@ def sample_splits(
     overrides: dict,
     splits: dsl.Output[dsl.Dataset],
 ) -> list:
-    from clipcite.steps.common import pipeline_config
+    from clipcite.steps.run_config import run_config
     from clipcite.steps.sample_splits import run
 
-    parameters = {
-        "splits.shots": shots,
-        "seed": seed,
-        "model.arch": arch,
-        "model.pretrained": pretrained,
-        "train.method": method,
-    }
-    resolved = pipeline_config(config, parameters, overrides)
+    resolved = run_config(config, overrides, shots=shots, seed=seed, arch=arch, pretrained=pretrained, method=method)
     manifest = run(data_uri, splits.path, resolved, tuple(eval_data_uris), expected_digest=data_digest)
     splits.metadata.update({"train_rows": manifest["sets"]["train"]["rows"], "shots": manifest["shots"]})
     return sorted({s["domain"] for s in manifest["eval_sets"]})

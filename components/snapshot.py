@@ -30,10 +30,10 @@ def snapshot(
     from collections import namedtuple
 
     from clipcite.models import checkpoint_identity
-    from clipcite.steps.common import pipeline_config
+    from clipcite.steps.run_config import run_config
     from clipcite.steps.snapshot import run
 
-    model = pipeline_config(config, {"model.arch": arch, "model.pretrained": pretrained}, overrides).model
+    model = run_config(config, overrides, arch=arch, pretrained=pretrained).model
     identity = checkpoint_identity(model.arch, model.pretrained, init_seed=model.init_seed)
     digest, run_id = run(
         data_uri,

@@ -1,0 +1,164 @@
+"""``python pipeline.py run``'s output: kfp.local's whole log to a file, one line per task, the failed task's error.
+
+kfp.local prints every task's executor input, streamed logs and outputs (about 1,500 lines for the default run) and
+ends a failure with only the failed task's name ("Inner task failed: 'snapshot'"), the step's own message buried
+above. ``TaskLog`` reads that stream as it is written: it keeps all of it in a log file (and on the terminal with
+``-v``), prints a line when a task starts, finishes or comes from the cache, and remembers the last exception line a
+task printed, so a failed run ends with what went wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+STARTED = re.compile(r"Executing task '([^']+)'")
+FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
+CACHED = re.compile(r"Task '?([\w-]+)'? cache hit")
+FAILED_TASK = re.compile(r"Inner task failed: '([^']+)'")
+# The last line of a Python traceback: "ValueError: ...", "clipcite.config.ConfigError: ...".
+RAISED = re.compile(r"^\s*(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt))(?::\s*(.*))?$")
+
+
+class TaskLog:
+    """A text stream for kfp.local's output (stdout, stderr and log records go here during a run)."""
+
+    def __init__(self, path: Path, terminal: TextIO, *, echo: bool) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.file = path.open("w", encoding="utf-8")
+        self.terminal = terminal
+        self.echo = echo
+        self.started = time.monotonic()
+        self.last_error = ""
+        self._pending = ""
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self.file.write(text)
+            if self.echo:
+                self.terminal.write(text)
+            *lines, self._pending = (self._pending + text).split("\n")
+            for line in lines:
+                self._read(ANSI.sub("", line))
+        return len(text)
+
+    def flush(self) -> None:
+        self.file.flush()
+        self.terminal.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+    def _read(self, line: str) -> None:
+        raised = RAISED.match(line)
+        if raised:
+            self.last_error = f"{raised[1]}: {raised[2]}" if raised[2] else raised[1]
+        elif started := STARTED.search(line):
+            self._progress(f"{started[1]} ...")
+        elif finished := FINISHED.search(line):
+            self._progress(f"{finished[1]}: {'done' if finished[2] == 'SUCCESS' else 'failed'}")
+        elif cached := CACHED.search(line):
+            self._progress(f"{cached[1]}: reused from the cache")
+
+    def _progress(self, message: str) -> None:
+        if not self.echo:
+            self.terminal.write(f"[{time.monotonic() - self.started:5.0f}s] {message}\n")
+            self.terminal.flush()
+
+    def failure(self, error: Exception) -> str:
+        """What a failed run ends with: the failed task and the last exception line printed before it failed."""
+        found = FAILED_TASK.search(ANSI.sub("", str(error)))
+        task = f"task {found[1]!r} failed" if found else ANSI.sub("", str(error))
+        return f"{task}: {self.last_error}" if self.last_error else task
+
+
+@contextlib.contextmanager
+def captured(path: Path, *, echo: bool) -> Iterator[TaskLog]:
+    """Send this process's stdout, stderr and root log records to a ``TaskLog`` for the duration."""
+    terminal = sys.stdout
+    log = TaskLog(path, terminal, echo=echo)
+    handler = logging.StreamHandler(log)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    root.handlers = [handler]
+    root.setLevel(logging.INFO)  # kfp.local's cache hits are INFO records outside its own logging context
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            yield log
+    finally:
+        root.handlers, level = saved
+        root.setLevel(level)
+        log.close()
+
+
+def run_dag(pipeline_func, params: dict, out: Path, *, caching: bool, quiet: bool) -> dict:
+    """Run ``pipeline_func(**params)`` through kfp.local with its pipeline root and cache under ``out``. kfp.local's
+    output goes to ``out/logs/run-<time>.log`` (and to the terminal unless ``quiet``); a failed task raises
+    RuntimeError with that task's own exception message."""
+    from kfp import local
+
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(out / "root"),
+        enable_caching=caching,
+        cache_root=str(out / "cache"),
+    )
+    log_path = out / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    with captured(log_path, echo=not quiet) as task_log, warnings.catch_warnings():
+        # kfp.local warns on every task that the cluster's image and resource requests do not apply locally.
+        warnings.filterwarnings("ignore", message=r".*(have no effect in the current local runner|non-Python base)")
+        try:
+            result = pipeline_func(**params)
+        except RuntimeError as e:
+            raise RuntimeError(f"{task_log.failure(e)}\n(the whole log: {_short(log_path)})") from e
+    record = Path(result.outputs["record"].path)
+    return {
+        "metrics": json.loads((record / "metrics.json").read_text()),
+        "record": record,
+        "summary": Path(result.outputs["summary"].path),
+        "data_uri": params["data_uri"],
+        "log": log_path,
+    }
+
+
+def print_summary(result: dict, tracking_uri: str) -> None:
+    """The table, then where everything is: what a person reads after ``pipeline.py run``."""
+    from clipcite.report import markdown
+
+    metrics, config = result["metrics"], result["config"]
+    title = (
+        f"clipcite: {config.train.method} (alpha={config.train.alpha}), {config.splits.shots} shots, "
+        f"seed {config.seed}, {config.splits.protocol}, data {_short(result['data_uri'])}"
+    )
+    print(markdown(metrics, metrics["models"], title=title))
+    print(f"registration record: {_short(result['record'])}\nreport: {_short(result['summary'])}")
+    registry = json.loads((result["record"] / "registration.json").read_text()).get("registry")
+    if registry:
+        print(f"registered {registry['name']} v{registry['version']}: {registry['decision']} ({registry['reason']})")
+    print(f"log: {_short(result['log'])}")
+    if tracking_uri.startswith("sqlite:"):
+        mlflow_cli = _short(Path(sys.prefix) / "bin" / "mlflow")
+        print(f"MLflow UI: {mlflow_cli} ui --backend-store-uri {tracking_uri}  (then open http://127.0.0.1:5000)")
+    elif tracking_uri.lower() not in ("off", "none", "disabled", "false"):
+        print(f"MLflow: {tracking_uri}")
+
+
+def _short(path: str | Path) -> str:
+    """A local path relative to the working directory when it is below it (what a person would type)."""
+    with contextlib.suppress(ValueError):
+        return str(Path(os.path.abspath(path)).relative_to(Path.cwd()))
+    return str(path)
