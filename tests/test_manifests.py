@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from .kustomize import build, merge, render
+from .kustomize import merge, render
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
@@ -59,7 +59,7 @@ def test_every_object_validates_strictly(overlay):
 
 
 def test_a_typo_in_a_custom_resource_is_caught():
-    (poddefault,) = [o for o in build(MANIFESTS / "overlays" / "dev") if o["kind"] == "PodDefault"]
+    (poddefault,) = [o for o in render(MANIFESTS / "overlays" / "dev") if o["kind"] == "PodDefault"]
     broken = merge(poddefault, {"spec": {"env": [{"name": "X", "valueFrom": {"secretKeyRef": {"nam": "s"}}}]}})
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, json.loads(CUSTOM_SCHEMAS[("kubeflow.org/v1alpha1", "PodDefault")].read_text()))
@@ -166,7 +166,7 @@ def test_poddefault_selects_the_label_the_pipeline_sets():
     sys.path.insert(0, str(ROOT))
     import pipeline
 
-    (poddefault,) = [o for o in build(MANIFESTS / "overlays" / "dev") if o["kind"] == "PodDefault"]
+    (poddefault,) = [o for o in render(MANIFESTS / "overlays" / "dev") if o["kind"] == "PodDefault"]
     key, value = pipeline.POD_LABEL
     assert poddefault["spec"]["selector"]["matchLabels"] == {key: value}
     spec = list(yaml.safe_load_all((ROOT / "pipeline.yaml").read_text()))[1]
