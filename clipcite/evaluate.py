@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from clipcite.data.loading import EvalDataset
+from clipcite.finite import require_finite
 from clipcite.metrics import confusion_matrix, harmonic_mean, per_class_accuracy, top1
 from clipcite.models import LoadedModel, encode_texts
 from clipcite.precision import autocast as precision_autocast
@@ -35,14 +36,17 @@ def predict(
     """Predicted labels [N] and true labels [N] for ``rows`` among ``prompts`` (one per class, label order)."""
     model = loaded.model.to(device).eval()
     text = encode_texts(model, loaded.tokenizer, prompts, batch_size, device)
+    require_finite(text, f"{source}text features of the class prompts", list(prompts))
     preds, targets = [], []
     dataset = EvalDataset(rows, loaded.preprocess_cfg, source)
     autocast = precision_autocast(device, precision)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-    for _, images, labels in tqdm(loader, desc=f"evaluating {source or 'set'}", leave=False):
+    for index, images, labels in tqdm(loader, desc=f"evaluating {source or 'set'}", leave=False):
         with autocast:
             features = model.encode_image(images.to(device), normalize=True).float()
-        preds.append((features @ text.T).argmax(dim=1).cpu())
+        logits = features @ text.T
+        require_finite(logits, f"{source}evaluation logits", [f"id={rows[int(i)]['id']}" for i in index])
+        preds.append(logits.argmax(dim=1).cpu())
         targets.append(labels)
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long), (
         torch.cat(targets) if targets else torch.empty(0, dtype=torch.long)

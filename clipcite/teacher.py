@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from clipcite.crops import input_size
 from clipcite.data.loading import CropDataset, crop_boxes
+from clipcite.finite import require_finite
 from clipcite.models import LoadedModel, encode_texts
 from clipcite.precision import autocast as precision_autocast
 from clipcite.precision import resolve_precision
@@ -76,6 +77,7 @@ def build_cache(
     ``precision`` (the run's ``train.precision``) gives on ``device``, like the online teacher in training."""
     model = teacher.model.to(device).eval()
     text = encode_texts(model, teacher.tokenizer, prompts, batch_size, device)
+    require_finite(text, f"{source}teacher text features; check the base model", list(prompts))
     boxes = crop_boxes(rows, seed, epochs, crop_scale, crop_ratio, source)
     dataset = CropDataset(rows, teacher.preprocess_cfg, boxes, source)
     image = torch.empty(epochs, len(rows), text.shape[1])
@@ -85,6 +87,8 @@ def build_cache(
         for index, images, _ in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
             with autocast:
                 features = model.encode_image(images.to(device), normalize=True)
+            ids = [f"id={rows[int(i)]['id']}" for i in index]
+            require_finite(features, f"{source}teacher image features, epoch {epoch + 1}; check the base model", ids)
             image[epoch, index] = features.float().cpu()
     size = input_size(teacher.preprocess_cfg)
     meta = CacheMeta(

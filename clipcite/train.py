@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from clipcite.crops import DEFAULT_RATIO, DEFAULT_SCALE
 from clipcite.data.loading import CropDataset, crop_boxes
+from clipcite.finite import NonFiniteError
 from clipcite.losses import cite_loss, clip_loss, similarity_logits
 from clipcite.models import LoadedModel, average_weights, encode_texts
 from clipcite.precision import PRECISIONS
@@ -61,6 +62,7 @@ class FitParams:
     crop_ratio: tuple[float, float] = DEFAULT_RATIO
     precision: str = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU (decision)
     num_workers: int = 0
+    on_nonfinite: str = "stop"  # a NaN/inf loss term or gradient norm stops training; "skip" skips the step
 
     def validate(self) -> None:
         checks = {
@@ -68,6 +70,7 @@ class FitParams:
             "vld_direction": self.vld_direction in ("teacher_student", "student_teacher"),
             "vld_over": self.vld_over in ("batch", "classes"),
             "precision": self.precision in PRECISIONS,
+            "on_nonfinite": self.on_nonfinite in ("stop", "skip"),
             "alpha": 0.0 <= self.alpha <= 1.0,
             "epochs": self.epochs >= 0,
             "batch_size": self.batch_size >= 1,
@@ -95,6 +98,7 @@ class FitResult:
     epochs: int
     images_per_second: float
     logit_scale: float  # the temperature the losses used
+    skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient (train.on_nonfinite=skip)
 
 
 LogFn = Callable[[dict[str, float], int], None]
@@ -151,7 +155,8 @@ def fit(
     fingerprint = _fingerprint(student.identity, params, seed, [r["id"] for r in rows], prompts)
     start_epoch = _resume(checkpoint_dir, fingerprint, model, head, optimizer, scheduler)
     autocast = precision_autocast(device, params.precision)
-    step, seen, started = start_epoch * steps_per_epoch, 0, time.perf_counter()
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    step, seen, skipped, started = start_epoch * steps_per_epoch, 0, 0, time.perf_counter()
 
     for epoch in range(start_epoch, params.epochs):
         model.train()
@@ -162,57 +167,108 @@ def fit(
         for index, images, labels in tqdm(loader, desc=f"epoch {epoch + 1}/{params.epochs}", leave=False):
             images, labels = images.to(device), labels.to(device)
             with autocast:
-                image_features = model.encode_image(images)
-                text_features = all_text = None
-                if params.method == "flyp" or weights["scl"] or weights["vld"]:
-                    classes, inverse = labels.unique(return_inverse=True)
-                    if params.vld_over == "classes" and weights["vld"]:
-                        all_text = model.encode_text(tokens)
-                        text_features = all_text[labels]
-                    else:
-                        text_features = model.encode_text(tokens[classes])[inverse]
-                if params.method == "flyp":
-                    losses = {"clip": clip_loss(image_features, text_features, scale)}
-                    losses["total"] = losses["clip"]
-                else:
-                    teacher_logits = student_logits = None
-                    if needs_teacher_images:
-                        teacher_image = _teacher_images(cache, teacher, epoch, index, images, device)
-                        columns = teacher_text if all_text is not None else teacher_text[labels]
-                        teacher_logits = similarity_logits(teacher_image, columns, scale)
-                        if all_text is not None:
-                            student_logits = similarity_logits(image_features, all_text, scale)
-                    losses = cite_loss(
-                        image_features,
-                        labels,
-                        class_weights=head if weights["dva"] else None,
-                        text_features=text_features,
-                        student_vld_logits=student_logits,
-                        teacher_vld_logits=teacher_logits,
-                        w_dva=weights["dva"],
-                        lam=weights["scl"],
-                        eta=weights["vld"],
-                        logit_scale=scale,
-                        vld_direction=params.vld_direction,
-                    )
+                teacher_image = None
+                if needs_teacher_images:
+                    teacher_image = _teacher_images(cache, teacher, epoch, index, images, device)
+                losses = batch_losses(model, images, labels, tokens, head, teacher_text, teacher_image, params, scale)
             optimizer.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            if params.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_([*model.parameters(), head], params.grad_clip)
-            optimizer.step()
+            problem = nonfinite_terms(losses)
+            grad_norm = float("nan")
+            if problem is None:
+                losses["total"].backward()
+                grad_norm = _grad_norm(trainable, params.grad_clip)
+                if not math.isfinite(grad_norm):
+                    problem = f"the gradient norm is {grad_norm}"
+            if problem is None:
+                optimizer.step()
+            else:
+                where = f"{source}step {step + 1} (epoch {epoch + 1}/{params.epochs})"
+                if params.on_nonfinite == "stop":
+                    raise NonFiniteError(
+                        f"{where}: {problem}; training stopped and no model was written. Lower train.lr, check "
+                        "the data, or set train.on_nonfinite=skip to skip such steps"
+                    )
+                skipped += 1
+                log.warning("%s: %s; step skipped (%d so far)", where, problem, skipped)
+                optimizer.zero_grad(set_to_none=True)
+            lr = scheduler.get_last_lr()[0]  # the rate this step used
             scheduler.step()
             step += 1
             seen += len(index)
             if log_fn is not None:
                 metrics = {k: float(v.detach()) for k, v in losses.items()}
-                log_fn({**metrics, "lr": scheduler.get_last_lr()[0], "epoch": epoch + 1}, step)
+                log_fn({**metrics, "grad_norm": grad_norm, "lr": lr, "epoch": epoch + 1}, step)
         _save_checkpoint(checkpoint_dir, fingerprint, epoch + 1, model, head, optimizer, scheduler)
 
     throughput = seen / max(time.perf_counter() - started, 1e-9)
     log.info("trained %d step(s) (%d epoch(s)), %.1f images/s", step, params.epochs, throughput)
     final_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     weights_out = average_weights(final_state, zeroshot_state, params.alpha)
-    return FitResult(weights_out, step, params.epochs, throughput, scale)
+    return FitResult(weights_out, step, params.epochs, throughput, scale, skipped)
+
+
+def batch_losses(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    tokens: torch.Tensor,
+    head: torch.Tensor,
+    teacher_text: torch.Tensor,
+    teacher_image: torch.Tensor | None,
+    params: FitParams,
+    scale: float,
+) -> dict[str, torch.Tensor]:
+    """Every loss term of one batch by name, with ``total`` (method.md "Loss terms"); FLYP is plain CLIP loss.
+
+    Text features are encoded once per class present in the batch (SCL pairs each image with its class prompt) or
+    for all C prompts when L_VLD's distributions run over the classes.
+    """
+    weights = params.loss_weights()
+    image_features = model.encode_image(images)
+    text_features = all_text = None
+    if params.method == "flyp" or weights["scl"] or weights["vld"]:
+        classes, inverse = labels.unique(return_inverse=True)
+        if params.vld_over == "classes" and weights["vld"]:
+            all_text = model.encode_text(tokens)
+            text_features = all_text[labels]
+        else:
+            text_features = model.encode_text(tokens[classes])[inverse]
+    if params.method == "flyp":
+        clip = clip_loss(image_features, text_features, scale)
+        return {"clip": clip, "total": clip}
+    teacher_logits = student_logits = None
+    if teacher_image is not None:
+        columns = teacher_text if all_text is not None else teacher_text[labels]
+        teacher_logits = similarity_logits(teacher_image, columns, scale)
+        if all_text is not None:
+            student_logits = similarity_logits(image_features, all_text, scale)
+    return cite_loss(
+        image_features,
+        labels,
+        class_weights=head if weights["dva"] else None,
+        text_features=text_features,
+        student_vld_logits=student_logits,
+        teacher_vld_logits=teacher_logits,
+        w_dva=weights["dva"],
+        lam=weights["scl"],
+        eta=weights["vld"],
+        logit_scale=scale,
+        vld_direction=params.vld_direction,
+    )
+
+
+def nonfinite_terms(losses: dict[str, torch.Tensor]) -> str | None:
+    """``None`` when every loss term is finite, else which are not (e.g. "loss term(s) scl=nan, total=nan")."""
+    bad = {name: float(v.detach()) for name, v in losses.items() if not bool(torch.isfinite(v.detach()).all())}
+    return "loss term(s) " + ", ".join(f"{k}={v}" for k, v in bad.items()) if bad else None
+
+
+def _grad_norm(parameters: list[torch.Tensor], clip: float) -> float:
+    """The total gradient norm (clipped to ``clip`` when > 0; the norm before clipping is returned)."""
+    if clip > 0:
+        return float(torch.nn.utils.clip_grad_norm_(parameters, clip))
+    grads = [p.grad for p in parameters if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
 
 def resolve_logit_scale(setting: float | str, model: torch.nn.Module) -> float:

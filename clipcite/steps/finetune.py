@@ -22,6 +22,7 @@ from pathlib import Path
 
 from clipcite import storage, tracking
 from clipcite.config import Config, dump_yaml, to_dict
+from clipcite.finite import NonFiniteError, nonfinite_weights
 from clipcite.models import load_model, save_model
 from clipcite.steps.common import (
     base_parser,
@@ -115,8 +116,12 @@ def _run(splits_uri, out_uri, config, cache_uri, checkpoint_dir, log_fn, keep_ch
         log_fn=record,
         source=f"{train_uri}: ",
     )
+    broken = nonfinite_weights(result.state_dict)
+    if broken:  # the loop's guard should have stopped first; never save such weights
+        raise NonFiniteError(f"{out_uri}: not written: the trained weights hold NaN/inf in {broken[:5]}")
     summary = {
         "method": params.method,
+        "skipped_steps": result.skipped_steps,
         "steps": result.steps,
         "epochs": result.epochs,
         "alpha": params.alpha,
