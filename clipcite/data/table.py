@@ -55,11 +55,18 @@ class ClassList:
 
     @classmethod
     def from_json(cls, text: str, source: str = "classes.json") -> ClassList:
-        body = json.loads(text)
-        if "classnames" not in body:
+        try:
+            body = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise TableError(f"{source}: not valid JSON ({e})") from e
+        if not isinstance(body, dict) or "classnames" not in body:
             raise ValueError(f"{source}: missing the 'classnames' list")
         extra = {k: v for k, v in body.items() if k not in ("classnames", "template", "dataset")}
         return cls(tuple(body["classnames"]), body.get("template", cls.template), body.get("dataset", ""), extra)
+
+
+class TableError(ValueError):
+    """A shard or ``classes.json`` that cannot be used as it is; the message names the object and what to fix."""
 
 
 class ImageDecodeError(ValueError):
@@ -102,32 +109,74 @@ def shard_uris(table_uri: str) -> list[str]:
 
 
 def read_classes(table_uri: str) -> ClassList:
+    return ClassList.from_json(_classes_bytes(table_uri).decode(), source=storage.join(table_uri, CLASSES_FILE))
+
+
+def _classes_bytes(table_uri: str) -> bytes:
     uri = storage.join(table_uri, CLASSES_FILE)
     try:
-        text = storage.read_text(uri)
+        return storage.read_bytes(uri)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{uri}: missing; every image table directory needs its classes.json") from e
-    return ClassList.from_json(text, source=uri)
 
 
 def read_table(table_uri: str, columns: list[str] | None = None) -> pa.Table:
-    """Read all shards of a table, checking the required columns and that each row has image bytes or a path."""
-    tables = []
-    for uri in shard_uris(table_uri):
-        fs, path = storage.filesystem(uri)
+    """Read all shards of a table (each checked by :func:`read_shard`)."""
+    return pa.concat_tables([read_shard(uri, columns) for uri in shard_uris(table_uri)])
+
+
+def read_shard(uri: str, columns: list[str] | None = None) -> pa.Table:
+    """One shard as the table schema's ``columns``, checked: readable Parquet, the required columns, each row's
+    image bytes or path column, and column types that match the other shards'. Errors name the shard."""
+    fs, path = storage.filesystem(uri)
+    try:
         schema = pq.read_schema(path, filesystem=fs)
-        missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
-        if "image" not in schema.names and "path" not in schema.names:
-            missing.append("image (or path)")
-        if missing:
-            raise ValueError(f"{uri}: Parquet file is missing column(s) {', '.join(missing)}")
-        wanted = [c for c in (columns or SCHEMA.names) if c in schema.names]
+    except (pa.ArrowException, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise FileNotFoundError(f"{uri}: shard not found (listed, then gone; rerun)") from e
+        raise TableError(
+            f"{uri}: not a readable Parquet shard ({e}); it is empty, truncated or corrupt: rewrite it, or remove "
+            "it from the table"
+        ) from e
+    missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
+    if "image" not in schema.names and "path" not in schema.names:
+        missing.append("image (or path)")
+    if missing:
+        raise TableError(f"{uri}: Parquet file is missing column(s) {', '.join(missing)}")
+    wanted = [c for c in (columns or SCHEMA.names) if c in schema.names]
+    try:
         table = pq.read_table(path, filesystem=fs, columns=wanted)
-        for name in SCHEMA.names:
-            if name in (columns or SCHEMA.names) and name not in table.column_names:
-                table = table.append_column(name, pa.nulls(len(table), SCHEMA.field(name).type))
-        tables.append(table.select([c for c in (columns or SCHEMA.names)]).cast(_subschema(columns)))
-    return pa.concat_tables(tables)
+    except (pa.ArrowException, OSError) as e:
+        raise TableError(f"{uri}: cannot read the shard's data ({e}); it is truncated or corrupt: rewrite it") from e
+    for name in SCHEMA.names:
+        if name in (columns or SCHEMA.names) and name not in table.column_names:
+            table = table.append_column(name, pa.nulls(len(table), SCHEMA.field(name).type))
+    target = _subschema(columns)
+    try:
+        return table.select(target.names).cast(target)
+    except (pa.ArrowException, ValueError, TypeError) as e:
+        found = {f.name: str(f.type) for f in schema if f.name in target.names}
+        expected = {f.name: str(f.type) for f in target}
+        raise TableError(
+            f"{uri}: column types {found} do not match the table schema {expected} ({e}); rewrite the shard with "
+            "the others' schema"
+        ) from e
+
+
+def check_labels(rows: list[dict], classes: ClassList, where: str) -> None:
+    """Every row's label indexes ``classes.json`` and its ``classname`` is that entry; the first mismatch named."""
+    for row in rows:
+        label = row["label"]
+        if label is None or not 0 <= label < len(classes.names):
+            raise TableError(
+                f"{where}: row id={row['id']!r} has label {label}, but classes.json lists {len(classes.names)} "
+                f"class(es) (labels 0..{len(classes.names) - 1}); fix the label or classes.json"
+            )
+        if row.get("classname") is not None and row["classname"] != classes.names[label]:
+            raise TableError(
+                f"{where}: row id={row['id']!r} has classname {row['classname']!r} but classes.json names label "
+                f"{label} {classes.names[label]!r}; classes.json does not match the table's labels"
+            )
 
 
 def _subschema(columns: list[str] | None) -> pa.Schema:
@@ -165,7 +214,7 @@ def snapshot(table_uri: str) -> dict:
         entry = {"name": uri.rsplit("/", 1)[-1], **storage.stat(uri)}
         files.append(entry)
         h.update(json.dumps(entry, sort_keys=True).encode())
-    h.update(storage.read_bytes(storage.join(table_uri, CLASSES_FILE)))
+    h.update(_classes_bytes(table_uri))
     return {"uri": table_uri, "digest": h.hexdigest(), "files": files}
 
 

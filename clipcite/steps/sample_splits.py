@@ -16,12 +16,20 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from clipcite import storage
 from clipcite.config import Config, SplitsConfig, dump_yaml
 from clipcite.data.folder import as_table, source_snapshot
-from clipcite.data.table import ClassList, read_classes, read_table, shard_uris, sources_digest, write_table
+from clipcite.data.table import (
+    ClassList,
+    check_labels,
+    read_classes,
+    read_shard,
+    read_table,
+    shard_uris,
+    sources_digest,
+    write_table,
+)
 from clipcite.splits import base_new_classes, relabel, sample_few_shot, val_shots
 from clipcite.steps.common import base_parser, config_from, setup_logging
 
@@ -61,6 +69,7 @@ def _sample(table_uri: str, out_uri: str, config: Config, eval_table_uris, sourc
     cfg = config.splits
     classes = read_classes(table_uri)
     meta = read_table(table_uri, columns=META).to_pylist()  # ids and labels only: small even for ImageNet
+    check_labels(meta, classes, table_uri)
     # the base/new cut is made once, on the training split's classes, and applied to every eval set of this table
     halves = _kept_classes([r["label"] for r in meta if r["split"] == cfg.train_split] or [r["label"] for r in meta])
     keep = halves["base" if cfg.protocol == "base2new" else "all"]
@@ -168,6 +177,7 @@ def _eval_sets(
     classes = read_classes(table_uri)
     if meta is None:
         meta = read_table(table_uri, columns=META).to_pylist()
+        check_labels(meta, classes, table_uri)
     meta = [r for r in meta if r["split"] == cfg.eval_split]
     domains = sorted({r["domain"] for r in meta})
     if cfg.eval_domains:
@@ -199,8 +209,7 @@ def _relabelled(table_uri: str, ids: list[str], keep: list[int]) -> Iterator[dic
     """Stream the chosen rows (images included) shard by shard, labels mapped onto ``keep``."""
     wanted = pa.array(ids, pa.string())
     for uri in shard_uris(table_uri):
-        fs, path = storage.filesystem(uri)
-        shard = pq.read_table(path, filesystem=fs)
+        shard = read_shard(uri)
         rows = shard.filter(pc.is_in(shard["id"], value_set=wanted)).to_pylist()
         for row, label in zip(rows, relabel([r["label"] for r in rows], keep), strict=True):
             yield {**row, "label": label}
