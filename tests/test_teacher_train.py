@@ -1,16 +1,20 @@
 """Teacher cache equivalence, cache refusal, training methods and exact resume (CPU, fixed seeds)."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from clipcite.crops import crop_params
+from clipcite.data.loading import CropDataset
 from clipcite.data.table import read_table
+from clipcite.losses import similarity_logits, vld_loss
 from clipcite.models import load_model
 from clipcite.prompts import prompts_for
 from clipcite.steps.sample_splits import run as sample_splits
-from clipcite.teacher import CacheMismatchError, build_cache, check_cache
+from clipcite.teacher import CacheMismatchError, build_cache, check_cache, load_cache, save_cache
 from clipcite.train import FitParams, fit
 
 from .conftest import tiny_config
@@ -144,7 +148,7 @@ def test_methods_log_their_terms_and_change_the_weights(train_rows, method, term
     rows, prompts = train_rows
     params = dataclasses.replace(PARAMS, method=method, epochs=1, alpha=1.0)
     result, logged = run_fit(rows, prompts, params, teacher=load_model("clipcite-tiny", ""))
-    assert set(logged[0][1]) == terms | {"total", "lr", "epoch"}
+    assert set(logged[0][1]) == terms | {"total", "grad_norm", "lr", "epoch"}
     start = load_model("clipcite-tiny", "").model.state_dict()
     assert not torch.equal(result.state_dict["visual.conv1.weight"], start["visual.conv1.weight"])
     text_key = "transformer.resblocks.0.mlp.c_fc.weight"
@@ -161,3 +165,131 @@ def test_zeroshot_and_alpha_zero_return_the_pretrained_weights(train_rows):
     ):
         result, _ = run_fit(rows, prompts, params)
         assert all(torch.equal(result.state_dict[k], start[k]) for k in start)
+
+
+def _lrs_used(monkeypatch) -> list[float]:
+    """The learning rate of each optimizer step, read when the step is taken."""
+    used: list[float] = []
+    real_step = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        used.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    return used
+
+
+WARMUP = dataclasses.replace(PARAMS, method="ce", eta=0.0, lam=0.0, epochs=2, warmup_steps=2)  # 2 x 2 steps
+
+
+def test_warmup_then_cosine_learning_rate_per_step(train_rows, monkeypatch):
+    rows, prompts = train_rows
+    used = _lrs_used(monkeypatch)
+    run_fit(rows, prompts, WARMUP)
+    # linear warmup (step + 1) / warmup over 2 steps, then half a cosine over the remaining 2: 1, cos(pi/2) terms
+    assert used == pytest.approx([1e-4 * f for f in (0.5, 1.0, 1.0, 0.5)], rel=1e-9)
+    no_warmup = _lrs_used(monkeypatch)
+    run_fit(rows, prompts, dataclasses.replace(WARMUP, warmup_steps=0))
+    assert no_warmup == pytest.approx([1e-4 * (1 + math.cos(math.pi * s / 4)) / 2 for s in range(4)], rel=1e-9)
+
+
+def test_logged_learning_rate_is_the_one_each_step_used(train_rows, monkeypatch):
+    rows, prompts = train_rows
+    used = _lrs_used(monkeypatch)
+    _, logged = run_fit(rows, prompts, WARMUP)
+    assert [m["lr"] for _, m in logged] == pytest.approx(used, rel=1e-9)
+
+
+def test_frozen_head_keeps_the_teacher_text_features(train_rows, tmp_path):
+    rows, prompts = train_rows
+    cache = make_cache(rows, prompts, load_model("clipcite-tiny", ""), epochs=1)
+    heads = {}
+    for train_head in (False, True):
+        params = dataclasses.replace(PARAMS, method="ce", epochs=1, train_head=train_head)
+        run_fit(rows, prompts, params, cache=cache, checkpoint_dir=tmp_path / str(train_head))
+        heads[train_head] = torch.load(tmp_path / str(train_head) / "last.pt", weights_only=True)["head"]
+    assert torch.equal(heads[False], cache.text)  # the "FrozenTC" ablation: W stays the class prompts' features
+    assert not torch.allclose(heads[True], cache.text)
+
+
+def _first_step_vld(rows, prompts, cache, vld_over: str) -> float:
+    """L_VLD of the first step computed here: one batch holds every row (order does not change a mean over rows)."""
+    student = load_model("clipcite-tiny", "")
+    model = student.model.train()
+    scale = float(model.logit_scale.exp())
+    labels = torch.tensor([r["label"] for r in rows])
+    dataset = CropDataset(rows, student.preprocess_cfg, cache.boxes)
+    with torch.no_grad():
+        image = model.encode_image(torch.stack([dataset[i][1] for i in range(len(rows))]))
+        text = model.encode_text(student.tokenizer(prompts))
+    teacher_image = cache.image[0]
+    if vld_over == "classes":  # every class prompt is a column
+        student_logits = similarity_logits(image, text, scale)
+        teacher_logits = similarity_logits(teacher_image, cache.text, scale)
+    else:  # the batch's own texts: one column per image, its class's prompt
+        student_logits = similarity_logits(image, text[labels], scale)
+        teacher_logits = similarity_logits(teacher_image, cache.text[labels], scale)
+    return float(vld_loss(student_logits, teacher_logits))
+
+
+def test_vld_over_classes_distils_every_class_prompt(train_rows):
+    rows, prompts = train_rows
+    # Classes in unequal numbers (4, 2, 1): with equal numbers both choices give the same KL (a class's columns
+    # repeat, and the repeats cancel), so the test could not tell them apart.
+    rows = [r for label, count in ((0, 4), (1, 2), (2, 1)) for r in [r for r in rows if r["label"] == label][:count]]
+    cache = make_cache(rows, prompts, load_model("clipcite-tiny", "", init_seed=7), epochs=1)  # a teacher unlike us
+    logged = {}
+    for vld_over in ("batch", "classes"):
+        params = dataclasses.replace(PARAMS, epochs=1, batch_size=16, vld_over=vld_over)
+        _, steps = run_fit(rows, prompts, params, cache=cache)
+        logged[vld_over] = steps[0][1]["vld"]
+        assert logged[vld_over] == pytest.approx(_first_step_vld(rows, prompts, cache, vld_over), rel=1e-4), vld_over
+    assert logged["classes"] != pytest.approx(logged["batch"], rel=1e-3)
+
+
+def test_grad_clip_limits_the_update_and_a_loose_clip_changes_nothing(train_rows):
+    rows, prompts = train_rows
+    start = load_model("clipcite-tiny", "").model.state_dict()
+    base = dataclasses.replace(PARAMS, method="ce", epochs=1, alpha=1.0, weight_decay=0.0)
+
+    def moved(grad_clip: float) -> tuple[float, dict]:
+        result, _ = run_fit(rows, prompts, dataclasses.replace(base, grad_clip=grad_clip))
+        state = result.state_dict
+        return max(float((state[k] - start[k]).abs().max()) for k in start if start[k].is_floating_point()), state
+
+    free, free_state = moved(0.0)
+    clipped, _ = moved(1e-12)  # gradients far below Adam's eps: the steps shrink to almost nothing
+    assert free > 1e-5 and clipped < free / 100
+    _, loose_state = moved(1e9)  # a clip the gradient never reaches leaves the run as it was
+    assert all(torch.equal(loose_state[k], free_state[k]) for k in free_state)
+
+
+def test_float16_teacher_cache_halves_storage_and_trains_like_float32(train_rows, tmp_path):
+    rows, prompts = train_rows
+    teacher = load_model("clipcite-tiny", "", init_seed=7)
+    caches = {}
+    for dtype in ("float32", "float16"):
+        cache = build_cache(
+            teacher,
+            rows,
+            prompts,
+            seed=1,
+            epochs=1,
+            crop_scale=PARAMS.crop_scale,
+            crop_ratio=PARAMS.crop_ratio,
+            dtype=dtype,
+        )
+        save_cache(cache, tmp_path / dtype)
+        stored = load_file(str(tmp_path / dtype / "teacher.safetensors"))
+        assert (stored["image"].dtype, stored["text"].dtype) == (getattr(torch, dtype),) * 2
+        caches[dtype] = load_cache(tmp_path / dtype)
+    assert caches["float16"].meta.dtype == "float16" and caches["float16"].image.dtype == torch.float32  # read back
+    assert torch.equal(caches["float16"].image, caches["float32"].image.half().float())  # rounded, nothing else
+    params = dataclasses.replace(PARAMS, epochs=1)
+    _, half = run_fit(rows, prompts, params, cache=caches["float16"])
+    _, full = run_fit(rows, prompts, params, cache=caches["float32"])
+    for (_, a), (_, b) in zip(half, full, strict=True):
+        assert a["vld"] == pytest.approx(b["vld"], rel=1e-2, abs=1e-4) and a["total"] == pytest.approx(
+            b["total"], rel=1e-3
+        )
