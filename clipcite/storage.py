@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -318,6 +318,55 @@ def local_dir(uri: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def mirrored_dir(uri: str | os.PathLike) -> Iterator[tuple[Path, Callable[[Path], None]]]:
+    """A local working copy of a directory that must outlive the process (checkpoints of a preemptible pod).
+
+    Yields ``(local, save)``: ``local`` holds what ``uri`` holds now; ``save(path)`` copies one file of ``local``
+    to ``uri`` (on S3 an object appears only once its upload completes, so a process killed mid-upload leaves the
+    previous object in place, never a partial one). A local ``uri`` is used as it is.
+    """
+    uri = str(uri)
+    if not is_s3(uri):
+        Path(uri).mkdir(parents=True, exist_ok=True)
+        yield Path(uri), lambda path: None
+        return
+    bucket, prefix = split_s3(uri)
+    prefix = prefix.rstrip("/") + "/"
+    client = _client()
+    with tempfile.TemporaryDirectory(prefix="clipcite-mirror-") as tmp:
+        for key in _list_keys(uri):
+            target = Path(tmp, key[len(prefix) :])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with _s3_errors(f"s3://{bucket}/{key}"):
+                client.download_file(bucket, key, str(target), Config=transfer_config())
+
+        def save(path: Path) -> None:
+            key = prefix + Path(path).relative_to(tmp).as_posix()
+            with _s3_errors(f"s3://{bucket}/{key}"):
+                client.upload_file(str(path), bucket, key, Config=transfer_config())
+
+        yield Path(tmp), save
+
+
+def remove_dir(uri: str | os.PathLike) -> None:
+    """Delete a directory or every object under an S3 prefix; a missing one is fine."""
+    uri = str(uri)
+    if not is_s3(uri):
+        shutil.rmtree(uri, ignore_errors=True)
+        return
+    _delete_keys(uri, _list_keys(uri))
+
+
+def _delete_keys(uri: str, keys: list[str]) -> None:
+    bucket, _ = split_s3(uri)
+    for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
+        with _s3_errors(uri):
+            _client().delete_objects(
+                Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start : start + 1000]]}
+            )
+
+
+@contextlib.contextmanager
 def staged_dir(uri: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty local directory; on success its contents become ``uri``, on error nothing changes."""
     uri = str(uri)
@@ -347,12 +396,7 @@ def publish_dir(local: Path, uri: str) -> None:
             with _s3_errors(f"s3://{bucket}/{key}"):
                 client.upload_file(str(path), bucket, key, Config=transfer_config())
             new.add(key)
-        stale = [k for k in _list_keys(uri) if k not in new]
-        for start in range(0, len(stale), 1000):  # DeleteObjects takes at most 1000 keys
-            with _s3_errors(uri):
-                client.delete_objects(
-                    Bucket=bucket, Delete={"Objects": [{"Key": k} for k in stale[start : start + 1000]]}
-                )
+        _delete_keys(uri, [k for k in _list_keys(uri) if k not in new])
         return
     target = Path(uri).absolute()
     staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.new")

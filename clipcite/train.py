@@ -115,10 +115,15 @@ def fit(
     teacher: LoadedModel | None = None,
     cache: TeacherCache | None = None,
     checkpoint_dir: Path | None = None,
+    on_checkpoint: Callable[[Path], None] | None = None,
     log_fn: LogFn | None = None,
     source: str = "",
 ) -> FitResult:
-    """Fine-tune ``student`` on ``rows`` (train split: id, image/path, label) whose classes are ``prompts``."""
+    """Fine-tune ``student`` on ``rows`` (train split: id, image/path, label) whose classes are ``prompts``.
+
+    After every epoch the full state goes to ``checkpoint_dir`` (and ``on_checkpoint(path)`` is called, e.g. to copy
+    it somewhere durable); a run started again with the same inputs resumes after the last saved epoch.
+    """
     params.validate()
     weights = params.loss_weights()
     model = student.model.to(device)
@@ -198,7 +203,9 @@ def fit(
             if log_fn is not None:
                 metrics = {k: float(v.detach()) for k, v in losses.items()}
                 log_fn({**metrics, "grad_norm": grad_norm, "lr": lr, "epoch": epoch + 1}, step)
-        _save_checkpoint(checkpoint_dir, fingerprint, epoch + 1, model, head, optimizer, scheduler)
+        saved = _save_checkpoint(checkpoint_dir, fingerprint, epoch + 1, model, head, optimizer, scheduler)
+        if saved is not None and on_checkpoint is not None:
+            on_checkpoint(saved)
 
     throughput = seen / max(time.perf_counter() - started, 1e-9)
     log.info("trained %d step(s) (%d epoch(s)), %.1f images/s", step, params.epochs, throughput)
@@ -327,10 +334,10 @@ def _fingerprint(identity: str, params: FitParams, seed: int, ids: list[str], pr
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-def _save_checkpoint(directory, fingerprint, epoch, model, head, optimizer, scheduler) -> None:
-    """Atomic: written to a temp file, then renamed over the previous checkpoint."""
+def _save_checkpoint(directory, fingerprint, epoch, model, head, optimizer, scheduler) -> Path | None:
+    """Atomic: written to a temp file, then renamed over the previous checkpoint. Returns its path."""
     if directory is None:
-        return
+        return None
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {
@@ -344,6 +351,7 @@ def _save_checkpoint(directory, fingerprint, epoch, model, head, optimizer, sche
     tmp = directory / f".{CHECKPOINT}.tmp"
     torch.save(state, tmp)
     os.replace(tmp, directory / CHECKPOINT)
+    return directory / CHECKPOINT
 
 
 def _resume(directory, fingerprint, model, head, optimizer, scheduler) -> int:

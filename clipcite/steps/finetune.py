@@ -1,9 +1,10 @@
 """Step 3, finetune: CLIP-CITE (or a baseline) on the few-shot train split, then the weight-space ensemble.
 
 Output folder: the model (an open_clip ``local-dir`` folder plus ``clipcite.json``), ``curves.jsonl`` (every loss
-term and the learning rate per step) and ``train_summary.json``. Epoch checkpoints go to ``checkpoint_dir``
-(default: beside a local output, ``<out>.checkpoints``; under the temp dir for an s3:// output); a rerun with
-the same inputs resumes from there.
+term and the learning rate per step) and ``train_summary.json``. Epoch checkpoints go to ``checkpoint_dir``, a
+folder or an ``s3://`` prefix (default: beside a local output, ``<out>.checkpoints``; under the temp dir for an
+s3:// output); a rerun with the same inputs resumes from there, so on a cluster a durable ``s3://`` prefix lets a
+preempted or retried pod continue. They are removed once the model is written.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import shutil
 import sys
 import tempfile
 import time
@@ -101,21 +101,23 @@ def _run(splits_uri, out_uri, config, cache_uri, checkpoint_dir, log_fn, keep_ch
 
     _log_inputs(step, splits_uri, config, classes)
 
-    ckpt = Path(checkpoint_dir) if checkpoint_dir else _default_checkpoint_dir(out_uri)
+    ckpt = checkpoint_dir or str(_default_checkpoint_dir(out_uri))
     started = time.perf_counter()
-    result = fit(
-        student,
-        rows,
-        prompts,
-        params,
-        seed=config.seed,
-        device=device,
-        teacher=teacher,
-        cache=cache,
-        checkpoint_dir=ckpt,
-        log_fn=record,
-        source=f"{train_uri}: ",
-    )
+    with storage.mirrored_dir(ckpt) as (local_ckpt, save_durably):
+        result = fit(
+            student,
+            rows,
+            prompts,
+            params,
+            seed=config.seed,
+            device=device,
+            teacher=teacher,
+            cache=cache,
+            checkpoint_dir=local_ckpt,
+            on_checkpoint=save_durably,
+            log_fn=record,
+            source=f"{train_uri}: ",
+        )
     broken = nonfinite_weights(result.state_dict)
     if broken:  # the loop's guard should have stopped first; never save such weights
         raise NonFiniteError(f"{out_uri}: not written: the trained weights hold NaN/inf in {broken[:5]}")
@@ -153,8 +155,8 @@ def _run(splits_uri, out_uri, config, cache_uri, checkpoint_dir, log_fn, keep_ch
         step.log_artifacts(tmp / "curves.jsonl")
         step.log_artifacts(tmp / "train_summary.json")
     step.log_metrics({k: summary[k] for k in ("images_per_second", "seconds", "steps", "epochs")})
-    if not keep_checkpoint:
-        shutil.rmtree(ckpt, ignore_errors=True)
+    if not keep_checkpoint:  # the model is published: its checkpoints have done their job
+        storage.remove_dir(ckpt)
     log.info("wrote model %s: %s", out_uri, summary)
     return summary
 
@@ -197,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--splits", required=True, help="output folder of sample-splits")
     parser.add_argument("--cache", help="output folder of cache-teacher (teacher.mode=cache)")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--checkpoint-dir", help="where epoch checkpoints go (default: <out>.checkpoints)")
+    parser.add_argument(
+        "--checkpoint-dir", help="where epoch checkpoints go, a folder or s3:// prefix (default: <out>.checkpoints)"
+    )
     parser.add_argument("--keep-checkpoint", action="store_true", help="keep the last epoch checkpoint")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
