@@ -1,0 +1,122 @@
+"""The chain's S3 paths through a flaky S3 (``tests/faultproxy.py`` in front of ``moto_server``): the same outputs as
+a clean run, and an upload cut mid-way never leaves an object (nor a split) that a later step reads as complete."""
+
+import json
+import logging
+
+import boto3
+import pytest
+
+from clipcite import storage
+from clipcite.steps import cache_teacher, evaluate, finetune, sample_splits
+
+from .conftest import tiny_config
+from .faultproxy import FaultProxy
+from .servers import moto_server, s3_environment
+
+log = logging.getLogger(__name__)
+FRACTION, SEED = 0.15, 14  # 15% of S3 requests get a reset, a 500, a 503, a slow answer or a truncated body
+CLEAN, FAULTY = "clipcite-clean", "clipcite-faulty"
+VARYING = {"train_summary.json": ("seconds", "images_per_second")}  # wall-clock numbers differ between runs
+
+
+@pytest.fixture(scope="module")
+def s3(table):
+    with pytest.MonkeyPatch.context() as mp, moto_server() as endpoint:
+        for key, value in s3_environment(endpoint).items():
+            mp.setenv(key, value)
+        client = boto3.client("s3", endpoint_url=endpoint)
+        for bucket in (CLEAN, FAULTY):
+            client.create_bucket(Bucket=bucket)
+            for name in ("part-00000.parquet", "classes.json"):
+                client.put_object(Bucket=bucket, Key=f"table/{name}", Body=(table / name).read_bytes())
+        yield endpoint
+
+
+def _chain(bucket: str) -> None:
+    config = tiny_config("splits.shots=2", "train.epochs=1", "train.batch_size=4")
+    root = f"s3://{bucket}"
+    sample_splits.run(f"{root}/table", f"{root}/splits", config)
+    cache_teacher.run(f"{root}/splits", f"{root}/teacher", config)
+    finetune.run(f"{root}/splits", f"{root}/model", config, cache_uri=f"{root}/teacher")
+    evaluate.run(f"{root}/model", f"{root}/splits", f"{root}/report", config)
+
+
+def _contents(endpoint: str, bucket: str) -> dict[str, bytes]:
+    """Every object of ``bucket`` read straight from moto, the bucket's name replaced so both runs compare."""
+    client = boto3.client("s3", endpoint_url=endpoint)
+    out = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for obj in page.get("Contents", []):
+            body = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+            name = obj["Key"].rsplit("/", 1)[-1]
+            if name in VARYING:
+                body = json.dumps({k: v for k, v in json.loads(body).items() if k not in VARYING[name]}).encode()
+            out[obj["Key"]] = body.replace(bucket.encode(), b"<bucket>")
+    return out
+
+
+def test_the_chain_through_s3_faults_writes_what_a_clean_run_writes(s3, monkeypatch, capsys):
+    _chain(CLEAN)
+    with FaultProxy(s3, fraction=FRACTION, seed=SEED) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        _chain(FAULTY)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3)
+    clean, faulty = _contents(s3, CLEAN), _contents(s3, FAULTY)
+    assert sorted(faulty) == sorted(clean)
+    assert {"model/open_clip_model.safetensors", "teacher/teacher.safetensors", "report/metrics.json"} <= set(clean)
+    different = [key for key in clean if clean[key] != faulty[key]]
+    assert not different, different
+    summary = proxy.summary()
+    with capsys.disabled():
+        print(f"\nS3 faults: {summary}")
+    # Each fault kind was injected, and (almost) every injected fault was followed by the client's retry of the
+    # same request (method, path, Range); a client may also resume a truncated read with another Range.
+    assert {"reset", "500", "503", "slow", "truncate"} <= set(summary["faults"]), summary
+    assert proxy.injected >= 10 and summary["retried"] >= 0.8 * proxy.injected, summary
+
+
+def _cut(method: str, part: str = ""):
+    """A rule that cuts every ``method`` request whose path contains ``part`` mid-body; the rest pass untouched."""
+    return lambda m, path: "cut_upload" if m == method and part in path else "none"
+
+
+def test_an_upload_cut_midway_leaves_the_previous_object_and_no_new_one(s3, monkeypatch):
+    monkeypatch.setenv("CLIPCITE_S3_MAX_ATTEMPTS", "3")
+    monkeypatch.setenv("CLIPCITE_S3_MULTIPART_MB", "5")
+    old, new = b"old" * 1000, bytes(range(256)) * (11 * 4096)  # 11 MiB: three parts of 5 MiB
+    storage.write_bytes(f"s3://{FAULTY}/cut/blob.bin", old)
+    for rule, size in ((_cut("PUT", "partNumber=2"), len(new)), (_cut("PUT"), 1000)):
+        with FaultProxy(s3, rule=rule) as proxy:
+            monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+            for uri in (f"s3://{FAULTY}/cut/blob.bin", f"s3://{FAULTY}/cut/fresh.bin"):
+                with pytest.raises(OSError, match=uri):
+                    storage.write_bytes(uri, new[:size])
+        monkeypatch.setenv("AWS_ENDPOINT_URL", s3)
+        assert proxy.counts["cut_upload"] >= 2 * 3, proxy.summary()  # every attempt of both writes was cut
+        assert storage.read_bytes(f"s3://{FAULTY}/cut/blob.bin") == old
+        assert not storage.exists(f"s3://{FAULTY}/cut/fresh.bin")
+        with pytest.raises(FileNotFoundError, match="fresh.bin: no such object"):
+            storage.read_bytes(f"s3://{FAULTY}/cut/fresh.bin")
+    # The failed multipart uploads were aborted: no parts left behind on the store.
+    assert not boto3.client("s3", endpoint_url=s3).list_multipart_uploads(Bucket=FAULTY).get("Uploads")
+
+
+def test_a_step_whose_output_upload_is_cut_leaves_nothing_a_later_step_reads_as_complete(s3, monkeypatch):
+    """sample-splits publishes its folder object by object; cut at the train shard, the step fails, and finetune
+    pointed at that folder fails too, naming what is missing, rather than training on part of a split."""
+    monkeypatch.setenv("CLIPCITE_S3_MAX_ATTEMPTS", "2")
+    config = tiny_config("splits.shots=2", "train.epochs=1", "train.batch_size=4")
+    root = f"s3://{FAULTY}/cutstep"
+    with FaultProxy(s3, rule=_cut("PUT", "train/part-")) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        with pytest.raises(OSError, match="train/part-00000.parquet"):
+            sample_splits.run(f"s3://{FAULTY}/table", f"{root}/splits", config)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3)
+    assert proxy.counts["cut_upload"] >= 2, [s for s in proxy.seen if s[2] != "none"]
+    published = {p for p, _ in storage.walk(f"{root}/splits")}
+    log.info("published before the cut: %s", sorted(published))
+    assert "train/part-00000.parquet" not in published
+    with pytest.raises((FileNotFoundError, ValueError), match=f"{root}/splits"):
+        finetune.run(f"{root}/splits", f"{root}/model", config)
+    assert not storage.exists(f"{root}/model")
