@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--speed-epochs", type=int, default=5, help="epochs of each throughput run")
     parser.add_argument("--speed-rounds", type=int, default=2, help="clipcite/open_clip_train pairs")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of every process (see the note above log)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process (note above)")
     add_overrides_argument(parser)  # applied to both trainers, e.g. --set train.logit_scale=100
     args = parser.parse_args(argv)
     os.environ.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
