@@ -18,13 +18,13 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import NamedTuple
 
 from kfp import compiler, dsl, kubernetes
 
 from components.cache_teacher import cache_teacher
 from components.evaluate import evaluate
 from components.finetune import finetune
+from components.finish_run import finish_run
 from components.register import register
 from components.sample_splits import sample_splits
 from components.snapshot import snapshot
@@ -111,66 +111,76 @@ def build_pipeline(settings: ClusterSettings | None = None):
         experiment_name: str = "clipcite",
         registered_model_name: str = "clipcite",
         tracking_uri: str = "",
-    ) -> NamedTuple("Outputs", [("summary", dsl.Markdown), ("record", dsl.Artifact)]):
-        snap = snapshot(
-            data_uri=data_uri,
-            eval_data_uris=eval_data_uris,
-            tracking_uri=tracking_uri,
-            experiment_name=experiment_name,
-            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-            kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-            config=config,
-            arch=arch,
-            pretrained=pretrained,
-            overrides=overrides,
+        checkpoint_root: str = "",
+    ):
+        # Runs whatever happens inside: the MLflow run ends FINISHED, or FAILED naming the failed step.
+        closing = finish_run(
+            tracking_uri=tracking_uri, experiment_name=experiment_name, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER
         )
-        _cpu_task(snap, settings)
-        run_id = snap.outputs["mlflow_run_id"]
-        snap.set_caching_options(False).set_retry(settings.retries, backoff_duration="30s", backoff_factor=2)
-        splits = sample_splits(
-            data_uri=data_uri,
-            eval_data_uris=eval_data_uris,
-            data_digest=snap.outputs["digest"],
-            config=config,
-            shots=shots,
-            seed=seed,
-            arch=arch,
-            pretrained=pretrained,
-            method=method,
-            overrides=overrides,
-        )
-        _cpu_task(splits, settings).set_caching_options(True)
-        splits.set_retry(settings.retries, backoff_duration="30s", backoff_factor=2)
-        teacher = cache_teacher(splits=splits.outputs["splits"], model_identity=snap.outputs["model_identity"])
-        _gpu_task(teacher, settings).set_caching_options(True)
-        teacher.set_retry(settings.retries, backoff_duration="60s", backoff_factor=2)
-        model = finetune(
-            splits=splits.outputs["splits"],
-            teacher=teacher.outputs["teacher"],
-            tracking_uri=tracking_uri,
-            mlflow_run_id=run_id,
-        )
-        _gpu_task(model, settings).set_caching_options(False)
-        with dsl.ParallelFor(splits.outputs["Output"], name="eval-domains") as domain:
-            evaluation = evaluate(
-                model=model.outputs["model"],
-                splits=splits.outputs["splits"],
-                domain=domain,
+        _cpu_task(closing, settings).set_caching_options(False)
+        with dsl.ExitHandler(closing, name="clipcite-run"):
+            snap = snapshot(
+                data_uri=data_uri,
+                eval_data_uris=eval_data_uris,
                 tracking_uri=tracking_uri,
-                registered_model_name=registered_model_name,
+                experiment_name=experiment_name,
+                kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                config=config,
+                arch=arch,
+                pretrained=pretrained,
+                overrides=overrides,
             )
-            _gpu_task(evaluation, settings).set_caching_options(False)
-            evaluation.set_retry(settings.retries, backoff_duration="60s", backoff_factor=2)
-        registered = register(
-            model=model.outputs["model"],
-            reports=dsl.Collected(evaluation.outputs["report"]),
-            registered_model_name=registered_model_name,
-            experiment_name=experiment_name,
-            tracking_uri=tracking_uri,
-        )
-        _cpu_task(registered, settings).set_caching_options(False)
-        outputs = NamedTuple("Outputs", [("summary", dsl.Markdown), ("record", dsl.Artifact)])  # noqa: UP014
-        return outputs(summary=registered.outputs["summary"], record=registered.outputs["record"])
+            _cpu_task(snap, settings)
+            run_id = snap.outputs["mlflow_run_id"]
+            snap.set_caching_options(False).set_retry(settings.retries, backoff_duration="30s", backoff_factor=2)
+            splits = sample_splits(
+                data_uri=data_uri,
+                eval_data_uris=eval_data_uris,
+                data_digest=snap.outputs["digest"],
+                config=config,
+                shots=shots,
+                seed=seed,
+                arch=arch,
+                pretrained=pretrained,
+                method=method,
+                overrides=overrides,
+            )
+            _cpu_task(splits, settings).set_caching_options(True)
+            splits.set_retry(settings.retries, backoff_duration="30s", backoff_factor=2)
+            teacher = cache_teacher(splits=splits.outputs["splits"], model_identity=snap.outputs["model_identity"])
+            _gpu_task(teacher, settings).set_caching_options(True)
+            teacher.set_retry(settings.retries, backoff_duration="60s", backoff_factor=2)
+            model = finetune(
+                splits=splits.outputs["splits"],
+                teacher=teacher.outputs["teacher"],
+                tracking_uri=tracking_uri,
+                mlflow_run_id=run_id,
+                checkpoint_root=checkpoint_root,  # "" = in the pod; s3://... survives preemption and retries
+                kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            )
+            _gpu_task(model, settings).set_caching_options(False)
+            model.set_retry(settings.retries, backoff_duration="60s", backoff_factor=2)  # resumes from its checkpoint
+            with dsl.ParallelFor(splits.outputs["Output"], name="eval-domains") as domain:
+                evaluation = evaluate(
+                    model=model.outputs["model"],
+                    splits=splits.outputs["splits"],
+                    domain=domain,
+                    tracking_uri=tracking_uri,
+                    registered_model_name=registered_model_name,
+                )
+                _gpu_task(evaluation, settings).set_caching_options(False)
+                evaluation.set_retry(settings.retries, backoff_duration="60s", backoff_factor=2)
+            registered = register(
+                model=model.outputs["model"],
+                reports=dsl.Collected(evaluation.outputs["report"]),
+                registered_model_name=registered_model_name,
+                experiment_name=experiment_name,
+                tracking_uri=tracking_uri,
+            )
+            _cpu_task(registered, settings).set_caching_options(False)
+        # No pipeline outputs: KFP allows them only outside the exit handler; register's record and summary are
+        # its artifacts (local runs find them under the run's root).
 
     return clipcite_pipeline
 
@@ -230,11 +240,6 @@ def check_params(params: dict, inputs: dict):
     override fails before kfp starts; returns it (the summary's heading says what ran)."""
     from clipcite.steps.run_config import CONFIG_PARAMETERS, run_config
 
-    missing = [
-        name for name, spec in inputs.items() if spec.default is None and not spec.optional and name not in params
-    ]
-    if missing:
-        raise ValueError(f"missing pipeline parameter(s) {', '.join(missing)}: pass --param {missing[0]}=...")
     values = {name: spec.default for name, spec in inputs.items()} | params
     return run_config(values["config"], values["overrides"], **{name: values[name] for name in CONFIG_PARAMETERS})
 
@@ -244,6 +249,9 @@ def run_local(params: dict, out: Path, *, caching: bool = True, quiet: bool = Fa
     returns the merged metrics, the resolved config and where the outputs are (see ``local_run.run_dag``)."""
     import local_run
 
+    settings = dataclasses.replace(ClusterSettings.from_env(), retries=0)  # retries are for clusters' hiccups
+    pipeline_func = build_pipeline(settings)
+    config = check_params(params, pipeline_func.component_spec.inputs)
     if not params.get("data_uri"):
         from clipcite.toyworld.generate import write_world
 
@@ -252,9 +260,6 @@ def run_local(params: dict, out: Path, *, caching: bool = True, quiet: bool = Fa
             log.info("generating the toy world at %s", data)
             write_world(str(data), seed=1)
         params = {**params, "data_uri": str(data.resolve())}
-    settings = dataclasses.replace(ClusterSettings.from_env(), retries=0)  # retries are for clusters' hiccups
-    pipeline_func = build_pipeline(settings)
-    config = check_params(params, pipeline_func.component_spec.inputs)
     return {**local_run.run_dag(pipeline_func, params, out, caching=caching, quiet=quiet), "config": config}
 
 
@@ -272,8 +277,17 @@ def make_client(host: str, namespace: str | None = None, token: str | None = Non
     return kfp.Client(host=host, namespace=namespace)
 
 
+def durable_checkpoints(params: dict, pipeline_root: str | None) -> dict:
+    """On a cluster, finetune checkpoints under ``<pipeline root>/checkpoints`` when the root is on S3 and no
+    ``checkpoint_root`` was given, so a preempted GPU pod resumes instead of starting again."""
+    if params.get("checkpoint_root") or not (pipeline_root or "").startswith("s3://"):
+        return params
+    return {**params, "checkpoint_root": pipeline_root.rstrip("/") + "/checkpoints"}
+
+
 def submit(args: argparse.Namespace, params: dict):
     client = make_client(args.host, args.namespace, args.token)
+    params = durable_checkpoints(params, args.pipeline_root)
     package = compile_pipeline(Path(args.workdir) / "pipeline.yaml")
     return client.create_run_from_pipeline_package(
         str(package),
@@ -289,6 +303,7 @@ def submit(args: argparse.Namespace, params: dict):
 def schedule(args: argparse.Namespace, params: dict):
     """A recurring run: each run snapshots the data source as it is then, so new few-shot data is picked up."""
     client = make_client(args.host, args.namespace, args.token)
+    params = durable_checkpoints(params, args.pipeline_root)
     package = compile_pipeline(Path(args.workdir) / "pipeline.yaml")
     experiment = client.create_experiment(args.experiment, namespace=args.namespace)
     return client.create_recurring_run(
@@ -364,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
             default=[],
             metavar="KEY=VALUE",
             help="pipeline parameter: data_uri, eval_data_uris, config, shots, seed, arch, pretrained, "
-            "method, overrides, experiment_name, registered_model_name, tracking_uri",
+            "method, overrides, experiment_name, registered_model_name, tracking_uri, checkpoint_root "
+            "(default with an s3:// --pipeline-root: <root>/checkpoints)",
         )
     args = parser.parse_args(argv)
 
@@ -379,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
 
             params.setdefault("tracking_uri", args.tracking_uri or default_tracking_uri())
             return run(args, params)
+        if "data_uri" not in params:
+            raise ValueError("a cluster run needs its data: --param data_uri=s3://bucket/table (or a folder of images)")
         check_params(params, inputs)
     except ValueError as e:  # a parameter, preset or override: one line that names it, no traceback
         print(f"pipeline.py {args.command}: error: {e}", file=sys.stderr)

@@ -1,0 +1,127 @@
+"""What a new user's first mistakes get back: a misspelt --param, a wrong preset or override, a failing step, and
+`clipcite champion` without a store or with a wrong name each end in one line that names the problem and the fix,
+before anything expensive runs."""
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import local_run  # noqa: E402
+import pipeline  # noqa: E402
+from clipcite.cli import main as clipcite  # noqa: E402
+
+CYAN, GREEN, RED, RESET = "\x1b[96m", "\x1b[92m", "\x1b[91m", "\x1b[0m"
+
+
+@pytest.mark.parametrize(
+    ("param", "message"),
+    [
+        ("shot=8", "no parameter 'shot'; did you mean 'shots'?"),
+        ("shots=eight", "shots takes an integer"),
+        ("eval_data_uris=s3://b/t", "eval_data_uris takes a JSON list"),
+        ("config=nope", "nope: config file not found, and not a preset name (default, demo_cpu, paper_vitb16)"),
+        ('overrides={"train.epoch": 5}', "train: unknown key(s) epoch"),
+        ("method=foo", "method='foo'"),
+        ("shots", "expected key=value"),
+    ],
+)
+def test_a_wrong_param_fails_before_kfp_starts(param, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["run", "--out", str(out), "--tracking-uri", "off", "--param", f"data_uri={tmp_path}", "--param", param]
+    assert pipeline.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pipeline.py run: error: ") and message in err and len(err.splitlines()) == 1, err
+    assert not out.exists()  # no toy world, no pipeline root, no log: nothing ran
+
+
+def test_submit_checks_its_params_before_talking_to_the_server(tmp_path, capsys):
+    with mock.patch("kfp.Client", autospec=True) as client:
+        common = ["submit", "--host", "http://127.0.0.1:9", "--workdir", str(tmp_path)]
+        assert pipeline.main([*common, "--param", "data_uri=s3://b/t", "--param", "seeds=2"]) == 2
+        assert pipeline.main([*common, "--param", "shots=4"]) == 2
+    client.assert_not_called()
+    err = capsys.readouterr().err
+    assert "did you mean 'seed'?" in err and "--param data_uri=s3://" in err
+
+
+def kfp_output(task: str, body: list[str], status: str) -> str:
+    """What kfp.local prints for one task (its format as of kfp 2.17, colours included)."""
+    lines = [f"05:01:35.001 - INFO - Executing task {CYAN}'{task}'{RESET}", "05:01:35.002 - INFO - Streamed logs:", ""]
+    lines += [f"    {line}" for line in body]
+    colour = GREEN if status == "SUCCESS" else RED
+    lines.append(f"05:01:54.100 - INFO - Task {CYAN}'{task}'{RESET} finished with status {colour}{status}{RESET}")
+    return "\n".join(lines) + "\n"
+
+
+def test_the_quiet_log_keeps_everything_prints_a_line_per_task_and_names_the_failure(tmp_path):
+    terminal = io.StringIO()
+    task_log = local_run.TaskLog(tmp_path / "run.log", terminal, echo=False)
+    task_log.write(kfp_output("snapshot", ["[KFP Executor] Looking for component `snapshot`"], "SUCCESS"))
+    task_log.write("05:01:55.000 - INFO - Task sample-splits cache hit (key=abc123); skipping execution.\n")
+    traceback = [
+        "Traceback (most recent call last):",
+        '  File "/work/main/clipcite/models.py", line 80, in resolve_checkpoint',
+        "    raise FileNotFoundError(f'{path}: checkpoint file not found')",
+        "FileNotFoundError: /tmp/w.safetensors: checkpoint file not found (model.pretrained='/tmp/w.safetensors')",
+    ]
+    for chunk in kfp_output("cache-teacher", traceback, "FAILURE").split("\n"):  # written in pieces, as printed
+        task_log.write(chunk + "\n")
+    task_log.close()
+    progress = terminal.getvalue().splitlines()
+    assert [line.split("] ", 1)[1] for line in progress] == [
+        "snapshot ...",
+        "snapshot: done",
+        "sample-splits: reused from the cache",
+        "cache-teacher ...",
+        "cache-teacher: failed",
+    ]
+    assert "Looking for component" in (tmp_path / "run.log").read_text()  # the whole log is kept
+    error = RuntimeError(f"Pipeline 'clipcite' finished with status FAILURE. Inner task failed: {CYAN}'cache-teacher'")
+    assert task_log.failure(error) == (
+        "task 'cache-teacher' failed: FileNotFoundError: /tmp/w.safetensors: checkpoint file not found "
+        "(model.pretrained='/tmp/w.safetensors')"
+    )
+
+
+def test_champion_without_a_store_says_where_it_looked_and_which_flag_to_use(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert clipcite(["champion", "pets"]) == 2
+    err = capsys.readouterr().err
+    assert f"no MLflow store at {tmp_path / 'mlflow.db'}" in err and "--tracking-uri" in err
+    assert len(err.strip().splitlines()) == 1  # one line, printed once
+    assert not (tmp_path / "mlflow.db").exists()  # looking did not create an empty store
+
+
+def test_champion_of_an_unknown_model_is_an_error_naming_what_is_there(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(uri, registry_uri=uri).create_registered_model("clipcite")  # the store `pipeline.py run` writes
+    assert clipcite(["champion", "pets"]) == 2
+    err = capsys.readouterr().err
+    assert "no registered model 'pets'" in err and "registered there: clipcite" in err and "--tracking-uri" in err
+
+
+def test_cli_help_and_errors_answer_in_one_line(capsys):
+    assert clipcite(["--help"]) == 0
+    assert "champion" in capsys.readouterr().out
+    assert clipcite(["chmpion"]) == 2
+    assert capsys.readouterr().err.strip().endswith("clipcite: error: unknown command 'chmpion'")
+
+
+def test_clipcite_help_does_not_load_mlflow_or_kfp():
+    code = (
+        "import sys; from clipcite import cli; cli.main(['--help']); print(sorted({'mlflow', 'kfp'} & {*sys.modules}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip().endswith("[]"), out.stdout
