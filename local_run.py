@@ -118,18 +118,21 @@ def run_dag(pipeline_func, params: dict, out: Path, *, caching: bool, quiet: boo
         cache_root=str(out / "cache"),
     )
     log_path = out / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    before = set((out / "root").glob("*"))
     with captured(log_path, echo=not quiet) as task_log, warnings.catch_warnings():
         # kfp.local warns on every task that the cluster's image and resource requests do not apply locally.
         warnings.filterwarnings("ignore", message=r".*(have no effect in the current local runner|non-Python base)")
         try:
-            result = pipeline_func(**params)
+            pipeline_func(**params)
         except RuntimeError as e:
             raise RuntimeError(f"{task_log.failure(e)}\n(the whole log: {_short(log_path)})") from e
-    record = Path(result.outputs["record"].path)
+    (run_root,) = set((out / "root").glob("*")) - before  # this run's folder: kfp.local names it by the time
+    register = next(run_root.rglob("register"))
+    record = register / "record"
     return {
         "metrics": json.loads((record / "metrics.json").read_text()),
         "record": record,
-        "summary": Path(result.outputs["summary"].path),
+        "summary": register / "summary",
         "data_uri": params["data_uri"],
         "log": log_path,
     }

@@ -94,10 +94,9 @@ def connect(uri: str) -> MlflowClient:
     mlflow.set_registry_uri(uri)
     client = MlflowClient(uri, registry_uri=uri)
     if uri.startswith(("http://", "https://")) and uri not in _REACHED:
-        saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-        os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"})
         try:
-            client.search_experiments(max_results=1)
+            with http_retries(2, timeout_s=10):
+                client.search_experiments(max_results=1)
             _REACHED.add(uri)
         except Exception as e:  # connection refused, DNS, TLS, 401/403 from an auth proxy
             raise TrackingError(
@@ -105,13 +104,25 @@ def connect(uri: str) -> MlflowClient:
                 f"{str(e)[:300]}); check MLFLOW_TRACKING_URI and credentials (MLFLOW_TRACKING_USERNAME/"
                 "MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN), or run with tracking_uri=off"
             ) from e
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
     return client
+
+
+@contextlib.contextmanager
+def http_retries(max_retries: int, *, timeout_s: int | None = None) -> Iterator[None]:
+    """MLflow's HTTP retry budget (and request timeout) for the calls inside: MLflow reads them from the process's
+    environment on every request, so they are set there and put back afterwards."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(max_retries)
+    if timeout_s is not None:
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(timeout_s)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def code_version() -> str:
@@ -144,12 +155,9 @@ def open_pipeline_run(uri: str, experiment: str, *, kfp_run_id: str = "", run_na
         except MlflowException as e:
             raise TrackingError(f"MLFLOW_RUN_ID={injected} is not a run on {uri}: {e}") from e
     experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID", "") or _experiment_id(client, experiment)
-    if kfp_run_id:
-        found = client.search_runs(
-            [experiment_id], filter_string=f"tags.`{KFP_RUN_TAG}` = '{kfp_run_id}'", max_results=1
-        )
-        if found:
-            return found[0].info.run_id
+    found = _find_pipeline_run(client, experiment_id, kfp_run_id)
+    if found:
+        return found
     run_tags = {KFP_RUN_TAG: kfp_run_id, "clipcite.version": code_version(), **(tags or {})}
     run = client.create_run(experiment_id, run_name=run_name or None, tags={k: str(v) for k, v in run_tags.items()})
     log.info("MLflow run %s in experiment %s on %s", run.info.run_id, experiment, uri)
@@ -176,8 +184,51 @@ def _local_artifact_location(uri: str) -> str | None:
     return (Path(uri[len("sqlite:///") :]).absolute().parent / "mlartifacts").as_uri()
 
 
+ERROR_TAG = "clipcite.error"  # a failed step's exception (and the pipeline run's, copied from its failed step)
+
+
+def _find_pipeline_run(client: MlflowClient, experiment_id: str, kfp_run_id: str) -> str:
+    """The MLflow run tagged with this KFP run id, or "" when there is none (yet)."""
+    if not kfp_run_id:
+        return ""
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{KFP_RUN_TAG}` = '{kfp_run_id}'", max_results=1)
+    return found[0].info.run_id if found else ""
+
+
 def finish_pipeline_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     connect(uri).set_terminated(run_id, status)
+
+
+def close_pipeline_run(uri: str, experiment: str, kfp_run_id: str, *, succeeded: bool, error: str = "") -> dict:
+    """The pipeline's exit handler: end this KFP run's MLflow run FINISHED, or FAILED with the failed step(s) named
+    (from the step runs that ended FAILED; step runs still RUNNING were killed with their pod and are closed FAILED).
+    Returns what it did; nothing to close (tracking off, or the run failed before snapshot opened one) is fine."""
+    client = connect(uri)
+    experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID", "")
+    if not experiment_id:
+        found = client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found is not None else ""
+    run_id = _find_pipeline_run(client, experiment_id, kfp_run_id) if experiment_id else ""
+    if not run_id:
+        return {"run_id": "", "status": "none"}
+    failed, errors = [], []
+    children = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
+    for child in sorted(children, key=lambda r: r.info.start_time or 0):
+        if child.info.status in ("RUNNING", "SCHEDULED"):
+            client.set_terminated(child.info.run_id, "FAILED")
+        if child.info.status in ("RUNNING", "SCHEDULED", "FAILED"):
+            failed.append(child.data.tags.get("clipcite.step", child.info.run_name))
+            errors.append(child.data.tags.get(ERROR_TAG, ""))
+    status = "FINISHED" if succeeded else "FAILED"
+    if not succeeded:
+        where = ", ".join(failed) or "a step before finetune (sample-splits or cache-teacher: see the KFP run)"
+        client.set_tag(run_id, "clipcite.failed_step", where)
+        detail = next((e for e in errors if e), "") or error  # the step's exception, else what KFP said
+        if detail:
+            client.set_tag(run_id, ERROR_TAG, detail[:5000])
+        log.error("pipeline run failed at %s; MLflow run %s marked FAILED", where, run_id)
+    client.set_terminated(run_id, status)
+    return {"run_id": run_id, "status": status, "failed_steps": failed}
 
 
 # ----------------------------------------------------------------------------------------------- a step's run
@@ -284,6 +335,10 @@ def step_run(uri: str | None, parent_run_id: str, name: str, *, system_metrics: 
         run = StepRun(client, active.info.run_id, parent_run_id)
         try:
             yield run
+        except BaseException as e:  # the step's own words, for the exit handler and the UI
+            with contextlib.suppress(Exception):
+                client.set_tag(run.run_id, ERROR_TAG, f"{type(e).__name__}: {e}"[:5000])
+            raise
         finally:
             run.flush()
 
@@ -412,16 +467,38 @@ def find_version(client: MlflowClient, name: str, pipeline_run_id: str):
     return None
 
 
+REGISTER_ATTEMPTS = 4  # creating a version: tries, 2 s, 4 s, 8 s apart (each lookup has MLflow's own retries)
+
+
 def register_version(client: MlflowClient, name: str, model_uri: str, *, run_id: str, pipeline_run_id: str, tags: dict):
-    """Create ``name`` if needed and a version from ``model_uri`` tagged with the pipeline run and ``tags``."""
+    """Create ``name`` if needed and a version from ``model_uri`` tagged with the pipeline run and ``tags``.
+
+    Exactly one version per pipeline run, also when the server or the network fails: MLflow's client retries
+    every HTTP method, so a reply lost after the server created the version would create a second one. Creation
+    is therefore sent once per try (no HTTP retries); after a failed try the version tagged with this pipeline
+    run is looked up, and only when there is none is creation tried again."""
     with contextlib.suppress(MlflowException):
         client.create_registered_model(name, description="clipcite: few-shot CLIP fine-tuned with CLIP-CITE")
     all_tags = {RUN_TAG: pipeline_run_id, **{k: str(v) for k, v in tags.items()}}
-    try:
-        model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
-        version = client.create_model_version(name, model_uri, run_id=run_id, tags=all_tags, model_id=model_id)
-    except MlflowException as e:
-        raise TrackingError(f"the model registry refused version of {name!r} from {model_uri}: {e}") from e
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    for attempt in range(1, REGISTER_ATTEMPTS + 1):
+        try:
+            with http_retries(0):
+                version = client.create_model_version(name, model_uri, run_id=run_id, tags=all_tags, model_id=model_id)
+            break
+        except Exception as e:  # MlflowException; a dropped connection arrives wrapped in one
+            version = find_version(client, name, pipeline_run_id)
+            if version is not None:  # created, but the reply was lost
+                log.warning("%s: the registry created version %s before the reply was lost", name, version.version)
+                break
+            status = e.get_http_status_code() if isinstance(e, MlflowException) else 500
+            if status < 500 or attempt == REGISTER_ATTEMPTS:
+                raise TrackingError(
+                    f"the model registry at {client.tracking_uri} did not register a version of {name!r} from "
+                    f"{model_uri} ({attempt} tries): {e}"
+                ) from e
+            log.warning("%s: registering failed (%s); try %d of %d", name, e, attempt + 1, REGISTER_ATTEMPTS)
+            time.sleep(2**attempt)
     log.info("registered %s version %s", name, version.version)
     return version
 

@@ -11,11 +11,13 @@ def finetune(
     teacher: dsl.Input[dsl.Dataset],
     tracking_uri: str,
     mlflow_run_id: str,
+    checkpoint_root: str,
+    kfp_run_id: str,
     model: dsl.Output[dsl.Model],
     curves: dsl.Output[dsl.Metrics],
 ):
     from clipcite.steps.common import splits_config
-    from clipcite.steps.finetune import run
+    from clipcite.steps.finetune import checkpoint_uri, run
 
     summary = run(
         splits.path,
@@ -24,6 +26,7 @@ def finetune(
         cache_uri=teacher.path,
         tracking_uri=tracking_uri,
         mlflow_run_id=mlflow_run_id,
+        checkpoint_dir=checkpoint_uri(checkpoint_root, kfp_run_id),
     )
     model.metadata.update(summary)
     for key in ("steps", "epochs", "images_per_second"):

@@ -42,12 +42,12 @@ def test_dag_has_every_step_the_parallel_for_and_the_collected_reports(spec):
     tasks = all_tasks(root)
     assert {t.removesuffix("-2") for t in tasks} >= STEPS
     loop = next(c for c in root["components"].values() if "dag" in c and "evaluate" in c["dag"]["tasks"])
-    assert "parameterIterator" in root["root"]["dag"]["tasks"]["for-loop-1"]
-    iterator = root["root"]["dag"]["tasks"]["for-loop-1"]["parameterIterator"]
+    (loop_name,) = [name for name, task in tasks.items() if "parameterIterator" in task]
+    iterator = tasks[loop_name]["parameterIterator"]
     assert iterator["items"]["inputParameter"] == "pipelinechannel--sample-splits-Output"  # the eval domains
     assert "evaluate" in loop["dag"]["tasks"]
     reports = tasks["register"]["inputs"]["artifacts"]["reports"]
-    assert "taskOutputArtifact" in reports and reports["taskOutputArtifact"]["producerTask"] == "for-loop-1"
+    assert "taskOutputArtifact" in reports and reports["taskOutputArtifact"]["producerTask"] == loop_name
     # order: snapshot -> sample-splits -> cache-teacher -> finetune
     assert tasks["sample-splits"]["dependentTasks"] == ["snapshot"]
     assert set(tasks["cache-teacher"]["dependentTasks"]) == {"sample-splits", "snapshot"}
@@ -59,7 +59,8 @@ def test_mlflow_run_flows_from_snapshot_to_finetune_and_not_into_cached_steps(sp
     tasks = all_tasks(root)
     snap = tasks["snapshot"]["inputs"]["parameters"]
     assert snap["kfp_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
-    assert snap["tracking_uri"]["componentInputParameter"] == "tracking_uri"
+    # inside the exit handler's group a pipeline parameter arrives as a channel of the same name
+    assert snap["tracking_uri"]["componentInputParameter"] == "pipelinechannel--tracking_uri"
     run_id = tasks["finetune"]["inputs"]["parameters"]["mlflow_run_id"]["taskOutputParameter"]
     assert run_id == {"producerTask": "snapshot", "outputParameterKey": "mlflow_run_id"}
     for cached in ("sample-splits", "cache-teacher"):  # a per-run value would make every cache key unique
@@ -69,6 +70,33 @@ def test_mlflow_run_flows_from_snapshot_to_finetune_and_not_into_cached_steps(sp
     # the base model's identity keys the teacher cache: replaced weights under the same path get a new cache
     identity = tasks["cache-teacher"]["inputs"]["parameters"]["model_identity"]["taskOutputParameter"]
     assert identity == {"producerTask": "snapshot", "outputParameterKey": "model_identity"}
+
+
+def test_exit_handler_closes_the_mlflow_run_whatever_happens(spec):
+    """Every step runs inside one ExitHandler whose exit task, finish-run, gets the group's final status."""
+    _, (root, _) = spec
+    top = root["root"]["dag"]["tasks"]
+    (group,) = [name for name in top if name.startswith("exit-handler")]
+    assert set(top) == {group, "finish-run"}
+    finish = top["finish-run"]
+    assert finish["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert finish["inputs"]["parameters"]["status"]["taskFinalStatus"]["producerTask"] == group
+    assert finish["inputs"]["parameters"]["kfp_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    inside = root["components"][top[group]["componentRef"]["name"]]["dag"]["tasks"]
+    nested = {t for c in root["components"].values() for t in c.get("dag", {}).get("tasks", {})}
+    assert {"snapshot", "finetune", "register"} <= set(inside) and nested >= STEPS
+
+
+def test_finetune_checkpoints_under_a_durable_root_keyed_by_the_run(spec):
+    _, (root, _) = spec
+    finetune = all_tasks(root)["finetune"]
+    parameters = finetune["inputs"]["parameters"]
+    assert parameters["checkpoint_root"]["componentInputParameter"] == "pipelinechannel--checkpoint_root"
+    assert parameters["kfp_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    assert finetune["retryPolicy"]["maxRetryCount"] == 2  # a preempted pod comes back and resumes
+    assert pipeline.durable_checkpoints({}, "s3://b/kfp") == {"checkpoint_root": "s3://b/kfp/checkpoints"}
+    assert pipeline.durable_checkpoints({"checkpoint_root": "s3://x"}, "s3://b/kfp") == {"checkpoint_root": "s3://x"}
+    assert pipeline.durable_checkpoints({}, None) == {} and pipeline.durable_checkpoints({}, "gs://b") == {}
 
 
 def test_only_sample_splits_and_cache_teacher_are_cached(spec):
@@ -92,7 +120,7 @@ def test_gpu_limits_requests_and_shm_on_gpu_steps(spec):
             assert "clipcite-cpu" in executors[f"exec-{step}"]["container"]["image"]
         assert resources["resourceCpuRequest"] and resources["resourceMemoryRequest"]
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert set(k8s) == {f"exec-{s}" for s in STEPS}  # every step carries the PodDefault's label
+    assert set(k8s) == {f"exec-{s}" for s in (*STEPS, "finish-run")}  # every step carries the PodDefault's label
     for step, executor in k8s.items():
         if step.removeprefix("exec-") in GPU_STEPS:
             (mount,) = executor["emptyDirMounts"]
@@ -179,7 +207,12 @@ def test_submit_calls_the_client_with_the_parameters(tmp_path, monkeypatch, no_c
     client_cls.assert_called_once_with(host="http://127.0.0.1:8888", namespace="team-a", existing_token="t0ken")
     call = client_cls.return_value.create_run_from_pipeline_package.call_args
     assert call.args[0] == str(tmp_path / "pipeline.yaml")
-    assert call.kwargs["arguments"] == {"data_uri": "s3://b/pets", "shots": 4, "overrides": {"train.epochs": 5}}
+    assert call.kwargs["arguments"] == {
+        "data_uri": "s3://b/pets",
+        "shots": 4,
+        "overrides": {"train.epochs": 5},
+        "checkpoint_root": "s3://kfp-artifacts/clipcite/checkpoints",  # durable, under the S3 pipeline root
+    }
     assert_uploaded_spec(call.args[0], call.kwargs["arguments"], tmp_path)
     assert call.kwargs["experiment_name"] == "pets" and call.kwargs["namespace"] == "team-a"
     assert call.kwargs["pipeline_root"] == "s3://kfp-artifacts/clipcite"

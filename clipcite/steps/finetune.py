@@ -186,6 +186,13 @@ def _log_inputs(step, splits_uri: str, config: Config, classes) -> None:
             )
 
 
+def checkpoint_uri(root: str, kfp_run_id: str) -> str | None:
+    """Where a pipeline run's finetune keeps its checkpoints: ``<root>/<KFP run id>/finetune`` (one per run, so a
+    retried or preempted pod of the same run resumes and another run never does), or None (in the pod) without a
+    root."""
+    return storage.join(root, kfp_run_id or "local", "finetune") if root else None
+
+
 def _default_checkpoint_dir(out_uri: str) -> Path:
     if storage.is_s3(out_uri):
         key = hashlib.sha256(out_uri.encode()).hexdigest()[:16]

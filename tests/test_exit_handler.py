@@ -1,0 +1,72 @@
+"""Failed runs are closed: the pipeline's exit handler ends its MLflow run FINISHED, or FAILED with the failed step
+and its error named; step runs left RUNNING by a killed pod are closed too (issue 14, item 3)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pipeline  # noqa: E402
+from clipcite import tracking  # noqa: E402
+from clipcite.toyworld.generate import write_world  # noqa: E402
+
+
+def _runs(uri: str) -> dict[str, object]:
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("clipcite")
+    return {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+
+
+def test_close_pipeline_run_names_failed_and_killed_steps(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = tracking.connect(uri)
+    for kfp_run, outcome in (("kfp-ok", True), ("kfp-bad", False)):
+        run_id = tracking.open_pipeline_run(uri, "clipcite", kfp_run_id=kfp_run, run_name=kfp_run)
+        experiment = client.get_run(run_id).info.experiment_id
+        for step, status in (("snapshot", "FINISHED"), ("finetune", "RUNNING")):
+            child = client.create_run(
+                experiment, run_name=f"{kfp_run}-{step}", tags={"mlflow.parentRunId": run_id, "clipcite.step": step}
+            )
+            if status != "RUNNING":
+                client.set_terminated(child.info.run_id, status)
+        result = tracking.close_pipeline_run(uri, "clipcite", kfp_run, succeeded=outcome, error="Task x failed.")
+        assert result["failed_steps"] == ["finetune"]  # the pod died with its run RUNNING
+    runs = _runs(uri)
+    assert runs["kfp-ok"].info.status == "FINISHED" and runs["kfp-bad"].info.status == "FAILED"
+    assert runs["kfp-bad"].data.tags["clipcite.failed_step"] == "finetune"
+    assert runs["kfp-bad"].data.tags["clipcite.error"] == "Task x failed."  # no step error recorded: KFP's words
+    assert runs["kfp-bad-finetune"].info.status == "FAILED"
+    assert tracking.close_pipeline_run(uri, "clipcite", "no-such-kfp-run", succeeded=False)["status"] == "none"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world") / "table"
+    write_world(str(out), seed=1, counts={"train": 3, "val": 1, "test": 2}, domains=("photo",))
+    return out
+
+
+def test_pipeline_failing_at_finetune_leaves_its_mlflow_run_failed(world, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params = {
+        "data_uri": str(world),
+        "shots": 2,
+        "overrides": {"train.epochs": 2, "train.lr": 1e12},  # diverges at step 2: the non-finite guard stops it
+        "tracking_uri": uri,
+    }
+    with pytest.raises(RuntimeError, match="task 'finetune' failed: NonFiniteError"):
+        pipeline.run_local(params, tmp_path / "run", quiet=True)
+    runs = _runs(uri)
+    parent = next(r for name, r in runs.items() if name.startswith("clipcite-"))
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["clipcite.failed_step"] == "finetune"
+    assert parent.data.tags["clipcite.error"].startswith("NonFiniteError: ")
+    assert "step 2 (epoch 1/2)" in parent.data.tags["clipcite.error"]
+    assert runs["finetune"].info.status == "FAILED" and runs["snapshot"].info.status == "FINISHED"
+    assert "register" not in runs
