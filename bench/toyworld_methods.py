@@ -45,27 +45,36 @@ PROTOCOLS = {
 }
 
 
+def prepare(table: Path, out: Path, protocol: str, seed: int, extra: list[str]) -> tuple[list[str], Path, Path]:
+    """Sample one protocol's splits and cache its teacher; returns (overrides every method shares, splits, cache)."""
+    base = [f"seed={seed}", "device=cpu", "eval.zeroshot_baseline=false", *PROTOCOLS[protocol], *extra]
+    config = load_config("configs/default.yaml", base)
+    splits, cache = out / f"{protocol}-splits", out / f"{protocol}-teacher"
+    sample_splits.run(str(table), str(splits), config)
+    cache_teacher.run(str(splits), str(cache), config)
+    return base, splits, cache
+
+
+def evaluate_model(model: Path, splits: Path, metrics: Path, config, protocol: str) -> dict:
+    """Evaluate a saved model; b2n: photo Base/New/HM, xd: top-1 per domain."""
+    entry = evaluate.run(str(model), str(splits), str(metrics), config)["domains"]
+    if protocol == "b2n":
+        return {k: entry["photo"]["finetuned"][k] for k in ("base", "new", "hm")}
+    return {d: entry[d]["finetuned"]["top1"] for d in DOMAINS}
+
+
 def run_one(table: Path, out: Path, seed: int, extra: list[str]) -> dict:
     """All methods of both protocols for one seed; returns {method: {"b2n": {...}, "xd": {...}}}."""
     results: dict = {m: {} for m in METHODS}
-    for protocol, settings in PROTOCOLS.items():
-        base = [f"seed={seed}", "device=cpu", "eval.zeroshot_baseline=false", *settings, *extra]
-        config = load_config("configs/default.yaml", base)
-        splits, cache = out / f"{protocol}-splits", out / f"{protocol}-teacher"
-        sample_splits.run(str(table), str(splits), config)
-        cache_teacher.run(str(splits), str(cache), config)
+    for protocol in PROTOCOLS:
+        base, splits, cache = prepare(table, out, protocol, seed, extra)
         for method, switches in METHODS.items():
             method_config = load_config("configs/default.yaml", [*base, *switches])
             slug = method.replace(" ", "_").replace("/", "").replace("=", "")
             model, metrics = out / f"{protocol}-{slug}-model", out / f"{protocol}-{slug}-eval"
             started = time.perf_counter()
             finetune.run(str(splits), str(model), method_config, cache_uri=str(cache))
-            body = evaluate.run(str(model), str(splits), str(metrics), method_config)
-            entry = body["domains"]
-            if protocol == "b2n":
-                results[method]["b2n"] = {k: entry["photo"]["finetuned"][k] for k in ("base", "new", "hm")}
-            else:
-                results[method]["xd"] = {d: entry[d]["finetuned"]["top1"] for d in DOMAINS}
+            results[method][protocol] = evaluate_model(model, splits, metrics, method_config, protocol)
             log.info(
                 "seed %d %s %-13s %.0fs %s",
                 seed,
@@ -93,7 +102,8 @@ def table_markdown(summary: dict, seeds: list[int], command: str) -> str:
     lines += [
         "",
         "Base/New/HM: base-to-new on photo (16 shots of 24 base classes). Domain columns: cross-domain "
-        "(16 shots of all 48 photo classes, tested on each domain; photo is in-domain).",
+        "(16 shots of all 48 photo classes, tested on each domain; photo is in-domain). HM over seeds: "
+        "HM(mean Base, mean New), ± the spread of the per-seed HMs.",
     ]
     return "\n".join(lines) + "\n"
 
