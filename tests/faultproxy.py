@@ -11,10 +11,11 @@ requests, injects a fault instead:
   mid-way; the upstream never sees the request);
 - ``lost_reply``: forwarded (the upstream acts on it), then the connection is reset instead of answering.
 
-``rule(method, path)`` may force a fault (or ``"none"``) for chosen requests; otherwise each request draws from
-``random.Random(seed)`` in arrival order, so the fraction is exact but which request gets which fault depends on
-thread timing. Every request is counted: ``counts`` per fault kind, ``requests``, and ``retried`` (faulted requests
-that the client sent again: the same method, path and Range). Loopback only.
+``on_request(method, path, headers)`` sees every request. ``rule(method, path)`` may force a fault (or ``"none"``)
+for chosen requests; otherwise each request draws from ``random.Random(seed)`` in arrival order, so the fraction is
+as stated but which request gets which fault depends on thread timing. Every request is counted: ``counts`` per
+fault kind, ``requests``, and ``retried`` (faulted requests that the client sent again: the same method, path and
+Range). Loopback only.
 """
 
 from __future__ import annotations
@@ -49,12 +50,14 @@ class FaultProxy:
         kinds: tuple[str, ...] = KINDS,
         slow_s: float = 0.3,
         rule: Callable[[str, str], str | None] | None = None,
+        on_request: Callable[[str, str, dict], None] | None = None,
     ) -> None:
         parsed = urlparse(upstream)
         if parsed.hostname not in ("127.0.0.1", "localhost"):
             raise ValueError(f"{upstream}: the proxy forwards to loopback only")
         self.upstream = (parsed.hostname, parsed.port)
         self.fraction, self.kinds, self.slow_s, self.rule = fraction, kinds, slow_s, rule
+        self.on_request = on_request  # sees every request's method, path and headers (e.g. to check credentials)
         self.random = random.Random(seed)
         self.lock = threading.Lock()
         self.counts: Counter[str] = Counter()
@@ -119,6 +122,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
     def _any(self) -> None:
+        if self.proxy.on_request is not None:
+            self.proxy.on_request(self.command, self.path, dict(self.headers.items()))
         fault = self.proxy.choose(self.command, self.path, self.headers.get("Range", ""))
         if fault == "cut_upload":
             self._read_body(cut=True)
