@@ -35,7 +35,8 @@ def test_whole_dag_runs_locally_and_evaluates_every_domain(world, tmp_path):
         for model in ("zeroshot", "finetuned"):
             assert {"base", "new", "hm"} <= set(metrics["domains"][domain][model])
     assert len(metrics["sets"]) == 4  # base and new of each domain, gathered from two evaluate tasks
-    assert "| photo | finetuned |" in result["summary"].read_text()
+    summary = result["summary"].read_text()
+    assert "| photo (trained on) | finetuned |" in summary and "| mean of sketch | finetuned |" in summary
     assert (result["record"] / "registration.json").is_file()
 
 
