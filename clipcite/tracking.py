@@ -324,23 +324,32 @@ def step_run(uri: str | None, parent_run_id: str, name: str, *, system_metrics: 
         return
     client = connect(uri)
     experiment_id = client.get_run(parent_run_id).info.experiment_id
-    with mlflow.start_run(
-        experiment_id=experiment_id,
-        run_name=name,
-        nested=True,
-        parent_run_id=parent_run_id,
-        tags={"clipcite.step": name, "clipcite.version": code_version(), "clipcite.image": _image()},
-        log_system_metrics=system_metrics,
-    ) as active:
-        run = StepRun(client, active.info.run_id, parent_run_id)
-        try:
-            yield run
-        except BaseException as e:  # the step's own words, for the exit handler and the UI
-            with contextlib.suppress(Exception):
-                client.set_tag(run.run_id, ERROR_TAG, f"{type(e).__name__}: {e}"[:5000])
+    try:
+        with mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=name,
+            nested=True,
+            parent_run_id=parent_run_id,
+            tags={"clipcite.step": name, "clipcite.version": code_version(), "clipcite.image": _image()},
+            log_system_metrics=system_metrics,
+        ) as active:
+            run = StepRun(client, active.info.run_id, parent_run_id)
+            try:
+                yield run
+            except BaseException as e:  # the step's own words, for the exit handler and the UI
+                with contextlib.suppress(Exception):
+                    client.set_tag(run.run_id, ERROR_TAG, f"{type(e).__name__}: {e}"[:5000])
+                raise
+            finally:
+                run.flush()
+    except MlflowException as e:
+        if not str(e.message).startswith("API request to"):  # MLflow's words for a request that never got through
             raise
-        finally:
-            run.flush()
+        raise TrackingError(
+            f"MLflow tracking server {uri} stopped answering during step {name!r} (MLflow's HTTP retries, "
+            f"MLFLOW_HTTP_REQUEST_MAX_RETRIES={os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '7')}, ran out): "
+            f"{str(e.message)[:500]}"
+        ) from e
 
 
 def _image() -> str:
@@ -384,13 +393,16 @@ class ClassifierModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params: dict | None = None) -> pd.DataFrame:
         params = params or {}
-        images = _input_images(model_input)
-        results = self.classifier.predict(
-            images,
-            labels=list(params["labels"]) if params.get("labels") is not None else None,
-            template=params.get("template") or None,
-            top_k=int(params.get("top_k") or 1),
-        )
+        try:
+            images = _input_images(model_input)
+            results = self.classifier.predict(
+                images,
+                labels=list(params["labels"]) if params.get("labels") is not None else None,
+                template=params.get("template") or None,
+                top_k=int(params.get("top_k") or 1),
+            )
+        except ValueError as e:  # the caller's input (an image, the labels, top_k): served as a 400 that says why
+            raise MlflowException.invalid_parameter_value(str(e)) from e
         return pd.DataFrame(results)
 
 
