@@ -18,6 +18,8 @@ from clipcite.crops import eval_view
 from clipcite.models import encode_texts, load_saved
 from clipcite.prompts import prompts_for
 
+MAX_LABELS = 4096  # per call: every label is a prompt to encode (10,000 take minutes on a CPU and hold a worker)
+
 
 class Classifier:
     """A fine-tuned model with its trained class names and template as defaults."""
@@ -42,6 +44,10 @@ class Classifier:
         labels = list(labels) if labels else self.labels
         if not labels:
             raise ValueError("no labels: pass labels=[...] (the model has no trained class names)")
+        if len(labels) > MAX_LABELS:
+            raise ValueError(f"{len(labels)} labels: at most {MAX_LABELS} per call")
+        if len(images) == 0:
+            raise ValueError("no images: pass at least one")
         if len(set(labels)) != len(labels):
             raise ValueError(
                 f"labels must be distinct; duplicates: {sorted({x for x in labels if labels.count(x) > 1})}"
@@ -75,6 +81,8 @@ def to_image(value: bytes | np.ndarray | Image.Image, index: int = 0) -> Image.I
                 return img.convert("RGB")
         except (UnidentifiedImageError, OSError) as e:
             raise ValueError(f"image {index}: not a decodable image ({e})") from e
+        except Image.DecompressionBombError as e:  # read from the header, before any pixel is decoded
+            raise ValueError(f"image {index}: refused, too many pixels ({e})") from e
     array = np.asarray(value)
     if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
         raise ValueError(
