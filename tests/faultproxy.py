@@ -64,7 +64,7 @@ class FaultProxy:
         self.requests = 0
         self.retried = 0
         self.seen: list[tuple[str, str, str]] = []  # (method, path, fault) in arrival order
-        self._faulted: Counter[tuple[str, str, str]] = Counter()  # (method, path, range) not yet seen again
+        self._faulted: dict[tuple[str, str, str], list[str]] = {}  # (method, path, range) -> faults not yet retried
         self.server: _Server | None = None
 
     # ----------------------------------------------------------------------------------------------- lifecycle
@@ -89,7 +89,16 @@ class FaultProxy:
         return sum(n for kind, n in self.counts.items() if kind not in ("none", "slow"))
 
     def summary(self) -> dict:
-        return {"requests": self.requests, "faults": dict(self.counts), "retried": self.retried}
+        """Counts, and the faulted requests never sent again as they were (e.g. a read resumed at another Range)."""
+        pending = [f"{m} {p} {r} ({', '.join(kinds)})".strip() for (m, p, r), kinds in self._faulted.items() if kinds]
+        return {"requests": self.requests, "faults": dict(self.counts), "retried": self.retried, "not_retried": pending}
+
+    def not_applied(self, method: str, path: str, byte_range: str, fault: str) -> None:
+        """A drawn fault that could not be applied (a truncated answer with no body): count it as none."""
+        with self.lock:
+            self.counts[fault] -= 1
+            self.counts["none"] += 1
+            self._faulted[(method, path, byte_range)].remove(fault)
 
     # -------------------------------------------------------------------------------------------------- choice
 
@@ -98,14 +107,14 @@ class FaultProxy:
         with self.lock:
             self.requests += 1
             key = (method, path, byte_range)
-            if self._faulted[key]:
-                self._faulted[key] -= 1
+            if self._faulted.get(key):
+                self._faulted[key].pop()
                 self.retried += 1
             fault = forced or (self.random.choice(self.kinds) if self.random.random() < self.fraction else "none")
             self.counts[fault] += 1
             self.seen.append((method, path, fault))
             if fault not in ("none", "slow"):
-                self._faulted[key] += 1
+                self._faulted.setdefault(key, []).append(fault)
             return fault
 
 
@@ -136,6 +145,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if fault == "slow":
             time.sleep(self.proxy.slow_s)
         status, reason, headers, answer = self._forward(body)
+        if fault == "truncate" and (self.command == "HEAD" or len(answer) < 2):
+            self.proxy.not_applied(self.command, self.path, self.headers.get("Range", ""), fault)
+            fault = "none"
         if fault == "lost_reply":
             return self._reset()
         self.send_response_only(status, reason)
@@ -146,7 +158,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if not head:
             self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
-        if fault == "truncate" and len(answer) > 1:
+        if fault == "truncate":
             self.wfile.write(answer[: len(answer) // 2])
             self.wfile.flush()
             return self._reset()

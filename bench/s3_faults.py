@@ -1,0 +1,114 @@
+"""The chain's S3 paths under heavier S3 faults than the test's: sample-splits -> cache-teacher -> finetune ->
+evaluate on ``s3://`` URIs through ``tests/faultproxy.py`` in front of ``moto_server``, at several fault fractions
+and seeds, each compared object by object with a clean run.
+
+    python bench/s3_faults.py                                  # fractions 0.1 0.2 0.3, seeds 1 2
+    python bench/s3_faults.py --fractions 0.3 --seeds 1 2 3 4
+
+Tiny random-weight model and the toy world (photo, sketch), as in the tests. Prints one row per run: requests,
+faults injected by kind, faulted requests retried, whether every output object equals the clean run's (timings in
+``train_summary.json`` aside), and seconds. Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import boto3
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from clipcite.config import load_config  # noqa: E402
+from clipcite.steps import cache_teacher, evaluate, finetune, sample_splits  # noqa: E402
+from clipcite.toyworld.generate import write_world  # noqa: E402
+from tests.faultproxy import FaultProxy  # noqa: E402
+from tests.servers import moto_server, s3_environment  # noqa: E402
+
+TINY = ["model.arch=clipcite-tiny", "model.pretrained=", "device=cpu", "splits.shots=2", "train.epochs=1"]
+VARYING = {"train_summary.json": ("seconds", "images_per_second")}
+
+
+def chain(bucket: str) -> None:
+    config = load_config(overrides=[*TINY, "train.batch_size=8"])
+    root = f"s3://{bucket}"
+    sample_splits.run(f"{root}/table", f"{root}/splits", config)
+    cache_teacher.run(f"{root}/splits", f"{root}/teacher", config)
+    finetune.run(f"{root}/splits", f"{root}/model", config, cache_uri=f"{root}/teacher")
+    evaluate.run(f"{root}/model", f"{root}/splits", f"{root}/report", config)
+
+
+def contents(endpoint: str, bucket: str) -> dict[str, bytes]:
+    client = boto3.client("s3", endpoint_url=endpoint)
+    out = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for obj in page.get("Contents", []):
+            if obj["Key"].startswith("table/"):
+                continue
+            body = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+            name = obj["Key"].rsplit("/", 1)[-1]
+            if name in VARYING:
+                body = json.dumps({k: v for k, v in json.loads(body).items() if k not in VARYING[name]}).encode()
+            out[obj["Key"]] = body.replace(bucket.encode(), b"<bucket>")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.2, 0.3])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--out", default=str(ROOT / "runs" / "s3-faults"))
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with moto_server() as endpoint:
+        os.environ.update(s3_environment(endpoint))
+        client = boto3.client("s3", endpoint_url=endpoint)
+        runs = [("clean", 0.0, 0)] + [(f"f{f}-s{s}", f, s) for f in args.fractions for s in args.seeds]
+        for name, _, _ in runs:
+            bucket = f"bench-{name.replace('.', '')}"
+            client.create_bucket(Bucket=bucket)
+            write_world(
+                f"s3://{bucket}/table", seed=1, counts={"train": 3, "val": 1, "test": 2}, domains=("photo", "sketch")
+            )
+        chain("bench-clean")
+        clean = contents(endpoint, "bench-clean")
+        for name, fraction, seed in runs[1:]:
+            bucket = f"bench-{name.replace('.', '')}"
+            started = time.perf_counter()
+            error = ""
+            with FaultProxy(endpoint, fraction=fraction, seed=seed) as proxy:
+                os.environ["AWS_ENDPOINT_URL"] = proxy.url
+                try:
+                    chain(bucket)
+                except Exception as e:  # a run that gave up: recorded, the others still run
+                    error = f"{type(e).__name__}: {str(e)[:300]}"
+            os.environ["AWS_ENDPOINT_URL"] = endpoint
+            seconds = time.perf_counter() - started
+            faulty = contents(endpoint, bucket)
+            identical = not error and faulty == clean
+            row = {"fraction": fraction, "seed": seed, **proxy.summary(), "injected": proxy.injected}
+            row.update(identical=identical, seconds=round(seconds, 1), error=error, objects=len(faulty))
+            rows.append(row)
+            print(
+                f"fraction {fraction:.2f} seed {seed}: {row['requests']} requests, {row['injected']} faults "
+                f"{row['faults']}, {row['retried']} retried, outputs identical: {identical}, {seconds:.1f} s"
+                + (f", FAILED: {error}" if error else "")
+            )
+    (out / "s3_faults.json").write_text(json.dumps(rows, indent=2))
+    total = sum(r["injected"] for r in rows)
+    print(
+        f"{len(rows)} runs, {total} faults injected, {sum(r['retried'] for r in rows)} retried; "
+        f"{sum(r['identical'] for r in rows)} of {len(rows)} runs wrote outputs identical to the clean run"
+    )
+    return 0 if all(r["identical"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
