@@ -1,25 +1,35 @@
 """clipcite: few-shot full fine-tuning of CLIP with CLIP-CITE.
 
-The building blocks most users call directly; the steps (``clipcite.steps``) and the CLI compose them.
+The building blocks most users call directly; the steps (``clipcite.steps``) and the CLI compose them. They are
+imported on first use, so ``import clipcite`` (and every command's start, ``--help`` included) does not pay for
+torch and open_clip until something needs them.
 """
 
-from clipcite.losses import cite_loss, clip_loss, dva_loss, scl_loss, vld_loss
-from clipcite.models import average_weights, load_model, load_saved
-from clipcite.splits import base_new_classes, sample_few_shot
-from clipcite.train import FitParams, fit
+import importlib
 
 __version__ = "0.1.0"
-__all__ = [
-    "FitParams",
-    "average_weights",
-    "base_new_classes",
-    "cite_loss",
-    "clip_loss",
-    "dva_loss",
-    "fit",
-    "load_model",
-    "load_saved",
-    "sample_few_shot",
-    "scl_loss",
-    "vld_loss",
-]
+_EXPORTS = {
+    "FitParams": "clipcite.train",
+    "average_weights": "clipcite.models",
+    "base_new_classes": "clipcite.splits",
+    "cite_loss": "clipcite.losses",
+    "clip_loss": "clipcite.losses",
+    "dva_loss": "clipcite.losses",
+    "fit": "clipcite.train",
+    "load_model": "clipcite.models",
+    "load_saved": "clipcite.models",
+    "sample_few_shot": "clipcite.splits",
+    "scl_loss": "clipcite.losses",
+    "vld_loss": "clipcite.losses",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'clipcite' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

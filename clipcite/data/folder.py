@@ -17,6 +17,7 @@ import json
 import logging
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import yaml
 
@@ -39,6 +40,8 @@ def source_snapshot(uri: str) -> dict:
     """What a source holds now: a table's shards, or a folder's images (object list and digest)."""
     if is_table(uri):
         return {**snapshot(uri), "kind": "table"}
+    if not storage.is_s3(uri) and not Path(uri).exists():
+        raise FileNotFoundError(f"{uri}: does not exist; pass an image table folder or a folder of images")
     listing = storage.walk(uri)
     files = [{"name": rel, **info} for rel, info in _images(listing)]
     if not files:

@@ -46,6 +46,11 @@ def run(
     """Evaluate on the eval sets of ``domains`` (all when empty). With tracking, the registered model's current
     ``champion`` is evaluated beside the new one (for the promotion gate) and everything is logged to a nested run.
     """
+    if not storage.exists(storage.join(model_uri, META_FILE)):
+        raise FileNotFoundError(
+            f"{model_uri}: no fine-tuned model there ({META_FILE} missing); run `clipcite finetune --out {model_uri}` "
+            "first, or pass the folder finetune wrote"
+        )
     name = "evaluate" + "".join(f"-{d}" for d in domains)
     if tracking_uri is not None and not mlflow_run_id:  # the run that trained the model, as finetune recorded it
         mlflow_run_id = read_json(storage.join(model_uri, META_FILE)).get("mlflow_run_id") or ""

@@ -148,10 +148,14 @@ def _few_shot_ids(
         if optional:
             log.warning("no %r rows: the %s split is left empty", split, what)
             return []
+        splits = sorted({r["split"] for r in meta})
+        domains = sorted({r["domain"] for r in meta if r["split"] == split})
         raise ValueError(
             f"no rows with split={split!r}"
-            + (f" in domains {cfg.train_domains}" if cfg.train_domains else "")
-            + " to sample the training shots from"
+            + (f" in domains {list(cfg.train_domains)}" if cfg.train_domains else "")
+            + f" to sample the training shots from. The table has splits {splits}"
+            + (f" and, in {split!r}, domains {domains}" if domains else "")
+            + "; choose with --set splits.train_domains=[...] (or splits.train_split=...)"
         )
     picked = sample_few_shot(
         [r["id"] for r in rows],
