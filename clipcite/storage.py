@@ -149,7 +149,7 @@ def check_bucket(uri: str) -> None:
 def _list_keys(uri: str, *, delimiter: bool = False, limit: int | None = None) -> list[str]:
     """Object keys under the prefix ``uri`` (recursively, or one level with ``delimiter``)."""
     bucket, prefix = split_s3(uri)
-    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    prefix = _folder_prefix(prefix)
     kwargs = {"Bucket": bucket, "Prefix": prefix, **({"Delimiter": "/"} if delimiter else {})}
     keys: list[str] = []
     with _s3_errors(uri):
@@ -158,6 +158,11 @@ def _list_keys(uri: str, *, delimiter: bool = False, limit: int | None = None) -
             if limit and len(keys) >= limit:
                 break
     return keys
+
+
+def _folder_prefix(key: str) -> str:
+    """The key prefix of the objects "inside" ``key`` as a folder: ``a/b`` -> ``a/b/``, a bucket root -> ``""``."""
+    return key.rstrip("/") + "/" if key.strip("/") else ""
 
 
 def split_s3(uri: str) -> tuple[str, str]:
@@ -249,7 +254,7 @@ def list_files(uri: str | os.PathLike, suffix: str = "") -> list[str]:
     """Files directly inside a directory/prefix, sorted, as URIs of the same kind as ``uri``."""
     uri = str(uri)
     if is_s3(uri):
-        prefix = split_s3(uri)[1].rstrip("/") + "/"
+        prefix = _folder_prefix(split_s3(uri)[1])
         names = {k[len(prefix) :] for k in _list_keys(uri, delimiter=True)}
     else:
         folder = Path(uri)
@@ -285,7 +290,7 @@ def walk(uri: str | os.PathLike) -> list[tuple[str, dict]]:
                 found.append((rel, {"size": info.st_size, "mtime_ns": info.st_mtime_ns}))
         return found
     bucket, prefix = split_s3(uri)
-    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    prefix = _folder_prefix(prefix)
     found = []
     with _s3_errors(uri):
         for page in _client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
@@ -307,7 +312,7 @@ def local_dir(uri: str | os.PathLike) -> Iterator[Path]:
     if not keys:
         raise FileNotFoundError(f"{uri}: no such prefix (no objects under it)")
     bucket, prefix = split_s3(uri)
-    prefix = prefix.rstrip("/") + "/"
+    prefix = _folder_prefix(prefix)
     with tempfile.TemporaryDirectory(prefix="clipcite-") as tmp:
         for key in keys:
             target = Path(tmp, key[len(prefix) :])
@@ -331,7 +336,7 @@ def mirrored_dir(uri: str | os.PathLike) -> Iterator[tuple[Path, Callable[[Path]
         yield Path(uri), lambda path: None
         return
     bucket, prefix = split_s3(uri)
-    prefix = prefix.rstrip("/") + "/"
+    prefix = _folder_prefix(prefix)
     client = _client()
     with tempfile.TemporaryDirectory(prefix="clipcite-mirror-") as tmp:
         for key in _list_keys(uri):
@@ -388,7 +393,7 @@ def publish_dir(local: Path, uri: str) -> None:
         # behind would silently join the new table). Objects are replaced one by one: readers during the
         # upload may see a mix, which the pipeline never does (it writes each artifact once).
         bucket, prefix = split_s3(uri)
-        prefix = prefix.rstrip("/") + "/"
+        prefix = _folder_prefix(prefix)
         client = _client()
         new = set()
         for path in sorted(p for p in local.rglob("*") if p.is_file()):
