@@ -169,9 +169,10 @@ def test_poddefault_selects_the_label_the_pipeline_sets():
     (poddefault,) = [o for o in render(MANIFESTS / "overlays" / "dev") if o["kind"] == "PodDefault"]
     key, value = pipeline.POD_LABEL
     assert poddefault["spec"]["selector"]["matchLabels"] == {key: value}
-    spec = list(yaml.safe_load_all((ROOT / "pipeline.yaml").read_text()))[1]
+    root, spec = yaml.safe_load_all((ROOT / "pipeline.yaml").read_text())
     executors = spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert len(executors) == 6 and all(e["podMetadata"]["labels"] == {key: value} for e in executors.values())
+    assert set(executors) == set(root["deploymentSpec"]["executors"])  # every step's pod, the exit handler's too
+    assert len(executors) >= 6 and all(e["podMetadata"]["labels"] == {key: value} for e in executors.values())
 
 
 def test_checkov_finds_no_unjustified_failure(tmp_path):
