@@ -63,10 +63,10 @@ def evaluate_model(model: Path, splits: Path, metrics: Path, config, protocol: s
     return {d: entry[d]["finetuned"]["top1"] for d in DOMAINS}
 
 
-def run_one(table: Path, out: Path, seed: int, extra: list[str]) -> dict:
+def run_one(table: Path, out: Path, seed: int, extra: list[str], protocols: tuple[str, ...] = tuple(PROTOCOLS)) -> dict:
     """All methods of both protocols for one seed; returns {method: {"b2n": {...}, "xd": {...}}}."""
     results: dict = {m: {} for m in METHODS}
-    for protocol in PROTOCOLS:
+    for protocol in protocols:
         base, splits, cache = prepare(table, out, protocol, seed, extra)
         for method, switches in METHODS.items():
             method_config = load_config("configs/default.yaml", [*base, *switches])
@@ -97,8 +97,11 @@ def table_markdown(summary: dict, seeds: list[int], command: str) -> str:
         "|---|" + "---|" * len(cols),
     ]
     for method, entry in summary.items():
-        cells = [entry["b2n"][k] for k in ("base", "new", "hm")] + [entry["xd"][d] for d in DOMAINS]
-        lines.append(f"| {method} | " + " | ".join(f"{c['mean']:.1f} ± {c['std']:.1f}" for c in cells) + " |")
+        b2n, xd = entry.get("b2n", {}), entry.get("xd", {})
+        cells = [b2n.get(k) for k in ("base", "new", "hm")] + [xd.get(d) for d in DOMAINS]
+        lines.append(
+            f"| {method} | " + " | ".join(f"{c['mean']:.1f} ± {c['std']:.1f}" if c else "-" for c in cells) + " |"
+        )
     lines += [
         "",
         "Base/New/HM: base-to-new on photo (16 shots of 24 base classes). Domain columns: cross-domain "
@@ -110,6 +113,7 @@ def table_markdown(summary: dict, seeds: list[int], command: str) -> str:
 
 def plot(summary: dict, path: Path) -> None:
     cols = [("b2n", "hm", "HM"), *[("xd", d, d) for d in DOMAINS]]
+    cols = [c for c in cols if all(c[0] in entry for entry in summary.values())]  # protocols that ran
     fig, ax = plt.subplots(figsize=(10, 4))
     width = 0.8 / len(summary)
     for i, (method, entry) in enumerate(summary.items()):
@@ -130,6 +134,7 @@ def main() -> int:
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--quick", action="store_true", help="one seed, 5 epochs")
+    parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
     add_overrides_argument(parser)  # applied to every run
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
@@ -141,12 +146,13 @@ def main() -> int:
     table = out / "table"
     # always rewritten (seconds): a table left by an older version of the world would silently skew the numbers
     write_world(str(table), seed=1)
-    runs = [run_one(table, out / f"seed{seed}", seed, extra) for seed in seeds]
+    runs = [run_one(table, out / f"seed{seed}", seed, extra, args.protocols) for seed in seeds]
     summary = {m: aggregate([r[m] for r in runs]) for m in METHODS}
     command = (
         "python bench/toyworld_methods.py"
         + (" --quick" if args.quick else "")
         + (f" --seeds {' '.join(map(str, seeds))}" if seeds != [1, 2, 3] and not args.quick else "")
+        + (f" --protocols {' '.join(args.protocols)}" if args.protocols != list(PROTOCOLS) else "")
     )
     text = table_markdown(summary, seeds, command)
     (out / "toyworld_methods.md").write_text(text)
