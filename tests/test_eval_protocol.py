@@ -20,9 +20,15 @@ from .conftest import tiny_config
 
 
 def _rewrite(table, out, keep_row, classes: ClassList | None = None, **changes) -> str:
-    """A copy of ``table`` with the rows ``keep_row`` accepts, fields changed as given."""
-    rows = [{**r, **changes} for r in read_table(str(table)).to_pylist() if keep_row(r)]
-    write_table(rows, str(out), classes or read_classes(str(table)))
+    """A copy of ``table`` with the rows ``keep_row`` accepts, fields changed as given; with new ``classes``, each
+    row's classname becomes its label's name there."""
+    classes = classes or read_classes(str(table))
+    rows = [
+        {**r, **changes, "classname": classes.names[r["label"]]}
+        for r in read_table(str(table)).to_pylist()
+        if keep_row(r)
+    ]
+    write_table(rows, str(out), classes)
     return str(out)
 
 
