@@ -297,6 +297,7 @@ def main() -> int:
         + (" --quick" if args.quick else "")
         + (f" --seeds {' '.join(map(str, seeds))}" if seeds != [1, 2, 3] and not args.quick else "")
         + (f" --protocols {' '.join(args.protocols)}" if args.protocols != list(PROTOCOLS) else "")
+        + (f" --etas {' '.join(f'{e:g}' for e in args.etas)}" if args.etas != ETAS else "")
         + "".join(f" --set {o}" for o in args.overrides)
     )
     runs, done = [], []
