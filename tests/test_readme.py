@@ -15,6 +15,10 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # see pyproject.toml: `make test-fast` leaves these out
+
 ROOT = Path(__file__).resolve().parents[1]
 # The tiny table has one image per class, domain and split; evaluating one domain of four saves a process per step.
 TINY_CHAIN = "--set splits.shots=1 --set train.epochs=1 --set 'splits.eval_domains=[photo]'"

@@ -18,6 +18,8 @@ sys.path.insert(0, str(ROOT))
 
 import pipeline  # noqa: E402
 
+pytestmark = pytest.mark.slow  # see pyproject.toml: `make test-fast` leaves these out
+
 FIRST = ["red circle", "blue square", "green triangle", "yellow diamond", "purple cross", "orange bar"]
 NEW = "green star"
 OVERRIDES = {"splits.protocol": "fewshot", "splits.train_domains": [], "train.epochs": 1, "eval.batch_size": 64}

@@ -14,6 +14,8 @@ from .conftest import tiny_config
 from .faultproxy import FaultProxy
 from .servers import moto_server, s3_environment
 
+pytestmark = pytest.mark.slow  # see pyproject.toml: `make test-fast` leaves these out
+
 log = logging.getLogger(__name__)
 FRACTION, SEED = 0.15, 14  # 15% of S3 requests get a reset, a 500, a 503, a slow answer or a truncated body
 CLEAN, FAULTY = "clipcite-clean", "clipcite-faulty"

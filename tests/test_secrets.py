@@ -23,6 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 import pipeline  # noqa: E402
 
+pytestmark = pytest.mark.slow  # see pyproject.toml: `make test-fast` leaves these out
+
 USER = "clipcite-ci"
 PLANTED = {
     name: f"{tag}-{secrets.token_hex(12)}"
