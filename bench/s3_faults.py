@@ -25,37 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from clipcite.config import load_config  # noqa: E402
-from clipcite.steps import cache_teacher, evaluate, finetune, sample_splits  # noqa: E402
 from clipcite.toyworld.generate import write_world  # noqa: E402
 from tests.faultproxy import FaultProxy  # noqa: E402
+from tests.s3_chain import bucket_contents, run_chain  # noqa: E402
 from tests.servers import moto_server, s3_environment  # noqa: E402
 
 TINY = ["model.arch=clipcite-tiny", "model.pretrained=", "device=cpu", "splits.shots=2", "train.epochs=1"]
-VARYING = {"train_summary.json": ("seconds", "images_per_second")}
-
-
-def chain(bucket: str) -> None:
-    config = load_config(overrides=[*TINY, "train.batch_size=8"])
-    root = f"s3://{bucket}"
-    sample_splits.run(f"{root}/table", f"{root}/splits", config)
-    cache_teacher.run(f"{root}/splits", f"{root}/teacher", config)
-    finetune.run(f"{root}/splits", f"{root}/model", config, cache_uri=f"{root}/teacher")
-    evaluate.run(f"{root}/model", f"{root}/splits", f"{root}/report", config)
-
-
-def contents(endpoint: str, bucket: str) -> dict[str, bytes]:
-    client = boto3.client("s3", endpoint_url=endpoint)
-    out = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        for obj in page.get("Contents", []):
-            if obj["Key"].startswith("table/"):
-                continue
-            body = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
-            name = obj["Key"].rsplit("/", 1)[-1]
-            if name in VARYING:
-                body = json.dumps({k: v for k, v in json.loads(body).items() if k not in VARYING[name]}).encode()
-            out[obj["Key"]] = body.replace(bucket.encode(), b"<bucket>")
-    return out
+CONFIG = load_config(overrides=[*TINY, "train.batch_size=8"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
             write_world(
                 f"s3://{bucket}/table", seed=1, counts={"train": 3, "val": 1, "test": 2}, domains=("photo", "sketch")
             )
-        chain("bench-clean")
-        clean = contents(endpoint, "bench-clean")
+        run_chain("bench-clean", CONFIG)
+        clean = bucket_contents(endpoint, "bench-clean", skip_prefix="table/")
         for name, fraction, seed in runs[1:]:
             bucket = f"bench-{name.replace('.', '')}"
             started = time.perf_counter()
@@ -86,12 +62,12 @@ def main(argv: list[str] | None = None) -> int:
             with FaultProxy(endpoint, fraction=fraction, seed=seed) as proxy:
                 os.environ["AWS_ENDPOINT_URL"] = proxy.url
                 try:
-                    chain(bucket)
+                    run_chain(bucket, CONFIG)
                 except Exception as e:  # a run that gave up: recorded, the others still run
                     error = f"{type(e).__name__}: {str(e)[:300]}"
             os.environ["AWS_ENDPOINT_URL"] = endpoint
             seconds = time.perf_counter() - started
-            faulty = contents(endpoint, bucket)
+            faulty = bucket_contents(endpoint, bucket, skip_prefix="table/")
             identical = not error and faulty == clean
             row = {"fraction": fraction, "seed": seed, **proxy.summary(), "injected": proxy.injected}
             row.update(identical=identical, seconds=round(seconds, 1), error=error, objects=len(faulty))

@@ -1,17 +1,17 @@
 """The chain's S3 paths through a flaky S3 (``tests/faultproxy.py`` in front of ``moto_server``): the same outputs as
 a clean run, and an upload cut mid-way never leaves an object (nor a split) that a later step reads as complete."""
 
-import json
 import logging
 
 import boto3
 import pytest
 
 from clipcite import storage
-from clipcite.steps import cache_teacher, evaluate, finetune, sample_splits
+from clipcite.steps import finetune, sample_splits
 
 from .conftest import tiny_config
 from .faultproxy import FaultProxy
+from .s3_chain import bucket_contents, run_chain
 from .servers import moto_server, s3_environment
 
 pytestmark = pytest.mark.slow  # see pyproject.toml: `make test-fast` leaves these out
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow  # see pyproject.toml: `make test-fast` leaves the
 log = logging.getLogger(__name__)
 FRACTION, SEED = 0.15, 14  # 15% of S3 requests get a reset, a 500, a 503, a slow answer or a truncated body
 CLEAN, FAULTY = "clipcite-clean", "clipcite-faulty"
-VARYING = {"train_summary.json": ("seconds", "images_per_second")}  # wall-clock numbers differ between runs
+CONFIG = tiny_config("splits.shots=2", "train.epochs=1", "train.batch_size=4")
 
 
 @pytest.fixture(scope="module")
@@ -35,36 +35,13 @@ def s3(table):
         yield endpoint
 
 
-def _chain(bucket: str) -> None:
-    config = tiny_config("splits.shots=2", "train.epochs=1", "train.batch_size=4")
-    root = f"s3://{bucket}"
-    sample_splits.run(f"{root}/table", f"{root}/splits", config)
-    cache_teacher.run(f"{root}/splits", f"{root}/teacher", config)
-    finetune.run(f"{root}/splits", f"{root}/model", config, cache_uri=f"{root}/teacher")
-    evaluate.run(f"{root}/model", f"{root}/splits", f"{root}/report", config)
-
-
-def _contents(endpoint: str, bucket: str) -> dict[str, bytes]:
-    """Every object of ``bucket`` read straight from moto, the bucket's name replaced so both runs compare."""
-    client = boto3.client("s3", endpoint_url=endpoint)
-    out = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        for obj in page.get("Contents", []):
-            body = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
-            name = obj["Key"].rsplit("/", 1)[-1]
-            if name in VARYING:
-                body = json.dumps({k: v for k, v in json.loads(body).items() if k not in VARYING[name]}).encode()
-            out[obj["Key"]] = body.replace(bucket.encode(), b"<bucket>")
-    return out
-
-
 def test_the_chain_through_s3_faults_writes_what_a_clean_run_writes(s3, monkeypatch, capsys):
-    _chain(CLEAN)
+    run_chain(CLEAN, CONFIG)
     with FaultProxy(s3, fraction=FRACTION, seed=SEED) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-        _chain(FAULTY)
+        run_chain(FAULTY, CONFIG)
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3)
-    clean, faulty = _contents(s3, CLEAN), _contents(s3, FAULTY)
+    clean, faulty = bucket_contents(s3, CLEAN), bucket_contents(s3, FAULTY)
     assert sorted(faulty) == sorted(clean)
     assert {"model/open_clip_model.safetensors", "teacher/teacher.safetensors", "report/metrics.json"} <= set(clean)
     different = [key for key in clean if clean[key] != faulty[key]]
