@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from clipcite.prompts import canonical_dataset
-from clipcite.train import FitParams
+from clipcite.recipe import FitParams
 
 
 class ConfigError(ValueError):

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-DEFAULT_SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop defaults (the paper states no other)
-DEFAULT_RATIO = (3 / 4, 4 / 3)
+from clipcite.recipe import DEFAULT_RATIO, DEFAULT_SCALE
+
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 
 

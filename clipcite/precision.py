@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16")
+from clipcite.recipe import PRECISIONS
 
 
 def resolve_precision(device: str, precision: str = "auto") -> str:

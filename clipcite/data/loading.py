@@ -8,8 +8,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from clipcite.crops import DEFAULT_RATIO, DEFAULT_SCALE, crop_params, eval_view, train_view
+from clipcite.crops import crop_params, eval_view, train_view
 from clipcite.data.table import ImageDecodeError, decode_image, image_bytes
+from clipcite.recipe import DEFAULT_RATIO, DEFAULT_SCALE
 
 
 def crop_boxes(
@@ -30,25 +31,33 @@ def crop_boxes(
 
 
 class CropDataset(Dataset):
-    """Item ``i`` is ``(i, crop tensor, label)`` for the current ``epoch`` (set it before iterating).
+    """Item ``i`` is ``(i, crop tensor, label)`` for the current ``epoch`` (set it before iterating); item
+    ``(epoch, i)`` names the epoch itself (what :class:`clipcite.loaders.EpochBatches` yields to persistent workers).
 
     ``boxes[epoch, i]`` is the crop of image i in that epoch: from :func:`crop_boxes`, or replayed from a teacher
-    cache, which stored the same boxes.
+    cache, which stored the same boxes. ``decoded[i]``, when given, is image i's RGB pixels decoded once per run
+    (:func:`clipcite.loaders.decode_all`): the same pixels the per-epoch decode gives.
     """
 
-    def __init__(self, rows: list[dict], preprocess_cfg: dict, boxes: torch.Tensor, source: str = ""):
+    def __init__(
+        self, rows: list[dict], preprocess_cfg: dict, boxes: torch.Tensor, source: str = "", decoded: list | None = None
+    ):
         if boxes.shape[1] != len(rows):
             raise ValueError(f"crop boxes cover {boxes.shape[1]} images, the split has {len(rows)}")
-        self.rows, self.cfg, self.boxes, self.source = rows, preprocess_cfg, boxes, source
+        self.rows, self.cfg, self.boxes, self.source, self.decoded = rows, preprocess_cfg, boxes, source, decoded
         self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, item: int | tuple[int, int]):
+        epoch, i = item if isinstance(item, tuple) else (self.epoch, item)
         row = self.rows[i]
-        image = decode_image(image_bytes(row, self.source), f"{self.source}row id={row['id']!r}")
-        box = tuple(int(v) for v in self.boxes[self.epoch, i])
+        if self.decoded is not None:
+            image = Image.fromarray(self.decoded[i])
+        else:
+            image = decode_image(image_bytes(row, self.source), f"{self.source}row id={row['id']!r}")
+        box = tuple(int(v) for v in self.boxes[epoch, i])
         return i, train_view(image, box, self.cfg), int(row["label"])
 
 

@@ -1,0 +1,68 @@
+"""The training recipe as data: methods, precisions, crop defaults and ``FitParams``.
+
+Torch-free on purpose: the config (and every CPU-only step that reads it: snapshot, sample-splits, register) loads
+without paying for torch at start-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+METHODS = ("zeroshot", "ce", "flyp", "cite")
+PRECISIONS = ("auto", "fp32", "bf16")
+DEFAULT_SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop defaults (the paper states no other)
+DEFAULT_RATIO = (3 / 4, 4 / 3)
+
+
+@dataclass(frozen=True)
+class FitParams:
+    """The training recipe. Defaults are the paper's (ViT-B/16) or method.md's marked decisions."""
+
+    method: str = "cite"  # zeroshot | ce | flyp | cite
+    epochs: int = 20  # paper
+    batch_size: int = 32  # paper (16 for EuroSAT, 64 for ImageNet: see configs/paper_vitb16.yaml)
+    lr: float = 5e-6  # paper
+    weight_decay: float = 0.1  # decision
+    warmup_steps: int = 0  # decision: no warmup by default
+    w_dva: float = 1.0  # weight of L_DVA
+    lam: float = 0.7  # paper: weight of L_SCL
+    eta: float = 0.1  # paper: weight of L_VLD
+    alpha: float = 0.5  # paper: weight-space ensemble; 1.0 = no ensemble
+    # decision: the temperature of every loss, fixed (not trained); "checkpoint" = the base model's own
+    # exp(logit_scale) (100 for OpenAI's weights, the paper's s), or a number
+    logit_scale: float | str = "checkpoint"
+    vld_direction: str = "teacher_student"  # decision: KL(Q||P); "student_teacher" = paper's literal KL(P||Q)
+    vld_over: str = "batch"  # decision: batch texts; "classes" = all C class prompts
+    train_head: bool = True  # paper: W trainable ("FrozenTC" ablation = false)
+    grad_clip: float = 0.0  # decision: off
+    crop_scale: tuple[float, float] = DEFAULT_SCALE  # RandomResizedCrop defaults
+    crop_ratio: tuple[float, float] = DEFAULT_RATIO
+    precision: str = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU (decision)
+    num_workers: int = 0
+    on_nonfinite: str = "stop"  # a NaN/inf loss term or gradient norm stops training; "skip" skips the step
+
+    def validate(self) -> None:
+        checks = {
+            "method": self.method in METHODS,
+            "vld_direction": self.vld_direction in ("teacher_student", "student_teacher"),
+            "vld_over": self.vld_over in ("batch", "classes"),
+            "precision": self.precision in PRECISIONS,
+            "on_nonfinite": self.on_nonfinite in ("stop", "skip"),
+            "alpha": 0.0 <= self.alpha <= 1.0,
+            "epochs": self.epochs >= 0,
+            "batch_size": self.batch_size >= 1,
+            "logit_scale": self.logit_scale == "checkpoint"
+            or (isinstance(self.logit_scale, int | float) and self.logit_scale > 0),
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid training setting(s): {', '.join(f'{b}={getattr(self, b)!r}' for b in bad)}")
+
+    def loss_weights(self) -> dict[str, float]:
+        """What each method trains with; an ablation is a weight set to 0."""
+        return {
+            "zeroshot": {"dva": 0.0, "scl": 0.0, "vld": 0.0},
+            "ce": {"dva": self.w_dva, "scl": 0.0, "vld": 0.0},
+            "flyp": {"dva": 0.0, "scl": 0.0, "vld": 0.0},
+            "cite": {"dva": self.w_dva, "scl": self.lam, "vld": self.eta},
+        }[self.method]
