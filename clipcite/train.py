@@ -22,8 +22,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from clipcite.data.loading import CropDataset, crop_boxes
+from clipcite.data.loading import CropDataset, crop_boxes, image_size
 from clipcite.finite import NonFiniteError
+from clipcite.loaders import EpochBatches, decode_all, loader_options
 from clipcite.losses import cite_loss, clip_loss, similarity_logits
 from clipcite.models import LoadedModel, average_weights, encode_texts
 from clipcite.precision import autocast as precision_autocast
@@ -65,8 +66,9 @@ def fit(
 ) -> FitResult:
     """Fine-tune ``student`` on ``rows`` (train split: id, image/path, label) whose classes are ``prompts``.
 
-    After every epoch the full state goes to ``checkpoint_dir`` (and ``on_checkpoint(path)`` is called, e.g. to copy
-    it somewhere durable); a run started again with the same inputs resumes after the last saved epoch.
+    At the epoch ends the checkpoint policy picks (``train.checkpoint_every_*``; default every epoch) the state goes
+    to ``checkpoint_dir`` (and ``on_checkpoint(path)`` is called, e.g. to copy it somewhere durable); a run started
+    again with the same inputs resumes after the last saved epoch. One DataLoader serves every epoch.
     """
     params.validate()
     weights = params.loss_weights()
@@ -96,25 +98,30 @@ def fit(
         if cache is not None
         else crop_boxes(rows, seed, params.epochs, params.crop_scale, params.crop_ratio, source)
     )
-    dataset = CropDataset(rows, student.preprocess_cfg, boxes, source)
-    steps_per_epoch = math.ceil(len(rows) / params.batch_size)
+    decoded = None
+    if params.decode_cache_mb > 0:
+        decoded = decode_all(rows, [image_size(r, source) for r in rows], params.decode_cache_mb, source)
+    dataset = CropDataset(rows, student.preprocess_cfg, boxes, source, decoded=decoded)
+    batches = EpochBatches(len(rows), params.batch_size, seed)
+    loader = DataLoader(
+        dataset, batch_sampler=batches, **loader_options(params.num_workers, params.prefetch_factor, device)
+    )
+    steps_per_epoch = len(batches)
     total_steps = params.epochs * steps_per_epoch
-    optimizer = torch.optim.AdamW(_param_groups(model, head, params.weight_decay), lr=params.lr)
+    optimizer = adamw(_param_groups(model, head, params.weight_decay), params.lr, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(params.warmup_steps, total_steps))
     fingerprint = _fingerprint(student.identity, params, seed, [r["id"] for r in rows], prompts)
     start_epoch = _resume(checkpoint_dir, fingerprint, model, head, optimizer, scheduler)
     autocast = precision_autocast(device, params.precision)
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
     step, seen, skipped, started = start_epoch * steps_per_epoch, 0, 0, time.perf_counter()
+    last_save = started
 
     for epoch in range(start_epoch, params.epochs):
         model.train()
-        dataset.epoch = epoch
-        order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(_mix(seed, epoch)))
-        batches = [order[i : i + params.batch_size].tolist() for i in range(0, len(rows), params.batch_size)]
-        loader = DataLoader(dataset, batch_sampler=batches, num_workers=params.num_workers)
+        batches.epoch = epoch  # the sampler runs in this process: persistent workers get (epoch, i) items
         for index, images, labels in tqdm(loader, desc=f"epoch {epoch + 1}/{params.epochs}", leave=False):
-            images, labels = images.to(device), labels.to(device)
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with autocast:
                 teacher_image = None
                 if needs_teacher_images:
@@ -147,7 +154,11 @@ def fit(
             if log_fn is not None:
                 metrics = {k: float(v.detach()) for k, v in losses.items()}
                 log_fn({**metrics, "grad_norm": grad_norm, "lr": lr, "epoch": epoch + 1}, step)
-        saved = _save_checkpoint(checkpoint_dir, fingerprint, epoch + 1, model, head, optimizer, scheduler)
+        if checkpoint_dir is None or not checkpoint_due(params, epoch + 1, time.perf_counter() - last_save):
+            continue
+        last_save = time.perf_counter()
+        optimizer_state = optimizer if params.checkpoint_optimizer else None
+        saved = _save_checkpoint(checkpoint_dir, fingerprint, epoch + 1, model, head, optimizer_state, scheduler)
         if saved is not None and on_checkpoint is not None:
             on_checkpoint(saved)
 
@@ -269,17 +280,42 @@ def _cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     return factor
 
 
-def _mix(seed: int, epoch: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"order:{seed}:{epoch}".encode()).digest()[:8], "little")
+def adamw(param_groups: list[dict], lr: float, device: str) -> torch.optim.AdamW:
+    """AdamW's fastest exact path for the device: one fused kernel on CUDA, the multi-tensor (foreach) path
+    elsewhere, instead of PyTorch's per-parameter loop on CPU."""
+    if str(device).startswith("cuda"):
+        return torch.optim.AdamW(param_groups, lr=lr, fused=True)
+    return torch.optim.AdamW(param_groups, lr=lr, foreach=True)
+
+
+def checkpoint_due(params: FitParams, epochs_done: int, seconds_since_save: float) -> bool:
+    """Whether the checkpoint policy saves after ``epochs_done`` epochs (train.checkpoint_every_*)."""
+    every, minutes = params.checkpoint_every_epochs, params.checkpoint_every_minutes
+    by_epoch = every > 0 and epochs_done % every == 0
+    by_time = minutes > 0 and seconds_since_save >= 60 * minutes
+    return by_epoch or by_time
+
+
+# How a run is executed, not what it computes: a checkpoint written under one value resumes under another.
+RUNTIME_SETTINGS = (
+    "num_workers",
+    "prefetch_factor",
+    "decode_cache_mb",
+    "checkpoint_every_epochs",
+    "checkpoint_every_minutes",
+    "checkpoint_optimizer",
+)
 
 
 def _fingerprint(identity: str, params: FitParams, seed: int, ids: list[str], prompts: list[str]) -> str:
-    body = json.dumps([identity, asdict(params), seed, ids, prompts], sort_keys=True, default=str)
+    recipe = {k: v for k, v in asdict(params).items() if k not in RUNTIME_SETTINGS}
+    body = json.dumps([identity, recipe, seed, ids, prompts], sort_keys=True, default=str)
     return hashlib.sha256(body.encode()).hexdigest()
 
 
 def _save_checkpoint(directory, fingerprint, epoch, model, head, optimizer, scheduler) -> Path | None:
-    """Atomic: written to a temp file, then renamed over the previous checkpoint. Returns its path."""
+    """Atomic: written to a temp file, then renamed over the previous checkpoint. Returns its path.
+    ``optimizer=None`` leaves AdamW's state out (train.checkpoint_optimizer=false)."""
     if directory is None:
         return None
     directory = Path(directory)
@@ -289,7 +325,7 @@ def _save_checkpoint(directory, fingerprint, epoch, model, head, optimizer, sche
         "epoch": epoch,
         "model": model.state_dict(),
         "head": head.detach(),
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict(),
     }
     tmp = directory / f".{CHECKPOINT}.tmp"
@@ -311,7 +347,14 @@ def _resume(directory, fingerprint, model, head, optimizer, scheduler) -> int:
     model.load_state_dict(state["model"])
     with torch.no_grad():
         head.copy_(state["head"])
-    optimizer.load_state_dict(state["optimizer"])
+    if state["optimizer"] is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    else:  # documented in FitParams: the run continues, but no longer bit-exact with an uninterrupted one
+        log.warning(
+            "%s holds no optimizer state (train.checkpoint_optimizer=false): AdamW's moments restart from zero, "
+            "so the result will differ from an uninterrupted run",
+            path,
+        )
     scheduler.load_state_dict(state["scheduler"])
     log.info("resumed from %s after epoch %d", path, state["epoch"])
     return int(state["epoch"])

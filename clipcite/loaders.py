@@ -1,0 +1,76 @@
+"""The input path's DataLoaders: built once per run, fed a per-epoch order, and a decode-once image cache.
+
+Workers that restart every epoch re-import torch and re-open their state each time; a loader built once with
+``persistent_workers`` keeps them. Because a persistent worker holds its own copy of the dataset, the epoch cannot
+travel as a dataset attribute: the batch sampler (which runs in the main process) yields ``(epoch, index)`` pairs.
+The few-shot train set is small; when its decoded pixels fit ``decode_cache_mb`` every image is decoded once per
+run instead of once per epoch (the crops are cut from the same RGB pixels, so the tensors are identical).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The generator seed of the batch order in ``epoch`` (a function of the seed alone: resumable)."""
+    return int.from_bytes(hashlib.sha256(f"order:{seed}:{epoch}".encode()).digest()[:8], "little")
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch))).tolist()
+
+
+class EpochBatches:
+    """A batch sampler over ``n`` items: set ``epoch``, then iterate the batches of ``[(epoch, index), ...]``."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, *, shuffle: bool = True):
+        self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order = epoch_order(self.n, self.seed, self.epoch) if self.shuffle else list(range(self.n))
+        for start in range(0, self.n, self.batch_size):
+            yield [(self.epoch, i) for i in order[start : start + self.batch_size]]
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+
+def loader_options(num_workers: int, prefetch_factor: int, device: str, *, persistent: bool = True) -> dict:
+    """DataLoader keyword arguments: workers kept across epochs, batches prefetched, pinned memory for CUDA."""
+    options: dict = {"num_workers": num_workers, "pin_memory": str(device).startswith("cuda")}
+    if num_workers > 0:
+        options.update(persistent_workers=persistent, prefetch_factor=prefetch_factor)
+    return options
+
+
+def decoded_size_mb(sizes: list[tuple[int, int]]) -> float:
+    """Memory of the decoded RGB uint8 pixels of images of these (width, height)."""
+    return sum(w * h * 3 for w, h in sizes) / 2**20
+
+
+def decode_all(rows: list[dict], sizes: list[tuple[int, int]], budget_mb: float, source: str = "") -> list | None:
+    """Every row's image as an RGB uint8 array [H, W, 3], or ``None`` when they need more than ``budget_mb``
+    (``train.decode_cache_mb``; 0 turns the cache off). ``sizes`` are the (width, height) from the headers."""
+    from clipcite.data.table import decode_image, image_bytes
+
+    needed = decoded_size_mb(sizes)
+    if budget_mb <= 0 or needed > budget_mb:
+        if budget_mb > 0:
+            log.info(
+                "decoded train images need %.0f MB > train.decode_cache_mb=%g: decoding per epoch", needed, budget_mb
+            )
+        return None
+    arrays = [np.asarray(decode_image(image_bytes(row, source), f"{source}row id={row['id']!r}")) for row in rows]
+    log.info(
+        "decoded %d train image(s) once for the run: %.0f MB (train.decode_cache_mb=%g)", len(rows), needed, budget_mb
+    )
+    return arrays
