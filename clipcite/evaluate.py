@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from clipcite.data.loading import EvalDataset
 from clipcite.finite import require_finite
+from clipcite.loaders import loader_options
 from clipcite.metrics import confusion_matrix, harmonic_mean, per_class_accuracy, top1
 from clipcite.models import LoadedModel, encode_texts
 from clipcite.precision import autocast as precision_autocast
@@ -40,10 +41,11 @@ def predict(
     preds, targets = [], []
     dataset = EvalDataset(rows, loaded.preprocess_cfg, source)
     autocast = precision_autocast(device, precision)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    # one pass per set: workers need not persist; pinned batches copy to the GPU asynchronously
+    loader = DataLoader(dataset, batch_size=batch_size, **loader_options(num_workers, 2, device, persistent=False))
     for index, images, labels in tqdm(loader, desc=f"evaluating {source or 'set'}", leave=False):
         with autocast:
-            features = model.encode_image(images.to(device), normalize=True).float()
+            features = model.encode_image(images.to(device, non_blocking=True), normalize=True).float()
         logits = features @ text.T
         require_finite(logits, f"{source}evaluation logits", [f"id={rows[int(i)]['id']}" for i in index])
         preds.append(logits.argmax(dim=1).cpu())

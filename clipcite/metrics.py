@@ -1,27 +1,30 @@
-"""Classification metrics and their aggregation over seeds. Pure functions on label tensors and dicts."""
+"""Classification metrics, the per-domain summary and aggregation over seeds. Pure functions on label arrays and
+dicts; numpy, not torch, so that the steps that only read metrics (register) start without torch."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 
-import torch
+import numpy as np
 
 
-def top1(pred: torch.Tensor, target: torch.Tensor) -> float:
-    """Top-1 accuracy in percent."""
-    return 100.0 * float((pred == target).float().mean()) if len(target) else float("nan")
+def top1(pred, target) -> float:
+    """Top-1 accuracy in percent (``pred`` and ``target``: label arrays or tensors of one length)."""
+    pred, target = np.asarray(pred), np.asarray(target)
+    return 100.0 * float((pred == target).mean()) if len(target) else float("nan")
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+def confusion_matrix(pred, target, num_classes: int) -> np.ndarray:
     """[C, C] counts; row = true class, column = predicted class."""
-    flat = target.long() * num_classes + pred.long()
-    return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    flat = np.asarray(target, dtype=np.int64) * num_classes + np.asarray(pred, dtype=np.int64)
+    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def per_class_accuracy(confusion: torch.Tensor) -> list[float]:
+def per_class_accuracy(confusion: np.ndarray) -> list[float]:
     """Accuracy (percent) of each true class; NaN for a class with no test image."""
-    totals = confusion.sum(dim=1)
+    confusion = np.asarray(confusion)
+    totals = confusion.sum(axis=1)
     return [100.0 * float(confusion[c, c]) / float(t) if t else float("nan") for c, t in enumerate(totals)]
 
 
@@ -67,3 +70,42 @@ def aggregate(runs: Sequence[dict]) -> dict:
             "mean_of_runs": out["hm"]["mean"],
         }
     return out
+
+
+MEAN_OVER = ("ood", "all")
+
+
+def summarise(
+    sets: dict[str, dict], models: list[str], source_domains: tuple[str, ...] | list[str] = (), mean_over: str = "ood"
+) -> dict:
+    """Per domain: top-1 (all classes) or Base/New/HM (base-to-new sets); then the mean over domains.
+
+    ``sets[name]`` holds ``domain``, ``subset`` (all|base|new) and one metrics dict per model name. The mean
+    averages top-1, Base and New over the domains not trained on (``source_domains``; method.md's "OOD average")
+    when ``mean_over="ood"`` and there are any, else over every domain; its ``hm`` is HM(mean Base, mean New).
+    ``mean_domains`` says which domains it covers, ``source_domains`` which evaluated domains were trained on.
+    """
+    if mean_over not in MEAN_OVER:
+        raise ValueError(f"eval.mean_over must be one of {MEAN_OVER}, got {mean_over!r}")
+    domains: dict[str, dict] = {}
+    for info in sets.values():
+        entry = domains.setdefault(info["domain"], {m: {} for m in models})
+        key = {"all": "top1", "base": "base", "new": "new"}[info["subset"]]
+        for m in models:
+            entry[m][key] = info[m]["top1"]
+    for entry in domains.values():
+        for m in models:
+            if "base" in entry[m] and "new" in entry[m]:
+                entry[m]["hm"] = harmonic_mean(entry[m]["base"], entry[m]["new"])
+    sources = [d for d in domains if d in set(source_domains)]
+    targets = [d for d in domains if d not in set(source_domains)]
+    averaged = targets if mean_over == "ood" and targets else list(domains)
+    mean: dict[str, dict] = {m: {} for m in models}
+    for m in models:
+        for key in ("top1", "base", "new"):
+            values = [domains[d][m][key] for d in averaged if key in domains[d][m]]
+            if values:
+                mean[m][key] = sum(values) / len(values)
+        if "base" in mean[m] and "new" in mean[m]:
+            mean[m]["hm"] = harmonic_mean(mean[m]["base"], mean[m]["new"])
+    return {"domains": domains, "mean": mean, "mean_domains": averaged, "source_domains": sources}

@@ -22,14 +22,12 @@ import open_clip
 import torch
 from safetensors.torch import save_file
 
+from clipcite.artifacts import META_FILE, OPENCLIP_CONFIG_FILE, WEIGHTS_FILE
+
 log = logging.getLogger(__name__)
 
 PACKAGE_CONFIGS = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(PACKAGE_CONFIGS)  # clipcite's tiny architectures become ordinary open_clip names
-
-WEIGHTS_FILE = "open_clip_model.safetensors"
-OPENCLIP_CONFIG_FILE = "open_clip_config.json"
-META_FILE = "clipcite.json"
 
 
 @dataclass

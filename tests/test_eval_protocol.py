@@ -10,8 +10,7 @@ from clipcite import gate
 from clipcite.config import GateConfig, load_config
 from clipcite.data.loading import CropDataset
 from clipcite.data.table import ClassList, read_classes, read_table, write_table
-from clipcite.evaluate import summarise
-from clipcite.metrics import harmonic_mean
+from clipcite.metrics import harmonic_mean, summarise
 from clipcite.precision import autocast
 from clipcite.steps import evaluate, finetune, sample_splits
 from clipcite.teacher import build_cache

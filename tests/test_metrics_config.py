@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from clipcite.config import ConfigError, load_config
-from clipcite.evaluate import summarise
-from clipcite.metrics import aggregate, confusion_matrix, harmonic_mean, per_class_accuracy, top1
+from clipcite.metrics import aggregate, confusion_matrix, harmonic_mean, per_class_accuracy, summarise, top1
 
 
 def test_confusion_per_class_and_top1():

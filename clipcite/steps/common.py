@@ -7,8 +7,6 @@ import json
 import logging
 import sys
 
-import torch
-
 from clipcite import storage
 from clipcite.config import Config, load_config
 from clipcite.data.table import ClassList, read_classes, read_table
@@ -17,6 +15,8 @@ from clipcite.prompts import prompts_for, template_for
 
 def resolve_device(device: str) -> str:
     if device == "auto":
+        import torch  # here, not at the top: the CPU-only steps share this module and must start without torch
+
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
 

@@ -14,10 +14,11 @@ import tempfile
 from pathlib import Path
 
 from clipcite import storage, tracking
+from clipcite.artifacts import META_FILE
 from clipcite.config import Config
-from clipcite.evaluate import predict, set_metrics, summarise
-from clipcite.metrics import aggregate
-from clipcite.models import META_FILE, load_model, load_saved
+from clipcite.evaluate import predict, set_metrics
+from clipcite.metrics import aggregate, summarise
+from clipcite.models import load_model, load_saved
 from clipcite.report import markdown, plot_confusion, plot_domains
 from clipcite.steps.common import (
     base_parser,

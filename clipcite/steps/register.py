@@ -19,10 +19,10 @@ import numpy as np
 from PIL import Image
 
 from clipcite import storage, tracking
+from clipcite.artifacts import META_FILE
 from clipcite.config import config_from_yaml
-from clipcite.evaluate import summarise
 from clipcite.gate import decide, primary_metric
-from clipcite.models import META_FILE
+from clipcite.metrics import summarise
 from clipcite.report import markdown
 from clipcite.steps.common import read_json, setup_logging
 
