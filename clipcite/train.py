@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from clipcite import distributed
 from clipcite.data.loading import CropDataset, crop_boxes, image_size
 from clipcite.finite import NonFiniteError
 from clipcite.loaders import EpochBatches, decode_all, loader_options
@@ -104,7 +105,9 @@ def fit(
     dataset = CropDataset(rows, student.preprocess_cfg, boxes, source, decoded=decoded)
     batches = EpochBatches(len(rows), params.batch_size, seed)
     loader = DataLoader(
-        dataset, batch_sampler=batches, **loader_options(params.num_workers, params.prefetch_factor, device)
+        dataset,
+        batch_sampler=distributed.RankBatches(batches),
+        **loader_options(params.num_workers, params.prefetch_factor, device),
     )
     steps_per_epoch = len(batches)
     total_steps = params.epochs * steps_per_epoch
@@ -114,6 +117,9 @@ def fit(
     start_epoch = _resume(checkpoint_dir, fingerprint, model, head, optimizer, scheduler)
     autocast = precision_autocast(device, params.precision)
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    towers = distributed.data_parallel(
+        model, uses_text=params.method == "flyp" or bool(weights["scl"] or weights["vld"])
+    )
     step, seen, skipped, started = start_epoch * steps_per_epoch, 0, 0, time.perf_counter()
     last_save = started
 
@@ -126,7 +132,7 @@ def fit(
                 teacher_image = None
                 if needs_teacher_images:
                     teacher_image = _teacher_images(cache, teacher, epoch, index, images, device)
-                losses = batch_losses(model, images, labels, tokens, head, teacher_text, teacher_image, params, scale)
+                losses = batch_losses(towers, images, labels, tokens, head, teacher_text, teacher_image, params, scale)
             optimizer.zero_grad(set_to_none=True)
             problem = nonfinite_terms(losses)
             grad_norm = float("nan")
@@ -154,7 +160,11 @@ def fit(
             if log_fn is not None:
                 metrics = {k: float(v.detach()) for k, v in losses.items()}
                 log_fn({**metrics, "grad_norm": grad_norm, "lr": lr, "epoch": epoch + 1}, step)
-        if checkpoint_dir is None or not checkpoint_due(params, epoch + 1, time.perf_counter() - last_save):
+        if (
+            checkpoint_dir is None
+            or not distributed.is_main()
+            or not checkpoint_due(params, epoch + 1, time.perf_counter() - last_save)
+        ):
             continue
         last_save = time.perf_counter()
         optimizer_state = optimizer if params.checkpoint_optimizer else None
@@ -162,7 +172,7 @@ def fit(
         if saved is not None and on_checkpoint is not None:
             on_checkpoint(saved)
 
-    throughput = seen / max(time.perf_counter() - started, 1e-9)
+    throughput = distributed.total(seen) / max(time.perf_counter() - started, 1e-9)
     log.info("trained %d step(s) (%d epoch(s)), %.1f images/s", step, params.epochs, throughput)
     final_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     weights_out = average_weights(final_state, zeroshot_state, params.alpha)
@@ -183,18 +193,25 @@ def batch_losses(
     """Every loss term of one batch by name, with ``total`` (method.md "Loss terms"); FLYP is plain CLIP loss.
 
     Text features are encoded once per class present in the batch (SCL pairs each image with its class prompt) or
-    for all C prompts when L_VLD's distributions run over the classes.
+    for all C prompts when L_VLD's distributions run over the classes. Under several ranks (``model`` wrapped by
+    :func:`clipcite.distributed.data_parallel`) every term runs over the global batch: labels, image features and
+    teacher features are gathered from all ranks, the text features of the global batch's classes are encoded on
+    each rank, so each rank holds the one-process loss.
     """
     weights = params.loss_weights()
-    image_features = model.encode_image(images)
-    text_features = all_text = None
+    sizes = distributed.part_sizes(len(labels))
+    labels = distributed.gather(labels, sizes)
+    over_classes = params.vld_over == "classes" and bool(weights["vld"])
+    text_tokens = inverse = None
     if params.method == "flyp" or weights["scl"] or weights["vld"]:
         classes, inverse = labels.unique(return_inverse=True)
-        if params.vld_over == "classes" and weights["vld"]:
-            all_text = model.encode_text(tokens)
-            text_features = all_text[labels]
-        else:
-            text_features = model.encode_text(tokens[classes])[inverse]
+        text_tokens = tokens if over_classes else tokens[classes]
+    image_features, text_out = distributed.encode(model, images, text_tokens)
+    image_features = distributed.gather(image_features, sizes)
+    if teacher_image is not None:
+        teacher_image = distributed.gather(teacher_image, sizes)
+    all_text = text_out if over_classes else None
+    text_features = None if text_out is None else (text_out[labels] if over_classes else text_out[inverse])
     if params.method == "flyp":
         clip = clip_loss(image_features, text_features, scale)
         return {"clip": clip, "total": clip}
