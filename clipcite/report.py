@@ -15,15 +15,19 @@ def _fmt(value) -> str:
 
 
 def markdown(summary: dict, models: list[str], title: str = "Evaluation") -> str:
+    """A heading, then :func:`table`."""
+    return f"# {title}\n\n" + table(summary, models)
+
+
+def table(summary: dict, models: list[str], names: dict | None = None) -> str:
     """One row per domain and model: top-1 or Base / New / HM, then the mean (the domains it covers named: by
-    default those not trained on, which are marked)."""
+    default those not trained on, which are marked). ``names`` relabels models in the rows (``champion`` ->
+    ``champion v3``)."""
     keys = [
         k for k in ("top1", "base", "new", "hm") if any(k in d[m] for d in summary["domains"].values() for m in models)
     ]
     header = {"top1": "Top-1", "base": "Base", "new": "New", "hm": "HM"}
     lines = [
-        f"# {title}",
-        "",
         "| domain | model | " + " | ".join(header[k] for k in keys) + " |",
         "|---|---|" + "---|" * len(keys),
     ]
@@ -33,9 +37,11 @@ def markdown(summary: dict, models: list[str], title: str = "Evaluation") -> str
         *((f"{d} (trained on)" if d in trained_on else d, e) for d, e in summary["domains"].items()),
         (f"mean of {', '.join(covered)}" if covered else "mean", summary["mean"]),
     ]
+    names = names or {}
     for domain, entry in rows:
         for m in models:
-            lines.append(f"| {domain} | {m} | " + " | ".join(_fmt(entry[m].get(k)) for k in keys) + " |")
+            cells = " | ".join(_fmt(entry[m].get(k)) for k in keys)
+            lines.append(f"| {domain} | {names.get(m, m)} | {cells} |")
     return "\n".join(lines) + "\n"
 
 

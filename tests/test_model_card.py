@@ -1,0 +1,128 @@
+"""The model card and the registered model's description, rendered from plain data (no MLflow)."""
+
+import re
+
+from clipcite.config import GateConfig
+from clipcite.model_card import CARD_HEADING, family_description, version_card
+
+META = {
+    "arch": "toyclip",
+    "base_identity": "sha256:6e8d8c23",
+    "method": "cite",
+    "alpha": 0.5,
+    "seed": 2,
+    "dataset": "toyworld",
+    "classnames": [f"class {i}" for i in range(20)],
+    "config": {
+        "splits": {"shots": 4, "protocol": "base2new"},
+        "train": {"lam": 0.7, "eta": 0.1, "epochs": 3, "lr": 1e-4, "batch_size": 32},
+        "model": {"arch": "toyclip", "pretrained": "clipcite:toyworld/toyclip.safetensors"},
+    },
+}
+
+
+def _entry(base: float, new: float) -> dict:
+    return {"base": base, "new": new, "hm": 2 * base * new / (base + new)}
+
+
+BODY = {
+    "models": ["zeroshot", "finetuned", "champion"],
+    "champion_version": 3,
+    "train_domains": ["photo"],
+    "source_domains": ["photo"],
+    "mean_domains": ["sketch"],
+    "domains": {
+        "photo": {"zeroshot": _entry(70, 60), "finetuned": _entry(90, 62), "champion": _entry(85, 61)},
+        "sketch": {"zeroshot": _entry(50, 40), "finetuned": _entry(58, 41), "champion": _entry(55, 40)},
+    },
+    "mean": {"zeroshot": _entry(50, 40), "finetuned": _entry(58, 41), "champion": _entry(55, 40)},
+}
+
+
+def _card(**changes) -> str:
+    args = {
+        "name": "pets",
+        "version": 4,
+        "meta": META,
+        "body": BODY,
+        "decision": {"role": "champion", "reason": "hm mean over sketch 48.04 vs champion v3 46.32 (+1.72)"},
+        "code_version": "0.1.0+abc123",
+        "data_digest": "d1g3st",
+    }
+    return version_card(**{**args, **changes})
+
+
+def _table_rows(card: str) -> dict:
+    """(domain, model) -> [Base, New, HM] from the card's per-domain table."""
+    section = card.split(CARD_HEADING, 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| domain")]
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+    return {(c[0], c[1]): [float(x) for x in c[2:]] for c in cells}
+
+
+def test_the_card_names_base_model_method_settings_data_and_code():
+    card = _card()
+    assert card.startswith("# pets v4: cite on toyworld")
+    for expected in (
+        "| architecture | `toyclip` |",
+        "| weights | `clipcite:toyworld/toyclip.safetensors` |",
+        "| identity | `sha256:6e8d8c23` |",
+        "| alpha (weight-space ensemble with the zero-shot weights) | 0.5 |",
+        "| lambda (weight of L_SCL) | 0.7 |",
+        "| eta (weight of L_VLD) | 0.1 |",
+        "| shots per class | 4 |",
+        "| seed | 2 |",
+        "| data digest | `d1g3st` |",
+        "| protocol | base2new |",
+        "| trained on domain(s) | photo |",
+        "| evaluated on domain(s) | photo, sketch |",
+        "clipcite `0.1.0+abc123`",
+    ):
+        assert expected in card, expected
+    assert re.search(r"\| classes \| 20: class 0, .*class 11, \.\.\. \(8 more\) \|", card)
+
+
+def test_the_table_has_every_domain_for_the_new_the_zero_shot_and_the_compared_champion():
+    rows = _table_rows(_card())
+    assert rows[("photo (trained on)", "**v4** (this)")] == [90.0, 62.0, round(2 * 90 * 62 / 152, 2)]
+    assert rows[("sketch", "zero-shot")] == [50.0, 40.0, round(2 * 50 * 40 / 90, 2)]
+    assert rows[("sketch", "champion v3")] == [55.0, 40.0, round(2 * 55 * 40 / 95, 2)]
+    assert rows[("mean of sketch", "**v4** (this)")][0] == 58.0
+    assert len(rows) == 9  # 2 domains + the mean, 3 models each
+
+
+def test_the_gate_decision_and_how_to_load_and_serve():
+    card = _card(decision={"role": "challenger", "reason": "hm gain -1.00, needs > 0"})
+    assert "- decision: **challenger**" in card and "- reason: hm gain -1.00, needs > 0" in card
+    assert "- compared with: champion v3" in card
+    usage = card.split("## Load and serve", 1)[1].split("```")[1].strip().splitlines()
+    assert len(usage) == 3
+    assert 'mlflow.pyfunc.load_model("models:/pets/4")' in usage[0] and "top_k" in usage[1]
+    assert usage[2].startswith("mlflow models serve -m models:/pets/4 --env-manager local")
+
+
+def test_the_first_version_has_no_champion_to_compare_with():
+    body = {**BODY, "models": ["zeroshot", "finetuned"], "champion_version": None}
+    card = _card(body=body, decision={"role": "champion", "reason": "no champion yet"})
+    assert "- compared with: no champion (none held the alias)" in card
+    assert not any(model.startswith("champion") for _, model in _table_rows(card))
+
+
+def test_a_top1_protocol_shows_top1_and_missing_settings_show_a_dash():
+    meta = {**META, "config": {"splits": {"shots": 1, "protocol": "fewshot"}, "train": {}}}
+    body = {
+        "models": ["finetuned"],
+        "domains": {"photo": {"finetuned": {"top1": 81.234}}},
+        "mean": {"finetuned": {"top1": 81.234}},
+    }
+    card = _card(meta=meta, body=body, decision={"role": "champion", "reason": "no champion yet"})
+    assert "| domain | model | Top-1 |" in card and "| photo | **v4** (this) | 81.23 |" in card
+    assert "| lambda (weight of L_SCL) | - |" in card
+
+
+def test_the_family_description_says_what_the_model_is_and_how_versions_are_promoted():
+    text = family_description("pets", {**GateConfig().__dict__, "max_domain_drop": 2.0, "kept_domains": ("photo",)})
+    assert text.startswith("# pets\n") and "CLIP-CITE" in text
+    assert "`champion` alias" in text and "HM of base and new accuracy" in text
+    assert "no kept domain (photo) loses more than 2.00 points" in text
+    assert "clipcite champion pets --set N" in text
