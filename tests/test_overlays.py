@@ -1,6 +1,6 @@
 """The deploy steps as a new user follows them: set the profile namespace in the one place the README names, set
 the MLflow image in the overlay, and both overlays render (with the real ``kubectl kustomize``: the manifests use
-replacements, which the fallback renderer refuses) with nothing left pointing at the defaults."""
+replacements) with nothing left pointing at the defaults."""
 
 import re
 import shutil
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .kustomize import render
+from .kubectl import render
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PROFILE = "kubeflow-user-example-com"
