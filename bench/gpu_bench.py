@@ -1,0 +1,265 @@
+"""GPU throughput of the CITE step and of evaluation (issue 11 goal 8); what ``bench/gpu.sh`` runs.
+
+    python bench/gpu_bench.py                       # ViT-B-16-quickgelu, random init, bf16, on cuda
+    python bench/gpu_bench.py --tiny                # the same code on CPU with the tiny model (what the test runs)
+
+Prints, per training batch size: the CITE step's images/s with the cached teacher (the teacher's features are a
+lookup, as in training with ``teacher.mode=cache``: no teacher forward), peak GPU memory, MFU against the given
+peak (790 TFLOP/s bf16 dense for an H200) at the issue's 158 GFLOPs per training image (ViT-B/16 only), and at the
+FLOPs counted in one step (torch's FlopCounterMode; for the tiny model only this one means anything). The step is
+fit's: batch_losses, the non-finite check, the gradient norm, AdamW (fused on CUDA). Images are device-resident
+tensors, so the number is the step's, not the loader's. Then evaluation at batch 256: on pre-decoded device tensors
+(the model alone), through the real input path (clipcite.evaluate.predict over synthetic 500x375 JPEGs: PIL decode,
+open_clip's eval transform, collate, pinned copies, ``--workers`` processes), and that input path alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from bench.synthetic import jpeg_rows  # noqa: E402
+from clipcite.data.loading import EvalDataset  # noqa: E402
+from clipcite.evaluate import predict  # noqa: E402
+from clipcite.loaders import loader_options  # noqa: E402
+from clipcite.models import load_model  # noqa: E402
+from clipcite.precision import autocast  # noqa: E402
+from clipcite.recipe import FitParams  # noqa: E402
+from clipcite.train import _grad_norm, _param_groups, adamw, batch_losses, nonfinite_terms  # noqa: E402
+
+TRAIN_GFLOPS = 158.0  # per training image, CITE step (issue 11)
+EVAL_GFLOPS = 35.1  # per eval image, ViT-B/16 at 224 px
+TINY = [
+    "--arch", "clipcite-tiny", "--device", "cpu", "--precision", "fp32", "--train-batches", "4", "8",
+    "--eval-batch", "16", "--steps", "2", "--warmup", "1", "--classes", "10", "--images", "48", "--unique", "6",
+    "--jpeg-size", "80", "60", "--workers", "0",
+]  # fmt: skip
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _reset_peak(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gib(device: str) -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+
+
+def _prompts(classes: int) -> list[str]:
+    return [f"a photo of a class {i} thing." for i in range(classes)]
+
+
+def train_throughput(args, batch: int) -> dict:
+    """Images/s of fit's CITE step at ``batch`` with cached teacher features, peak memory, FLOPs counted."""
+    device = args.device
+    loaded = load_model(args.arch, "", init_seed=0, device=device)
+    model = loaded.model.to(device).train()
+    size = loaded.preprocess_cfg["size"]
+    size = size[0] if isinstance(size, list | tuple) else size
+    generator = torch.Generator().manual_seed(batch)
+    tokens = loaded.tokenizer(_prompts(args.classes)).to(device)
+    dim = model.text_projection.shape[1] if hasattr(model, "text_projection") else loaded.model_cfg["embed_dim"]
+    teacher_text = torch.nn.functional.normalize(torch.randn(args.classes, dim, generator=generator), dim=-1).to(device)
+    head = torch.nn.Parameter(teacher_text.clone())
+    optimizer = adamw(_param_groups(model, head, 0.1), 1e-5, device)
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    params = FitParams(batch_size=batch, precision=args.precision, logit_scale=100.0)
+    images = torch.randn(batch, 3, size, size, generator=generator).to(device)
+    labels = torch.randint(0, args.classes, (batch,), generator=generator).to(device)
+    cached = torch.nn.functional.normalize(torch.randn(batch, dim, generator=generator), dim=-1)  # host, as cached
+    context = autocast(device, args.precision)
+
+    def step() -> None:
+        with context:
+            teacher_image = cached.to(device, non_blocking=True)
+            losses = batch_losses(model, images, labels, tokens, head, teacher_text, teacher_image, params, 100.0)
+        optimizer.zero_grad(set_to_none=True)
+        if nonfinite_terms(losses) is None:
+            losses["total"].backward()
+            _grad_norm(trainable, 0.0)
+            optimizer.step()
+
+    _reset_peak(device)
+    for _ in range(args.warmup):
+        step()
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    _sync(device)
+    elapsed = time.perf_counter() - started
+    peak = _peak_gib(device)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    ips = batch * args.steps / elapsed
+    return {
+        "batch": batch,
+        "images_per_s": ips,
+        "peak_gib": peak,
+        "mfu": ips * TRAIN_GFLOPS * 1e9 / (args.peak_tflops * 1e12),
+        "mfu_counted": ips * counter.get_total_flops() / batch / (args.peak_tflops * 1e12),
+        "counted_gflops_per_image": counter.get_total_flops() / batch / 1e9,
+    }
+
+
+@torch.no_grad()
+def eval_throughput(args) -> dict:
+    """Evaluation images/s at ``--eval-batch``: the model on device tensors, the real input path, the path alone."""
+    device, batch = args.device, args.eval_batch
+    loaded = load_model(args.arch, "", init_seed=0, device=device)
+    model = loaded.model.to(device).eval()
+    size = loaded.preprocess_cfg["size"]
+    size = size[0] if isinstance(size, list | tuple) else size
+    prompts = _prompts(args.classes)
+    context = autocast(device, args.precision)
+    with context:
+        text = model.encode_text(loaded.tokenizer(prompts).to(device), normalize=True).float()
+    images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+
+    def forward() -> torch.Tensor:
+        with context:
+            features = model.encode_image(images, normalize=True).float()
+        return (features @ text.T).argmax(dim=1)
+
+    _reset_peak(device)
+    for _ in range(args.warmup):
+        forward()
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(args.steps):
+        forward()
+    _sync(device)
+    tensors_ips = batch * args.steps / (time.perf_counter() - started)
+    peak = _peak_gib(device)
+    with FlopCounterMode(display=False) as counter:
+        forward()
+    counted = counter.get_total_flops() / batch
+
+    width, height = args.jpeg_size
+    unique = jpeg_rows(args.unique, width=width, height=height, classes=args.classes)
+    rows = [{**unique[i % len(unique)], "id": f"row{i:07d}"} for i in range(args.images)]  # same decode cost
+    dataset = EvalDataset(rows, loaded.preprocess_cfg)
+    loader = DataLoader(dataset, batch_size=batch, **loader_options(args.workers, 4, device, persistent=False))
+    started = time.perf_counter()
+    count = sum(len(index) for index, _, _ in loader)
+    path_ips = count / (time.perf_counter() - started)
+
+    started = time.perf_counter()
+    pred, _ = predict(loaded, rows, prompts, batch_size=batch, device=device, num_workers=args.workers,
+                      precision=args.precision)  # fmt: skip
+    _sync(device)
+    real_ips = len(pred) / (time.perf_counter() - started)
+    return {
+        "batch": batch,
+        "tensors_images_per_s": tensors_ips,
+        "real_path_images_per_s": real_ips,
+        "input_path_alone_images_per_s": path_ips,
+        "peak_gib": peak,
+        "mfu": tensors_ips * EVAL_GFLOPS * 1e9 / (args.peak_tflops * 1e12),
+        "counted_gflops_per_image": counted / 1e9,
+        "mfu_counted": tensors_ips * counted / (args.peak_tflops * 1e12),
+        "images": args.images,
+        "workers": args.workers,
+    }
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="CPU, the tiny model, a few tiny images (a smoke run)")
+    parser.add_argument("--arch", default="ViT-B-16-quickgelu")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
+    parser.add_argument("--train-batches", type=int, nargs="+", default=[32, 64, 128])
+    parser.add_argument("--eval-batch", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per configuration")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--classes", type=int, default=1000, help="class prompts (ImageNet-shaped: 1000)")
+    parser.add_argument("--images", type=int, default=20480, help="eval images through the real input path")
+    parser.add_argument("--unique", type=int, default=512, help="distinct JPEGs among them (decode cost is equal)")
+    parser.add_argument("--jpeg-size", type=int, nargs=2, default=[500, 375], metavar=("W", "H"))
+    parser.add_argument("--workers", type=int, default=14, help="eval DataLoader workers")
+    parser.add_argument("--peak-tflops", type=float, default=790.0, help="dense bf16 peak of the GPU (H200: 790)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args = parser.parse_args([*TINY, *(argv or [])])
+    return args
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: run on a GPU machine, or --tiny for the CPU smoke run")
+    machine = (
+        torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
+    )
+    results = {
+        "machine": machine,
+        "arch": args.arch,
+        "precision": args.precision,
+        "train": [train_throughput(args, b) for b in args.train_batches],
+        "eval": eval_throughput(args),
+    }
+    return results
+
+
+def report(results: dict) -> str:
+    def gib(value):
+        return "n/a" if value is None else f"{value:.1f} GiB"
+
+    lines = [f"{results['arch']}, random init, {results['precision']}, {results['machine']}", ""]
+    lines.append(
+        "CITE step, cached teacher: batch | images/s | peak memory | MFU at 158 GFLOPs/img | counted GFLOPs/img"
+    )
+    for r in results["train"]:
+        lines.append(
+            f"  {r['batch']} | {r['images_per_s']:,.0f} | {gib(r['peak_gib'])} | {100 * r['mfu']:.1f}% "
+            f"| {r['counted_gflops_per_image']:.3g} (MFU {100 * r['mfu_counted']:.2g}%)"
+        )
+    e = results["eval"]
+    lines += [
+        "",
+        f"evaluation, batch {e['batch']}: device tensors {e['tensors_images_per_s']:,.0f} images/s (MFU "
+        f"{100 * e['mfu']:.1f}% at 35.1 GFLOPs/img; counted {e['counted_gflops_per_image']:.3g} GFLOPs/img, MFU "
+        f"{100 * e['mfu_counted']:.2g}%; peak {gib(e['peak_gib'])})",
+        f"  real input path on {e['images']} JPEGs with {e['workers']} workers: {e['real_path_images_per_s']:,.0f} "
+        f"images/s; that input path alone: {e['input_path_alone_images_per_s']:,.0f} images/s",
+    ]
+    at64 = [r["images_per_s"] for r in results["train"] if r["batch"] == 64]
+    if at64:
+        lines.append(f"target CITE at batch 64 >= 2,000 images/s: {at64[0]:,.0f}")
+    lines.append(
+        f"target eval >= 11,000 images/s: {e['tensors_images_per_s']:,.0f} (tensors), "
+        f"{e['real_path_images_per_s']:,.0f} (real input path)"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse(argv)
+    results = run(args)
+    print(report(results), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()
