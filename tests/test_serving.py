@@ -1,21 +1,29 @@
-"""The logged classifier behind ``mlflow models serve`` on loopback: malformed requests get a 400 that says what is
-wrong, and the server keeps serving. (The load benchmark is ``bench/serve_load.py``.)"""
+"""The registered champion behind ``mlflow models serve`` on loopback, started as the serving manifest starts it
+(``manifests/serving/deployment`` rendered with the version ``python -m clipcite.serving`` resolved): base64 images
+in, labels out, ``labels``/``top_k`` params; malformed requests get a 400 that says what is wrong, and the server
+keeps serving. (The load benchmark is ``bench/serve_load.py``.)"""
 
 import base64
 import io
+import itertools
 import os
+import shutil
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 from PIL import Image
 
-from clipcite import tracking
+from clipcite import serving, tracking
 from clipcite.models import save_model
 
+from .kubectl import render
 from .servers import BIN, _serving
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _png(array: np.ndarray) -> str:
@@ -47,11 +55,27 @@ def served(tmp_path_factory, tiny):
     run_id = tracking.open_pipeline_run(uri, "serving")
     with tracking.step_run(uri, run_id, "register", system_metrics=False) as step:
         model_uri = tracking.log_classifier(step, work / "model", example_images=[base64.b64decode(_png(_grey()))])
+        client = step.client
+        version = tracking.register_version(
+            client, "served", model_uri, run_id=step.run_id, pipeline_run_id=run_id, tags={}
+        )
+    tracking.set_champion(client, "served", version.version)
+    # Deploy as the README says: resolve the alias into champion.env, render the Deployment, run its container's args.
+    tree = work / "serving"
+    shutil.copytree(ROOT / "manifests" / "serving", tree)
+    assert (
+        serving.main(["--name", "served", "--tracking-uri", uri, "--out", str(tree / "champion" / "champion.env")]) == 0
+    )
+    (deployment,) = [o for o in render(tree / "deployment") if o["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    values = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    assert values["MODEL_VERSION"] == str(version.version) and values["MODEL_URI"].startswith("file://")
+    args = [a.replace("$(MODEL_URI)", values["MODEL_URI"]) for a in container["args"]]
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
-    def command(port: int) -> list[str]:
-        serve = [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local"]
-        return [*serve, "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    def command(port: int) -> list[str]:  # the manifest's args on loopback, a free port and one worker
+        flags = {"-h": "127.0.0.1", "-p": str(port), "-w": "1"}
+        return [str(BIN / args[0]), *(flags.get(prev, a) for prev, a in itertools.pairwise(args))]
 
     with _serving(command, "/ping", env=env, log=work / "serve.log", wait_s=300) as url:
         yield f"{url}/invocations"
@@ -98,3 +122,22 @@ def test_served_predictions_equal_the_in_process_classifier(served, tiny, tmp_pa
     served_rows = answer.json()["predictions"]
     assert [r["label"] for r in served_rows] == [r["label"] for r in expected]
     assert [r["score"] for r in served_rows] == pytest.approx([r["score"] for r in expected], abs=1e-5)
+
+
+def test_labels_given_per_request_and_top_k_come_back_over_rest(served):
+    """Open vocabulary: the caller's label list replaces the trained classes; top_k ranks them."""
+    labels = ["bird", "fish", "horse"]
+    rng = np.random.default_rng(1)
+    images = [_png(rng.integers(0, 255, (28, 28, 3), dtype=np.uint8)) for _ in range(2)]
+    answer = requests.post(served, json=_body(images, {"labels": labels, "top_k": 3}), timeout=120)
+    assert answer.status_code == 200, answer.text[:500]
+    rows = answer.json()["predictions"]
+    assert len(rows) == 2
+    for row in rows:
+        assert row["label"] in labels and row["top_labels"][0] == row["label"]
+        assert sorted(row["top_labels"]) == sorted(labels)
+        assert row["top_scores"] == sorted(row["top_scores"], reverse=True) and sum(row["top_scores"]) == pytest.approx(
+            1
+        )
+    default = requests.post(served, json=_body(images), timeout=120).json()["predictions"]
+    assert {r["label"] for r in default} <= {"cat", "dog"} and "top_labels" not in default[0]
