@@ -112,6 +112,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
         registered_model_name: str = "clipcite",
         tracking_uri: str = "",
         checkpoint_root: str = "",
+        baseline_cache: str = "",
     ):
         # Runs whatever happens inside: the MLflow run ends FINISHED, or FAILED naming the failed step.
         closing = finish_run(
@@ -168,6 +169,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
                     domain=domain,
                     tracking_uri=tracking_uri,
                     registered_model_name=registered_model_name,
+                    baseline_cache=baseline_cache,  # "" = off; zero-shot metrics reused across runs
                 )
                 _gpu_task(evaluation, settings).set_caching_options(False)
                 evaluation.set_retry(settings.retries, backoff_duration="60s", backoff_factor=2)
@@ -260,6 +262,8 @@ def run_local(params: dict, out: Path, *, caching: bool = True, quiet: bool = Fa
             log.info("generating the toy world at %s", data)
             write_world(str(data), seed=1)
         params = {**params, "data_uri": str(data.resolve())}
+    if not params.get("baseline_cache"):  # a second `make run` evaluates the zero-shot model no more
+        params = {**params, "baseline_cache": str((out / "baselines").resolve())}
     return {**local_run.run_dag(pipeline_func, params, out, caching=caching, quiet=quiet), "config": config}
 
 
@@ -277,17 +281,21 @@ def make_client(host: str, namespace: str | None = None, token: str | None = Non
     return kfp.Client(host=host, namespace=namespace)
 
 
-def durable_checkpoints(params: dict, pipeline_root: str | None) -> dict:
-    """On a cluster, finetune checkpoints under ``<pipeline root>/checkpoints`` when the root is on S3 and no
-    ``checkpoint_root`` was given, so a preempted GPU pod resumes instead of starting again."""
-    if params.get("checkpoint_root") or not (pipeline_root or "").startswith("s3://"):
+def durable_roots(params: dict, pipeline_root: str | None) -> dict:
+    """On a cluster, finetune checkpoints under ``<pipeline root>/checkpoints`` and evaluate keeps the zero-shot
+    baseline under ``<pipeline root>/baselines`` when the root is on S3 and the parameter was not given, so a
+    preempted GPU pod resumes instead of starting again and a rerun does not evaluate the base model again."""
+    if not (pipeline_root or "").startswith("s3://"):
         return params
-    return {**params, "checkpoint_root": pipeline_root.rstrip("/") + "/checkpoints"}
+    root = pipeline_root.rstrip("/")
+    return {"checkpoint_root": f"{root}/checkpoints", "baseline_cache": f"{root}/baselines"} | {
+        k: v for k, v in params.items() if k not in ("checkpoint_root", "baseline_cache") or v
+    }
 
 
 def submit(args: argparse.Namespace, params: dict):
     client = make_client(args.host, args.namespace, args.token)
-    params = durable_checkpoints(params, args.pipeline_root)
+    params = durable_roots(params, args.pipeline_root)
     package = compile_pipeline(Path(args.workdir) / "pipeline.yaml")
     return client.create_run_from_pipeline_package(
         str(package),
@@ -303,7 +311,7 @@ def submit(args: argparse.Namespace, params: dict):
 def schedule(args: argparse.Namespace, params: dict):
     """A recurring run: each run snapshots the data source as it is then, so new few-shot data is picked up."""
     client = make_client(args.host, args.namespace, args.token)
-    params = durable_checkpoints(params, args.pipeline_root)
+    params = durable_roots(params, args.pipeline_root)
     package = compile_pipeline(Path(args.workdir) / "pipeline.yaml")
     experiment = client.create_experiment(args.experiment, namespace=args.namespace)
     return client.create_recurring_run(
@@ -379,8 +387,9 @@ def main(argv: list[str] | None = None) -> int:
             default=[],
             metavar="KEY=VALUE",
             help="pipeline parameter: data_uri, eval_data_uris, config, shots, seed, arch, pretrained, "
-            "method, overrides, experiment_name, registered_model_name, tracking_uri, checkpoint_root "
-            "(default with an s3:// --pipeline-root: <root>/checkpoints)",
+            "method, overrides, experiment_name, registered_model_name, tracking_uri, checkpoint_root, baseline_cache "
+            "(defaults with an s3:// --pipeline-root: <root>/checkpoints, <root>/baselines; run: baseline_cache "
+            "defaults to <out>/baselines)",
         )
     args = parser.parse_args(argv)
 

@@ -12,6 +12,7 @@ def evaluate(
     domain: str,
     tracking_uri: str,
     registered_model_name: str,
+    baseline_cache: str,
     report: dsl.Output[dsl.Artifact],
     metrics: dsl.Output[dsl.Metrics],
 ):
@@ -26,6 +27,7 @@ def evaluate(
         (domain,),
         tracking_uri=tracking_uri,
         registered_model_name=registered_model_name,
+        baseline_cache=baseline_cache,
     )
     for model_name, values in body["domains"][domain].items():
         for key, value in values.items():

@@ -94,9 +94,14 @@ def test_finetune_checkpoints_under_a_durable_root_keyed_by_the_run(spec):
     assert parameters["checkpoint_root"]["componentInputParameter"] == "pipelinechannel--checkpoint_root"
     assert parameters["kfp_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
     assert finetune["retryPolicy"]["maxRetryCount"] == 2  # a preempted pod comes back and resumes
-    assert pipeline.durable_checkpoints({}, "s3://b/kfp") == {"checkpoint_root": "s3://b/kfp/checkpoints"}
-    assert pipeline.durable_checkpoints({"checkpoint_root": "s3://x"}, "s3://b/kfp") == {"checkpoint_root": "s3://x"}
-    assert pipeline.durable_checkpoints({}, None) == {} and pipeline.durable_checkpoints({}, "gs://b") == {}
+    evaluate = all_tasks(root)["evaluate"]["inputs"]["parameters"]["baseline_cache"]
+    assert evaluate["componentInputParameter"] == "pipelinechannel--baseline_cache"
+    roots = {"checkpoint_root": "s3://b/kfp/checkpoints", "baseline_cache": "s3://b/kfp/baselines"}
+    assert pipeline.durable_roots({}, "s3://b/kfp") == roots
+    given = {"checkpoint_root": "s3://x", "baseline_cache": "s3://y"}
+    assert pipeline.durable_roots(given, "s3://b/kfp") == given
+    assert pipeline.durable_roots({"baseline_cache": ""}, "s3://b/kfp") == roots  # "" = the default here
+    assert pipeline.durable_roots({}, None) == {} and pipeline.durable_roots({}, "gs://b") == {}
 
 
 def test_only_sample_splits_and_cache_teacher_are_cached(spec):
@@ -212,6 +217,7 @@ def test_submit_calls_the_client_with_the_parameters(tmp_path, monkeypatch, no_c
         "shots": 4,
         "overrides": {"train.epochs": 5},
         "checkpoint_root": "s3://kfp-artifacts/clipcite/checkpoints",  # durable, under the S3 pipeline root
+        "baseline_cache": "s3://kfp-artifacts/clipcite/baselines",
     }
     assert_uploaded_spec(call.args[0], call.kwargs["arguments"], tmp_path)
     assert call.kwargs["experiment_name"] == "pets" and call.kwargs["namespace"] == "team-a"

@@ -13,12 +13,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from clipcite import storage, tracking
+from clipcite import distributed, storage, tracking
 from clipcite.artifacts import META_FILE
+from clipcite.baseline import baseline_key, read_baseline, write_baseline
 from clipcite.config import Config
 from clipcite.evaluate import predict, set_metrics
 from clipcite.metrics import aggregate, summarise
 from clipcite.models import load_model, load_saved
+from clipcite.precision import resolve_precision
 from clipcite.report import markdown, plot_confusion, plot_domains
 from clipcite.steps.common import (
     base_parser,
@@ -43,10 +45,21 @@ def run(
     tracking_uri: str | None = None,
     mlflow_run_id: str = "",
     registered_model_name: str = "",
+    baseline_cache: str = "",
 ) -> dict:
     """Evaluate on the eval sets of ``domains`` (all when empty). With tracking, the registered model's current
     ``champion`` is evaluated beside the new one (for the promotion gate) and everything is logged to a nested run.
+    ``CLIPCITE_NPROC_PER_NODE`` > 1 shares each set's images out over that many torchrun ranks on this machine
+    (rank 0 logs and writes the same metrics as one process). ``baseline_cache`` (a folder or s3:// prefix; ""
+    = off) keeps the zero-shot model's per-set metrics across runs (``clipcite.baseline``): a rerun that changes
+    only the training evaluates just the new model (and the champion).
     """
+    ranks = distributed.requested_ranks()
+    if ranks > 1:
+        options = {"tracking_uri": tracking_uri, "mlflow_run_id": mlflow_run_id}
+        options["registered_model_name"] = registered_model_name
+        options["baseline_cache"] = baseline_cache
+        return distributed.launch(run, model_uri, splits_uri, out_uri, config, domains, nproc=ranks, **options)
     if not storage.exists(storage.join(model_uri, META_FILE)):
         raise FileNotFoundError(
             f"{model_uri}: no fine-tuned model there ({META_FILE} missing); run `clipcite finetune --out {model_uri}` "
@@ -55,26 +68,35 @@ def run(
     name = "evaluate" + "".join(f"-{d}" for d in domains)
     if tracking_uri is not None and not mlflow_run_id:  # the run that trained the model, as finetune recorded it
         mlflow_run_id = read_json(storage.join(model_uri, META_FILE)).get("mlflow_run_id") or ""
-    with tracking.step_run(tracking_uri, mlflow_run_id, name) as step, tempfile.TemporaryDirectory() as tmp:
-        champion = None
-        if step.enabled and registered_model_name and config.gate.evaluate_champion:
-            champion = _champion(step.client, registered_model_name, Path(tmp), resolve_device(config.device))
-        body = _run(model_uri, splits_uri, out_uri, config, domains, champion, step)
+    device = resolve_device(config.device)
+    with distributed.process_group(device):
+        run_id = mlflow_run_id if distributed.is_main() else ""  # rank 0 alone logs to MLflow
+        with tracking.step_run(tracking_uri, run_id, name) as step, tempfile.TemporaryDirectory() as tmp:
+            champion = None
+            if distributed.broadcast(bool(step.enabled and registered_model_name and config.gate.evaluate_champion)):
+                champion = _champion(step.client, registered_model_name, Path(tmp), device)
+            body = _run(model_uri, splits_uri, out_uri, config, domains, champion, step, baseline_cache)
+        distributed.barrier()  # no rank returns before rank 0 has written the metrics
     return body
 
 
 def _champion(client, name: str, tmp: Path, device: str):
-    """(version, loaded model) of the registered model's champion, or None when there is none yet."""
-    version = tracking.champion(client, name)
-    if version is None:
+    """(version, loaded model) of the registered model's champion, or None when there is none yet. Under ranks,
+    rank 0 asks the registry and downloads; the others load its folder (the ranks share one machine)."""
+    found = None
+    if distributed.is_main():
+        version = tracking.champion(client, name)
+        if version is not None:
+            found = int(version.version), str(tracking.download_model_dir(client, name, version.version, tmp))
+    found = distributed.broadcast(found)
+    if found is None:
         log.info("%s has no champion yet", name)
         return None
-    folder = tracking.download_model_dir(client, name, version.version, tmp)
-    log.info("evaluating champion %s v%s beside the new model", name, version.version)
-    return int(version.version), load_saved(folder, device=device)[0]
+    log.info("evaluating champion %s v%s beside the new model", name, found[0])
+    return found[0], load_saved(Path(found[1]), device=device)[0]
 
 
-def _run(model_uri, splits_uri, out_uri, config: Config, domains, champion, step) -> dict:
+def _run(model_uri, splits_uri, out_uri, config: Config, domains, champion, step, baseline_cache: str) -> dict:
     device = resolve_device(config.device)
     manifest = read_json(storage.join(splits_uri, "manifest.json"))
     sets = [s for s in manifest["eval_sets"] if not domains or s["domain"] in domains]
@@ -83,20 +105,15 @@ def _run(model_uri, splits_uri, out_uri, config: Config, domains, champion, step
         raise ValueError(f"no eval set for domain(s) {list(domains)} in {splits_uri}; known domains: {known}")
     with storage.local_dir(model_uri) as folder:
         finetuned, meta = load_saved(folder, device=device)
-    models = {}
+    models: dict = {}
     if config.eval.zeroshot_baseline:
-        spec = config.model
-        models["zeroshot"] = load_model(spec.arch, spec.pretrained, init_seed=spec.init_seed, device=device)
-        if models["zeroshot"].identity != meta.get("base_identity"):
-            raise ValueError(
-                f"the zero-shot model {models['zeroshot'].identity!r} is not the one {model_uri} was "
-                f"fine-tuned from ({meta.get('base_identity')!r}); pass the same model config"
-            )
+        models["zeroshot"] = None  # loaded for the first set whose baseline is not in the cache
     models["finetuned"] = finetuned
     if champion is not None:
         models["champion"] = champion[1]
 
     results: dict[str, dict] = {}
+    baselines_cached: list[str] = []  # eval sets whose zero-shot metrics came from baseline_cache
     for spec_set in sets:
         set_uri = storage.join(splits_uri, "eval", spec_set["name"])
         rows, classes = split_rows(set_uri)
@@ -107,7 +124,19 @@ def _run(model_uri, splits_uri, out_uri, config: Config, domains, champion, step
             "template": template,
             "classnames": list(classes.names),
         }
+        cached_from = []
         for name, loaded in models.items():
+            key = ""
+            if name == "zeroshot" and baseline_cache:
+                key = _baseline_key(manifest, spec_set["name"], prompts, meta, config, device)
+            if key:
+                cached = read_baseline(baseline_cache, key)
+                if cached is not None:
+                    entry[name] = cached
+                    cached_from.append(name)
+                    continue
+            if loaded is None:
+                loaded = models[name] = _zeroshot_model(config, meta, model_uri, device)
             pred, target = predict(
                 loaded,
                 rows,
@@ -119,6 +148,11 @@ def _run(model_uri, splits_uri, out_uri, config: Config, domains, champion, step
                 source=f"{set_uri}: ",
             )
             entry[name] = set_metrics(pred, target, list(classes.names))
+            if key and distributed.is_main():
+                write_baseline(baseline_cache, key, entry[name], {"set": spec_set["name"], "uri": set_uri})
+        if cached_from:
+            log.info("%s: zero-shot baseline read from %s (not evaluated again)", spec_set["name"], baseline_cache)
+            baselines_cached.append(spec_set["name"])
         results[spec_set["name"]] = entry
         ids = manifest["sets"].get(f"eval/{spec_set['name']}", {})
         step.log_dataset(
@@ -138,6 +172,7 @@ def _run(model_uri, splits_uri, out_uri, config: Config, domains, champion, step
         "train_domains": train_domains,
         "mean_over": config.eval.mean_over,
         "champion_version": champion[0] if champion else None,
+        "zeroshot_cached": baselines_cached,
         **summary,
         "sets": {
             k: {
@@ -149,6 +184,8 @@ def _run(model_uri, splits_uri, out_uri, config: Config, domains, champion, step
             for k, v in results.items()
         },
     }
+    if not distributed.is_main():
+        return body  # rank 0 writes and logs
     with storage.staged_dir(out_uri) as tmp:
         _write_outputs(tmp, body, results, names)
         step.log_artifacts(tmp)
@@ -177,6 +214,29 @@ def _write_outputs(folder: Path, body: dict, results: dict, names: list[str]) ->
         )
 
 
+def _zeroshot_model(config: Config, meta: dict, model_uri: str, device: str):
+    """The base model as the config names it; it must be the one the fine-tuned model started from."""
+    spec = config.model
+    loaded = load_model(spec.arch, spec.pretrained, init_seed=spec.init_seed, device=device)
+    if loaded.identity != meta.get("base_identity"):
+        raise ValueError(
+            f"the zero-shot model {loaded.identity!r} is not the one {model_uri} was "
+            f"fine-tuned from ({meta.get('base_identity')!r}); pass the same model config"
+        )
+    return loaded
+
+
+def _baseline_key(manifest: dict, set_name: str, prompts: list[str], meta: dict, config: Config, device: str) -> str:
+    """The zero-shot baseline's cache key for one eval set ("" when the splits predate the digests it needs)."""
+    record = manifest["sets"].get(f"eval/{set_name}", {})
+    identity, digest = meta.get("base_identity") or "", manifest.get("sources_digest") or ""
+    if not (identity and digest and record.get("ids_sha256")):
+        log.warning("%s: no base identity or data digest to key its zero-shot baseline; not cached", set_name)
+        return ""
+    precision = resolve_precision(device, config.train.precision)
+    return baseline_key(identity, digest, set_name, record, prompts, precision)
+
+
 def aggregate_runs(metric_uris: list[str], out_uri: str) -> dict:
     """Mean and std over seeds of the per-domain and mean metrics of several evaluate outputs."""
     runs = [read_json(u if u.endswith(".json") else storage.join(u, "metrics.json")) for u in metric_uris]
@@ -192,9 +252,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--splits", required=True, help="output folder of sample-splits")
     parser.add_argument("--out", required=True)
     parser.add_argument("--domain", action="append", default=[], help="only these domains (repeatable)")
+    parser.add_argument(
+        "--baseline-cache",
+        default="",
+        help="folder or s3:// prefix keeping the zero-shot model's per-set metrics across runs (default: off)",
+    )
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
-    body = run(args.model, args.splits, args.out, config_from(args), tuple(args.domain))
+    body = run(
+        args.model, args.splits, args.out, config_from(args), tuple(args.domain), baseline_cache=args.baseline_cache
+    )
     print(markdown(body, [m for m in ("zeroshot", "finetuned") if m in body["mean"]]))
     return 0
 
