@@ -70,6 +70,7 @@ def export_csv(splits: Path, folder: Path, config) -> Path:
     """The train split as open_clip_train's CSV: ``filepath<TAB>caption``, the caption being the class prompt."""
     import pandas as pd
 
+    from clipcite.data.table import image_bytes
     from clipcite.steps.common import class_prompts, split_rows
 
     rows, classes = split_rows(str(splits / "train"))
@@ -78,10 +79,11 @@ def export_csv(splits: Path, folder: Path, config) -> Path:
     images.mkdir(parents=True, exist_ok=True)
     records = []
     for i, row in enumerate(rows):
-        if not row.get("image", b"").startswith(b"\x89PNG"):
-            raise ValueError(f"row id={row['id']!r}: expected inline PNG bytes")
+        data = image_bytes(row)  # the same encoded bytes clipcite decodes
+        if not data.startswith(b"\x89PNG"):
+            raise ValueError(f"row id={row['id']!r}: expected PNG bytes")
         path = images / f"{i:05d}.png"
-        path.write_bytes(row["image"])  # the same encoded bytes clipcite decodes
+        path.write_bytes(data)
         records.append({"filepath": str(path), "caption": prompts[int(row["label"])]})
     csv = folder / "train.csv"
     pd.DataFrame(records).to_csv(csv, sep="\t", index=False)

@@ -8,15 +8,17 @@ template, the dataset name).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
@@ -38,6 +40,10 @@ SCHEMA = pa.schema(
 REQUIRED_COLUMNS = ("id", "label", "classname", "domain", "split")
 CLASSES_FILE = "classes.json"
 SHARD_BYTES = 256 * 1024 * 1024  # keeps one shard well inside a worker's memory
+# The unit of streaming: readers hold one row group (plus a bounded LRU of them, clipcite.data.rows) at a time.
+# 256 rows of ImageNet-sized JPEGs (~110 KB) is ~28 MB; the byte cap bounds a group of unusually large images.
+ROW_GROUP_ROWS = 256
+ROW_GROUP_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -74,31 +80,69 @@ class ImageDecodeError(ValueError):
 
 
 def write_table(
-    rows: Iterable[dict], out_uri: str, classes: ClassList, shard_bytes: int = SHARD_BYTES
+    rows: Iterable[dict],
+    out_uri: str,
+    classes: ClassList,
+    shard_bytes: int = SHARD_BYTES,
+    row_group_rows: int = ROW_GROUP_ROWS,
 ) -> dict[str, int]:
-    """Write rows as a sharded table directory at ``out_uri`` (staged: all or nothing). Returns counts."""
+    """Write rows as a sharded table directory at ``out_uri`` (staged: all or nothing). Returns counts.
+
+    Streams: at most one row group (``row_group_rows`` rows or :data:`ROW_GROUP_BYTES`) is held before it is
+    written, so a table of any size is written in bounded memory."""
     counts = {"rows": 0, "shards": 0}
     with storage.staged_dir(out_uri) as tmp:
-        batch: list[dict] = []
-        size = 0
-        for row in rows:
-            row = {name: row.get(name) for name in SCHEMA.names}
-            batch.append(row)
-            size += len(row["image"] or b"") + 64
-            if size >= shard_bytes:
-                _write_shard(batch, tmp, counts)
-                batch, size = [], 0
-        if batch or counts["shards"] == 0:
-            _write_shard(batch, tmp, counts)
+        writer = _ShardWriter(tmp, counts, shard_bytes, row_group_rows)
+        try:
+            for row in rows:
+                writer.add({name: row.get(name) for name in SCHEMA.names})
+            writer.finish()
+        finally:
+            writer.close()
         (tmp / CLASSES_FILE).write_text(classes.to_json())
     return counts
 
 
-def _write_shard(batch: list[dict], directory: Path, counts: dict[str, int]) -> None:
-    table = pa.Table.from_pylist(batch, schema=SCHEMA)
-    pq.write_table(table, directory / f"part-{counts['shards']:05d}.parquet")
-    counts["shards"] += 1
-    counts["rows"] += len(batch)
+class _ShardWriter:
+    """Rows to ``part-NNNNN.parquet`` files: a row group per ``row_group_rows`` rows (or ROW_GROUP_BYTES), a new
+    shard once a shard holds ``shard_bytes``."""
+
+    def __init__(self, directory: Path, counts: dict[str, int], shard_bytes: int, row_group_rows: int):
+        self.directory, self.counts = directory, counts
+        self.shard_bytes, self.row_group_rows = shard_bytes, max(1, row_group_rows)
+        self.writer: pq.ParquetWriter | None = None
+        self.group: list[dict] = []
+        self.group_size = self.shard_size = 0
+
+    def add(self, row: dict) -> None:
+        size = len(row["image"] or b"") + 64
+        self.group.append(row)
+        self.group_size += size
+        self.shard_size += size
+        if self.shard_size >= self.shard_bytes:
+            self._flush()
+            self.close()
+        elif len(self.group) >= self.row_group_rows or self.group_size >= ROW_GROUP_BYTES:
+            self._flush()
+
+    def finish(self) -> None:
+        if self.group or (self.writer is None and self.counts["shards"] == 0):
+            self._flush(force=True)
+
+    def _flush(self, force: bool = False) -> None:
+        if not self.group and not force:
+            return
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.directory / f"part-{self.counts['shards']:05d}.parquet", SCHEMA)
+            self.counts["shards"] += 1
+        self.writer.write_table(pa.Table.from_pylist(self.group, schema=SCHEMA), row_group_size=len(self.group) or 1)
+        self.counts["rows"] += len(self.group)
+        self.group, self.group_size = [], 0
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer, self.shard_size = None, 0
 
 
 def shard_uris(table_uri: str) -> list[str]:
@@ -121,33 +165,67 @@ def _classes_bytes(table_uri: str) -> bytes:
 
 
 def read_table(table_uri: str, columns: list[str] | None = None) -> pa.Table:
-    """Read all shards of a table (each checked by :func:`read_shard`)."""
+    """All shards of a table in memory (each checked as in :func:`shard_row_groups`): for tests and metadata
+    columns; steps stream with :func:`iter_row_groups`."""
     return pa.concat_tables([read_shard(uri, columns) for uri in shard_uris(table_uri)])
 
 
 def read_shard(uri: str, columns: list[str] | None = None) -> pa.Table:
-    """One shard as the table schema's ``columns``, checked: readable Parquet, the required columns, each row's
-    image bytes or path column, and column types that match the other shards'. Errors name the shard."""
+    """One shard as the table schema's ``columns``, checked (see :func:`shard_row_groups`)."""
+    groups = [group for _, _, group in shard_row_groups(uri, columns)]
+    return pa.concat_tables(groups) if groups else _subschema(columns).empty_table()
+
+
+def iter_row_groups(table_uri: str, columns: list[str] | None = None) -> Iterator[tuple[str, int, pa.Table]]:
+    """``(shard uri, row group index, rows)`` for every row group of every shard, in table order: one row group in
+    memory at a time (:data:`ROW_GROUP_ROWS` rows in tables written here)."""
+    for uri in shard_uris(table_uri):
+        yield from shard_row_groups(uri, columns)
+
+
+def shard_row_groups(uri: str, columns: list[str] | None = None) -> Iterator[tuple[str, int, pa.Table]]:
+    """One shard's row groups as the table schema's ``columns``, checked: readable Parquet, the required columns,
+    each row's image bytes or path column, and column types that match the other shards'. Errors name the shard."""
+    with open_shard(uri) as (parquet, schema):
+        wanted = [c for c in (columns or SCHEMA.names) if c in schema.names]
+        for index in range(parquet.num_row_groups):
+            try:
+                group = parquet.read_row_group(index, columns=wanted)
+            except (pa.ArrowException, OSError) as e:
+                raise TableError(
+                    f"{uri}: cannot read the shard's data (row group {index}: {e}); it is truncated or corrupt: "
+                    "rewrite it"
+                ) from e
+            yield uri, index, _conform(group, uri, schema, columns)
+
+
+@contextlib.contextmanager
+def open_shard(uri: str) -> Iterator[tuple[pq.ParquetFile, pa.Schema]]:
+    """The shard's ParquetFile (footer read, no data) and its schema, with the required columns checked."""
     fs, path = storage.filesystem(uri)
     try:
-        schema = pq.read_schema(path, filesystem=fs)
-    except (pa.ArrowException, OSError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise FileNotFoundError(f"{uri}: shard not found (listed, then gone; rerun)") from e
-        raise TableError(
-            f"{uri}: not a readable Parquet shard ({e}); it is empty, truncated or corrupt: rewrite it, or remove "
-            "it from the table"
-        ) from e
-    missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
-    if "image" not in schema.names and "path" not in schema.names:
-        missing.append("image (or path)")
-    if missing:
-        raise TableError(f"{uri}: Parquet file is missing column(s) {', '.join(missing)}")
-    wanted = [c for c in (columns or SCHEMA.names) if c in schema.names]
-    try:
-        table = pq.read_table(path, filesystem=fs, columns=wanted)
-    except (pa.ArrowException, OSError) as e:
-        raise TableError(f"{uri}: cannot read the shard's data ({e}); it is truncated or corrupt: rewrite it") from e
+        handle = fs.open_input_file(path)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{uri}: shard not found (listed, then gone; rerun)") from e
+    with handle:
+        try:
+            parquet = pq.ParquetFile(handle)
+        except (pa.ArrowException, OSError) as e:
+            raise TableError(
+                f"{uri}: not a readable Parquet shard ({e}); it is empty, truncated or corrupt: rewrite it, or remove "
+                "it from the table"
+            ) from e
+        schema = parquet.schema_arrow
+        missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
+        if "image" not in schema.names and "path" not in schema.names:
+            missing.append("image (or path)")
+        if missing:
+            raise TableError(f"{uri}: Parquet file is missing column(s) {', '.join(missing)}")
+        yield parquet, schema
+
+
+def _conform(table: pa.Table, uri: str, schema: pa.Schema, columns: list[str] | None) -> pa.Table:
+    """``table`` with the schema's ``columns`` (absent ones as nulls) and types, or a TableError naming the shard."""
     for name in SCHEMA.names:
         if name in (columns or SCHEMA.names) and name not in table.column_names:
             table = table.append_column(name, pa.nulls(len(table), SCHEMA.field(name).type))
@@ -163,20 +241,50 @@ def read_shard(uri: str, columns: list[str] | None = None) -> pa.Table:
         ) from e
 
 
-def check_labels(rows: list[dict], classes: ClassList, where: str) -> None:
-    """Every row's label indexes ``classes.json`` and its ``classname`` is that entry; the first mismatch named."""
-    for row in rows:
-        label = row["label"]
-        if label is None or not 0 <= label < len(classes.names):
-            raise TableError(
-                f"{where}: row id={row['id']!r} has label {label}, but classes.json lists {len(classes.names)} "
-                f"class(es) (labels 0..{len(classes.names) - 1}); fix the label or classes.json"
-            )
-        if row.get("classname") is not None and row["classname"] != classes.names[label]:
-            raise TableError(
-                f"{where}: row id={row['id']!r} has classname {row['classname']!r} but classes.json names label "
-                f"{label} {classes.names[label]!r}; classes.json does not match the table's labels"
-            )
+def rows_with_ids(table_uri: str, ids: list[str]) -> Iterator[dict]:
+    """The rows (images included) whose id is in ``ids``, in table order, one row group at a time; a row group is
+    read whole only when its ``id`` column holds a wanted id."""
+    wanted = pa.array(ids, pa.string())
+    for uri in shard_uris(table_uri):
+        with open_shard(uri) as (parquet, schema):
+            for index in range(parquet.num_row_groups):
+                try:
+                    found = pc.is_in(parquet.read_row_group(index, columns=["id"])["id"], value_set=wanted)
+                    if not pc.any(found).as_py():
+                        continue
+                    group = parquet.read_row_group(index, columns=[c for c in SCHEMA.names if c in schema.names])
+                except (pa.ArrowException, OSError) as e:
+                    raise TableError(
+                        f"{uri}: cannot read the shard's data (row group {index}: {e}); it is truncated or corrupt: "
+                        "rewrite it"
+                    ) from e
+                yield from _conform(group, uri, schema, None).filter(found).to_pylist()
+
+
+def check_labels(rows: pa.Table, classes: ClassList, where: str) -> None:
+    """Every row's label indexes ``classes.json`` and its ``classname`` is that entry; the first mismatch named.
+    ``rows`` holds the ``id``, ``label`` and (optionally) ``classname`` columns; checked column-wise."""
+    labels = rows["label"]
+    count = len(classes.names)
+    bad = pc.fill_null(pc.or_(pc.less(labels, 0), pc.greater_equal(labels, count)), True)
+    if pc.any(bad).as_py():
+        i = pc.index(bad, True).as_py()
+        raise TableError(
+            f"{where}: row id={rows['id'][i].as_py()!r} has label {labels[i].as_py()}, but classes.json lists {count} "
+            f"class(es) (labels 0..{count - 1}); fix the label or classes.json"
+        )
+    if "classname" not in rows.column_names or not count:
+        return
+    expected = pa.array(classes.names, pa.string()).take(labels)
+    wrong = pc.fill_null(pc.not_equal(rows["classname"], expected), False)
+    if pc.any(wrong).as_py():
+        i = pc.index(wrong, True).as_py()
+        label = labels[i].as_py()
+        raise TableError(
+            f"{where}: row id={rows['id'][i].as_py()!r} has classname {rows['classname'][i].as_py()!r} but "
+            f"classes.json names label {label} {classes.names[label]!r}; classes.json does not match the table's "
+            "labels"
+        )
 
 
 def _subschema(columns: list[str] | None) -> pa.Schema:
@@ -184,9 +292,16 @@ def _subschema(columns: list[str] | None) -> pa.Schema:
 
 
 def image_bytes(row: dict, source: str = "") -> bytes:
-    """The encoded bytes of a row's image (inline bytes, else read from ``path``)."""
+    """The encoded bytes of a row's image: inline bytes, else those where a metadata row
+    (:class:`clipcite.data.rows.ImageRows`) says the table holds them, else read from ``path``."""
     if row.get("image") is not None:
         return row["image"]
+    if row.get("shard") or row.get("blob"):
+        from clipcite.data.rows import fetch_image  # here: rows builds on this module
+
+        data = fetch_image(row, source)
+        if data is not None:
+            return data
     if row.get("path"):
         try:
             return storage.read_bytes(row["path"])

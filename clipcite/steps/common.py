@@ -9,7 +9,8 @@ import sys
 
 from clipcite import storage
 from clipcite.config import Config, load_config
-from clipcite.data.table import ClassList, read_classes, read_table
+from clipcite.data.rows import ImageRows
+from clipcite.data.table import ClassList, read_classes
 from clipcite.prompts import prompts_for, template_for
 
 
@@ -21,9 +22,10 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def split_rows(table_uri: str) -> tuple[list[dict], ClassList]:
-    """All rows (images included) of a small split table, and its classes."""
-    return read_table(table_uri).to_pylist(), read_classes(table_uri)
+def split_rows(table_uri: str) -> tuple[ImageRows, ClassList]:
+    """A split's rows as metadata (images are fetched per batch, never all held: :mod:`clipcite.data.rows`), and
+    its classes."""
+    return ImageRows.scan(table_uri), read_classes(table_uri)
 
 
 def class_prompts(classes: ClassList, config: Config) -> tuple[str, list[str]]:

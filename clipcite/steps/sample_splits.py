@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import sys
@@ -21,12 +22,12 @@ from clipcite import storage
 from clipcite.config import Config, SplitsConfig, dump_yaml
 from clipcite.data.folder import as_table, source_snapshot
 from clipcite.data.table import (
+    ROW_GROUP_ROWS,
     ClassList,
     check_labels,
     read_classes,
-    read_shard,
     read_table,
-    shard_uris,
+    rows_with_ids,
     sources_digest,
     write_table,
 )
@@ -68,10 +69,11 @@ def run(
 def _sample(table_uri: str, out_uri: str, config: Config, eval_table_uris, sources: list, digest: str) -> dict:
     cfg = config.splits
     classes = read_classes(table_uri)
-    meta = read_table(table_uri, columns=META).to_pylist()  # ids and labels only: small even for ImageNet
+    meta = read_table(table_uri, columns=META)  # no image column: Arrow columns, tens of bytes per row
     check_labels(meta, classes, table_uri)
     # the base/new cut is made once, on the training split's classes, and applied to every eval set of this table
-    halves = _kept_classes([r["label"] for r in meta if r["split"] == cfg.train_split] or [r["label"] for r in meta])
+    train_labels = meta.filter(pc.equal(meta["split"], cfg.train_split))["label"]
+    halves = _kept_classes(pc.unique(train_labels if len(train_labels) else meta["label"]).to_pylist())
     keep = halves["base" if cfg.protocol == "base2new" else "all"]
     train_classes = ClassList(tuple(classes.names[c] for c in keep), classes.template, classes.dataset)
 
@@ -128,7 +130,7 @@ def _kept_classes(labels: list[int]) -> dict[str, list[int]]:
 
 
 def _few_shot_ids(
-    meta: list[dict],
+    meta: pa.Table,
     split: str,
     k: int,
     keep: list[int],
@@ -138,18 +140,16 @@ def _few_shot_ids(
     optional: bool = False,
 ) -> list[str]:
     cfg = config.splits
-    kept = set(keep)
-    rows = [
-        r
-        for r in meta
-        if r["split"] == split and r["label"] in kept and (not cfg.train_domains or r["domain"] in cfg.train_domains)
-    ]
-    if not rows:
+    mask = pc.and_(pc.equal(meta["split"], split), pc.is_in(meta["label"], value_set=pa.array(keep, pa.int64())))
+    if cfg.train_domains:
+        mask = pc.and_(mask, pc.is_in(meta["domain"], value_set=pa.array(list(cfg.train_domains), pa.string())))
+    rows = meta.filter(pc.fill_null(mask, False))
+    if not rows.num_rows:
         if optional:
             log.warning("no %r rows: the %s split is left empty", split, what)
             return []
-        splits = sorted({r["split"] for r in meta})
-        domains = sorted({r["domain"] for r in meta if r["split"] == split})
+        splits = sorted(pc.unique(meta["split"]).to_pylist())
+        domains = sorted(pc.unique(meta.filter(pc.equal(meta["split"], split))["domain"]).to_pylist())
         raise ValueError(
             f"no rows with split={split!r}"
             + (f" in domains {list(cfg.train_domains)}" if cfg.train_domains else "")
@@ -157,16 +157,17 @@ def _few_shot_ids(
             + (f" and, in {split!r}, domains {domains}" if domains else "")
             + "; choose with --set splits.train_domains=[...] (or splits.train_split=...)"
         )
+    ids = rows["id"].to_pylist()
     picked = sample_few_shot(
-        [r["id"] for r in rows],
-        [r["label"] for r in rows],
+        ids,
+        rows["label"].to_pylist(),
         k,
         config.seed,
         allow_fewer=cfg.allow_fewer or optional,  # validation only monitors: take what there is
         classnames=classes.names,
         what=f"{split!r}",
     )
-    return [rows[i]["id"] for i in picked]
+    return [ids[i] for i in picked]
 
 
 def _eval_sets(
@@ -180,10 +181,10 @@ def _eval_sets(
     """
     classes = read_classes(table_uri)
     if meta is None:
-        meta = read_table(table_uri, columns=META).to_pylist()
+        meta = read_table(table_uri, columns=META)
         check_labels(meta, classes, table_uri)
-    meta = [r for r in meta if r["split"] == cfg.eval_split]
-    domains = sorted({r["domain"] for r in meta})
+    meta = meta.filter(pc.fill_null(pc.equal(meta["split"], cfg.eval_split), False))
+    domains = sorted(pc.unique(meta["domain"]).to_pylist())
     if cfg.eval_domains:
         domains = [d for d in domains if d in cfg.eval_domains]
     if classes.names != source_classes.names:
@@ -193,15 +194,15 @@ def _eval_sets(
     )
     for domain in domains:
         for subset, keep in subsets:
-            kept = set(keep)
-            rows = [r for r in meta if r["domain"] == domain and r["label"] in kept]
-            if not rows:
+            kept = pc.is_in(meta["label"], value_set=pa.array(keep, pa.int64()))
+            ids = meta.filter(pc.fill_null(pc.and_(pc.equal(meta["domain"], domain), kept), False))["id"]
+            if not len(ids):
                 continue
             yield {
                 "name": domain if subset == "all" else f"{domain}-{subset}",
                 "domain": domain,
                 "subset": subset,
-                "ids": [r["id"] for r in rows],
+                "ids": ids.to_pylist(),
                 "labels": keep,
                 "classnames": [classes.names[c] for c in keep],
                 "template": classes.template,
@@ -210,18 +211,21 @@ def _eval_sets(
 
 
 def _relabelled(table_uri: str, ids: list[str], keep: list[int]) -> Iterator[dict]:
-    """Stream the chosen rows (images included) shard by shard, labels mapped onto ``keep``."""
-    wanted = pa.array(ids, pa.string())
-    for uri in shard_uris(table_uri):
-        shard = read_shard(uri)
-        rows = shard.filter(pc.is_in(shard["id"], value_set=wanted)).to_pylist()
-        for row, label in zip(rows, relabel([r["label"] for r in rows], keep), strict=True):
-            yield {**row, "label": label}
+    """Stream the chosen rows (images included) in table order, labels mapped onto ``keep``; at most
+    ROW_GROUP_ROWS rows are held here at a time."""
+    chunk: list[dict] = []
+    for row in itertools.chain(rows_with_ids(table_uri, ids), [None]):
+        if row is not None:
+            chunk.append(row)
+        if chunk and (row is None or len(chunk) >= ROW_GROUP_ROWS):
+            for item, label in zip(chunk, relabel([r["label"] for r in chunk], keep), strict=True):
+                yield {**item, "label": label}
+            chunk = []
 
 
-def _domains_of(meta: list[dict], ids: list[str]) -> list[str]:
-    wanted = set(ids)
-    return sorted({r["domain"] for r in meta if r["id"] in wanted})
+def _domains_of(meta: pa.Table, ids: list[str]) -> list[str]:
+    chosen = meta.filter(pc.is_in(meta["id"], value_set=pa.array(ids, pa.string())))
+    return sorted(pc.unique(chosen["domain"]).to_pylist())
 
 
 def _ids_digest(ids: list[str]) -> str:
