@@ -196,6 +196,12 @@ def combine(part: torch.Tensor) -> torch.Tensor:
     return whole.to(part.device)
 
 
+def barrier() -> None:
+    """Wait for every rank (e.g. for rank 0 to finish writing a step's outputs before any rank returns)."""
+    if world_size() > 1:
+        dist.barrier()
+
+
 def broadcast(value):
     """Rank 0's ``value`` (any picklable object) on every rank."""
     if world_size() == 1:

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from clipcite import distributed
 from clipcite.crops import input_size
 from clipcite.data.loading import CropDataset, crop_boxes
 from clipcite.finite import require_finite
@@ -74,22 +75,25 @@ def build_cache(
     source: str = "",
 ) -> TeacherCache:
     """Run the frozen teacher over every class prompt and every (epoch, image) crop, under the autocast that
-    ``precision`` (the run's ``train.precision``) gives on ``device``, like the online teacher in training."""
+    ``precision`` (the run's ``train.precision``) gives on ``device``, like the online teacher in training.
+    Under several ranks each computes its share of the batches and every rank returns the whole cache."""
     model = teacher.model.to(device).eval()
     text = encode_texts(model, teacher.tokenizer, prompts, batch_size, device)
     require_finite(text, f"{source}teacher text features; check the base model", list(prompts))
     boxes = crop_boxes(rows, seed, epochs, crop_scale, crop_ratio, source)
     dataset = CropDataset(rows, teacher.preprocess_cfg, boxes, source)
-    image = torch.empty(epochs, len(rows), text.shape[1])
+    image = torch.zeros(epochs, len(rows), text.shape[1])  # zeros: the ranks' parts are summed
+    batches = distributed.shard_batches(len(rows), batch_size)
     autocast = precision_autocast(device, precision)
     for epoch in tqdm(range(epochs), desc="teacher crops", unit="epoch"):
         dataset.epoch = epoch
-        for index, images, _ in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
+        for index, images, _ in DataLoader(dataset, batch_sampler=batches, num_workers=num_workers):
             with autocast:
                 features = model.encode_image(images.to(device), normalize=True)
             ids = [f"id={rows[int(i)]['id']}" for i in index]
             require_finite(features, f"{source}teacher image features, epoch {epoch + 1}; check the base model", ids)
             image[epoch, index] = features.float().cpu()
+    image = distributed.combine(image)
     size = input_size(teacher.preprocess_cfg)
     meta = CacheMeta(
         identity=teacher.identity,

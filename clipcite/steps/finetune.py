@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from clipcite import storage, tracking
+from clipcite import distributed, storage, tracking
 from clipcite.config import Config, dump_yaml, to_dict
 from clipcite.finite import NonFiniteError, nonfinite_weights
 from clipcite.models import load_model, save_model
@@ -52,9 +52,19 @@ def run(
     mlflow_run_id: str = "",
 ) -> dict:
     """Fine-tune, save the model to ``out_uri``; with ``tracking_uri`` and ``mlflow_run_id`` (the pipeline's run)
-    also log params, datasets, every loss term per step, throughput and the outputs to a nested run."""
-    with tracking.step_run(tracking_uri, mlflow_run_id, "finetune") as step:
-        summary = _run(splits_uri, out_uri, config, cache_uri, checkpoint_dir, log_fn, keep_checkpoint, step)
+    also log params, datasets, every loss term per step, throughput and the outputs to a nested run.
+
+    ``CLIPCITE_NPROC_PER_NODE`` > 1 runs it in that many torchrun ranks (data parallel; rank 0 writes and logs)."""
+    ranks = distributed.requested_ranks()
+    if ranks > 1:
+        options = {"cache_uri": cache_uri, "checkpoint_dir": checkpoint_dir, "keep_checkpoint": keep_checkpoint}
+        options.update(tracking_uri=tracking_uri, mlflow_run_id=mlflow_run_id)  # log_fn cannot cross processes
+        return distributed.launch(run, splits_uri, out_uri, config, nproc=ranks, **options)
+    with distributed.process_group(resolve_device(config.device)):
+        run_id = mlflow_run_id if distributed.is_main() else ""  # rank 0 alone logs to MLflow
+        with tracking.step_run(tracking_uri, run_id, "finetune") as step:
+            summary = _run(splits_uri, out_uri, config, cache_uri, checkpoint_dir, log_fn, keep_checkpoint, step)
+        distributed.barrier()  # no rank returns before rank 0 has written the model
     return summary
 
 
@@ -149,6 +159,8 @@ def _run(splits_uri, out_uri, config, cache_uri, checkpoint_dir, log_fn, keep_ch
         "config": to_dict(config),
         "mlflow_run_id": step.parent_run_id,  # the pipeline run that trained it; evaluate and register log there
     }
+    if not distributed.is_main():
+        return summary  # rank 0 writes the model
     with storage.staged_dir(out_uri) as tmp:
         save_model(student, result.state_dict, tmp, meta)
         (tmp / "curves.jsonl").write_text("".join(json.dumps(c) + "\n" for c in curves))
