@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from clipcite import storage
+from clipcite import distributed, storage
 from clipcite.config import Config
 from clipcite.models import load_model
 from clipcite.steps.common import base_parser, class_prompts, config_from, resolve_device, setup_logging, split_rows
@@ -18,7 +18,18 @@ log = logging.getLogger(__name__)
 
 def run(splits_uri: str, out_uri: str, config: Config, *, expected_identity: str = "") -> dict:
     """Build and write the cache; ``expected_identity`` (the pipeline's snapshot of the base model) must match the
-    weights loaded here, checked before any teacher work."""
+    weights loaded here, checked before any teacher work. ``CLIPCITE_NPROC_PER_NODE`` > 1 shares the images out
+    over that many torchrun ranks (rank 0 writes the same cache as one process)."""
+    ranks = distributed.requested_ranks()
+    if ranks > 1:
+        return distributed.launch(run, splits_uri, out_uri, config, nproc=ranks, expected_identity=expected_identity)
+    with distributed.process_group(resolve_device(config.device)):
+        summary = _run(splits_uri, out_uri, config, expected_identity)
+        distributed.barrier()  # no rank returns before rank 0 has written the cache
+    return summary
+
+
+def _run(splits_uri: str, out_uri: str, config: Config, expected_identity: str) -> dict:
     train_uri = storage.join(splits_uri, "train")
     rows, classes = split_rows(train_uri)
     _, prompts = class_prompts(classes, config)
@@ -44,8 +55,9 @@ def run(splits_uri: str, out_uri: str, config: Config, *, expected_identity: str
         num_workers=config.train.num_workers,
         source=f"{train_uri}: ",
     )
-    with storage.staged_dir(out_uri) as tmp:
-        save_cache(cache, tmp)
+    if distributed.is_main():
+        with storage.staged_dir(out_uri) as tmp:
+            save_cache(cache, tmp)
     summary = {
         "identity": cache.meta.identity,
         "images": len(rows),
