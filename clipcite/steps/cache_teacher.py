@@ -7,29 +7,62 @@ import json
 import logging
 import sys
 
-from clipcite import distributed, storage
+from clipcite import storage, teacher_store
 from clipcite.config import Config
-from clipcite.models import load_model
+from clipcite.data.table import read_classes
+from clipcite.models import checkpoint_identity, load_model
+from clipcite.precision import resolve_precision
 from clipcite.steps.common import base_parser, class_prompts, config_from, resolve_device, setup_logging, split_rows
-from clipcite.teacher import build_cache, save_cache
+from clipcite.teacher import META_FILE, build_cache, save_cache
 
 log = logging.getLogger(__name__)
 
 
-def run(splits_uri: str, out_uri: str, config: Config, *, expected_identity: str = "") -> dict:
+def run(splits_uri: str, out_uri: str, config: Config, *, expected_identity: str = "", store: str = "") -> dict:
     """Build and write the cache; ``expected_identity`` (the pipeline's snapshot of the base model) must match the
-    weights loaded here, checked before any teacher work. ``CLIPCITE_NPROC_PER_NODE`` > 1 shares the images out
-    over that many torchrun ranks (rank 0 writes the same cache as one process)."""
-    ranks = distributed.requested_ranks()
-    if ranks > 1:
-        return distributed.launch(run, splits_uri, out_uri, config, nproc=ranks, expected_identity=expected_identity)
-    with distributed.process_group(resolve_device(config.device)):
-        summary = _run(splits_uri, out_uri, config, expected_identity)
-        distributed.barrier()  # no rank returns before rank 0 has written the cache
+    weights loaded here, checked before any teacher work. ``store`` (a folder or s3:// prefix; "" = off) keeps
+    caches by content (clipcite/teacher_store.py): a run whose teacher inputs match a stored one copies it instead
+    of running the teacher."""
+    key = content_key(splits_uri, config, expected_identity) if store else ""
+    if key and teacher_store.restore(store, key, out_uri):
+        meta = storage.read_text(storage.join(out_uri, META_FILE))
+        return {**_summary(json.loads(meta)), "reused": key}
+    summary = _build(splits_uri, out_uri, config, expected_identity)
+    if key:
+        teacher_store.keep(store, key, out_uri)
     return summary
 
 
-def _run(splits_uri: str, out_uri: str, config: Config, expected_identity: str) -> dict:
+def content_key(splits_uri: str, config: Config, expected_identity: str = "") -> str:
+    """The teacher cache's content key for these splits and config (what changes the teacher's outputs only)."""
+    train_uri = storage.join(splits_uri, "train")
+    _, prompts = class_prompts(read_classes(train_uri), config)
+    model = config.model
+    return teacher_store.teacher_key(
+        identity=expected_identity or checkpoint_identity(model.arch, model.pretrained, init_seed=model.init_seed),
+        manifest=json.loads(storage.read_text(storage.join(splits_uri, "manifest.json"))),
+        prompts=prompts,
+        seed=config.seed,
+        epochs=config.train.epochs,
+        crop_scale=config.train.crop_scale,
+        crop_ratio=config.train.crop_ratio,
+        dtype=config.teacher.dtype,
+        precision=resolve_precision(resolve_device(config.device), config.train.precision),
+    )
+
+
+def _summary(meta: dict) -> dict:
+    return {
+        "identity": meta["identity"],
+        "images": len(meta["ids"]),
+        "epochs": meta["epochs"],
+        "classes": len(meta["prompts"]),
+        "dtype": meta["dtype"],
+        "precision": meta["precision"],
+    }
+
+
+def _build(splits_uri: str, out_uri: str, config: Config, expected_identity: str) -> dict:
     train_uri = storage.join(splits_uri, "train")
     rows, classes = split_rows(train_uri)
     _, prompts = class_prompts(classes, config)
@@ -55,9 +88,8 @@ def _run(splits_uri: str, out_uri: str, config: Config, expected_identity: str) 
         num_workers=config.train.num_workers,
         source=f"{train_uri}: ",
     )
-    if distributed.is_main():
-        with storage.staged_dir(out_uri) as tmp:
-            save_cache(cache, tmp)
+    with storage.staged_dir(out_uri) as tmp:
+        save_cache(cache, tmp)
     summary = {
         "identity": cache.meta.identity,
         "images": len(rows),
@@ -74,9 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = base_parser("Cache the frozen teacher's features for every class prompt and train crop.")
     parser.add_argument("--splits", required=True, help="output folder of sample-splits")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--store", default="", help="keep/reuse teacher caches by content under this folder or s3://")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
-    print(json.dumps(run(args.splits, args.out, config_from(args)), indent=2))
+    print(json.dumps(run(args.splits, args.out, config_from(args), store=args.store), indent=2))
     return 0
 
 

@@ -1,0 +1,81 @@
+"""Teacher caches kept by content across runs, so a rerun with other training settings reuses the teacher's work.
+
+The teacher cache is a pure function of the base model, the train split's images and labels, its class prompts,
+the seed, the number of epochs and the crop settings (which fix every crop), the storage dtype and the precision
+the teacher ran at. A rerun that changes only what training does with it (alpha, lr, loss weights, method, batch
+size) gets a new ``sample-splits`` artifact, so KFP's own cache (keyed by the upstream artifact) misses; this store,
+keyed by content, does not: ``cache-teacher`` copies ``<store>/<key>/`` instead of running the teacher again.
+Anything else (batch size of the teacher, workers, ranks) does not change the features and stays out of the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+
+from clipcite import storage
+from clipcite.teacher import META_FILE, TENSORS_FILE, load_cache
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # bump when the cache files change shape or meaning (old entries are then never read)
+KEY_FILE = "key.json"
+
+
+def teacher_key(
+    *,
+    identity: str,
+    manifest: dict,
+    prompts: list[str],
+    seed: int,
+    epochs: int,
+    crop_scale: tuple[float, float],
+    crop_ratio: tuple[float, float],
+    dtype: str,
+    precision: str,
+) -> str:
+    """The content key of a teacher cache. ``manifest`` is the splits' manifest: its ``sources_digest`` names the
+    data the split was cut from and ``sets.train`` the chosen ids (their digest and count); ``precision`` is the
+    resolved one (bf16 or fp32)."""
+    train = manifest.get("sets", {}).get("train", {})
+    if not identity or not manifest.get("sources_digest") or not train.get("ids_sha256"):
+        raise ValueError("no base identity, source digest or train id digest to key the teacher cache by")
+    body = [FORMAT, identity, manifest["sources_digest"], train["ids_sha256"], train.get("rows"), list(prompts)]
+    body += [seed, epochs, list(crop_scale), list(crop_ratio), dtype, precision]
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def restore(store: str, key: str, out_uri: str) -> bool:
+    """Copy the stored cache for ``key`` to ``out_uri``; False (and nothing written) when there is none or it does
+    not load (a damaged entry costs one recomputation, never a wrong cache)."""
+    if not store:
+        return False
+    entry = storage.join(store, key)
+    if not storage.exists(storage.join(entry, KEY_FILE)):
+        return False
+    try:
+        with storage.local_dir(entry) as source, storage.staged_dir(out_uri) as tmp:
+            if json.loads((source / KEY_FILE).read_text()).get("key") != key:
+                raise ValueError(f"{entry}: holds another key")
+            for name in (TENSORS_FILE, META_FILE):
+                shutil.copy2(source / name, tmp / name)
+            load_cache(tmp)  # complete and readable, or no output at all
+    except Exception as e:  # safetensors and json raise many types for a damaged file
+        log.warning("%s: unusable stored teacher cache (%s); running the teacher again", entry, e)
+        return False
+    log.info("teacher cache reused from %s (key %s): the teacher did not run", entry, key[:12])
+    return True
+
+
+def keep(store: str, key: str, out_uri: str) -> None:
+    """Store the cache just written to ``out_uri`` under ``key`` (the key file goes with it, checked on reuse)."""
+    if not store:
+        return
+    entry = storage.join(store, key)
+    with storage.local_dir(out_uri) as source, storage.staged_dir(entry) as tmp:
+        for name in (TENSORS_FILE, META_FILE):
+            shutil.copy2(source / name, tmp / name)
+        (tmp / KEY_FILE).write_text(json.dumps({"key": key, "format": FORMAT}))
+    log.info("teacher cache kept in %s for later runs", entry)
