@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from clipcite import storage, teacher_store
+from clipcite import distributed, storage, teacher_store
 from clipcite.config import Config
 from clipcite.data.table import read_classes
 from clipcite.models import checkpoint_identity, load_model
@@ -20,14 +20,15 @@ log = logging.getLogger(__name__)
 
 def run(splits_uri: str, out_uri: str, config: Config, *, expected_identity: str = "", store: str = "") -> dict:
     """Build and write the cache; ``expected_identity`` (the pipeline's snapshot of the base model) must match the
-    weights loaded here, checked before any teacher work. ``store`` (a folder or s3:// prefix; "" = off) keeps
-    caches by content (clipcite/teacher_store.py): a run whose teacher inputs match a stored one copies it instead
-    of running the teacher."""
+    weights loaded here, checked before any teacher work. ``CLIPCITE_NPROC_PER_NODE`` > 1 shares the images out
+    over that many torchrun ranks (rank 0 writes the same cache as one process). ``store`` (a folder or s3://
+    prefix; "" = off) keeps caches by content (clipcite/teacher_store.py): a run whose teacher inputs match a stored
+    one copies it instead of running the teacher."""
     key = content_key(splits_uri, config, expected_identity) if store else ""
     if key and teacher_store.restore(store, key, out_uri):
         meta = storage.read_text(storage.join(out_uri, META_FILE))
         return {**_summary(json.loads(meta)), "reused": key}
-    summary = _build(splits_uri, out_uri, config, expected_identity)
+    summary = _run_ranks(splits_uri, out_uri, config, expected_identity)
     if key:
         teacher_store.keep(store, key, out_uri)
     return summary
@@ -62,7 +63,17 @@ def _summary(meta: dict) -> dict:
     }
 
 
-def _build(splits_uri: str, out_uri: str, config: Config, expected_identity: str) -> dict:
+def _run_ranks(splits_uri: str, out_uri: str, config: Config, expected_identity: str) -> dict:
+    ranks = distributed.requested_ranks()
+    if ranks > 1:
+        return distributed.launch(run, splits_uri, out_uri, config, nproc=ranks, expected_identity=expected_identity)
+    with distributed.process_group(resolve_device(config.device)):
+        summary = _run(splits_uri, out_uri, config, expected_identity)
+        distributed.barrier()  # no rank returns before rank 0 has written the cache
+    return summary
+
+
+def _run(splits_uri: str, out_uri: str, config: Config, expected_identity: str) -> dict:
     train_uri = storage.join(splits_uri, "train")
     rows, classes = split_rows(train_uri)
     _, prompts = class_prompts(classes, config)
@@ -88,8 +99,9 @@ def _build(splits_uri: str, out_uri: str, config: Config, expected_identity: str
         num_workers=config.train.num_workers,
         source=f"{train_uri}: ",
     )
-    with storage.staged_dir(out_uri) as tmp:
-        save_cache(cache, tmp)
+    if distributed.is_main():
+        with storage.staged_dir(out_uri) as tmp:
+            save_cache(cache, tmp)
     summary = {
         "identity": cache.meta.identity,
         "images": len(rows),
