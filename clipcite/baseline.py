@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from typing import Any
 
 from clipcite import storage
 
@@ -24,7 +25,7 @@ def baseline_key(
     base_identity: str,
     sources_digest: str,
     set_name: str,
-    set_record: dict,
+    set_record: dict[str, Any],
     prompts: list[str],
     precision: str,
 ) -> str:
@@ -42,7 +43,7 @@ def baseline_key(
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def read_baseline(root: str, key: str) -> dict | None:
+def read_baseline(root: str, key: str) -> dict[str, Any] | None:
     """The cached metrics for ``key`` under ``root``, or None when there are none (or the entry is unreadable)."""
     if not root:
         return None
@@ -57,10 +58,11 @@ def read_baseline(root: str, key: str) -> dict | None:
     if entry.get("key") != key or "metrics" not in entry:
         log.warning("%s: not the baseline for this key; evaluating the zero-shot model again", uri)
         return None
-    return entry["metrics"]
+    metrics: dict[str, Any] = entry["metrics"]
+    return metrics
 
 
-def write_baseline(root: str, key: str, metrics: dict, description: dict) -> None:
+def write_baseline(root: str, key: str, metrics: dict[str, Any], description: dict[str, Any]) -> None:
     """Store ``metrics`` under ``key`` (one object per key, written whole: a reader never sees half of it)."""
     if root:
         entry = {"key": key, "format": FORMAT, "set": description, "metrics": metrics}

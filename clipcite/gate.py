@@ -7,6 +7,7 @@ beside ``finetuned``), so the comparison is like for like even after the data gr
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from clipcite.config import GateConfig
 
@@ -18,19 +19,19 @@ class Decision:
     metric: str
     candidate: float | None = None
     champion: float | None = None
-    drops: dict | None = None  # domain -> points lost against the champion, for kept domains that lost any
+    drops: dict[str, float] | None = None  # domain -> points lost against the champion, for kept domains that lost any
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def primary_metric(gate: GateConfig, body: dict) -> str:
+def primary_metric(gate: GateConfig, body: dict[str, Any]) -> str:
     if gate.metric != "auto":
         return gate.metric
     return "hm" if "hm" in body["mean"].get("finetuned", {}) else "top1"
 
 
-def decide(body: dict, gate: GateConfig, *, champion_version: str | None) -> Decision:
+def decide(body: dict[str, Any], gate: GateConfig, *, champion_version: str | None) -> Decision:
     """``body``: merged evaluate metrics (``domains``/``mean`` per model). No champion yet: promote."""
     metric = primary_metric(gate, body)
     if champion_version is None:
@@ -67,7 +68,7 @@ def decide(body: dict, gate: GateConfig, *, champion_version: str | None) -> Dec
     return Decision(True, reason, metric, candidate, current, drops)
 
 
-def _value(body: dict, model: str, metric: str, domain: str) -> float:
+def _value(body: dict[str, Any], model: str, metric: str, domain: str) -> float:
     source = body["domains"][domain][model] if domain else body["mean"][model]
     if metric not in source:
         raise ValueError(f"gate.metric={metric!r} is not among the measured metrics {sorted(source)}")

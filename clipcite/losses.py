@@ -6,6 +6,9 @@ texts by default, or C class prompts).
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import torch
 import torch.nn.functional as F
 
@@ -110,5 +113,7 @@ def cite_loss(
     for name, weight in weights.items():
         if weight != 0 and name not in terms:
             raise ValueError(f"loss term {name!r} has weight {weight} but its inputs were not given")
-    terms["total"] = sum(weights[name] * value for name, value in terms.items())
+    if not terms:
+        raise ValueError("no loss term has its inputs: pass image features with class weights or text features")
+    terms["total"] = functools.reduce(operator.add, [weights[name] * value for name, value in terms.items()])
     return terms

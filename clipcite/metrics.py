@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
-def top1(pred, target) -> float:
+def top1(pred: ArrayLike, target: ArrayLike) -> float:
     """Top-1 accuracy in percent (``pred`` and ``target``: label arrays or tensors of one length)."""
     pred, target = np.asarray(pred), np.asarray(target)
     return 100.0 * float((pred == target).mean()) if len(target) else float("nan")
 
 
-def confusion_matrix(pred, target, num_classes: int) -> np.ndarray:
+def confusion_matrix(pred: ArrayLike, target: ArrayLike, num_classes: int) -> np.ndarray:
     """[C, C] counts; row = true class, column = predicted class."""
     flat = np.asarray(target, dtype=np.int64) * num_classes + np.asarray(pred, dtype=np.int64)
     return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
@@ -43,7 +45,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(var)
 
 
-def aggregate(runs: Sequence[dict]) -> dict:
+def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Mean and std over seeds of every number found at the same place in each run's dict.
 
     ``{"a": {"top1": 80}}`` x 3 -> ``{"a": {"top1": {"mean": .., "std": .., "n": 3}}}``; keys missing in some
@@ -53,7 +55,7 @@ def aggregate(runs: Sequence[dict]) -> dict:
     """
     if not runs:
         raise ValueError("nothing to aggregate: no runs given")
-    out: dict = {}
+    out: dict[str, Any] = {}
     keys = sorted({k for run in runs for k in run})
     for key in keys:
         values = [run[key] for run in runs if key in run]
@@ -76,8 +78,11 @@ MEAN_OVER = ("ood", "all")
 
 
 def summarise(
-    sets: dict[str, dict], models: list[str], source_domains: tuple[str, ...] | list[str] = (), mean_over: str = "ood"
-) -> dict:
+    sets: dict[str, dict[str, Any]],
+    models: list[str],
+    source_domains: tuple[str, ...] | list[str] = (),
+    mean_over: str = "ood",
+) -> dict[str, Any]:
     """Per domain: top-1 (all classes) or Base/New/HM (base-to-new sets); then the mean over domains.
 
     ``sets[name]`` holds ``domain``, ``subset`` (all|base|new) and one metrics dict per model name. The mean
@@ -87,7 +92,7 @@ def summarise(
     """
     if mean_over not in MEAN_OVER:
         raise ValueError(f"eval.mean_over must be one of {MEAN_OVER}, got {mean_over!r}")
-    domains: dict[str, dict] = {}
+    domains: dict[str, dict[str, Any]] = {}
     for info in sets.values():
         entry = domains.setdefault(info["domain"], {m: {} for m in models})
         key = {"all": "top1", "base": "base", "new": "new"}[info["subset"]]
@@ -100,7 +105,7 @@ def summarise(
     sources = [d for d in domains if d in set(source_domains)]
     targets = [d for d in domains if d not in set(source_domains)]
     averaged = targets if mean_over == "ood" and targets else list(domains)
-    mean: dict[str, dict] = {m: {} for m in models}
+    mean: dict[str, dict[str, Any]] = {m: {} for m in models}
     for m in models:
         for key in ("top1", "base", "new"):
             values = [domains[d][m][key] for d in averaged if key in domains[d][m]]
