@@ -83,7 +83,7 @@ def aggregate_main(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help="JSON file to write")
     args = parser.parse_args(argv)
     from clipcite.steps.common import setup_logging
-    from clipcite.steps.evaluate import aggregate_runs
+    from clipcite.steps.aggregate import aggregate_runs
 
     setup_logging()
     result = aggregate_runs(args.metrics, args.out)

@@ -18,7 +18,7 @@ from clipcite.artifacts import META_FILE
 from clipcite.baseline import baseline_key, read_baseline, write_baseline
 from clipcite.config import Config
 from clipcite.evaluate import predict, set_metrics
-from clipcite.metrics import aggregate, summarise
+from clipcite.metrics import summarise
 from clipcite.models import load_model, load_saved
 from clipcite.precision import resolve_precision
 from clipcite.report import markdown, plot_confusion, plot_domains
@@ -235,15 +235,6 @@ def _baseline_key(manifest: dict, set_name: str, prompts: list[str], meta: dict,
         return ""
     precision = resolve_precision(device, config.train.precision)
     return baseline_key(identity, digest, set_name, record, prompts, precision)
-
-
-def aggregate_runs(metric_uris: list[str], out_uri: str) -> dict:
-    """Mean and std over seeds of the per-domain and mean metrics of several evaluate outputs."""
-    runs = [read_json(u if u.endswith(".json") else storage.join(u, "metrics.json")) for u in metric_uris]
-    result = aggregate([{"domains": r["domains"], "mean": r["mean"]} for r in runs])
-    result["runs"] = metric_uris
-    storage.write_text(out_uri, json.dumps(result, indent=2))
-    return result
 
 
 def main(argv: list[str] | None = None) -> int:
