@@ -2,6 +2,10 @@
 
 Classes are colour x shape ("red circle"); two domains draw them differently ("photo": filled on a noisy
 background, "sketch": outlines on white). The layout is ``split/domain/class/*.png``.
+
+Why a second synthetic world beside ``clipcite/toyworld``: the toy world is the offline benchmark (a pretrained
+toyclip, tables written directly); this one is a folder of image files in seconds, so the tests enter data the way
+users' data enters (ingest from a folder tree) and run the random ``clipcite-tiny`` model on it.
 """
 
 from __future__ import annotations
