@@ -28,14 +28,13 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from bench.cite_step import cite_step, input_side, synthetic_prompts  # noqa: E402
 from bench.synthetic import jpeg_rows  # noqa: E402
 from clipcite.data.loading import EvalDataset  # noqa: E402
 from clipcite.evaluate import predict  # noqa: E402
 from clipcite.loaders import loader_options  # noqa: E402
 from clipcite.models import load_model  # noqa: E402
 from clipcite.precision import autocast  # noqa: E402
-from clipcite.recipe import FitParams  # noqa: E402
-from clipcite.train import _grad_norm, _param_groups, adamw, batch_losses, nonfinite_terms  # noqa: E402
 
 TRAIN_GFLOPS = 158.0  # per training image, CITE step (issue 11)
 EVAL_GFLOPS = 35.1  # per eval image, ViT-B/16 at 224 px
@@ -61,40 +60,11 @@ def _peak_gib(device: str) -> float | None:
     return torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
 
 
-def _prompts(classes: int) -> list[str]:
-    return [f"a photo of a class {i} thing." for i in range(classes)]
-
-
 def train_throughput(args, batch: int) -> dict:
     """Images/s of fit's CITE step at ``batch`` with cached teacher features, peak memory, FLOPs counted."""
     device = args.device
-    loaded = load_model(args.arch, "", init_seed=0, device=device)
-    model = loaded.model.to(device).train()
-    size = loaded.preprocess_cfg["size"]
-    size = size[0] if isinstance(size, list | tuple) else size
-    generator = torch.Generator().manual_seed(batch)
-    tokens = loaded.tokenizer(_prompts(args.classes)).to(device)
-    dim = model.text_projection.shape[1] if hasattr(model, "text_projection") else loaded.model_cfg["embed_dim"]
-    teacher_text = torch.nn.functional.normalize(torch.randn(args.classes, dim, generator=generator), dim=-1).to(device)
-    head = torch.nn.Parameter(teacher_text.clone())
-    optimizer = adamw(_param_groups(model, head, 0.1), 1e-5, device)
-    trainable = [p for group in optimizer.param_groups for p in group["params"]]
-    params = FitParams(batch_size=batch, precision=args.precision, logit_scale=100.0)
-    images = torch.randn(batch, 3, size, size, generator=generator).to(device)
-    labels = torch.randint(0, args.classes, (batch,), generator=generator).to(device)
-    cached = torch.nn.functional.normalize(torch.randn(batch, dim, generator=generator), dim=-1)  # host, as cached
-    context = autocast(device, args.precision)
-
-    def step() -> None:
-        with context:
-            teacher_image = cached.to(device, non_blocking=True)
-            losses = batch_losses(model, images, labels, tokens, head, teacher_text, teacher_image, params, 100.0)
-        optimizer.zero_grad(set_to_none=True)
-        if nonfinite_terms(losses) is None:
-            losses["total"].backward()
-            _grad_norm(trainable, 0.0)
-            optimizer.step()
-
+    step = cite_step(load_model(args.arch, "", init_seed=0, device=device), batch, args.classes, device,
+                     args.precision, seed=batch)  # fmt: skip
     _reset_peak(device)
     for _ in range(args.warmup):
         step()
@@ -124,9 +94,8 @@ def eval_throughput(args) -> dict:
     device, batch = args.device, args.eval_batch
     loaded = load_model(args.arch, "", init_seed=0, device=device)
     model = loaded.model.to(device).eval()
-    size = loaded.preprocess_cfg["size"]
-    size = size[0] if isinstance(size, list | tuple) else size
-    prompts = _prompts(args.classes)
+    size = input_side(loaded)
+    prompts = synthetic_prompts(args.classes)
     context = autocast(device, args.precision)
     with context:
         text = model.encode_text(loaded.tokenizer(prompts).to(device), normalize=True).float()
