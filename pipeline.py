@@ -38,13 +38,13 @@ log = logging.getLogger("pipeline")
 class ClusterSettings:
     """Where and how the steps run on a cluster; every field has a CLIPCITE_* environment variable."""
 
-    gpu_limit: int = 1  # CLIPCITE_GPU_LIMIT
+    gpu_limit: int = 1  # CLIPCITE_GPU_LIMIT: > 1 runs the GPU steps in that many data-parallel ranks (torchrun)
     gpu_resource: str = "nvidia.com/gpu"  # CLIPCITE_GPU_RESOURCE
     gpu_cpu_request: str = "4"  # CLIPCITE_GPU_CPU_REQUEST
     gpu_memory_request: str = "32G"  # CLIPCITE_GPU_MEMORY_REQUEST
     cpu_cpu_request: str = "1"  # CLIPCITE_CPU_CPU_REQUEST
     cpu_memory_request: str = "4G"  # CLIPCITE_CPU_MEMORY_REQUEST
-    shm_size: str = "16Gi"  # CLIPCITE_SHM_SIZE: memory-backed /dev/shm for DataLoader workers
+    shm_size: str = ""  # CLIPCITE_SHM_SIZE: memory-backed /dev/shm for DataLoader workers; "" = 16Gi per GPU (rank)
     tolerations: tuple[str, ...] = ()  # CLIPCITE_TOLERATIONS: "key=value:Effect" or "key:Effect", comma-separated
     node_selector: tuple[str, ...] = ()  # CLIPCITE_NODE_SELECTOR: "label=value", comma-separated
     retries: int = 2  # CLIPCITE_RETRIES: for steps that can fail transiently (storage, preemption)
@@ -65,6 +65,9 @@ class ClusterSettings:
                 values[field.name] = raw
         return cls(**values)
 
+    def shm(self) -> str:
+        return self.shm_size or f"{16 * self.gpu_limit}Gi"
+
 
 POD_LABEL = ("clipcite.io/mlflow", "true")  # the Kubeflow PodDefault in manifests/ injects MLflow and S3 settings
 
@@ -74,8 +77,10 @@ def _gpu_task(task: dsl.PipelineTask, settings: ClusterSettings) -> dsl.Pipeline
     task.set_accelerator_type(settings.gpu_resource).set_accelerator_limit(settings.gpu_limit)
     task.set_cpu_request(settings.gpu_cpu_request).set_memory_request(settings.gpu_memory_request)
     kubernetes.empty_dir_mount(
-        task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=settings.shm_size
+        task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=settings.shm()
     )
+    if settings.gpu_limit > 1:  # the step's run() relaunches itself in one torchrun rank per GPU
+        task.set_env_variable("CLIPCITE_NPROC_PER_NODE", str(settings.gpu_limit))
     for toleration in settings.tolerations:
         key_value, _, effect = toleration.partition(":")
         key, eq, value = key_value.partition("=")

@@ -82,8 +82,8 @@ def aggregate_main(argv: list[str]) -> int:
     parser.add_argument("metrics", nargs="+", help="evaluate output folders (or their metrics.json)")
     parser.add_argument("--out", required=True, help="JSON file to write")
     args = parser.parse_args(argv)
-    from clipcite.steps.common import setup_logging
     from clipcite.steps.aggregate import aggregate_runs
+    from clipcite.steps.common import setup_logging
 
     setup_logging()
     result = aggregate_runs(args.metrics, args.out)
@@ -145,7 +145,29 @@ COMMANDS = {
     "aggregate": aggregate_main,
     "champion": champion_main,
 }
-USAGE = "usage: clipcite {" + ",".join(COMMANDS) + "} [options]   (clipcite COMMAND --help for options)"
+USAGE = (
+    "usage: clipcite {" + ",".join(COMMANDS) + "} [options]   (clipcite COMMAND --help for options)\n"
+    "       cache-teacher, finetune and evaluate also take --nproc-per-node N: N data-parallel torchrun ranks"
+)
+RANKED = ("cache-teacher", "finetune", "evaluate")
+
+
+def take_nproc(argv: list[str]) -> list[str]:
+    """``argv`` without ``--nproc-per-node N``, whose N goes to ``CLIPCITE_NPROC_PER_NODE``: the step's ``run()``
+    then relaunches itself in N ranks under ``torch.distributed.run --standalone`` (clipcite/distributed.py)."""
+    out, value, rest = [], None, iter(argv)
+    for arg in rest:
+        if arg == "--nproc-per-node":
+            value = next(rest, "")
+        elif arg.startswith("--nproc-per-node="):
+            value = arg.split("=", 1)[1]
+        else:
+            out.append(arg)
+    if value is not None:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"--nproc-per-node {value!r}: give the number of ranks (processes) to start, e.g. 2")
+        os.environ["CLIPCITE_NPROC_PER_NODE"] = value
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{USAGE}\nclipcite: error: unknown command {argv[0]!r}", file=sys.stderr)
         return 2
     try:
+        if argv[0] in RANKED:
+            argv = take_nproc(argv)
         return COMMANDS[argv[0]](argv[1:])
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         # Bad input: one clear line naming the file/row/field, no traceback (the step's log has the detail).

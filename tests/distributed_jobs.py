@@ -1,0 +1,106 @@
+"""What each torchrun rank does in tests/test_distributed.py (importable without pytest, so ranks start fast)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from clipcite import distributed
+from clipcite.config import load_config
+from clipcite.evaluate import predict
+from clipcite.models import load_model
+from clipcite.teacher import build_cache
+from clipcite.train import FitParams, fit
+
+TINY = ["model.arch=clipcite-tiny", "model.pretrained=", "device=cpu"]
+# batches of 5 over 12 images: 5, 5, 2 per epoch, split 3+2, 3+2, 1+1 over two ranks (uneven parts, padded gather)
+CITE = FitParams(method="cite", epochs=3, batch_size=5, lr=1e-4)
+FLYP = dataclasses.replace(CITE, method="flyp", epochs=2)
+STOP_EPOCH = 3  # the interrupted runs stop at the first step of this epoch, after the checkpoint of the one before
+
+
+@contextlib.contextmanager
+def float64():
+    """Training compared in float64: one rank's float32 features and gradient sums round differently from one
+    process's (2e-6 relative on the gradients), and AdamW's normalised steps carry that into the later losses
+    beyond 1e-5 in the small L_VLD term; float64 leaves only the algorithm to compare."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+class Interrupt(Exception):
+    """Stands for the pod being killed."""
+
+
+def step_config(*overrides: str):
+    batches = ["train.batch_size=5", "teacher.batch_size=5", "eval.batch_size=4"]  # several batches per rank
+    return load_config(overrides=[*TINY, "train.epochs=1", *batches, *overrides])
+
+
+def train(rows, prompts, params, cache=None, checkpoint_dir=None, stop=False):
+    """(final weights, [(step, metrics), ...]); ``stop`` raises :class:`Interrupt` on every rank at epoch 3."""
+    logged = []
+
+    def record(metrics, step):
+        if stop and metrics["epoch"] == STOP_EPOCH:
+            raise Interrupt
+        logged.append((step, metrics))
+
+    result = fit(
+        load_model("clipcite-tiny", ""),
+        rows,
+        prompts,
+        params,
+        seed=1,
+        cache=cache,
+        checkpoint_dir=checkpoint_dir,
+        log_fn=record,
+    )
+    return result.state_dict, logged
+
+
+def make_cache(rows, prompts, epochs=CITE.epochs):
+    return build_cache(
+        load_model("clipcite-tiny", ""),
+        rows,
+        prompts,
+        seed=1,
+        epochs=epochs,
+        crop_scale=CITE.crop_scale,
+        crop_ratio=CITE.crop_ratio,
+        batch_size=5,
+    )
+
+
+def in_float64(cache):
+    """The cache's features (computed in float32) as float64, for training in float64."""
+    return dataclasses.replace(cache, text=cache.text.double(), image=cache.image.double())
+
+
+def rank_jobs(rows, prompts, cache, work: str) -> dict:
+    """Everything the two-rank side of the tests computes, in one torchrun launch (ranks are slow to start)."""
+    from clipcite.steps import cache_teacher, evaluate, finetune
+
+    work_dir = Path(work)
+    with distributed.process_group("cpu"):
+        out: dict = {"world_size": distributed.world_size()}
+        with float64():
+            out["cite"] = train(rows, prompts, CITE, cache=cache)
+            out["flyp"] = train(rows, prompts, FLYP)
+            with contextlib.suppress(Interrupt):
+                train(rows, prompts, CITE, cache=cache, checkpoint_dir=work_dir / "killed-two", stop=True)
+            resumed = train(rows, prompts, CITE, cache=cache, checkpoint_dir=work_dir / "killed-one")
+            out["resumed_from_one"] = resumed
+        out["cache"] = make_cache(rows, prompts).image
+        out["predict"] = predict(load_model("clipcite-tiny", ""), rows, prompts, batch_size=5)
+        splits, steps = str(work_dir / "splits"), work_dir / "two"
+        cache_teacher.run(splits, str(steps / "teacher"), step_config())
+        finetune.run(splits, str(steps / "model"), step_config(), cache_uri=str(steps / "teacher"))
+        evaluate.run(str(steps / "model"), splits, str(steps / "eval"), step_config())
+    return out
