@@ -118,6 +118,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
         tracking_uri: str = "",
         checkpoint_root: str = "",
         baseline_cache: str = "",
+        teacher_store: str = "",
     ):
         # Runs whatever happens inside: the MLflow run ends FINISHED, or FAILED naming the failed step.
         closing = finish_run(
@@ -154,7 +155,11 @@ def build_pipeline(settings: ClusterSettings | None = None):
             )
             _cpu_task(splits, settings).set_caching_options(True)
             splits.set_retry(settings.retries, backoff_duration="30s", backoff_factor=2)
-            teacher = cache_teacher(splits=splits.outputs["splits"], model_identity=snap.outputs["model_identity"])
+            teacher = cache_teacher(
+                splits=splits.outputs["splits"],
+                model_identity=snap.outputs["model_identity"],
+                teacher_store=teacher_store,  # "" = off; a rerun with other train.* settings reuses it by content
+            )
             _gpu_task(teacher, settings).set_caching_options(True)
             teacher.set_retry(settings.retries, backoff_duration="60s", backoff_factor=2)
             model = finetune(
@@ -269,6 +274,8 @@ def run_local(params: dict, out: Path, *, caching: bool = True, quiet: bool = Fa
         params = {**params, "data_uri": str(data.resolve())}
     if not params.get("baseline_cache"):  # a second `make run` evaluates the zero-shot model no more
         params = {**params, "baseline_cache": str((out / "baselines").resolve())}
+    if not params.get("teacher_store"):  # a rerun with another lr or alpha runs the teacher no more
+        params = {**params, "teacher_store": str((out / "teachers").resolve())}
     return {**local_run.run_dag(pipeline_func, params, out, caching=caching, quiet=quiet), "config": config}
 
 
@@ -293,9 +300,12 @@ def durable_roots(params: dict, pipeline_root: str | None) -> dict:
     if not (pipeline_root or "").startswith("s3://"):
         return params
     root = pipeline_root.rstrip("/")
-    return {"checkpoint_root": f"{root}/checkpoints", "baseline_cache": f"{root}/baselines"} | {
-        k: v for k, v in params.items() if k not in ("checkpoint_root", "baseline_cache") or v
+    defaults = {
+        "checkpoint_root": f"{root}/checkpoints",
+        "baseline_cache": f"{root}/baselines",
+        "teacher_store": f"{root}/teachers",
     }
+    return defaults | {k: v for k, v in params.items() if k not in defaults or v}
 
 
 def submit(args: argparse.Namespace, params: dict):
@@ -392,9 +402,9 @@ def main(argv: list[str] | None = None) -> int:
             default=[],
             metavar="KEY=VALUE",
             help="pipeline parameter: data_uri, eval_data_uris, config, shots, seed, arch, pretrained, "
-            "method, overrides, experiment_name, registered_model_name, tracking_uri, checkpoint_root, baseline_cache "
-            "(defaults with an s3:// --pipeline-root: <root>/checkpoints, <root>/baselines; run: baseline_cache "
-            "defaults to <out>/baselines)",
+            "method, overrides, experiment_name, registered_model_name, tracking_uri, checkpoint_root, baseline_cache, "
+            "teacher_store (defaults with an s3:// --pipeline-root: <root>/checkpoints, <root>/baselines, "
+            "<root>/teachers; run: baseline_cache and teacher_store default to <out>/baselines, <out>/teachers)",
         )
     args = parser.parse_args(argv)
 

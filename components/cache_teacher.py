@@ -9,11 +9,15 @@ from components.images import GPU_IMAGE
 def cache_teacher(
     splits: dsl.Input[dsl.Dataset],
     model_identity: str,
+    teacher_store: str,
     teacher: dsl.Output[dsl.Dataset],
 ):
-    """``model_identity`` (from snapshot) is part of this step's cache key: new weights, new cache."""
+    """``model_identity`` (from snapshot) is part of this step's cache key: new weights, new cache. KFP's cache
+    misses whenever sample-splits ran again (a new splits artifact), e.g. for another lr; ``teacher_store`` ("" =
+    off) keeps caches by content, so such a rerun copies the stored one instead of running the teacher."""
     from clipcite.steps.cache_teacher import run
     from clipcite.steps.common import splits_config
 
-    summary = run(splits.path, teacher.path, splits_config(splits.path), expected_identity=model_identity)
+    config = splits_config(splits.path)
+    summary = run(splits.path, teacher.path, config, expected_identity=model_identity, store=teacher_store)
     teacher.metadata.update(summary)

@@ -96,9 +96,15 @@ def test_finetune_checkpoints_under_a_durable_root_keyed_by_the_run(spec):
     assert finetune["retryPolicy"]["maxRetryCount"] == 2  # a preempted pod comes back and resumes
     evaluate = all_tasks(root)["evaluate"]["inputs"]["parameters"]["baseline_cache"]
     assert evaluate["componentInputParameter"] == "pipelinechannel--baseline_cache"
-    roots = {"checkpoint_root": "s3://b/kfp/checkpoints", "baseline_cache": "s3://b/kfp/baselines"}
+    store = all_tasks(root)["cache-teacher"]["inputs"]["parameters"]["teacher_store"]
+    assert store["componentInputParameter"] == "pipelinechannel--teacher_store"
+    roots = {
+        "checkpoint_root": "s3://b/kfp/checkpoints",
+        "baseline_cache": "s3://b/kfp/baselines",
+        "teacher_store": "s3://b/kfp/teachers",
+    }
     assert pipeline.durable_roots({}, "s3://b/kfp") == roots
-    given = {"checkpoint_root": "s3://x", "baseline_cache": "s3://y"}
+    given = {"checkpoint_root": "s3://x", "baseline_cache": "s3://y", "teacher_store": "s3://z"}
     assert pipeline.durable_roots(given, "s3://b/kfp") == given
     assert pipeline.durable_roots({"baseline_cache": ""}, "s3://b/kfp") == roots  # "" = the default here
     assert pipeline.durable_roots({}, None) == {} and pipeline.durable_roots({}, "gs://b") == {}
@@ -218,6 +224,7 @@ def test_submit_calls_the_client_with_the_parameters(tmp_path, monkeypatch, no_c
         "overrides": {"train.epochs": 5},
         "checkpoint_root": "s3://kfp-artifacts/clipcite/checkpoints",  # durable, under the S3 pipeline root
         "baseline_cache": "s3://kfp-artifacts/clipcite/baselines",
+        "teacher_store": "s3://kfp-artifacts/clipcite/teachers",
     }
     assert_uploaded_spec(call.args[0], call.kwargs["arguments"], tmp_path)
     assert call.kwargs["experiment_name"] == "pets" and call.kwargs["namespace"] == "team-a"
