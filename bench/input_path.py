@@ -1,0 +1,186 @@
+"""The input path beside the model (issue 11 goal 4), on synthetic 500x375 JPEGs, CPU.
+
+    OMP_NUM_THREADS=1 python bench/input_path.py                   # the paper_vitb16 preset's workers (8 and 8)
+    OMP_NUM_THREADS=1 python bench/input_path.py --config default  # the toy world's (0 and 0)
+
+1. The training and the eval input paths alone (decode, crop, normalise, collate through the run's one DataLoader,
+   with the preset's workers): images/s and images per CPU-second ("per core": this process's and its workers' CPU
+   time, so a shared machine's load does not count against it). Training runs 5 epochs with the decode-once cache
+   (train.decode_cache_mb, as fit uses it when the pixels fit) and without it.
+2. The model's own images/s on the same machine: toyclip and ViT-B-16-quickgelu (random init), the eval forward and
+   fit's CITE step (cached teacher; bench/cite_step.py).
+3. evaluate's images/s (clipcite.evaluate.predict: batches, workers) against a naive loop: per image, PIL decode,
+   the same eval transform, a batch-of-1 forward and argmax. The predictions are checked equal.
+4. JPEG decode alone, PIL vs torchvision.io.decode_jpeg, and whether their pixels are identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from bench.cite_step import cite_step, input_side, synthetic_prompts  # noqa: E402
+from bench.synthetic import jpeg_rows  # noqa: E402
+from clipcite.config import load_config  # noqa: E402
+from clipcite.crops import eval_view  # noqa: E402
+from clipcite.data.loading import CropDataset, EvalDataset, crop_boxes, image_size  # noqa: E402
+from clipcite.evaluate import predict  # noqa: E402
+from clipcite.loaders import EpochBatches, decode_all, loader_options  # noqa: E402
+from clipcite.models import load_model  # noqa: E402
+
+
+class Clock:
+    """Wall seconds and CPU seconds of this process plus its finished children (DataLoader workers)."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), self._cpu()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.wall, self._cpu() - self.cpu
+
+    @staticmethod
+    def _cpu() -> float:
+        me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
+def rate(images: int, clock: Clock) -> str:
+    return f"{images / clock.wall:8.1f} images/s, {images / clock.cpu:7.1f} per CPU-second"
+
+
+def train_path(rows, cfg, workers: int, prefetch: int, epochs: int, decode_mb: float) -> Clock:
+    """fit's input path: crop boxes, the decode-once cache when it fits, one loader for every epoch."""
+    with Clock() as clock:
+        boxes = crop_boxes(rows, 1, epochs)
+        decoded = decode_all(rows, [image_size(r) for r in rows], decode_mb) if decode_mb > 0 else None
+        sampler = EpochBatches(len(rows), 32, seed=1)
+        loader = DataLoader(CropDataset(rows, cfg, boxes, decoded=decoded), batch_sampler=sampler,
+                            **loader_options(workers, prefetch, "cpu"))  # fmt: skip
+        for epoch in range(epochs):
+            sampler.epoch = epoch
+            for _ in loader:
+                pass
+        del loader  # workers exit and are reaped: their CPU time is counted
+    return clock
+
+
+def eval_path(rows, cfg, workers: int, batch: int) -> Clock:
+    with Clock() as clock:
+        loader = DataLoader(
+            EvalDataset(rows, cfg), batch_size=batch, **loader_options(workers, 2, "cpu", persistent=False)
+        )
+        for _ in loader:
+            pass
+        del loader
+    return clock
+
+
+@torch.no_grad()
+def naive_predict(loaded, rows, prompts) -> torch.Tensor:
+    """The loop a first version would write: one image at a time, PIL decode, transform, forward."""
+    model = loaded.model.eval()
+    text = model.encode_text(loaded.tokenizer(prompts), normalize=True)
+    preds = []
+    for row in rows:
+        image = Image.open(io.BytesIO(row["image"])).convert("RGB")
+        features = model.encode_image(eval_view(image, loaded.preprocess_cfg)[None], normalize=True)
+        preds.append(int((features @ text.T).argmax()))
+    return torch.tensor(preds)
+
+
+def model_rates(arch: str, train_batch: int, eval_batch: int, steps: int) -> tuple[Clock, int, Clock, int]:
+    loaded = load_model(arch, "", init_seed=0)
+    side = input_side(loaded)
+    images = torch.randn(eval_batch, 3, side, side)
+    model = loaded.model.eval()
+    with torch.no_grad():
+        model.encode_image(images)
+        with Clock() as forward:
+            for _ in range(steps):
+                model.encode_image(images, normalize=True)
+    step = cite_step(load_model(arch, "", init_seed=0), train_batch, 100, "cpu", "fp32")
+    step()
+    with Clock() as train:
+        for _ in range(steps):
+            step()
+    return forward, eval_batch * steps, train, train_batch * steps
+
+
+def decode_compare(rows) -> str:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    data = [r["image"] for r in rows]
+    with Clock() as pil:
+        arrays = [np.asarray(Image.open(io.BytesIO(d)).convert("RGB")) for d in data]
+    with Clock() as tv:
+        tensors = [decode_jpeg(torch.frombuffer(bytearray(d), dtype=torch.uint8), mode=ImageReadMode.RGB) for d in data]
+    same = sum(np.array_equal(a, t.permute(1, 2, 0).numpy()) for a, t in zip(arrays, tensors, strict=True))
+    return (
+        f"decode alone: PIL {rate(len(data), pil)}; torchvision.io.decode_jpeg {rate(len(data), tv)}; "
+        f"identical pixels {same}/{len(data)}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="paper_vitb16", help="preset whose workers and batch sizes are used")
+    parser.add_argument("--train-images", type=int, default=96)
+    parser.add_argument("--eval-images", type=int, default=256)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--archs", nargs="+", default=["toyclip", "ViT-B-16-quickgelu"])
+    parser.add_argument("--naive-images", type=int, default=48, help="images for the naive loop vs predict")
+    args = parser.parse_args(argv)
+    config = load_config(args.config)
+    train_workers, eval_workers, eval_batch = config.train.num_workers, config.eval.num_workers, config.eval.batch_size
+    load = os.getloadavg()
+    print(f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch thread(s), load average {load[0]:.1f} "
+          f"{load[1]:.1f} {load[2]:.1f}; preset {args.config}: train workers {train_workers}, eval workers "
+          f"{eval_workers}, eval batch {eval_batch}", flush=True)  # fmt: skip
+    train_rows = jpeg_rows(args.train_images, seed=1)
+    eval_rows = jpeg_rows(args.eval_images, seed=2)
+    mean_kb = sum(len(r["image"]) for r in eval_rows) / len(eval_rows) / 1024
+    print(f"synthetic JPEGs: 500x375, {mean_kb:.0f} KB on average")
+    cfg = load_model("ViT-B-16-quickgelu", "").preprocess_cfg  # 224 px, bicubic, CLIP's mean/std
+
+    images = args.train_images * args.epochs
+    cached = train_path(train_rows, cfg, train_workers, config.train.prefetch_factor, args.epochs, 1024.0)
+    uncached = train_path(train_rows, cfg, train_workers, config.train.prefetch_factor, args.epochs, 0.0)
+    print(f"train input path, {args.epochs} epochs, decode-once cache: {rate(images, cached)}")
+    print(f"train input path, {args.epochs} epochs, decoding every epoch: {rate(images, uncached)}")
+    evaluated = eval_path(eval_rows, cfg, eval_workers, eval_batch)
+    print(f"eval input path: {rate(args.eval_images, evaluated)}")
+    print(decode_compare(eval_rows[:64]), flush=True)
+
+    for arch in args.archs:
+        small = arch != "ViT-B-16-quickgelu"
+        forward, n_fwd, train, n_train = model_rates(arch, 32 if small else 4, 64 if small else 8, 3 if small else 1)
+        print(f"{arch} (random init) eval forward: {rate(n_fwd, forward)}; CITE step: {rate(n_train, train)}")
+        loaded = load_model(arch, "", init_seed=0)
+        rows = eval_rows[: args.naive_images if not small else args.eval_images]
+        prompts = synthetic_prompts(10)
+        with Clock() as naive:
+            naive_pred = naive_predict(loaded, rows, prompts)
+        with Clock() as batched:
+            pred, _ = predict(loaded, rows, prompts, batch_size=eval_batch, num_workers=eval_workers)
+        same = "identical" if torch.equal(pred, naive_pred) else f"{int((pred != naive_pred).sum())} differ"
+        print(f"{arch} evaluate over {len(rows)} images: predict {rate(len(rows), batched)}; naive per-image loop "
+              f"{rate(len(rows), naive)}; speed-up {naive.wall / batched.wall:.2f}x wall, "
+              f"{naive.cpu / batched.cpu:.2f}x CPU; predictions {same}", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
