@@ -83,6 +83,29 @@ def in_float64(cache):
     return dataclasses.replace(cache, text=cache.text.double(), image=cache.image.double())
 
 
+def first_step_gradients(prompts, method: str) -> dict:
+    """The gradient of every trainable tensor (the head W too) after one backward of a fixed batch of 5 images, of
+    which this rank takes its part: under ranks, after DDP's average."""
+    from clipcite.train import _param_groups, batch_losses
+
+    generator = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(5, 3, 32, 32, generator=generator), torch.tensor([0, 1, 0, 2, 1])
+    teacher = torch.nn.functional.normalize(torch.randn(5, 64, generator=generator), dim=-1)
+    loaded = load_model("clipcite-tiny", "")
+    text = torch.nn.functional.normalize(torch.randn(len(prompts), 64, generator=generator), dim=-1)
+    head = torch.nn.Parameter(text.clone())
+    _param_groups(loaded.model, head, 0.1)  # fixes logit_scale as fit does, before DDP registers its hooks
+    params = dataclasses.replace(CITE, method=method)
+    towers = distributed.data_parallel(loaded.model, uses_text=method != "ce")
+    part = next(iter(distributed.RankBatches([list(range(5))])))
+    teacher_part = teacher[part] if method == "cite" else None
+    tokens = loaded.tokenizer(prompts)
+    losses = batch_losses(towers, images[part], labels[part], tokens, head, text, teacher_part, params, 10.0)
+    losses["total"].backward()
+    grads = {name: p.grad.clone() for name, p in loaded.model.named_parameters() if p.grad is not None}
+    return grads if head.grad is None else {**grads, "head": head.grad.clone()}  # FLYP has no head
+
+
 def rank_jobs(rows, prompts, cache, work: str) -> dict:
     """Everything the two-rank side of the tests computes, in one torchrun launch (ranks are slow to start)."""
     from clipcite.steps import cache_teacher, evaluate, finetune
@@ -91,6 +114,7 @@ def rank_jobs(rows, prompts, cache, work: str) -> dict:
     with distributed.process_group("cpu"):
         out: dict = {"world_size": distributed.world_size()}
         with float64():
+            out["gradients"] = {m: first_step_gradients(prompts, m) for m in ("cite", "flyp", "ce")}
             out["cite"] = train(rows, prompts, CITE, cache=cache)
             out["flyp"] = train(rows, prompts, FLYP)
             with contextlib.suppress(Interrupt):

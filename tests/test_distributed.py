@@ -52,6 +52,7 @@ def runs(table, tmp_path_factory):
 
     with jobs.float64():
         one = {
+            "gradients": {m: jobs.first_step_gradients(prompts, m) for m in ("cite", "flyp", "ce")},
             "cite": jobs.train(rows, prompts, jobs.CITE, cache=cache),
             "flyp": jobs.train(rows, prompts, jobs.FLYP),
             "resumed_from_two": jobs.train(rows, prompts, jobs.CITE, cache=cache, checkpoint_dir=work / "killed-two"),
@@ -89,6 +90,19 @@ def test_two_ranks_give_every_loss_term_and_the_weights_of_one_process(runs, met
     )
     assert moved > 1e-3  # training changed the weights, so equal weights mean equal updates
     assert_same_weights(weights_one, weights_two)
+
+
+@pytest.mark.parametrize("method", ["cite", "flyp", "ce"])
+def test_two_ranks_average_to_the_one_process_gradient(runs, method):
+    """DDP averages the ranks' gradients; the gather's backward sums the ranks' copies of the global loss, so the
+    average is the one-process gradient for the encoders (through the gathered features and the text encoded on
+    every rank) and for the head W (outside DDP, the full gradient on every rank)."""
+    one, two = runs[0]["gradients"][method], runs[1]["gradients"][method]
+    assert one.keys() == two.keys() and "visual.conv1.weight" in one and ("head" in one) == (method != "flyp")
+    assert ("transformer.resblocks.0.mlp.c_fc.weight" in one) == (method != "ce")
+    for name, grad in one.items():
+        assert float(grad.abs().max()) > 0, name
+        assert torch.allclose(two[name], grad, rtol=1e-9, atol=1e-12 * float(grad.abs().max())), name
 
 
 def test_teacher_cache_and_predictions_are_those_of_one_process(runs):
