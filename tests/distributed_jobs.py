@@ -83,7 +83,10 @@ def in_float64(cache):
     return dataclasses.replace(cache, text=cache.text.double(), image=cache.image.double())
 
 
-def first_step_gradients(prompts, method: str) -> dict:
+GRADIENT_CASES = ("cite", "cite:classes", "flyp", "ce")  # method[:train.vld_over]
+
+
+def first_step_gradients(prompts, case: str) -> dict:
     """The gradient of every trainable tensor (the head W too) after one backward of a fixed batch of 5 images, of
     which this rank takes its part: under ranks, after DDP's average."""
     from clipcite.train import _param_groups, batch_losses
@@ -95,7 +98,8 @@ def first_step_gradients(prompts, method: str) -> dict:
     text = torch.nn.functional.normalize(torch.randn(len(prompts), 64, generator=generator), dim=-1)
     head = torch.nn.Parameter(text.clone())
     _param_groups(loaded.model, head, 0.1)  # fixes logit_scale as fit does, before DDP registers its hooks
-    params = dataclasses.replace(CITE, method=method)
+    method, _, over = case.partition(":")
+    params = dataclasses.replace(CITE, method=method, vld_over=over or "batch")
     towers = distributed.data_parallel(loaded.model, uses_text=method != "ce")
     part = next(iter(distributed.RankBatches([list(range(5))])))
     teacher_part = teacher[part] if method == "cite" else None
@@ -114,7 +118,7 @@ def rank_jobs(rows, prompts, cache, work: str) -> dict:
     with distributed.process_group("cpu"):
         out: dict = {"world_size": distributed.world_size()}
         with float64():
-            out["gradients"] = {m: first_step_gradients(prompts, m) for m in ("cite", "flyp", "ce")}
+            out["gradients"] = {case: first_step_gradients(prompts, case) for case in GRADIENT_CASES}
             out["cite"] = train(rows, prompts, CITE, cache=cache)
             out["flyp"] = train(rows, prompts, FLYP)
             with contextlib.suppress(Interrupt):

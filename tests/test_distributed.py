@@ -52,7 +52,7 @@ def runs(table, tmp_path_factory):
 
     with jobs.float64():
         one = {
-            "gradients": {m: jobs.first_step_gradients(prompts, m) for m in ("cite", "flyp", "ce")},
+            "gradients": {case: jobs.first_step_gradients(prompts, case) for case in jobs.GRADIENT_CASES},
             "cite": jobs.train(rows, prompts, jobs.CITE, cache=cache),
             "flyp": jobs.train(rows, prompts, jobs.FLYP),
             "resumed_from_two": jobs.train(rows, prompts, jobs.CITE, cache=cache, checkpoint_dir=work / "killed-two"),
@@ -92,12 +92,13 @@ def test_two_ranks_give_every_loss_term_and_the_weights_of_one_process(runs, met
     assert_same_weights(weights_one, weights_two)
 
 
-@pytest.mark.parametrize("method", ["cite", "flyp", "ce"])
-def test_two_ranks_average_to_the_one_process_gradient(runs, method):
+@pytest.mark.parametrize("case", jobs.GRADIENT_CASES)
+def test_two_ranks_average_to_the_one_process_gradient(runs, case):
     """DDP averages the ranks' gradients; the gather's backward sums the ranks' copies of the global loss, so the
     average is the one-process gradient for the encoders (through the gathered features and the text encoded on
     every rank) and for the head W (outside DDP, the full gradient on every rank)."""
-    one, two = runs[0]["gradients"][method], runs[1]["gradients"][method]
+    one, two = runs[0]["gradients"][case], runs[1]["gradients"][case]
+    method = case.partition(":")[0]
     assert one.keys() == two.keys() and "visual.conv1.weight" in one and ("head" in one) == (method != "flyp")
     assert ("transformer.resblocks.0.mlp.c_fc.weight" in one) == (method != "ce")
     for name, grad in one.items():
