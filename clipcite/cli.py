@@ -181,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[0] in RANKED:
             argv = take_nproc(argv)
+            if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 alone prints the step's result
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the rest of this rank's life)
         return COMMANDS[argv[0]](argv[1:])
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         # Bad input: one clear line naming the file/row/field, no traceback (the step's log has the detail).
