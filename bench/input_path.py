@@ -143,9 +143,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--archs", nargs="+", default=["toyclip", "ViT-B-16-quickgelu"])
     parser.add_argument("--naive-images", type=int, default=48, help="images for the naive loop vs predict")
+    parser.add_argument("--workers", type=int, help="train and eval workers instead of the preset's")
     args = parser.parse_args(argv)
     config = load_config(args.config)
     train_workers, eval_workers, eval_batch = config.train.num_workers, config.eval.num_workers, config.eval.batch_size
+    if args.workers is not None:
+        train_workers = eval_workers = args.workers
     load = os.getloadavg()
     print(f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch thread(s), load average {load[0]:.1f} "
           f"{load[1]:.1f} {load[2]:.1f}; preset {args.config}: train workers {train_workers}, eval workers "
