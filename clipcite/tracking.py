@@ -299,6 +299,16 @@ class StepRun:
         if self.enabled:
             self.client.log_text(self.run_id, text, artifact_file)
 
+    def log_image(self, path: str | Path, key: str, *, parent: bool = False) -> None:
+        """A PNG as an MLflow image under ``key``: the run page previews it and the run-comparison view lines up
+        the images of one key across runs (a plain artifact file does neither)."""
+        if self.enabled:
+            from PIL import Image
+
+            with Image.open(path) as image:
+                image.load()
+                self.client.log_image(self.parent_run_id if parent else self.run_id, image, key=key, step=0)
+
     def set_tags(self, tags: dict, *, parent: bool = False) -> None:
         if self.enabled:
             for key, value in tags.items():
@@ -494,7 +504,7 @@ def register_version(client: MlflowClient, name: str, model_uri: str, *, run_id:
     is therefore sent once per try (no HTTP retries); after a failed try the version tagged with this pipeline
     run is looked up, and only when there is none is creation tried again."""
     with contextlib.suppress(MlflowException):
-        client.create_registered_model(name, description="clipcite: few-shot CLIP fine-tuned with CLIP-CITE")
+        client.create_registered_model(name)  # described by the register step (clipcite.model_card)
     all_tags = {RUN_TAG: pipeline_run_id, **{k: str(v) for k, v in tags.items()}}
     model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
     for attempt in range(1, REGISTER_ATTEMPTS + 1):
@@ -537,6 +547,16 @@ def download_model_dir(client: MlflowClient, name: str, version: str, dst: Path)
     return folder
 
 
+def describe_model(client: MlflowClient, name: str, description: str) -> None:
+    """The registered model's own description (what the family is, how versions are promoted)."""
+    client.update_registered_model(name, description=description)
+
+
+def describe_version(client: MlflowClient, name: str, version: int | str, card: str) -> None:
+    """A version's description: its model card (Markdown, rendered by the registry UI)."""
+    client.update_model_version(name, str(version), description=card)
+
+
 def set_version_tags(client: MlflowClient, name: str, version: int | str, tags: dict) -> None:
     for key, value in tags.items():
         client.set_model_version_tag(name, str(version), key, str(value))
@@ -559,16 +579,27 @@ def promote_by_hand(client: MlflowClient, name: str, version: int, reason: str) 
 
 
 def version_table(client: MlflowClient, name: str) -> list[str]:
-    """One line per version, newest first: number, champion marker, gate decision and reason, key metric tags."""
+    """One line per version, newest first: number, champion marker, gate decision, the mean metrics of the pipeline
+    run that registered it, the gate's reason."""
     holder = champion(client, name)
     lines = []
     versions = sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: -int(v.version))
     for v in versions:
         mark = "*" if holder is not None and v.version == holder.version else " "
-        metrics = " ".join(
-            f"{k.removeprefix('metric.')}={val}" for k, val in sorted(v.tags.items()) if k.startswith("metric.mean")
-        )
+        means = _pipeline_metrics(client, v.tags.get(RUN_TAG, ""), "mean/finetuned/")
+        metrics = " ".join(f"mean.{k}={val:.2f}" for k, val in sorted(means.items()))
         lines.append(
             f"{mark} v{v.version:<4} {v.tags.get('gate.decision', '-'):<10} {metrics}  {v.tags.get('gate.reason', '')}"
         )
     return lines
+
+
+def _pipeline_metrics(client: MlflowClient, run_id: str, prefix: str) -> dict:
+    """The pipeline run's metrics under ``prefix`` (prefix removed); {} when the run is gone or unnamed."""
+    if not run_id:
+        return {}
+    try:
+        metrics = client.get_run(run_id).data.metrics
+    except MlflowException:
+        return {}
+    return {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}

@@ -86,17 +86,35 @@ def test_the_first_run_takes_champion_a_worse_does_not_a_better_does(stack):
     assert tags["gate.decision"] == "challenger" and tags["gate.reason"] == worse["reason"]
 
 
-def test_version_tags_name_data_method_and_metrics(stack):
-    tags = MlflowClient(stack["url"]).get_model_version(NAME, "3").tags
-    assert {k: tags[k] for k in ("dataset", "shots", "method", "protocol")} == {
+def test_versions_carry_filter_tags_and_a_model_card_and_the_model_says_how_versions_are_promoted(stack):
+    client = MlflowClient(stack["url"])
+    version = client.get_model_version(NAME, "3")
+    tags = version.tags
+    assert {k: tags[k] for k in ("dataset", "shots", "method", "protocol", "gate.decision")} == {
         "dataset": "toyworld",
         "shots": "2",
         "method": "cite",
         "protocol": "base2new",
+        "gate.decision": "champion",
     }
-    metrics = _registry(stack["runs"]["better"])["gate"]
-    assert float(tags["metric.mean.hm"]) == pytest.approx(metrics["candidate"], abs=0.01)
-    assert {"metric.photo.hm", "metric.sketch.hm", "base_model", "code_version"} <= set(tags)
+    assert not [k for k in tags if k.startswith("metric.")]  # metrics live in the card and the run
+    gate = _registry(stack["runs"]["better"])["gate"]
+    card = version.description
+    assert card.startswith(f"# {NAME} v3: cite on toyworld") and "- decision: **champion**" in card
+    assert f"- reason: {gate['reason']}" in card and "- compared with: champion v1" in card
+    digest = client.get_run(gate_run := _registry(stack["runs"]["better"])["mlflow_run_id"]).data.params
+    assert f"| data digest | `{digest['data.sources_digest']}` |" in card
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in card.splitlines() if line.count("|") >= 5]
+    rows = {f"{c[0]}/{c[1]}": c[2:] for c in cells}  # the per-domain table: Base, New, HM
+    # The gate's numbers (HM of the mean over the shifted domain) are the card's numbers for v3 and the champion.
+    assert rows["mean of sketch/**v3** (this)"][2] == f"{gate['candidate']:.2f}"
+    assert rows["mean of sketch/champion v1"][2] == f"{gate['champion']:.2f}"
+    assert {"photo (trained on)/zero-shot", "sketch/**v3** (this)", "sketch/champion v1"} <= set(rows)
+    first = client.get_model_version(NAME, "1").description
+    assert "- compared with: no champion" in first and "champion v" not in first.split("## Gate")[0]
+    described = client.get_registered_model(NAME).description
+    assert "How versions are promoted" in described and f"clipcite champion {NAME} --set N" in described
+    assert client.get_run(gate_run).data.tags["gate.decision"] == "champion"
 
 
 def test_the_pipeline_run_holds_per_domain_metrics_loss_curves_datasets_and_artifacts(stack):
@@ -110,6 +128,14 @@ def test_the_pipeline_run_holds_per_domain_metrics_loss_curves_datasets_and_arti
             assert f"eval/{domain}/zeroshot/{key}" in parent.data.metrics
     assert parent.data.params["config.train.lr"] == "1e-06"
     assert len(parent.data.params["data.sources_digest"]) == 64
+    # The same keys in every run, so MLflow's run comparison lines the runs up.
+    other = client.get_run(_registry(stack["runs"]["better"])["mlflow_run_id"])
+    shared = {k for k in parent.data.metrics if k.startswith(("eval/", "mean/")) and "/champion/" not in k}
+    assert len(shared) >= 15 and shared <= set(other.data.metrics)
+    # The plots as MLflow images (previewed on the run page, lined up by key in the comparison view).
+    images = {a.path for a in client.list_artifacts(run_id, "images")}
+    keys = {p.split("/", 1)[1].split("+step+")[0] for p in images}
+    assert {"domains", "confusion-photo-base", "confusion-sketch-new"} <= keys, images
     children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
     steps = {c.data.tags["clipcite.step"]: c for c in children}
     assert set(steps) == {"snapshot", "finetune", "evaluate-photo", "evaluate-sketch", "register"}

@@ -10,10 +10,13 @@ tracking on, the model is logged as an MLflow pyfunc in a nested run, registered
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import logging
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -21,9 +24,10 @@ from PIL import Image
 from clipcite import storage, tracking
 from clipcite.artifacts import META_FILE
 from clipcite.config import config_from_yaml
-from clipcite.gate import decide, primary_metric
+from clipcite.gate import decide
 from clipcite.metrics import summarise
-from clipcite.report import markdown
+from clipcite.model_card import family_description, version_card
+from clipcite.report import markdown, plot_domains
 from clipcite.steps.common import read_json, setup_logging
 
 log = logging.getLogger(__name__)
@@ -78,7 +82,9 @@ def run(
     mlflow_run_id = mlflow_run_id or meta.get("mlflow_run_id") or ""
     if tracking_uri is not None and mlflow_run_id:
         try:
-            record["registry"] = _register(model_uri, meta, body, registered_model_name, tracking_uri, mlflow_run_id)
+            record["registry"] = _register(
+                model_uri, meta, body, registered_model_name, tracking_uri, mlflow_run_id, report_uris
+            )
         except Exception:
             with contextlib.suppress(Exception):  # MLflow may be the thing that failed
                 tracking.finish_pipeline_run(tracking_uri, mlflow_run_id, "FAILED")
@@ -97,20 +103,24 @@ def run(
     return {**body, "registry": record.get("registry")}
 
 
-def _register(model_uri: str, meta: dict, body: dict, name: str, uri: str, pipeline_run: str) -> dict:
-    """Log + register the model (once per pipeline run), then apply the gate. Returns what the registry did."""
+def _register(
+    model_uri: str, meta: dict, body: dict, name: str, uri: str, pipeline_run: str, report_uris: list[str]
+) -> dict:
+    """Log + register the model (once per pipeline run), apply the gate, describe the version (its model card) and
+    the registered model, and put the plots on the pipeline's run. Returns what the registry did."""
     config = config_from_yaml(json.dumps(meta.get("config") or {}))
     with tracking.step_run(uri, pipeline_run, "register", system_metrics=False) as step:
         client = step.client
         version = tracking.find_version(client, name, pipeline_run)
-        if version is not None:
+        rerun = version is not None
+        if rerun:
             log.info(
                 "pipeline run %s already registered %s v%s; not registering again", pipeline_run, name, version.version
             )
         else:
             with storage.local_dir(model_uri) as folder:
                 logged = tracking.log_classifier(step, folder, example_images=_example_images())
-            tags = _version_tags(meta, body, primary_metric(config.gate, body))
+            tags = _version_tags(meta)
             version = tracking.register_version(
                 client, name, logged, run_id=step.run_id, pipeline_run_id=pipeline_run, tags=tags
             )
@@ -133,7 +143,22 @@ def _register(model_uri: str, meta: dict, body: dict, name: str, uri: str, pipel
         if decision["promote"]:
             tracking.set_champion(client, name, number)
         log.info("%s v%s: %s (%s)", name, number, role, decision["reason"])
+        digest = client.get_run(pipeline_run).data.params.get("data.sources_digest", "")
+        card = version_card(
+            name=name,
+            version=number,
+            meta=meta,
+            body=body,
+            decision={"role": role, "reason": decision["reason"]},
+            code_version=tracking.code_version(),
+            data_digest=digest,
+        )
+        tracking.describe_version(client, name, number, card)
+        tracking.describe_model(client, name, family_description(name, dataclasses.asdict(config.gate)))
+        step.log_text(card, "model_card.md")
         step.log_metrics({"mean": body["mean"]}, parent=True)
+        if not rerun:  # a rerun's run already holds them
+            _log_plots(step, body, report_uris)
         step.set_tags({"registered_version": number, "gate.decision": role}, parent=True)
         step.log_text(json.dumps(decision, indent=2), "gate.json")
     return {
@@ -147,26 +172,32 @@ def _register(model_uri: str, meta: dict, body: dict, name: str, uri: str, pipel
     }
 
 
-def _version_tags(meta: dict, body: dict, metric: str) -> dict:
-    config = meta.get("config") or {}
-    tags = {
+def _version_tags(meta: dict) -> dict:
+    """Tags to filter versions by (the gate adds ``gate.decision``/``gate.reason``); metrics live in the model card
+    and the pipeline's run, not here, so the registry's versions table stays readable."""
+    splits = (meta.get("config") or {}).get("splits", {})
+    return {
         "dataset": meta.get("dataset") or "",
-        "shots": config.get("splits", {}).get("shots", ""),
-        "protocol": config.get("splits", {}).get("protocol", ""),
+        "shots": splits.get("shots", ""),
+        "protocol": splits.get("protocol", ""),
         "method": meta.get("method"),
-        "alpha": meta.get("alpha"),
         "seed": meta.get("seed"),
         "base_model": meta.get("base_identity"),
-        "classes": len(meta.get("classnames") or []),
-        "code_version": tracking.code_version(),
     }
-    finetuned = body["mean"].get("finetuned", {})
-    for key, value in finetuned.items():
-        tags[f"metric.mean.{key}"] = f"{value:.2f}"
-    for domain, entry in body["domains"].items():
-        if metric in entry.get("finetuned", {}):
-            tags[f"metric.{domain}.{metric}"] = f"{entry['finetuned'][metric]:.2f}"
-    return tags
+
+
+def _log_plots(step: tracking.StepRun, body: dict, report_uris: list[str]) -> None:
+    """On the pipeline's run, as MLflow images with the same keys in every run (``domains``: every domain's bars,
+    which the per-domain evaluate tasks cannot draw alone; ``confusion-<eval set>``: the evaluate step's matrices),
+    so the UI previews them and its run comparison lines them up."""
+    with tempfile.TemporaryDirectory() as tmp:
+        chart = Path(tmp) / "domains.png"
+        plot_domains(body, body["models"], chart)
+        step.log_image(chart, "domains", parent=True)
+    for uri in report_uris:
+        with storage.local_dir(uri) as folder:
+            for png in sorted(Path(folder).glob("confusion_*.png")):
+                step.log_image(png, f"confusion-{png.stem.removeprefix('confusion_')}", parent=True)
 
 
 def _example_images() -> list[bytes]:
