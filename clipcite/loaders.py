@@ -44,6 +44,22 @@ class EpochBatches:
         return -(-self.n // self.batch_size)
 
 
+class EpochItems:
+    """Fixed batches of indices, the same every epoch, yielded as ``(epoch, index)`` items for the current ``epoch``
+    (the teacher cache's pass over every epoch's crops in table order)."""
+
+    def __init__(self, batches: list[list[int]]):
+        self.batches = batches
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for batch in self.batches:
+            yield [(self.epoch, i) for i in batch]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 def loader_options(num_workers: int, prefetch_factor: int, device: str, *, persistent: bool = True) -> dict:
     """DataLoader keyword arguments: workers kept across epochs, batches prefetched, pinned memory for CUDA."""
     options: dict = {"num_workers": num_workers, "pin_memory": str(device).startswith("cuda")}

@@ -19,8 +19,9 @@ from tqdm import tqdm
 
 from clipcite import distributed
 from clipcite.crops import input_size
-from clipcite.data.loading import CropDataset, crop_boxes
+from clipcite.data.loading import CropDataset, crop_boxes, image_size
 from clipcite.finite import require_finite
+from clipcite.loaders import EpochItems, decode_all, loader_options
 from clipcite.models import LoadedModel, encode_texts
 from clipcite.precision import autocast as precision_autocast
 from clipcite.precision import resolve_precision
@@ -72,24 +73,30 @@ def build_cache(
     dtype: str = "float32",
     precision: str = "auto",
     num_workers: int = 0,
+    decode_cache_mb: float = 0.0,
     source: str = "",
 ) -> TeacherCache:
     """Run the frozen teacher over every class prompt and every (epoch, image) crop, under the autocast that
     ``precision`` (the run's ``train.precision``) gives on ``device``, like the online teacher in training.
-    Under several ranks each computes its share of the batches and every rank returns the whole cache."""
+    Under several ranks each computes its share of the batches and every rank returns the whole cache. One
+    DataLoader serves every epoch; the images are decoded once when their pixels fit ``decode_cache_mb``."""
     model = teacher.model.to(device).eval()
     text = encode_texts(model, teacher.tokenizer, prompts, batch_size, device)
     require_finite(text, f"{source}teacher text features; check the base model", list(prompts))
     boxes = crop_boxes(rows, seed, epochs, crop_scale, crop_ratio, source)
-    dataset = CropDataset(rows, teacher.preprocess_cfg, boxes, source)
+    decoded = None
+    if decode_cache_mb > 0:
+        decoded = decode_all(rows, [image_size(r, source) for r in rows], decode_cache_mb, source)
+    dataset = CropDataset(rows, teacher.preprocess_cfg, boxes, source, decoded=decoded)
     image = torch.zeros(epochs, len(rows), text.shape[1])  # zeros: the ranks' parts are summed
-    batches = distributed.shard_batches(len(rows), batch_size)
+    batches = EpochItems(distributed.shard_batches(len(rows), batch_size))
+    loader = DataLoader(dataset, batch_sampler=batches, **loader_options(num_workers, 2, device))
     autocast = precision_autocast(device, precision)
     for epoch in tqdm(range(epochs), desc="teacher crops", unit="epoch"):
-        dataset.epoch = epoch
-        for index, images, _ in DataLoader(dataset, batch_sampler=batches, num_workers=num_workers):
+        batches.epoch = epoch
+        for index, images, _ in loader:
             with autocast:
-                features = model.encode_image(images.to(device), normalize=True)
+                features = model.encode_image(images.to(device, non_blocking=True), normalize=True)
             ids = [f"id={rows[int(i)]['id']}" for i in index]
             require_finite(features, f"{source}teacher image features, epoch {epoch + 1}; check the base model", ids)
             image[epoch, index] = features.float().cpu()

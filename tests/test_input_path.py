@@ -1,7 +1,7 @@
 """The input path and the training loop's costs (issue 11 goals 4 and 7): one DataLoader per run with persistent
 workers and a decode-once image cache gives the same crops, batches and weights as the per-epoch path it replaced;
-evaluation predicts the same with and without workers; AdamW's implementation follows the device; the checkpoint
-policy writes where it says and a resume without optimizer state is allowed but announced."""
+the teacher cache and evaluation come out the same with and without workers; AdamW's implementation follows the
+device; the checkpoint policy writes where it says and a resume without optimizer state is allowed but announced."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from clipcite.loaders import EpochBatches, decode_all, loader_options
 from clipcite.models import load_model
 from clipcite.prompts import prompts_for
 from clipcite.steps.sample_splits import run as sample_splits
+from clipcite.teacher import build_cache
 from clipcite.train import CHECKPOINT, FitParams, adamw, checkpoint_due, fit
 
 from .conftest import tiny_config
@@ -88,6 +89,15 @@ def test_fit_gives_the_same_weights_with_workers_and_decode_cache(train_rows):
         results[workers] = fit(load_model("clipcite-tiny", ""), rows, prompts, params, seed=1)
     for key, value in results[0].state_dict.items():
         assert torch.equal(value, results[2].state_dict[key]), key
+
+
+def test_teacher_cache_is_the_same_with_workers_and_decode_cache(train_rows):
+    rows, prompts = train_rows
+    teacher = load_model("clipcite-tiny", "")
+    settings = {"seed": 1, "epochs": 2, "crop_scale": PARAMS.crop_scale, "crop_ratio": PARAMS.crop_ratio}
+    plain = build_cache(teacher, rows, prompts, batch_size=8, **settings)
+    fast = build_cache(teacher, rows, prompts, batch_size=8, num_workers=2, decode_cache_mb=64.0, **settings)
+    assert torch.equal(plain.image, fast.image) and torch.equal(plain.boxes, fast.boxes)
 
 
 def test_evaluate_predicts_the_same_with_workers(table, tiny):

@@ -97,6 +97,7 @@ def _run(splits_uri: str, out_uri: str, config: Config, expected_identity: str) 
         dtype=config.teacher.dtype,
         precision=config.train.precision,
         num_workers=config.train.num_workers,
+        decode_cache_mb=config.train.decode_cache_mb,
         source=f"{train_uri}: ",
     )
     if distributed.is_main():
