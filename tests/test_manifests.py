@@ -132,7 +132,7 @@ def test_mlflow_server_settings(overlay):
     args = mlflow["spec"]["template"]["spec"]["containers"][0]["args"]
     hosts = next(a for a in args if a.startswith("--allowed-hosts=")).split("=", 1)[1].split(",")
     assert {"mlflow.clipcite-mlflow.svc.cluster.local:5000", "mlflow.clipcite-mlflow.svc:5000"} <= set(hosts)
-    assert any(a.startswith("--backend-store-uri=postgresql://") for a in args)
+    assert any(a.startswith("--backend-store-uri=postgresql+psycopg2://") for a in args)
     assert "--artifacts-destination=$(ARTIFACTS_DESTINATION)" in args
     assert ("--app-name=basic-auth" in args) == (name == "prod")  # prod puts the UI/API behind authentication
     minio = [o for o in objects if o["metadata"]["name"] == "minio"]
