@@ -75,7 +75,8 @@ def decoded_size_mb(sizes: list[tuple[int, int]]) -> float:
 
 def decode_all(rows: list[dict], sizes: list[tuple[int, int]], budget_mb: float, source: str = "") -> list | None:
     """Every row's image as an RGB uint8 array [H, W, 3], or ``None`` when they need more than ``budget_mb``
-    (``train.decode_cache_mb``; 0 turns the cache off). ``sizes`` are the (width, height) from the headers."""
+    (``train.decode_cache_mb``; 0 turns the cache off). ``sizes`` are the (width, height) from the headers. Forked
+    DataLoader workers (Linux's default) share the arrays copy-on-write; under ``spawn`` each worker gets a copy."""
     from clipcite.data.table import decode_image, image_bytes
 
     needed = decoded_size_mb(sizes)
