@@ -8,12 +8,12 @@ and ``evaluate`` (zero-shot and fine-tuned). Each step is a fresh subprocess: it
 4x the table (sample-splits), 4x the train split (shots N: ``--shots``, 4N: 4 x ``--shots``; cache-teacher,
 finetune) and 4x the eval set (``--test-per-class``; evaluate). Targets: time ratio <= 4.4, RSS ratio <= 1.1.
 
-To keep the whole bench near 15 min on 2 cores, ``--distinct`` JPEGs are encoded and reused across the files (the
+To keep the whole bench near 20 min on 2 cores, ``--distinct`` JPEGs are encoded and reused across the files (the
 bytes and decode cost are those of real photos; the pixels repeat). ``--code DIR`` runs the steps with
 ``PYTHONPATH=DIR`` (an older checkout, e.g. ``git worktree add /tmp/old <commit>``) on the data and models the last
 run left in ``--out``, for before/after numbers::
 
-    nice python bench/scale.py --out runs/scale                                  # ~15 min
+    nice python bench/scale.py --out runs/scale          # 21 min on 2 shared cores (load 7-13), 5 GB in --out
     nice python bench/scale.py --out runs/scale --code /tmp/old --steps sample-splits evaluate --label before
 """
 
