@@ -14,7 +14,7 @@ import torch
 from clipcite.data import rows as rows_module
 from clipcite.data import table as table_module
 from clipcite.data.rows import ImageRows
-from clipcite.data.table import ClassList, image_bytes, read_classes, read_table, write_table
+from clipcite.data.table import ClassList, ImageDecodeError, image_bytes, read_classes, read_table, write_table
 from clipcite.evaluate import predict
 from clipcite.prompts import prompts_for
 from clipcite.splits import relabel, sample_few_shot
@@ -186,3 +186,19 @@ def test_evaluate_and_the_teacher_cache_equal_the_whole_table_path(split, tiny, 
     c = build_cache(tiny, ImageRows.scan(train_uri).local(), train_prompts, **settings)
     for other in (b, c):
         assert torch.equal(a.boxes, other.boxes) and torch.equal(a.image, other.image) and a.meta == other.meta
+
+
+def test_a_row_without_image_or_path_is_named_when_fetched(tmp_path):
+    rows = [
+        {"id": "ok", "image": b"bytes", "label": 0, "classname": "a", "domain": "d", "split": "x"},
+        {"id": "empty", "image": None, "path": None, "label": 0, "classname": "a", "domain": "d", "split": "x"},
+    ]
+    write_table(rows, str(tmp_path / "t"), ClassList(("a",)))
+    refs = ImageRows.scan(str(tmp_path / "t"))
+    assert image_bytes(refs[0]) == b"bytes"
+    with pytest.raises(ImageDecodeError, match=r"t: row id='empty': neither 'image' bytes nor 'path' is set"):
+        image_bytes(refs[1], f"{tmp_path / 't'}: ")
+    (tmp_path / "spill").mkdir()
+    with pytest.raises(ImageDecodeError, match=r"row id='empty': neither"):
+        refs.local(directory=str(tmp_path / "spill"))
+    assert list((tmp_path / "spill").iterdir()) == []  # the half-made copy is gone
