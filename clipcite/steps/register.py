@@ -4,7 +4,9 @@ Files first (the pipeline keeps them as artifacts): ``record`` gets ``registrati
 identity, the merged metrics, the registry's answer) and ``metrics.json``, ``summary`` a Markdown report. With
 tracking on, the model is logged as an MLflow pyfunc in a nested run, registered as a new version of
 ``registered_model_name`` (once per pipeline run: a rerun finds its version), and the promotion gate
-(:mod:`clipcite.gate`) moves the ``champion`` alias to it or tags it ``challenger`` with the reason.
+(:mod:`clipcite.gate`) moves the ``champion`` alias to it or tags it ``challenger`` with the reason. The version's
+description becomes its model card and the registered model's says how versions are promoted
+(:mod:`clipcite.model_card`); the per-domain chart and confusion matrices go on the pipeline's run as MLflow images.
 """
 
 from __future__ import annotations
