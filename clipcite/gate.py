@@ -31,7 +31,23 @@ def primary_metric(gate: GateConfig, body: dict[str, Any]) -> str:
     return "hm" if "hm" in body["mean"].get("finetuned", {}) else "top1"
 
 
-def decide(body: dict[str, Any], gate: GateConfig, *, champion_version: str | None) -> Decision:
+def decide_promotion(body: dict[str, Any], gate: GateConfig, *, version: int, holder: int | None) -> Decision:
+    """The whole promotion rule for registered ``version``, given ``holder``, the version holding the champion
+    alias now. A rerun of a run that already promoted keeps it; if the alias moved since the run's evaluation
+    (``body["champion_version"]`` is what it was compared with), nothing is promoted on a stale comparison;
+    otherwise the metrics decide (:func:`decide`)."""
+    evaluated = body.get("champion_version")
+    metric = primary_metric(gate, body)
+    if holder == version:
+        return Decision(True, f"v{version} already holds champion", metric)
+    if holder != evaluated:
+        compared = f"v{evaluated}" if evaluated is not None else "no champion"
+        reason = f"champion is v{holder} but this run was compared with {compared} (it moved during the run); rerun"
+        return Decision(False, reason + " to compare", metric)
+    return decide(body, gate, champion_version=evaluated)
+
+
+def decide(body: dict[str, Any], gate: GateConfig, *, champion_version: int | None) -> Decision:
     """``body``: merged evaluate metrics (``domains``/``mean`` per model). No champion yet: promote."""
     metric = primary_metric(gate, body)
     if champion_version is None:

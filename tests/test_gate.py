@@ -3,7 +3,7 @@
 import pytest
 
 from clipcite.config import GateConfig
-from clipcite.gate import decide
+from clipcite.gate import decide, decide_promotion
 
 
 def body(candidate: dict, champion: dict | None = None) -> dict:
@@ -62,3 +62,16 @@ def test_primary_metric_on_one_domain_and_fewshot_top1():
 def test_champion_not_evaluated_never_promotes():
     decision = decide(body({"photo": 90.0}), GateConfig(), champion_version=2)
     assert not decision.promote and "v2 was not evaluated" in decision.reason
+
+
+def test_registry_state_rules_come_before_the_metrics():
+    better = {**body({"photo": 62.0}, {"photo": 60.0}), "champion_version": 1}
+    assert decide_promotion(better, GateConfig(), version=2, holder=1).promote  # the metrics decide
+    rerun = decide_promotion(better, GateConfig(), version=2, holder=2)
+    assert rerun.promote and rerun.reason == "v2 already holds champion"
+    moved = decide_promotion(better, GateConfig(), version=3, holder=2)  # compared with v1, v2 took it meanwhile
+    assert not moved.promote and "champion is v2 but this run was compared with v1" in moved.reason
+    first = {**body({"photo": 50.0}), "champion_version": None}
+    assert decide_promotion(first, GateConfig(), version=1, holder=None).reason == "no champion yet"
+    late = decide_promotion(first, GateConfig(), version=2, holder=1)  # v1 became champion while this run ran
+    assert not late.promote and "compared with no champion" in late.reason

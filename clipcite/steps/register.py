@@ -26,7 +26,7 @@ from PIL import Image
 from clipcite import storage, tracking
 from clipcite.artifacts import META_FILE
 from clipcite.config import config_from_yaml
-from clipcite.gate import decide
+from clipcite.gate import decide_promotion
 from clipcite.metrics import summarise
 from clipcite.model_card import family_description, version_card
 from clipcite.report import markdown, plot_domains
@@ -130,16 +130,7 @@ def _register(
         current = tracking.champion(client, name)
         holder = int(current.version) if current is not None else None
         evaluated = body.get("champion_version")
-        if holder == number:
-            decision = {"promote": True, "reason": f"v{number} already holds champion"}
-        elif holder != evaluated:
-            decision = {
-                "promote": False,
-                "reason": f"champion is v{holder} but this run was compared with "
-                f"{f'v{evaluated}' if evaluated else 'no champion'} (it moved during the run); rerun to compare",
-            }
-        else:
-            decision = decide(body, config.gate, champion_version=evaluated).as_dict()
+        decision = decide_promotion(body, config.gate, version=number, holder=holder).as_dict()
         role = "champion" if decision["promote"] else "challenger"
         tracking.set_version_tags(client, name, number, {"gate.decision": role, "gate.reason": decision["reason"]})
         if decision["promote"]:
