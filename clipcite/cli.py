@@ -1,4 +1,4 @@
-"""The ``clipcite`` command: ingest, then the four pipeline steps, plus aggregate over seeds and champion.
+"""The ``clipcite`` command: ingest, then the pipeline's steps (snapshot to register), plus aggregate and champion.
 
 Each command's module is imported only when that command runs, so ``clipcite --help`` and argument errors answer
 without loading torch or MLflow.
@@ -19,10 +19,12 @@ log = logging.getLogger("clipcite")
 LOCAL_STORE = "mlflow.db"  # the MLflow store `python pipeline.py run` writes by default, in the working directory
 
 STEPS = {
+    "snapshot": "clipcite.steps.snapshot",
     "sample-splits": "clipcite.steps.sample_splits",
     "cache-teacher": "clipcite.steps.cache_teacher",
     "finetune": "clipcite.steps.finetune",
     "evaluate": "clipcite.steps.evaluate",
+    "register": "clipcite.steps.register",
 }
 
 

@@ -115,6 +115,15 @@ def test_chain_produces_every_artifact(chain):
     assert "| photo | finetuned |" in (chain / "eval" / "report.md").read_text()
 
 
+def test_snapshot_and_register_are_commands_like_the_other_steps(chain, capsys):
+    assert main(["snapshot", "--data", str(chain / "table"), "--tracking-uri", "off"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(printed["digest"]) == 64 and printed["mlflow_run_id"] == ""
+    argv = ["--model", str(chain / "model"), "--report", str(chain / "eval"), "--out", str(chain / "registered")]
+    assert main(["register", *argv, "--summary", str(chain / "summary.md")]) == 0
+    assert (chain / "registered").is_dir() and "finetuned" in (chain / "summary.md").read_text()
+
+
 def _metrics_file(folder, base: float, new: float):
     """An evaluate output with one domain and known numbers (the per-domain and mean rows agree: one domain)."""
     folder.mkdir()
@@ -222,7 +231,7 @@ def test_cache_teacher_refuses_weights_other_than_the_snapshot_saw(chain, tmp_pa
 def test_unknown_command_prints_the_commands_and_exits_2(capsys):
     assert main(["train"]) == 2
     captured = capsys.readouterr()
-    assert "usage: clipcite {ingest,sample-splits," in captured.out + captured.err
+    assert "usage: clipcite {ingest,snapshot,sample-splits," in captured.out + captured.err
 
 
 @pytest.mark.parametrize(
