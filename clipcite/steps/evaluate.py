@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from clipcite import distributed, storage, tracking
@@ -96,67 +97,89 @@ def _champion(client, name: str, tmp: Path, device: str):
     return found[0], load_saved(Path(found[1]), device=device)[0]
 
 
+@dataclass
+class _Evaluation:
+    """What every eval set of one evaluate run is scored with: the models by name (the zero-shot model is loaded
+    only for a set whose baseline is not in ``baseline_cache``) and what the baseline's key needs."""
+
+    config: Config
+    device: str
+    manifest: dict
+    meta: dict  # the fine-tuned model's clipcite.json
+    model_uri: str
+    models: dict  # name -> LoadedModel, or None for the zero-shot model not loaded yet
+    baseline_cache: str
+
+    def score_set(self, spec_set: dict, set_uri: str) -> tuple[dict, bool]:
+        """The set's entry (its description and one metrics dict per model) and whether the zero-shot metrics came
+        from the baseline cache."""
+        rows, classes = split_rows(set_uri)
+        template, prompts = class_prompts(classes, self.config)  # each set's own template unless model.template
+        entry = {"domain": spec_set["domain"], "subset": spec_set["subset"], "template": template}
+        entry["classnames"] = list(classes.names)
+        cached = False
+        for name in self.models:
+            key = self._baseline_key(spec_set["name"], prompts) if name == "zeroshot" else ""
+            if key and (found := read_baseline(self.baseline_cache, key)) is not None:
+                entry[name], cached = found, True
+                continue
+            pred, target = predict(
+                self._model(name),
+                rows,
+                prompts,
+                batch_size=self.config.eval.batch_size,
+                device=self.device,
+                num_workers=self.config.eval.num_workers,
+                precision=self.config.train.precision,
+                source=f"{set_uri}: ",
+            )
+            entry[name] = set_metrics(pred, target, list(classes.names))
+            if key and distributed.is_main():
+                write_baseline(self.baseline_cache, key, entry[name], {"set": spec_set["name"], "uri": set_uri})
+        if cached:
+            log.info("%s: zero-shot baseline read from %s (not evaluated again)", spec_set["name"], self.baseline_cache)
+        entry["rows"], entry["classes"] = len(rows), len(prompts)
+        return entry, cached
+
+    def _model(self, name: str):
+        if self.models[name] is None:
+            self.models[name] = _zeroshot_model(self.config, self.meta, self.model_uri, self.device)
+        return self.models[name]
+
+    def _baseline_key(self, set_name: str, prompts: list[str]) -> str:
+        """The zero-shot baseline's cache key for one eval set ("" when off, or when the splits predate the digests
+        it needs)."""
+        if not self.baseline_cache:
+            return ""
+        record = self.manifest["sets"].get(f"eval/{set_name}", {})
+        identity, digest = self.meta.get("base_identity") or "", self.manifest.get("sources_digest") or ""
+        if not (identity and digest and record.get("ids_sha256")):
+            log.warning("%s: no base identity or data digest to key its zero-shot baseline; not cached", set_name)
+            return ""
+        precision = resolve_precision(self.device, self.config.train.precision)
+        return baseline_key(identity, digest, set_name, record, prompts, precision)
+
+
 def _run(model_uri, splits_uri, out_uri, config: Config, domains, champion, step, baseline_cache: str) -> dict:
     device = resolve_device(config.device)
     manifest = read_json(storage.join(splits_uri, "manifest.json"))
-    sets = [s for s in manifest["eval_sets"] if not domains or s["domain"] in domains]
-    if not sets:
-        known = sorted({s["domain"] for s in manifest["eval_sets"]})
-        raise ValueError(f"no eval set for domain(s) {list(domains)} in {splits_uri}; known domains: {known}")
+    sets = _sets_of(manifest, domains, splits_uri)
     with storage.local_dir(model_uri) as folder:
         finetuned, meta = load_saved(folder, device=device)
-    models: dict = {}
-    if config.eval.zeroshot_baseline:
-        models["zeroshot"] = None  # loaded for the first set whose baseline is not in the cache
-    models["finetuned"] = finetuned
-    if champion is not None:
-        models["champion"] = champion[1]
+    models = {"zeroshot": None} if config.eval.zeroshot_baseline else {}
+    models |= {"finetuned": finetuned, **({"champion": champion[1]} if champion else {})}
+    evaluation = _Evaluation(config, device, manifest, meta, model_uri, models, baseline_cache)
 
     results: dict[str, dict] = {}
     baselines_cached: list[str] = []  # eval sets whose zero-shot metrics came from baseline_cache
     for spec_set in sets:
         set_uri = storage.join(splits_uri, "eval", spec_set["name"])
-        rows, classes = split_rows(set_uri)
-        template, prompts = class_prompts(classes, config)  # each eval set's own template unless model.template
-        entry = {
-            "domain": spec_set["domain"],
-            "subset": spec_set["subset"],
-            "template": template,
-            "classnames": list(classes.names),
-        }
-        cached_from = []
-        for name, loaded in models.items():
-            key = ""
-            if name == "zeroshot" and baseline_cache:
-                key = _baseline_key(manifest, spec_set["name"], prompts, meta, config, device)
-            if key:
-                cached = read_baseline(baseline_cache, key)
-                if cached is not None:
-                    entry[name] = cached
-                    cached_from.append(name)
-                    continue
-            if loaded is None:
-                loaded = models[name] = _zeroshot_model(config, meta, model_uri, device)
-            pred, target = predict(
-                loaded,
-                rows,
-                prompts,
-                batch_size=config.eval.batch_size,
-                device=device,
-                num_workers=config.eval.num_workers,
-                precision=config.train.precision,
-                source=f"{set_uri}: ",
-            )
-            entry[name] = set_metrics(pred, target, list(classes.names))
-            if key and distributed.is_main():
-                write_baseline(baseline_cache, key, entry[name], {"set": spec_set["name"], "uri": set_uri})
-        if cached_from:
-            log.info("%s: zero-shot baseline read from %s (not evaluated again)", spec_set["name"], baseline_cache)
-            baselines_cached.append(spec_set["name"])
+        entry, cached = evaluation.score_set(spec_set, set_uri)
         results[spec_set["name"]] = entry
-        ids = manifest["sets"].get(f"eval/{spec_set['name']}", {})
+        baselines_cached += [spec_set["name"]] if cached else []
+        ids = manifest["sets"].get(f"eval/{spec_set['name']}", {}).get("ids_sha256", "")
         step.log_dataset(
-            spec_set["name"], set_uri, ids.get("ids_sha256", ""), "evaluation", rows=len(rows), classes=len(prompts)
+            spec_set["name"], set_uri, ids, "evaluation", rows=entry.pop("rows"), classes=entry.pop("classes")
         )
         log.info("%s: %s", spec_set["name"], {m: round(entry[m]["top1"], 2) for m in models})
 
@@ -174,15 +197,7 @@ def _run(model_uri, splits_uri, out_uri, config: Config, domains, champion, step
         "champion_version": champion[0] if champion else None,
         "zeroshot_cached": baselines_cached,
         **summary,
-        "sets": {
-            k: {
-                **{m: {x: y for x, y in v[m].items() if x != "confusion"} for m in names},
-                "domain": v["domain"],
-                "subset": v["subset"],
-                "template": v["template"],
-            }
-            for k, v in results.items()
-        },
+        "sets": {k: _without_confusion(v, names) for k, v in results.items()},
     }
     if not distributed.is_main():
         return body  # rank 0 writes and logs
@@ -192,6 +207,21 @@ def _run(model_uri, splits_uri, out_uri, config: Config, domains, champion, step
     for scope in (False, True):  # the step's run, and the pipeline's run where all domains meet
         step.log_metrics({"eval": summary["domains"]}, parent=scope)
     return body
+
+
+def _sets_of(manifest: dict, domains: tuple[str, ...], splits_uri: str) -> list[dict]:
+    """The manifest's eval sets of ``domains`` (all when empty); an unknown domain is an error naming the known."""
+    sets = [s for s in manifest["eval_sets"] if not domains or s["domain"] in domains]
+    if not sets:
+        known = sorted({s["domain"] for s in manifest["eval_sets"]})
+        raise ValueError(f"no eval set for domain(s) {list(domains)} in {splits_uri}; known domains: {known}")
+    return sets
+
+
+def _without_confusion(entry: dict, names: list[str]) -> dict:
+    """A set's entry as metrics.json keeps it (confusion matrices go to their own files)."""
+    kept = {m: {x: y for x, y in entry[m].items() if x != "confusion"} for m in names}
+    return {**kept, "domain": entry["domain"], "subset": entry["subset"], "template": entry["template"]}
 
 
 def _write_outputs(folder: Path, body: dict, results: dict, names: list[str]) -> None:
@@ -224,17 +254,6 @@ def _zeroshot_model(config: Config, meta: dict, model_uri: str, device: str):
             f"fine-tuned from ({meta.get('base_identity')!r}); pass the same model config"
         )
     return loaded
-
-
-def _baseline_key(manifest: dict, set_name: str, prompts: list[str], meta: dict, config: Config, device: str) -> str:
-    """The zero-shot baseline's cache key for one eval set ("" when the splits predate the digests it needs)."""
-    record = manifest["sets"].get(f"eval/{set_name}", {})
-    identity, digest = meta.get("base_identity") or "", manifest.get("sources_digest") or ""
-    if not (identity and digest and record.get("ids_sha256")):
-        log.warning("%s: no base identity or data digest to key its zero-shot baseline; not cached", set_name)
-        return ""
-    precision = resolve_precision(device, config.train.precision)
-    return baseline_key(identity, digest, set_name, record, prompts, precision)
 
 
 def main(argv: list[str] | None = None) -> int:
