@@ -42,13 +42,13 @@ NAME = "serve-bench"
 
 def champion(out: Path, tracking_uri: str) -> str:
     """``models:/serve-bench@champion`` in ``tracking_uri``, trained and registered first if it is not there."""
-    from clipcite import tracking
+    from clipcite import registry, served_model, tracking
     from clipcite.config import load_config
     from clipcite.steps import cache_teacher, finetune, sample_splits
     from clipcite.toyworld.generate import write_world
 
     client = tracking.connect(tracking_uri)
-    if tracking.champion(client, NAME) is not None:
+    if registry.champion(client, NAME) is not None:
         return f"models:/{NAME}@champion"
     config = load_config("default", ["splits.shots=2", "train.epochs=1", "device=cpu"])
     data = out / "data"
@@ -58,9 +58,9 @@ def champion(out: Path, tracking_uri: str) -> str:
     finetune.run(str(data / "splits"), str(data / "model"), config, cache_uri=str(data / "teacher"))
     run_id = tracking.open_pipeline_run(tracking_uri, "serve-bench", run_name="serve-bench")
     with tracking.step_run(tracking_uri, run_id, "register", system_metrics=False) as step:
-        logged = tracking.log_classifier(step, data / "model", example_images=[png(pool(1)[0])])
-        version = tracking.register_version(client, NAME, logged, run_id=step.run_id, pipeline_run_id=run_id, tags={})
-    tracking.set_champion(client, NAME, version.version)
+        logged = served_model.log_classifier(step, data / "model", example_images=[png(pool(1)[0])])
+        version = registry.register_version(client, NAME, logged, run_id=step.run_id, pipeline_run_id=run_id, tags={})
+    registry.set_champion(client, NAME, version.version)
     return f"models:/{NAME}@champion"
 
 

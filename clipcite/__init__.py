@@ -9,7 +9,7 @@ import importlib
 
 __version__ = "0.1.0"
 _EXPORTS = {
-    "FitParams": "clipcite.train",
+    "FitParams": "clipcite.recipe",
     "average_weights": "clipcite.models",
     "base_new_classes": "clipcite.splits",
     "cite_loss": "clipcite.losses",

@@ -4,3 +4,4 @@ register, must not import the model code to learn a file name)."""
 META_FILE = "clipcite.json"  # beside a saved model's open_clip files: identity, prompts, temperature, run ids
 WEIGHTS_FILE = "open_clip_model.safetensors"  # a saved model is an open_clip local-dir folder: these two files
 OPENCLIP_CONFIG_FILE = "open_clip_config.json"
+MODEL_ARTIFACT = "model"  # the weights folder (a saved model's folder) among the served pyfunc model's artifacts

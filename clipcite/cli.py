@@ -115,14 +115,14 @@ def champion_main(argv: list[str]) -> int:
             f"no MLflow store at {store} (`python pipeline.py run` makes one in the directory it runs in); "
             "pass --tracking-uri URI or set MLFLOW_TRACKING_URI to the store that holds the model"
         )
-    from clipcite import tracking
+    from clipcite import registry, tracking
     from clipcite.steps.common import setup_logging
 
     setup_logging()
     client = tracking.connect(uri)
     if args.version is not None:
-        tracking.promote_by_hand(client, args.name, args.version, args.reason)
-    rows = tracking.version_table(client, args.name)
+        registry.promote_by_hand(client, args.name, args.version, args.reason)
+    rows = registry.version_table(client, args.name)
     if not rows:
         known = sorted(m.name for m in client.search_registered_models())
         raise ValueError(

@@ -17,13 +17,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from clipcite import tracking
+from clipcite import registry, tracking
 
 log = logging.getLogger(__name__)
 KEYS = ("name", "alias", "version", "artifact-uri")
 
 
-def resolve(client, name: str, alias: str = tracking.CHAMPION) -> dict:
+def resolve(client, name: str, alias: str = registry.CHAMPION) -> dict:
     """``{name, alias, version, artifact-uri}`` of the version ``alias`` points at; TrackingError when none does."""
     try:
         version = client.get_model_version_by_alias(name, alias)
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Resolve NAME@ALIAS to a version and artifact URI and write the serving manifests' champion.env.",
     )
     parser.add_argument("--name", default="clipcite", help="registered model name")
-    parser.add_argument("--alias", default=tracking.CHAMPION)
+    parser.add_argument("--alias", default=registry.CHAMPION)
     parser.add_argument("--tracking-uri", default="", help="MLflow server (default: $MLFLOW_TRACKING_URI)")
     parser.add_argument("--out", default="manifests/serving/champion/champion.env", help="'-' prints it instead")
     args = parser.parse_args(argv)

@@ -1,63 +1,37 @@
-"""MLflow tracking and the model registry: the only module that imports MLflow.
+"""MLflow tracking: where MLflow is, the pipeline's run and one nested run per step.
 
 One MLflow run per pipeline run (opened by the pipeline's first step, or the run named by ``MLFLOW_RUN_ID`` when a
 KFP deployment injects one), and a nested run per step. Where MLflow is (``MLFLOW_TRACKING_URI`` or the pipeline's
 ``tracking_uri``) is checked before any training: an unreachable server fails the run at its first step unless
 tracking is turned off (``tracking_uri=off``).
 
-The registered model is an MLflow pyfunc written as models-from-code (``clipcite/mlflow_model.py``, no pickled
-class): weights and configs are plain files (safetensors) under the model's ``artifacts/model``.
+The model as MLflow serves it is in :mod:`clipcite.served_model`, the registry's operations in
+:mod:`clipcite.registry`; those three modules are the only ones that import MLflow.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import importlib.metadata
 import json
 import logging
 import os
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import mlflow.pyfunc
-import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature, set_model
-from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 import clipcite
 
 log = logging.getLogger(__name__)
 
-__all__ = ["set_model"]  # re-exported for the models-from-code file
 DISABLED = ("off", "none", "disabled", "false")
-CHAMPION = "champion"
-RUN_TAG = "clipcite.pipeline_run"  # on a model version: the pipeline run that registered it (rerun -> same version)
 KFP_RUN_TAG = "clipcite.kfp_run_id"
-MODEL_ARTIFACT = "model"  # the name of the weights folder among the pyfunc model's artifacts
-RUNTIME_PACKAGES = (
-    "torch",
-    "torchvision",
-    "open_clip_torch",
-    "numpy",
-    "pillow",
-    "pyarrow",
-    "safetensors",
-    "pyyaml",
-    "tqdm",
-    "pandas",
-    "boto3",
-    "matplotlib",
-    "mlflow",
-)
 
 
 class TrackingError(RuntimeError):
@@ -380,226 +354,3 @@ def flatten(values: dict, prefix: str = "", sep: str = ".") -> dict:
 def _param_value(value) -> str:
     text = value if isinstance(value, str) else json.dumps(value)
     return text if len(text) <= 6000 else text[:5997] + "..."
-
-
-# ------------------------------------------------------------------------------------------ the served model
-
-
-class ClassifierModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper of :class:`clipcite.classifier.Classifier`.
-
-    Input: a DataFrame with an ``image`` column of encoded bytes (base64 strings over REST) or HxWxC uint8 arrays.
-    Params: ``labels`` (default: the trained classes), ``template``, ``top_k``. Output: ``label``, ``score`` and,
-    with top_k > 1, ``top_labels``/``top_scores``.
-    """
-
-    # No type-hint validation: the classifier checks its input itself (clear 400s). Without this, MLflow warns
-    # "Add type hints to the predict method" whenever this module is imported, i.e. on CLI commands.
-    _skip_type_hint_validation = True
-
-    def load_context(self, context) -> None:
-        import torch
-
-        from clipcite.classifier import Classifier
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.classifier = Classifier(context.artifacts[MODEL_ARTIFACT], device=device)
-
-    def predict(self, context, model_input, params: dict | None = None) -> pd.DataFrame:
-        params = params or {}
-        try:
-            images = _input_images(model_input)
-            results = self.classifier.predict(
-                images,
-                labels=list(params["labels"]) if params.get("labels") is not None else None,
-                template=params.get("template") or None,
-                top_k=int(params.get("top_k") or 1),
-            )
-        except ValueError as e:  # the caller's input (an image, the labels, top_k): served as a 400 that says why
-            raise MlflowException.invalid_parameter_value(str(e)) from e
-        return pd.DataFrame(results)
-
-
-def _input_images(model_input) -> list:
-    if isinstance(model_input, pd.DataFrame):
-        if "image" not in model_input.columns:
-            raise ValueError(f"input needs an 'image' column; got columns {list(model_input.columns)}")
-        values = list(model_input["image"])
-    elif isinstance(model_input, dict) and "image" in model_input:
-        values = list(model_input["image"])
-    else:
-        values = list(model_input)
-    return [base64.b64decode(v) if isinstance(v, str) else v for v in values]
-
-
-MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
-
-
-def log_classifier(run: StepRun, model_dir: Path, *, example_images: list[bytes]) -> str:
-    """Log the fine-tuned model as a pyfunc (models-from-code) in ``run``; returns its ``models:/`` URI."""
-    meta = json.loads((model_dir / "clipcite.json").read_text())
-    labels = list(meta.get("classnames") or [])
-    template = meta.get("template") or "a photo of a {}."
-    signature = ModelSignature(
-        inputs=Schema([ColSpec("binary", "image")]),
-        outputs=Schema([ColSpec("string", "label"), ColSpec("double", "score")]),
-        params=ParamSchema(
-            [
-                ParamSpec("labels", "string", labels, shape=(-1,)),
-                ParamSpec("template", "string", template),
-                ParamSpec("top_k", "long", 1),
-            ]
-        ),
-    )
-    with tempfile.TemporaryDirectory() as tmp, run._active():
-        code = _package_code(Path(tmp))
-        info = mlflow.pyfunc.log_model(
-            name="classifier",
-            python_model=str(MODEL_CODE),
-            artifacts={MODEL_ARTIFACT: str(model_dir)},
-            code_paths=[str(code)],
-            signature=signature,
-            input_example=pd.DataFrame({"image": example_images}),
-            pip_requirements=_pip_requirements(),
-            metadata={"clipcite_version": code_version(), "classnames": labels, "template": template},
-        )
-    return info.model_uri
-
-
-def _package_code(tmp: Path) -> Path:
-    """The clipcite package's code and small configs (not the toy world's checkpoint) for ``code_paths``."""
-    source = Path(clipcite.__file__).parent
-    target = tmp / "clipcite"
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.safetensors", "*.sha256", "*.pyc"))
-    return target
-
-
-def _pip_requirements() -> list[str]:
-    pins = []
-    for name in RUNTIME_PACKAGES:
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            pins.append(f"{name}=={importlib.metadata.version(name)}")
-    return pins
-
-
-# --------------------------------------------------------------------------------------------------- registry
-
-
-def find_version(client: MlflowClient, name: str, pipeline_run_id: str):
-    """The version a pipeline run already registered (a rerun of the register step must not add another)."""
-    with contextlib.suppress(MlflowException):
-        for version in client.search_model_versions(f"name = '{name}' and tags.`{RUN_TAG}` = '{pipeline_run_id}'"):
-            return version
-    return None
-
-
-REGISTER_ATTEMPTS = 4  # creating a version: tries, 2 s, 4 s, 8 s apart (each lookup has MLflow's own retries)
-
-
-def register_version(client: MlflowClient, name: str, model_uri: str, *, run_id: str, pipeline_run_id: str, tags: dict):
-    """Create ``name`` if needed and a version from ``model_uri`` tagged with the pipeline run and ``tags``.
-
-    Exactly one version per pipeline run, also when the server or the network fails: MLflow's client retries
-    every HTTP method, so a reply lost after the server created the version would create a second one. Creation
-    is therefore sent once per try (no HTTP retries); after a failed try the version tagged with this pipeline
-    run is looked up, and only when there is none is creation tried again."""
-    with contextlib.suppress(MlflowException):
-        client.create_registered_model(name)  # described by the register step (clipcite.model_card)
-    all_tags = {RUN_TAG: pipeline_run_id, **{k: str(v) for k, v in tags.items()}}
-    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
-    for attempt in range(1, REGISTER_ATTEMPTS + 1):
-        try:
-            with http_retries(0):
-                version = client.create_model_version(name, model_uri, run_id=run_id, tags=all_tags, model_id=model_id)
-            break
-        except Exception as e:  # MlflowException; a dropped connection arrives wrapped in one
-            version = find_version(client, name, pipeline_run_id)
-            if version is not None:  # created, but the reply was lost
-                log.warning("%s: the registry created version %s before the reply was lost", name, version.version)
-                break
-            status = e.get_http_status_code() if isinstance(e, MlflowException) else 500
-            if status < 500 or attempt == REGISTER_ATTEMPTS:
-                raise TrackingError(
-                    f"the model registry at {client.tracking_uri} did not register a version of {name!r} from "
-                    f"{model_uri} ({attempt} tries): {e}"
-                ) from e
-            log.warning("%s: registering failed (%s); try %d of %d", name, e, attempt + 1, REGISTER_ATTEMPTS)
-            time.sleep(2**attempt)
-    log.info("registered %s version %s", name, version.version)
-    return version
-
-
-def champion(client: MlflowClient, name: str):
-    """The version holding the ``champion`` alias, or None."""
-    try:
-        return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
-
-
-def download_model_dir(client: MlflowClient, name: str, version: str, dst: Path) -> Path:
-    """The weights folder of a registered version (what :func:`clipcite.models.load_saved` reads)."""
-    source = f"models:/{name}/{version}"
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst)))
-    folder = local / "artifacts" / MODEL_ARTIFACT
-    if not (folder / "clipcite.json").is_file():
-        raise TrackingError(f"{source} has no clipcite weights under artifacts/{MODEL_ARTIFACT}")
-    return folder
-
-
-def describe_model(client: MlflowClient, name: str, description: str) -> None:
-    """The registered model's own description (what the family is, how versions are promoted)."""
-    client.update_registered_model(name, description=description)
-
-
-def describe_version(client: MlflowClient, name: str, version: int | str, card: str) -> None:
-    """A version's description: its model card (Markdown, rendered by the registry UI)."""
-    client.update_model_version(name, str(version), description=card)
-
-
-def set_version_tags(client: MlflowClient, name: str, version: int | str, tags: dict) -> None:
-    for key, value in tags.items():
-        client.set_model_version_tag(name, str(version), key, str(value))
-
-
-def set_champion(client: MlflowClient, name: str, version: int | str) -> None:
-    client.set_registered_model_alias(name, CHAMPION, str(version))
-
-
-def promote_by_hand(client: MlflowClient, name: str, version: int, reason: str) -> None:
-    """Move ``champion`` to ``version`` outside the gate (a rollback), recording who-knows-why on the version."""
-    try:
-        client.get_model_version(name, str(version))
-    except MlflowException as e:
-        raise TrackingError(f"{name} has no version {version}: {e}") from e
-    previous = champion(client, name)
-    set_champion(client, name, version)
-    set_version_tags(client, name, version, {"gate.decision": "champion", "gate.reason": f"manual: {reason}"})
-    log.info("%s: champion v%s -> v%s (%s)", name, previous.version if previous else None, version, reason)
-
-
-def version_table(client: MlflowClient, name: str) -> list[str]:
-    """One line per version, newest first: number, champion marker, gate decision, the mean metrics of the pipeline
-    run that registered it, the gate's reason."""
-    holder = champion(client, name)
-    lines = []
-    versions = sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: -int(v.version))
-    for v in versions:
-        mark = "*" if holder is not None and v.version == holder.version else " "
-        means = _pipeline_metrics(client, v.tags.get(RUN_TAG, ""), "mean/finetuned/")
-        metrics = " ".join(f"mean.{k}={val:.2f}" for k, val in sorted(means.items()))
-        lines.append(
-            f"{mark} v{v.version:<4} {v.tags.get('gate.decision', '-'):<10} {metrics}  {v.tags.get('gate.reason', '')}"
-        )
-    return lines
-
-
-def _pipeline_metrics(client: MlflowClient, run_id: str, prefix: str) -> dict:
-    """The pipeline run's metrics under ``prefix`` (prefix removed); {} when the run is gone or unnamed."""
-    if not run_id:
-        return {}
-    try:
-        metrics = client.get_run(run_id).data.metrics
-    except MlflowException:
-        return {}
-    return {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}

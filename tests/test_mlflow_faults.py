@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from clipcite import tracking
+from clipcite import registry, tracking
 from clipcite.steps import cache_teacher, sample_splits
 
 from .conftest import TINY, tiny_config
@@ -160,10 +160,10 @@ def test_a_lost_reply_to_create_model_version_registers_one_version(prepared):
     source = client.get_run(run_id).info.artifact_uri + "/model"
     with FaultProxy(server.url, rule=lose_first_create) as proxy:
         proxied = tracking.connect(proxy.url)
-        version = tracking.register_version(
+        version = registry.register_version(
             proxied, "lost-reply", source, run_id=run_id, pipeline_run_id=run_id, tags={"k": "v"}
         )
     assert proxy.counts["lost_reply"] == 1
     versions = MlflowClient(server.url).search_model_versions("name = 'lost-reply'")
     assert [v.version for v in versions] == [version.version] == ["1"]
-    assert versions[0].tags[tracking.RUN_TAG] == run_id
+    assert versions[0].tags[registry.RUN_TAG] == run_id

@@ -17,7 +17,7 @@ import pytest
 import requests
 from PIL import Image
 
-from clipcite import serving, tracking
+from clipcite import registry, served_model, serving, tracking
 from clipcite.models import save_model
 
 from .kubectl import render
@@ -54,12 +54,12 @@ def served(tmp_path_factory, tiny):
     uri = f"sqlite:///{work / 'mlflow.db'}"
     run_id = tracking.open_pipeline_run(uri, "serving")
     with tracking.step_run(uri, run_id, "register", system_metrics=False) as step:
-        model_uri = tracking.log_classifier(step, work / "model", example_images=[base64.b64decode(_png(_grey()))])
+        model_uri = served_model.log_classifier(step, work / "model", example_images=[base64.b64decode(_png(_grey()))])
         client = step.client
-        version = tracking.register_version(
+        version = registry.register_version(
             client, "served", model_uri, run_id=step.run_id, pipeline_run_id=run_id, tags={}
         )
-    tracking.set_champion(client, "served", version.version)
+    registry.set_champion(client, "served", version.version)
     # Deploy as the README says: resolve the alias into champion.env, render the Deployment, run its container's args.
     tree = work / "serving"
     shutil.copytree(ROOT / "manifests" / "serving", tree)

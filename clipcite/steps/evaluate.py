@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipcite import distributed, storage, tracking
+from clipcite import distributed, registry, storage, tracking
 from clipcite.artifacts import META_FILE
 from clipcite.baseline import baseline_key, read_baseline, write_baseline
 from clipcite.config import Config
@@ -86,9 +86,9 @@ def _champion(client, name: str, tmp: Path, device: str):
     rank 0 asks the registry and downloads; the others load its folder (the ranks share one machine)."""
     found = None
     if distributed.is_main():
-        version = tracking.champion(client, name)
+        version = registry.champion(client, name)
         if version is not None:
-            found = int(version.version), str(tracking.download_model_dir(client, name, version.version, tmp))
+            found = int(version.version), str(registry.download_model_dir(client, name, version.version, tmp))
     found = distributed.broadcast(found)
     if found is None:
         log.info("%s has no champion yet", name)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from clipcite import storage, tracking
+from clipcite import registry, served_model, storage, tracking
 from clipcite.artifacts import META_FILE
 from clipcite.config import config_from_yaml
 from clipcite.gate import decide_promotion
@@ -113,7 +113,7 @@ def _register(
     config = config_from_yaml(json.dumps(meta.get("config") or {}))
     with tracking.step_run(uri, pipeline_run, "register", system_metrics=False) as step:
         client = step.client
-        version = tracking.find_version(client, name, pipeline_run)
+        version = registry.find_version(client, name, pipeline_run)
         rerun = version is not None
         if rerun:
             log.info(
@@ -121,20 +121,20 @@ def _register(
             )
         else:
             with storage.local_dir(model_uri) as folder:
-                logged = tracking.log_classifier(step, folder, example_images=_example_images())
+                logged = served_model.log_classifier(step, folder, example_images=_example_images())
             tags = _version_tags(meta)
-            version = tracking.register_version(
+            version = registry.register_version(
                 client, name, logged, run_id=step.run_id, pipeline_run_id=pipeline_run, tags=tags
             )
         number = int(version.version)
-        current = tracking.champion(client, name)
+        current = registry.champion(client, name)
         holder = int(current.version) if current is not None else None
         evaluated = body.get("champion_version")
         decision = decide_promotion(body, config.gate, version=number, holder=holder).as_dict()
         role = "champion" if decision["promote"] else "challenger"
-        tracking.set_version_tags(client, name, number, {"gate.decision": role, "gate.reason": decision["reason"]})
+        registry.set_version_tags(client, name, number, {"gate.decision": role, "gate.reason": decision["reason"]})
         if decision["promote"]:
-            tracking.set_champion(client, name, number)
+            registry.set_champion(client, name, number)
         log.info("%s v%s: %s (%s)", name, number, role, decision["reason"])
         digest = client.get_run(pipeline_run).data.params.get("data.sources_digest", "")
         card = version_card(
@@ -146,8 +146,8 @@ def _register(
             code_version=tracking.code_version(),
             data_digest=digest,
         )
-        tracking.describe_version(client, name, number, card)
-        tracking.describe_model(client, name, family_description(name, dataclasses.asdict(config.gate)))
+        registry.describe_version(client, name, number, card)
+        registry.describe_model(client, name, family_description(name, dataclasses.asdict(config.gate)))
         step.log_text(card, "model_card.md")
         step.log_metrics({"mean": body["mean"]}, parent=True)
         if not rerun:  # a rerun's run already holds them
