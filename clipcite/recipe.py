@@ -27,6 +27,7 @@ class FitParams:
     w_dva: float = 1.0  # weight of L_DVA
     lam: float = 0.7  # paper: weight of L_SCL
     eta: float = 0.1  # paper: weight of L_VLD
+    w_clip: float = 1.0  # weight of FLYP's CLIP contrastive loss on class prompts (method flyp)
     alpha: float = 0.5  # paper: weight-space ensemble; 1.0 = no ensemble
     # decision: the temperature of every loss, fixed (not trained); "checkpoint" = the base model's own
     # exp(logit_scale) (100 for OpenAI's weights, the paper's s), or a number
@@ -72,10 +73,19 @@ class FitParams:
             raise ValueError(f"invalid training setting(s): {', '.join(f'{b}={getattr(self, b)!r}' for b in bad)}")
 
     def loss_weights(self) -> dict[str, float]:
-        """What each method trains with; an ablation is a weight set to 0."""
+        """What each method trains with, term by term; a method or an ablation is a set of weights (0 = off)."""
         return {
-            "zeroshot": {"dva": 0.0, "scl": 0.0, "vld": 0.0},
-            "ce": {"dva": self.w_dva, "scl": 0.0, "vld": 0.0},
-            "flyp": {"dva": 0.0, "scl": 0.0, "vld": 0.0},
-            "cite": {"dva": self.w_dva, "scl": self.lam, "vld": self.eta},
+            "zeroshot": {"dva": 0.0, "scl": 0.0, "vld": 0.0, "clip": 0.0},
+            "ce": {"dva": self.w_dva, "scl": 0.0, "vld": 0.0, "clip": 0.0},
+            "flyp": {"dva": 0.0, "scl": 0.0, "vld": 0.0, "clip": self.w_clip},
+            "cite": {"dva": self.w_dva, "scl": self.lam, "vld": self.eta, "clip": 0.0},
         }[self.method]
+
+    def uses_text(self) -> bool:
+        """Whether a step encodes class prompts with the student (every term but L_DVA does)."""
+        weights = self.loss_weights()
+        return any(weights[term] for term in ("scl", "vld", "clip"))
+
+    def needs_teacher(self) -> bool:
+        """Whether training needs the frozen teacher's image features (L_VLD on): a cache or the online teacher."""
+        return self.loss_weights()["vld"] != 0

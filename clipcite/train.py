@@ -72,13 +72,12 @@ def fit(
     again with the same inputs resumes after the last saved epoch. One DataLoader serves every epoch.
     """
     params.validate()
-    weights = params.loss_weights()
     model = student.model.to(device)
     zeroshot_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     if params.method == "zeroshot" or params.epochs == 0:
         return FitResult(zeroshot_state, 0, 0, 0.0, resolve_logit_scale(params.logit_scale, model))
     scale = resolve_logit_scale(params.logit_scale, model)
-    needs_teacher_images = weights["vld"] != 0
+    needs_teacher_images = params.needs_teacher()
     if needs_teacher_images and cache is None and teacher is None:
         raise ValueError("L_VLD needs the teacher: pass a teacher model or a teacher cache (or set eta=0)")
 
@@ -117,9 +116,7 @@ def fit(
     start_epoch = _resume(checkpoint_dir, fingerprint, model, head, optimizer, scheduler)
     autocast = precision_autocast(device, params.precision)
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
-    towers = distributed.data_parallel(
-        model, uses_text=params.method == "flyp" or bool(weights["scl"] or weights["vld"])
-    )
+    towers = distributed.data_parallel(model, uses_text=params.uses_text())
     step, seen, skipped, started = start_epoch * steps_per_epoch, 0, 0, time.perf_counter()
     last_save = started
 
@@ -203,7 +200,7 @@ def batch_losses(
     labels = distributed.gather(labels, sizes)
     over_classes = params.vld_over == "classes" and bool(weights["vld"])
     text_tokens = inverse = None
-    if params.method == "flyp" or weights["scl"] or weights["vld"]:
+    if params.uses_text():
         classes, inverse = labels.unique(return_inverse=True)
         text_tokens = tokens if over_classes else tokens[classes]
     image_features, text_out = distributed.encode(model, images, text_tokens)
@@ -212,28 +209,32 @@ def batch_losses(
         teacher_image = distributed.gather(teacher_image, sizes)
     all_text = text_out if over_classes else None
     text_features = None if text_out is None else (text_out[labels] if over_classes else text_out[inverse])
-    if params.method == "flyp":
-        clip = clip_loss(image_features, text_features, scale)
-        return {"clip": clip, "total": clip}
-    teacher_logits = student_logits = None
-    if teacher_image is not None:
-        columns = teacher_text if all_text is not None else teacher_text[labels]
-        teacher_logits = similarity_logits(teacher_image, columns, scale)
-        if all_text is not None:
-            student_logits = similarity_logits(image_features, all_text, scale)
-    return cite_loss(
-        image_features,
-        labels,
-        class_weights=head if weights["dva"] else None,
-        text_features=text_features,
-        student_vld_logits=student_logits,
-        teacher_vld_logits=teacher_logits,
-        w_dva=weights["dva"],
-        lam=weights["scl"],
-        eta=weights["vld"],
-        logit_scale=scale,
-        vld_direction=params.vld_direction,
-    )
+    terms: dict[str, torch.Tensor] = {}
+    if weights["dva"] or weights["scl"] or weights["vld"]:
+        teacher_logits = student_logits = None
+        if teacher_image is not None:
+            columns = teacher_text if all_text is not None else teacher_text[labels]
+            teacher_logits = similarity_logits(teacher_image, columns, scale)
+            if all_text is not None:
+                student_logits = similarity_logits(image_features, all_text, scale)
+        terms = cite_loss(
+            image_features,
+            labels,
+            class_weights=head if weights["dva"] else None,
+            text_features=text_features,
+            student_vld_logits=student_logits,
+            teacher_vld_logits=teacher_logits,
+            w_dva=weights["dva"],
+            lam=weights["scl"],
+            eta=weights["vld"],
+            logit_scale=scale,
+            vld_direction=params.vld_direction,
+        )
+    if weights["clip"]:  # FLYP's CLIP contrastive loss on the batch's class prompts, a weighted term like the others
+        terms["clip"] = clip_loss(image_features, text_features, scale)
+        weighted = weights["clip"] * terms["clip"]
+        terms["total"] = terms["total"] + weighted if "total" in terms else weighted
+    return terms
 
 
 def nonfinite_terms(losses: dict[str, torch.Tensor]) -> str | None:

@@ -109,3 +109,27 @@ def test_cite_refuses_a_weighted_term_without_inputs():
         cite_loss(img, labels, class_weights=torch.randn(2, 4), text_features=torch.randn(2, 4))
     only_dva = cite_loss(img, labels, class_weights=torch.randn(2, 4), lam=0.0, eta=0.0)
     assert set(only_dva) == {"dva", "total"}
+
+
+def test_flyp_is_a_weighted_term_like_the_others():
+    """FLYP's CLIP loss is the term ``clip`` with weight ``w_clip`` (no special branch whose weights are all 0)."""
+    from clipcite.models import load_model
+    from clipcite.train import FitParams, batch_losses
+
+    torch.manual_seed(0)
+    tiny = load_model("clipcite-tiny", "", init_seed=0)
+    prompts = [f"a photo of a {c}." for c in ("cat", "dog", "car")]
+    tokens, images, labels = tiny.tokenizer(prompts), torch.randn(6, 3, 32, 32), torch.tensor([0, 1, 2, 0, 1, 2])
+    text = torch.randn(3, tiny.model.text_projection.shape[1])
+    teacher_image = torch.randn(6, text.shape[1])
+
+    def losses(**params):
+        return batch_losses(tiny.model, images, labels, tokens, text, text, teacher_image, FitParams(**params), 10.0)
+
+    flyp, half = losses(method="flyp"), losses(method="flyp", w_clip=0.5)
+    assert set(flyp) == {"clip", "total"} and torch.equal(flyp["total"], flyp["clip"])
+    assert torch.allclose(half["total"], 0.5 * flyp["clip"]) and torch.equal(half["clip"], flyp["clip"])
+    assert FitParams(method="flyp").uses_text() and not FitParams(method="ce").uses_text()
+    assert FitParams(method="cite").needs_teacher() and not FitParams(method="cite", eta=0).needs_teacher()
+    cite = losses(method="cite")
+    assert "clip" not in cite

@@ -77,7 +77,7 @@ def _run(splits_uri, out_uri, config, cache_uri, checkpoint_dir, log_fn, keep_ch
     device = resolve_device(config.device)
     spec = config.model
     student = load_model(spec.arch, spec.pretrained, init_seed=spec.init_seed, device=device)
-    needs_teacher = params.method == "cite" and params.eta != 0
+    needs_teacher = params.needs_teacher()
 
     teacher = cache = None
     with contextlib.ExitStack() as stack:
