@@ -71,9 +71,9 @@ def export_csv(splits: Path, folder: Path, config) -> Path:
     import pandas as pd
 
     from clipcite.data.table import image_bytes
-    from clipcite.steps.common import class_prompts, split_rows
+    from clipcite.steps.common import class_prompts, read_split
 
-    rows, classes = split_rows(str(splits / "train"))
+    rows, classes = read_split(str(splits / "train"))
     _, prompts = class_prompts(classes, config)
     images = folder / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -173,7 +173,7 @@ def convert_peer(checkpoint: Path, out: Path, config, splits: Path) -> float:
 
     from clipcite.config import to_dict
     from clipcite.models import load_model, save_model
-    from clipcite.steps.common import class_prompts, split_rows
+    from clipcite.steps.common import class_prompts, read_split
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     weights = {k.removeprefix("module."): v for k, v in state["state_dict"].items()}
@@ -181,7 +181,7 @@ def convert_peer(checkpoint: Path, out: Path, config, splits: Path) -> float:
     missing = base.model.state_dict().keys() ^ weights.keys()
     if missing:
         raise ValueError(f"{checkpoint}: keys differ from {config.model.arch}'s: {sorted(missing)[:5]}")
-    _, classes = split_rows(str(splits / "train"))
+    _, classes = read_split(str(splits / "train"))
     template, _ = class_prompts(classes, config)
     scale = float(weights["logit_scale"].exp())
     meta = {

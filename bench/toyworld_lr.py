@@ -23,7 +23,7 @@ from clipcite.metrics import top1
 from clipcite.models import load_model, load_saved
 from clipcite.prompts import prompts_for
 from clipcite.steps import finetune, sample_splits
-from clipcite.steps.common import add_overrides_argument, split_rows
+from clipcite.steps.common import add_overrides_argument, read_split
 from clipcite.toyworld.generate import write_world
 
 # torchvision's RandomResizedCrop defaults, and square near-full crops (aspect jitter squashes a square into a
@@ -48,7 +48,7 @@ def main() -> int:
     base = [*args.overrides, "device=cpu", "train.method=ce", "train.alpha=1.0", "teacher.mode=online"]
     base.append("splits.val_shots=8")
     sample_splits.run(str(out / "table"), str(out / "splits"), load_config("default", base))
-    rows, classes = split_rows(str(out / "splits" / "val"))
+    rows, classes = read_split(str(out / "splits" / "val"))
     prompts = prompts_for(classes.template, classes.names)
     spec = load_config("default", args.overrides).model
     zeroshot = load_model(spec.arch, spec.pretrained)

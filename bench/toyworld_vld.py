@@ -43,7 +43,7 @@ from clipcite.models import LoadedModel, average_weights, encode_texts, load_sav
 from clipcite.prompts import prompts_for
 from clipcite.report import plt
 from clipcite.steps import finetune
-from clipcite.steps.common import add_overrides_argument, read_json, split_rows
+from clipcite.steps.common import add_overrides_argument, read_json, read_split
 from clipcite.toyworld.generate import write_world
 from clipcite.toyworld.world import DOMAINS
 
@@ -81,7 +81,7 @@ def load_sets(splits: Path, loaded: LoadedModel, template: str) -> list[dict]:
     """Every eval set of the splits, decoded once: name, domain, subset, eval-view images, labels, prompts."""
     sets = []
     for spec in read_json(str(splits / "manifest.json"))["eval_sets"]:
-        rows, classes = split_rows(str(splits / "eval" / spec["name"]))
+        rows, classes = read_split(str(splits / "eval" / spec["name"]))
         loader = DataLoader(EvalDataset(rows, loaded.preprocess_cfg), batch_size=256)
         images, labels = zip(*[(x, y) for _, x, y in loader], strict=True)
         prompts = prompts_for(template or classes.template, classes.names)

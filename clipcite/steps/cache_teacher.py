@@ -12,7 +12,7 @@ from clipcite.config import Config
 from clipcite.data.table import read_classes
 from clipcite.models import checkpoint_identity, load_model
 from clipcite.precision import resolve_precision
-from clipcite.steps.common import base_parser, class_prompts, config_from, resolve_device, setup_logging, split_rows
+from clipcite.steps.common import base_parser, class_prompts, config_from, read_split, resolve_device, setup_logging
 from clipcite.teacher import META_FILE, build_cache, save_cache
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def _run_ranks(splits_uri: str, out_uri: str, config: Config, expected_identity:
 
 def _run(splits_uri: str, out_uri: str, config: Config, expected_identity: str) -> dict:
     train_uri = storage.join(splits_uri, "train")
-    rows, classes = split_rows(train_uri)
+    rows, classes = read_split(train_uri)
     _, prompts = class_prompts(classes, config)
     device = resolve_device(config.device)
     teacher = load_model(config.model.arch, config.model.pretrained, init_seed=config.model.init_seed, device=device)

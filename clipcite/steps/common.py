@@ -22,7 +22,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def split_rows(table_uri: str) -> tuple[ImageRows, ClassList]:
+def read_split(table_uri: str) -> tuple[ImageRows, ClassList]:
     """A split's rows as metadata (images are fetched per batch, never all held: :mod:`clipcite.data.rows`), and
     its classes."""
     return ImageRows.scan(table_uri), read_classes(table_uri)

@@ -28,9 +28,9 @@ from clipcite.steps.common import (
     class_prompts,
     config_from,
     read_json,
+    read_split,
     resolve_device,
     setup_logging,
-    split_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class _Evaluation:
     def score_set(self, spec_set: dict, set_uri: str) -> tuple[dict, bool]:
         """The set's entry (its description and one metrics dict per model) and whether the zero-shot metrics came
         from the baseline cache."""
-        rows, classes = split_rows(set_uri)
+        rows, classes = read_split(set_uri)
         template, prompts = class_prompts(classes, self.config)  # each set's own template unless model.template
         entry = {"domain": spec_set["domain"], "subset": spec_set["subset"], "template": template}
         entry["classnames"] = list(classes.names)

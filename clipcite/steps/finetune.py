@@ -29,9 +29,9 @@ from clipcite.steps.common import (
     class_prompts,
     config_from,
     read_json,
+    read_split,
     resolve_device,
     setup_logging,
-    split_rows,
 )
 from clipcite.teacher import check_cache, load_cache
 from clipcite.train import fit
@@ -70,7 +70,7 @@ def run(
 
 def _run(splits_uri, out_uri, config, cache_uri, checkpoint_dir, log_fn, keep_checkpoint, step) -> dict:
     train_uri = storage.join(splits_uri, "train")
-    rows, classes = split_rows(train_uri)
+    rows, classes = read_split(train_uri)
     rows = rows.local(source=f"{train_uri}: ")  # shuffled batches: one local copy, then one read per image
     template, prompts = class_prompts(classes, config)
     params = dataclasses.replace(config.train, batch_size=config.batch_size_for(classes.dataset))
