@@ -184,7 +184,7 @@ def _fill(url: str, out: Path, tmp: Path, summary: dict) -> None:
     import mlflow
     from mlflow import MlflowClient
 
-    import pipeline
+    import pipeline_cli
     from clipcite import serving
     from clipcite.cli import main as cli
     from clipcite.toyworld.generate import write_world
@@ -204,7 +204,7 @@ def _fill(url: str, out: Path, tmp: Path, summary: dict) -> None:
             "tracking_uri": url,
         }
         t0 = time.perf_counter()
-        result = pipeline.run_local(params, out / "pipeline" / name, quiet=True)
+        result = pipeline_cli.run_local(params, out / "pipeline" / name, quiet=True)
         record = json.loads((result["record"] / "registration.json").read_text())["registry"]
         decisions[name] = {k: record[k] for k in ("version", "decision", "reason")}
         decisions[name]["seconds"] = round(time.perf_counter() - t0, 1)

@@ -194,8 +194,9 @@ def test_steps_and_the_cli_launch_torchrun_when_asked(monkeypatch):
 def test_spec_for_four_gpus_requests_four_launches_four_and_sizes_shm(tmp_path):
     sys.path.insert(0, str(ROOT))
     import pipeline
+    import pipeline_settings
 
-    settings = pipeline.ClusterSettings.from_env({"CLIPCITE_GPU_LIMIT": "4"})
+    settings = pipeline_settings.ClusterSettings.from_env({"CLIPCITE_GPU_LIMIT": "4"})
     root, platform = yaml.safe_load_all(pipeline.compile_pipeline(tmp_path / "p.yaml", settings).read_text())
     executors = root["deploymentSpec"]["executors"]
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
@@ -207,5 +208,5 @@ def test_spec_for_four_gpus_requests_four_launches_four_and_sizes_shm(tmp_path):
         assert shm["mountPath"] == "/dev/shm" and shm["sizeLimit"] == "64Gi"  # 16Gi per rank
     for step in ("snapshot", "sample-splits", "register"):
         assert distributed.NPROC_ENV not in json.dumps(executors[f"exec-{step}"])
-    one = pipeline.ClusterSettings()
+    one = pipeline_settings.ClusterSettings()
     assert (one.gpu_limit, one.shm()) == (1, "16Gi")  # one GPU: the committed spec, no torchrun

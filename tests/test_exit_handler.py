@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import pipeline  # noqa: E402
+import pipeline_cli  # noqa: E402
 from clipcite import tracking  # noqa: E402
 from clipcite.toyworld.generate import write_world  # noqa: E402
 
@@ -63,7 +63,7 @@ def test_pipeline_failing_at_finetune_leaves_its_mlflow_run_failed(world, tmp_pa
         "tracking_uri": uri,
     }
     with pytest.raises(RuntimeError, match="task 'finetune' failed: NonFiniteError"):
-        pipeline.run_local(params, tmp_path / "run", quiet=True)
+        pipeline_cli.run_local(params, tmp_path / "run", quiet=True)
     runs = _runs(uri)
     parent = next(r for name, r in runs.items() if name.startswith("clipcite-"))
     assert parent.info.status == "FAILED"

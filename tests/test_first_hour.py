@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import local_run  # noqa: E402
-import pipeline  # noqa: E402
+import pipeline_cli  # noqa: E402
 from clipcite.cli import main as clipcite  # noqa: E402
 
 CYAN, GREEN, RED, RESET = "\x1b[96m", "\x1b[92m", "\x1b[91m", "\x1b[0m"
@@ -35,7 +35,7 @@ CYAN, GREEN, RED, RESET = "\x1b[96m", "\x1b[92m", "\x1b[91m", "\x1b[0m"
 def test_a_wrong_param_fails_before_kfp_starts(param, message, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["run", "--out", str(out), "--tracking-uri", "off", "--param", f"data_uri={tmp_path}", "--param", param]
-    assert pipeline.main(args) == 2
+    assert pipeline_cli.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("pipeline.py run: error: ") and message in err and len(err.splitlines()) == 1, err
     assert not out.exists()  # no toy world, no pipeline root, no log: nothing ran
@@ -44,8 +44,8 @@ def test_a_wrong_param_fails_before_kfp_starts(param, message, tmp_path, capsys)
 def test_submit_checks_its_params_before_talking_to_the_server(tmp_path, capsys):
     with mock.patch("kfp.Client", autospec=True) as client:
         common = ["submit", "--host", "http://127.0.0.1:9", "--workdir", str(tmp_path)]
-        assert pipeline.main([*common, "--param", "data_uri=s3://b/t", "--param", "seeds=2"]) == 2
-        assert pipeline.main([*common, "--param", "shots=4"]) == 2
+        assert pipeline_cli.main([*common, "--param", "data_uri=s3://b/t", "--param", "seeds=2"]) == 2
+        assert pipeline_cli.main([*common, "--param", "shots=4"]) == 2
     client.assert_not_called()
     err = capsys.readouterr().err
     assert "did you mean 'seed'?" in err and "--param data_uri=s3://" in err

@@ -166,10 +166,10 @@ def test_poddefault_selects_the_label_the_pipeline_sets():
     import sys
 
     sys.path.insert(0, str(ROOT))
-    import pipeline
+    import pipeline_settings
 
     (poddefault,) = [o for o in render(MANIFESTS / "overlays" / "dev") if o["kind"] == "PodDefault"]
-    key, value = pipeline.POD_LABEL
+    key, value = pipeline_settings.POD_LABEL
     assert poddefault["spec"]["selector"]["matchLabels"] == {key: value}
     root, spec = yaml.safe_load_all((ROOT / "pipeline.yaml").read_text())
     executors = spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"]

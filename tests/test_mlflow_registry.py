@@ -26,7 +26,7 @@ from .servers import dead_url, mlflow_server, moto_server, s3_environment
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import pipeline  # noqa: E402
+import pipeline_cli  # noqa: E402
 
 pytestmark = pytest.mark.slow  # see pyproject.toml: `make test-fast` leaves these out
 
@@ -64,7 +64,7 @@ def stack(tmp_path_factory):
             runs = {}
             for name, overrides in RUNS.items():
                 params = {"data_uri": DATA, "shots": 2, "overrides": overrides, "registered_model_name": NAME}
-                runs[name] = pipeline.run_local(params, work / name)
+                runs[name] = pipeline_cli.run_local(params, work / name)
             yield {"url": url, "s3": s3, "runs": runs, "work": work}
 
 

@@ -11,6 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import pipeline  # noqa: E402
+import pipeline_cli  # noqa: E402
+import pipeline_settings  # noqa: E402
 
 STEPS = {"snapshot", "sample-splits", "cache-teacher", "finetune", "evaluate", "register"}
 GPU_STEPS = {"cache-teacher", "finetune", "evaluate"}
@@ -18,7 +20,7 @@ GPU_STEPS = {"cache-teacher", "finetune", "evaluate"}
 
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory):
-    path = pipeline.compile_pipeline(tmp_path_factory.mktemp("spec") / "p.yaml", pipeline.ClusterSettings())
+    path = pipeline.compile_pipeline(tmp_path_factory.mktemp("spec") / "p.yaml", pipeline_settings.ClusterSettings())
     return path, [doc for doc in yaml.safe_load_all(path.read_text())]
 
 
@@ -103,11 +105,11 @@ def test_finetune_checkpoints_under_a_durable_root_keyed_by_the_run(spec):
         "baseline_cache": "s3://b/kfp/baselines",
         "teacher_store": "s3://b/kfp/teachers",
     }
-    assert pipeline.durable_roots({}, "s3://b/kfp") == roots
+    assert pipeline_cli.durable_roots({}, "s3://b/kfp") == roots
     given = {"checkpoint_root": "s3://x", "baseline_cache": "s3://y", "teacher_store": "s3://z"}
-    assert pipeline.durable_roots(given, "s3://b/kfp") == given
-    assert pipeline.durable_roots({"baseline_cache": ""}, "s3://b/kfp") == roots  # "" = the default here
-    assert pipeline.durable_roots({}, None) == {} and pipeline.durable_roots({}, "gs://b") == {}
+    assert pipeline_cli.durable_roots(given, "s3://b/kfp") == given
+    assert pipeline_cli.durable_roots({"baseline_cache": ""}, "s3://b/kfp") == roots  # "" = the default here
+    assert pipeline_cli.durable_roots({}, None) == {} and pipeline_cli.durable_roots({}, "gs://b") == {}
 
 
 def test_only_sample_splits_and_cache_teacher_are_cached(spec):
@@ -147,7 +149,7 @@ def test_cluster_settings_from_env_reach_the_spec(tmp_path):
         "CLIPCITE_NODE_SELECTOR": "gpu=h100",
         "CLIPCITE_RETRIES": "4",
     }
-    settings = pipeline.ClusterSettings.from_env(env)
+    settings = pipeline_settings.ClusterSettings.from_env(env)
     tolerations = ("nvidia.com/gpu:NoSchedule", "dedicated=ml:NoExecute")
     assert (settings.gpu_limit, settings.tolerations, settings.retries) == (2, tolerations, 4)
     root, platform = yaml.safe_load_all(pipeline.compile_pipeline(tmp_path / "p.yaml", settings).read_text())
@@ -181,10 +183,12 @@ def no_cluster_env(monkeypatch):
 
 
 def test_compile_command_writes_the_spec(tmp_path, capsys, no_cluster_env):
-    assert pipeline.main(["compile", "--output", str(tmp_path / "p.yaml")]) == 0
+    assert pipeline_cli.main(["compile", "--output", str(tmp_path / "p.yaml")]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "p.yaml")
     written = (tmp_path / "p.yaml").read_text()
-    assert written == pipeline.compile_pipeline(tmp_path / "fresh.yaml", pipeline.ClusterSettings()).read_text()
+    assert (
+        written == pipeline.compile_pipeline(tmp_path / "fresh.yaml", pipeline_settings.ClusterSettings()).read_text()
+    )
     assert next(yaml.safe_load_all(written))["pipelineInfo"]["name"] == "clipcite"
 
 
@@ -192,7 +196,7 @@ def test_submit_calls_the_client_with_the_parameters(tmp_path, monkeypatch, no_c
     monkeypatch.setenv("KFP_TOKEN", "t0ken")
     with mock.patch("kfp.Client", autospec=True) as client_cls:  # autospec: a misspelt keyword is an error
         assert (
-            pipeline.main(
+            pipeline_cli.main(
                 [
                     "submit",
                     "--host",
@@ -238,7 +242,7 @@ def test_schedule_creates_a_recurring_run(tmp_path, monkeypatch, no_cluster_env)
         client = client_cls.return_value
         client.create_experiment.return_value.experiment_id = "exp-1"
         assert (
-            pipeline.main(
+            pipeline_cli.main(
                 [
                     "schedule",
                     "--host",
@@ -272,7 +276,7 @@ def test_in_cluster_service_account_token_is_used(tmp_path, monkeypatch):
     token.write_text("sa")
     monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token))
     with mock.patch("kfp.Client", autospec=True) as client_cls:
-        pipeline.make_client("http://127.0.0.1:8888")
+        pipeline_cli.make_client("http://127.0.0.1:8888")
     credentials = client_cls.call_args.kwargs["credentials"]
     assert credentials._token_path == str(token)  # kfp reads the token from this file on every request
     assert credentials._get_token() == "sa"

@@ -12,7 +12,7 @@ sys.path.insert(0, str(ROOT))
 
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-import pipeline  # noqa: E402
+import pipeline_cli  # noqa: E402
 from clipcite.models import resolve_checkpoint  # noqa: E402
 from clipcite.toyworld.generate import write_world  # noqa: E402
 
@@ -30,7 +30,7 @@ def world(tmp_path_factory):
 
 
 def test_whole_dag_runs_locally_and_evaluates_every_domain(world, tmp_path):
-    result = pipeline.run_local({"data_uri": str(world), "shots": 2, "overrides": FAST, **NO_TRACKING}, tmp_path)
+    result = pipeline_cli.run_local({"data_uri": str(world), "shots": 2, "overrides": FAST, **NO_TRACKING}, tmp_path)
     metrics = result["metrics"]
     assert set(metrics["domains"]) == {"photo", "sketch"}
     for domain in ("photo", "sketch"):
@@ -55,12 +55,12 @@ def test_bad_input_fails_at_its_step_and_the_fixed_rerun_reuses_the_cache(world,
     checkpoint.write_bytes(b"this is not a checkpoint")
     params = {"data_uri": str(world), "shots": 2, "pretrained": str(checkpoint), "overrides": FAST, **NO_TRACKING}
     with pytest.raises(RuntimeError, match="cache-teacher"):
-        pipeline.run_local(params, tmp_path / "run")
+        pipeline_cli.run_local(params, tmp_path / "run")
     captured = capfd.readouterr()  # read once: a second read returns only what came after the first
     assert f"{checkpoint}: cannot load checkpoint" in captured.out + captured.err
 
     shutil.copy(resolve_checkpoint("clipcite:toyworld/toyclip.safetensors"), checkpoint)  # the input is fixed
-    result = pipeline.run_local(params, tmp_path / "run")
+    result = pipeline_cli.run_local(params, tmp_path / "run")
     executed = _executed(result)
     assert "sample-splits" not in executed  # reused from the failed run's cache
     assert "cache-teacher" in executed  # a failed step is never cached
@@ -71,7 +71,7 @@ def test_bad_input_fails_at_its_step_and_the_fixed_rerun_reuses_the_cache(world,
     state = load_file(checkpoint)
     state["logit_scale"] = state["logit_scale"] + 0.5
     save_file(state, str(checkpoint))
-    result = pipeline.run_local(params, tmp_path / "run")
+    result = pipeline_cli.run_local(params, tmp_path / "run")
     executed = _executed(result)
     assert "sample-splits" not in executed and "cache-teacher" in executed
     assert set(result["metrics"]["domains"]) == {"photo", "sketch"}

@@ -16,7 +16,7 @@ from clipcite.toyworld.world import render
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import pipeline  # noqa: E402
+import pipeline_cli  # noqa: E402
 
 pytestmark = pytest.mark.slow  # see pyproject.toml: `make test-fast` leaves these out
 
@@ -60,13 +60,13 @@ def test_a_second_run_picks_up_new_images_and_a_new_class(tmp_path):
         "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "registered_model_name": "retrain",
     }
-    first = pipeline.run_local(params, tmp_path / "runs")
+    first = pipeline_cli.run_local(params, tmp_path / "runs")
 
     for name in FIRST[:2]:
         drop_images(data, name, "train", 3, 2)  # more images of known classes
     drop_images(data, NEW, "train", 0, 3)  # and a class nobody configured
     drop_images(data, NEW, "test", 0, 3)
-    second = pipeline.run_local(params, tmp_path / "runs")
+    second = pipeline_cli.run_local(params, tmp_path / "runs")
 
     def manifest(result):
         return json.loads((result["record"].parents[1] / "sample-splits" / "splits" / "manifest.json").read_text())

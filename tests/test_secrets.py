@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import pipeline  # noqa: E402
+import pipeline_cli  # noqa: E402
 
 pytestmark = pytest.mark.slow  # see pyproject.toml: `make test-fast` leaves these out
 
@@ -75,7 +76,7 @@ def planted_run(tmp_path_factory):
             mlflow.set_tracking_uri(proxy.url)
             mlflow.set_registry_uri(proxy.url)
             params = {"data_uri": DATA, "shots": 2, "overrides": {"train.epochs": 1}, "registered_model_name": NAME}
-            result = pipeline.run_local(params, work / "run")
+            result = pipeline_cli.run_local(params, work / "run")
             spec = pipeline.compile_pipeline(work / "pipeline.yaml")
             yield {"result": result, "work": work, "spec": spec, "url": proxy.url, "s3": s3, "auth": headers_seen}
 

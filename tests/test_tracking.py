@@ -24,7 +24,7 @@ from .servers import dead_url
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import pipeline  # noqa: E402
+import pipeline_cli  # noqa: E402
 
 
 def test_tracking_uri_from_the_argument_else_the_environment_and_off_disables(monkeypatch):
@@ -45,7 +45,7 @@ def test_unreachable_mlflow_fails_the_pipeline_at_its_first_step(tmp_path, capfd
     with dead_url() as dead:
         params = {"data_uri": str(data), "shots": 2, "tracking_uri": dead, "overrides": {"train.epochs": 1}}
         with pytest.raises(RuntimeError, match="snapshot"):
-            pipeline.run_local(params, tmp_path / "run")
+            pipeline_cli.run_local(params, tmp_path / "run")
     output = capfd.readouterr()
     assert f"MLflow tracking server {dead} is unreachable" in output.out + output.err
     assert not list((tmp_path / "run" / "root").glob("*/finetune"))  # nothing trained
