@@ -66,14 +66,7 @@ def train_throughput(args, batch: int) -> dict:
     step = cite_step(load_model(args.arch, "", init_seed=0, device=device), batch, args.classes, device,
                      args.precision, seed=batch)  # fmt: skip
     _reset_peak(device)
-    for _ in range(args.warmup):
-        step()
-    _sync(device)
-    started = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    _sync(device)
-    elapsed = time.perf_counter() - started
+    elapsed = _timed(step, args.warmup, args.steps, device)
     peak = _peak_gib(device)
     with FlopCounterMode(display=False) as counter:
         step()
@@ -86,6 +79,18 @@ def train_throughput(args, batch: int) -> dict:
         "mfu_counted": ips * counter.get_total_flops() / batch / (args.peak_tflops * 1e12),
         "counted_gflops_per_image": counter.get_total_flops() / batch / 1e9,
     }
+
+
+def _timed(run, warmup: int, steps: int, device: str) -> float:
+    """Seconds for ``steps`` calls of ``run`` after ``warmup`` untimed ones, the device synchronised around them."""
+    for _ in range(warmup):
+        run()
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        run()
+    _sync(device)
+    return time.perf_counter() - started
 
 
 @torch.no_grad()
@@ -107,14 +112,7 @@ def eval_throughput(args) -> dict:
         return (features @ text.T).argmax(dim=1)
 
     _reset_peak(device)
-    for _ in range(args.warmup):
-        forward()
-    _sync(device)
-    started = time.perf_counter()
-    for _ in range(args.steps):
-        forward()
-    _sync(device)
-    tensors_ips = batch * args.steps / (time.perf_counter() - started)
+    tensors_ips = batch * args.steps / _timed(forward, args.warmup, args.steps, device)
     peak = _peak_gib(device)
     with FlopCounterMode(display=False) as counter:
         forward()
