@@ -81,33 +81,13 @@ def fit(
     if needs_teacher_images and cache is None and teacher is None:
         raise ValueError("L_VLD needs the teacher: pass a teacher model or a teacher cache (or set eta=0)")
 
-    # Teacher text features initialise the head W; the teacher is the frozen pre-trained model.
-    if cache is not None:
-        teacher_text = cache.text.to(device)
-    else:
-        reference = teacher.model.to(device).eval() if teacher is not None else model
-        teacher_text = encode_texts(reference, student.tokenizer, prompts, device=device)
-    head = torch.nn.Parameter(teacher_text.clone(), requires_grad=params.train_head)
+    teacher_text = _teacher_text(student, prompts, device, teacher, cache)
+    head = torch.nn.Parameter(teacher_text.clone(), requires_grad=params.train_head)  # W starts at the teacher's
     tokens = student.tokenizer(prompts).to(device)
     labels_all = torch.tensor([int(r["label"]) for r in rows])
     if int(labels_all.max()) >= len(prompts) or int(labels_all.min()) < 0:
         raise ValueError(f"{source}labels must lie in 0..{len(prompts) - 1} (one prompt per class)")
-
-    boxes = (
-        cache.boxes
-        if cache is not None
-        else crop_boxes(rows, seed, params.epochs, params.crop_scale, params.crop_ratio, source)
-    )
-    decoded = None
-    if params.decode_cache_mb > 0:
-        decoded = decode_all(rows, [image_size(r, source) for r in rows], params.decode_cache_mb, source)
-    dataset = CropDataset(rows, student.preprocess_cfg, boxes, source, decoded=decoded)
-    batches = EpochBatches(len(rows), params.batch_size, seed)
-    loader = DataLoader(
-        dataset,
-        batch_sampler=distributed.RankBatches(batches),
-        **loader_options(params.num_workers, params.prefetch_factor, device),
-    )
+    loader, batches = _train_loader(student, rows, params, seed, device, cache, source)
     steps_per_epoch = len(batches)
     total_steps = params.epochs * steps_per_epoch
     optimizer = adamw(_param_groups(model, head, params.weight_decay), params.lr, device)
@@ -130,26 +110,9 @@ def fit(
                 if needs_teacher_images:
                     teacher_image = _teacher_images(cache, teacher, epoch, index, images, device)
                 losses = batch_losses(towers, images, labels, tokens, head, teacher_text, teacher_image, params, scale)
-            optimizer.zero_grad(set_to_none=True)
-            problem = nonfinite_terms(losses)
-            grad_norm = float("nan")
-            if problem is None:
-                losses["total"].backward()
-                grad_norm = _grad_norm(trainable, params.grad_clip)
-                if not math.isfinite(grad_norm):
-                    problem = f"the gradient norm is {grad_norm}"
-            if problem is None:
-                optimizer.step()
-            else:
-                where = f"{source}step {step + 1} (epoch {epoch + 1}/{params.epochs})"
-                if params.on_nonfinite == "stop":
-                    raise NonFiniteError(
-                        f"{where}: {problem}; training stopped and no model was written. Lower train.lr, check "
-                        "the data, or set train.on_nonfinite=skip to skip such steps"
-                    )
-                skipped += 1
-                log.warning("%s: %s; step skipped (%d so far)", where, problem, skipped)
-                optimizer.zero_grad(set_to_none=True)
+            where = f"{source}step {step + 1} (epoch {epoch + 1}/{params.epochs})"
+            grad_norm, stepped = _optimizer_step(losses, optimizer, trainable, params, where, skipped)
+            skipped += not stepped
             lr = scheduler.get_last_lr()[0]  # the rate this step used
             scheduler.step()
             step += 1
@@ -174,6 +137,60 @@ def fit(
     final_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     weights_out = average_weights(final_state, zeroshot_state, params.alpha)
     return FitResult(weights_out, step, params.epochs, throughput, scale, skipped)
+
+
+def _teacher_text(student: LoadedModel, prompts: list[str], device: str, teacher, cache) -> torch.Tensor:
+    """The frozen teacher's class-prompt features (they initialise the head W): from the cache, the teacher, or
+    the student before any step (it is the pre-trained model then)."""
+    if cache is not None:
+        return cache.text.to(device)
+    reference = teacher.model.to(device).eval() if teacher is not None else student.model
+    return encode_texts(reference, student.tokenizer, prompts, device=device)
+
+
+def _train_loader(student: LoadedModel, rows, params: FitParams, seed: int, device: str, cache, source: str):
+    """The run's one DataLoader over replayable crops (the cache's boxes when there is a cache), with the images
+    decoded once when they fit ``train.decode_cache_mb``, and its epoch-ordered batch sampler."""
+    boxes = (
+        cache.boxes
+        if cache is not None
+        else crop_boxes(rows, seed, params.epochs, params.crop_scale, params.crop_ratio, source)
+    )
+    decoded = None
+    if params.decode_cache_mb > 0:
+        decoded = decode_all(rows, [image_size(r, source) for r in rows], params.decode_cache_mb, source)
+    dataset = CropDataset(rows, student.preprocess_cfg, boxes, source, decoded=decoded)
+    batches = EpochBatches(len(rows), params.batch_size, seed)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=distributed.RankBatches(batches),
+        **loader_options(params.num_workers, params.prefetch_factor, device),
+    )
+    return loader, batches
+
+
+def _optimizer_step(losses, optimizer, trainable, params: FitParams, where: str, skipped: int) -> tuple[float, bool]:
+    """Backward and AdamW step when every loss term and the gradient norm are finite; else stop with
+    :class:`NonFiniteError` or skip the step (``train.on_nonfinite``). Returns (gradient norm, stepped)."""
+    optimizer.zero_grad(set_to_none=True)
+    problem = nonfinite_terms(losses)
+    grad_norm = float("nan")
+    if problem is None:
+        losses["total"].backward()
+        grad_norm = _grad_norm(trainable, params.grad_clip)
+        if not math.isfinite(grad_norm):
+            problem = f"the gradient norm is {grad_norm}"
+    if problem is None:
+        optimizer.step()
+        return grad_norm, True
+    if params.on_nonfinite == "stop":
+        raise NonFiniteError(
+            f"{where}: {problem}; training stopped and no model was written. Lower train.lr, check "
+            "the data, or set train.on_nonfinite=skip to skip such steps"
+        )
+    log.warning("%s: %s; step skipped (%d so far)", where, problem, skipped + 1)
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm, False
 
 
 def batch_losses(
