@@ -9,7 +9,6 @@ preempted or retried pod continue. They are removed once the model is written.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -77,30 +76,7 @@ def _run(splits_uri, out_uri, config, cache_uri, checkpoint_dir, log_fn, keep_ch
     device = resolve_device(config.device)
     spec = config.model
     student = load_model(spec.arch, spec.pretrained, init_seed=spec.init_seed, device=device)
-    needs_teacher = params.needs_teacher()
-
-    teacher = cache = None
-    with contextlib.ExitStack() as stack:
-        if cache_uri:
-            cache = load_cache(stack.enter_context(storage.local_dir(cache_uri)))
-            check_cache(
-                cache,
-                identity=student.identity,
-                seed=config.seed,
-                epochs=params.epochs,
-                ids=[r["id"] for r in rows],
-                prompts=prompts,
-                crop_scale=params.crop_scale,
-                crop_ratio=params.crop_ratio,
-                where=f"teacher cache {cache_uri}",
-            )
-        elif needs_teacher and config.teacher.mode == "cache":
-            raise ValueError(
-                "teacher.mode=cache but no teacher cache was given: run cache-teacher and pass "
-                "--cache, or set teacher.mode=online"
-            )
-        elif needs_teacher:
-            teacher = load_model(spec.arch, spec.pretrained, init_seed=spec.init_seed, device=device)
+    teacher, cache = _teacher_inputs(config, params, student, [r["id"] for r in rows], prompts, cache_uri, device)
 
     curves: list[dict] = []
 
@@ -132,33 +108,9 @@ def _run(splits_uri, out_uri, config, cache_uri, checkpoint_dir, log_fn, keep_ch
     broken = nonfinite_weights(result.state_dict)
     if broken:  # the loop's guard should have stopped first; never save such weights
         raise NonFiniteError(f"{out_uri}: not written: the trained weights hold NaN/inf in {broken[:5]}")
-    summary = {
-        "method": params.method,
-        "skipped_steps": result.skipped_steps,
-        "steps": result.steps,
-        "epochs": result.epochs,
-        "alpha": params.alpha,
-        "logit_scale": result.logit_scale,
-        "batch_size": params.batch_size,
-        "images": len(rows),
-        "classes": len(prompts),
-        "images_per_second": result.images_per_second,
-        "seconds": time.perf_counter() - started,
-        "device": device,
-        "teacher": "cache" if cache is not None else ("online" if teacher else "none"),
-    }
-    meta = {
-        "alpha": params.alpha,
-        "method": params.method,
-        "classnames": list(classes.names),
-        "template": template,
-        "dataset": classes.dataset,
-        "seed": config.seed,
-        "steps": result.steps,
-        "logit_scale": result.logit_scale,  # the loss temperature the run used (train.logit_scale resolved)
-        "config": to_dict(config),
-        "mlflow_run_id": step.parent_run_id,  # the pipeline run that trained it; evaluate and register log there
-    }
+    summary = _train_summary(params, result, len(rows), len(prompts), time.perf_counter() - started, device)
+    summary["teacher"] = "cache" if cache is not None else ("online" if teacher else "none")
+    meta = _model_meta(params, classes, template, config, result, step.parent_run_id)
     if not distributed.is_main():
         return summary  # rank 0 writes the model
     with storage.staged_dir(out_uri) as tmp:
@@ -172,6 +124,69 @@ def _run(splits_uri, out_uri, config, cache_uri, checkpoint_dir, log_fn, keep_ch
         storage.remove_dir(ckpt)
     log.info("wrote model %s: %s", out_uri, summary)
     return summary
+
+
+def _teacher_inputs(config: Config, params, student, ids: list[str], prompts: list[str], cache_uri, device: str):
+    """(online teacher, teacher cache): the cache when one is given (checked against this run's model, seed,
+    epochs, ids, prompts and crops), else the frozen base model when L_VLD needs a teacher, else neither."""
+    spec = config.model
+    if cache_uri:
+        with storage.local_dir(cache_uri) as folder:
+            cache = load_cache(folder)
+        check_cache(
+            cache,
+            identity=student.identity,
+            seed=config.seed,
+            epochs=params.epochs,
+            ids=ids,
+            prompts=prompts,
+            crop_scale=params.crop_scale,
+            crop_ratio=params.crop_ratio,
+            where=f"teacher cache {cache_uri}",
+        )
+        return None, cache
+    if params.needs_teacher() and config.teacher.mode == "cache":
+        raise ValueError(
+            "teacher.mode=cache but no teacher cache was given: run cache-teacher and pass "
+            "--cache, or set teacher.mode=online"
+        )
+    if params.needs_teacher():
+        return load_model(spec.arch, spec.pretrained, init_seed=spec.init_seed, device=device), None
+    return None, None
+
+
+def _train_summary(params, result, images: int, classes: int, seconds: float, device: str) -> dict:
+    """train_summary.json: what ran and how fast."""
+    return {
+        "method": params.method,
+        "skipped_steps": result.skipped_steps,
+        "steps": result.steps,
+        "epochs": result.epochs,
+        "alpha": params.alpha,
+        "logit_scale": result.logit_scale,
+        "batch_size": params.batch_size,
+        "images": images,
+        "classes": classes,
+        "images_per_second": result.images_per_second,
+        "seconds": seconds,
+        "device": device,
+    }
+
+
+def _model_meta(params, classes, template: str, config: Config, result, pipeline_run_id: str) -> dict:
+    """clipcite.json beside the saved weights: what evaluate, register and the served model need to know."""
+    return {
+        "alpha": params.alpha,
+        "method": params.method,
+        "classnames": list(classes.names),
+        "template": template,
+        "dataset": classes.dataset,
+        "seed": config.seed,
+        "steps": result.steps,
+        "logit_scale": result.logit_scale,  # the loss temperature the run used (train.logit_scale resolved)
+        "config": to_dict(config),
+        "mlflow_run_id": pipeline_run_id,  # the pipeline run that trained it; evaluate and register log there
+    }
 
 
 def _log_inputs(step, splits_uri: str, config: Config, classes) -> None:
