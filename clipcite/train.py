@@ -8,14 +8,11 @@ was never interrupted.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,6 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from clipcite import distributed
+from clipcite.checkpoints import checkpoint_due, fingerprint_of, resume, save_checkpoint
 from clipcite.data.loading import CropDataset, crop_boxes, image_size
 from clipcite.finite import NonFiniteError
 from clipcite.loaders import EpochBatches, decode_all, loader_options
@@ -33,8 +31,6 @@ from clipcite.recipe import FitParams
 from clipcite.teacher import TeacherCache
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT = "last.pt"
 
 
 @dataclass
@@ -92,8 +88,8 @@ def fit(
     total_steps = params.epochs * steps_per_epoch
     optimizer = adamw(_param_groups(model, head, params.weight_decay), params.lr, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(params.warmup_steps, total_steps))
-    fingerprint = _fingerprint(student.identity, params, seed, [r["id"] for r in rows], prompts)
-    start_epoch = _resume(checkpoint_dir, fingerprint, model, head, optimizer, scheduler)
+    fingerprint = fingerprint_of(student.identity, params, seed, [r["id"] for r in rows], prompts)
+    start_epoch = resume(checkpoint_dir, fingerprint, model, head, optimizer, scheduler)
     autocast = precision_autocast(device, params.precision)
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
     towers = distributed.data_parallel(model, uses_text=params.uses_text())
@@ -128,7 +124,7 @@ def fit(
             continue
         last_save = time.perf_counter()
         optimizer_state = optimizer if params.checkpoint_optimizer else None
-        saved = _save_checkpoint(checkpoint_dir, fingerprint, epoch + 1, model, head, optimizer_state, scheduler)
+        saved = save_checkpoint(checkpoint_dir, fingerprint, epoch + 1, model, head, optimizer_state, scheduler)
         if saved is not None and on_checkpoint is not None:
             on_checkpoint(saved)
 
@@ -321,75 +317,3 @@ def adamw(param_groups: list[dict], lr: float, device: str) -> torch.optim.AdamW
     if str(device).startswith("cuda"):
         return torch.optim.AdamW(param_groups, lr=lr, fused=True)
     return torch.optim.AdamW(param_groups, lr=lr, foreach=True)
-
-
-def checkpoint_due(params: FitParams, epochs_done: int, seconds_since_save: float) -> bool:
-    """Whether the checkpoint policy saves after ``epochs_done`` epochs (train.checkpoint_every_*)."""
-    every, minutes = params.checkpoint_every_epochs, params.checkpoint_every_minutes
-    by_epoch = every > 0 and epochs_done % every == 0
-    by_time = minutes > 0 and seconds_since_save >= 60 * minutes
-    return by_epoch or by_time
-
-
-# How a run is executed, not what it computes: a checkpoint written under one value resumes under another.
-RUNTIME_SETTINGS = (
-    "num_workers",
-    "prefetch_factor",
-    "decode_cache_mb",
-    "checkpoint_every_epochs",
-    "checkpoint_every_minutes",
-    "checkpoint_optimizer",
-)
-
-
-def _fingerprint(identity: str, params: FitParams, seed: int, ids: list[str], prompts: list[str]) -> str:
-    recipe = {k: v for k, v in asdict(params).items() if k not in RUNTIME_SETTINGS}
-    body = json.dumps([identity, recipe, seed, ids, prompts], sort_keys=True, default=str)
-    return hashlib.sha256(body.encode()).hexdigest()
-
-
-def _save_checkpoint(directory, fingerprint, epoch, model, head, optimizer, scheduler) -> Path | None:
-    """Atomic: written to a temp file, then renamed over the previous checkpoint. Returns its path.
-    ``optimizer=None`` leaves AdamW's state out (train.checkpoint_optimizer=false)."""
-    if directory is None:
-        return None
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {
-        "fingerprint": fingerprint,
-        "epoch": epoch,
-        "model": model.state_dict(),
-        "head": head.detach(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "scheduler": scheduler.state_dict(),
-    }
-    tmp = directory / f".{CHECKPOINT}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, directory / CHECKPOINT)
-    return directory / CHECKPOINT
-
-
-def _resume(directory, fingerprint, model, head, optimizer, scheduler) -> int:
-    path = Path(directory) / CHECKPOINT if directory is not None else None
-    if path is None or not path.is_file():
-        return 0
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state["fingerprint"] != fingerprint:
-        raise ValueError(
-            f"{path}: checkpoint belongs to another run (model, config, seed or split differ); "
-            "delete it or point checkpoint_dir elsewhere"
-        )
-    model.load_state_dict(state["model"])
-    with torch.no_grad():
-        head.copy_(state["head"])
-    if state["optimizer"] is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    else:  # documented in FitParams: the run continues, but no longer bit-exact with an uninterrupted one
-        log.warning(
-            "%s holds no optimizer state (train.checkpoint_optimizer=false): AdamW's moments restart from zero, "
-            "so the result will differ from an uninterrupted run",
-            path,
-        )
-    scheduler.load_state_dict(state["scheduler"])
-    log.info("resumed from %s after epoch %d", path, state["epoch"])
-    return int(state["epoch"])

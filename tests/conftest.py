@@ -81,3 +81,17 @@ def tiny():
 
 def tiny_config(*overrides: str):
     return load_config(overrides=[*TINY, *overrides])
+
+
+class Interrupt(Exception):
+    """A run killed mid-training (raised from a fit log_fn)."""
+
+
+def stop_in_epoch(epoch: int):
+    """A fit ``log_fn`` that raises :class:`Interrupt` at the first step of ``epoch``: a run killed there."""
+
+    def log_fn(metrics, step):
+        if metrics["epoch"] == epoch:
+            raise Interrupt
+
+    return log_fn

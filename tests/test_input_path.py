@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from clipcite.checkpoints import CHECKPOINT, checkpoint_due
 from clipcite.data.loading import CropDataset, crop_boxes, image_size
 from clipcite.data.table import read_table
 from clipcite.evaluate import predict
@@ -21,9 +22,9 @@ from clipcite.models import load_model
 from clipcite.prompts import prompts_for
 from clipcite.steps.sample_splits import run as sample_splits
 from clipcite.teacher import build_cache
-from clipcite.train import CHECKPOINT, FitParams, adamw, checkpoint_due, fit
+from clipcite.train import FitParams, adamw, fit
 
-from .conftest import tiny_config
+from .conftest import Interrupt, stop_in_epoch, tiny_config
 
 PARAMS = FitParams(epochs=3, batch_size=8, lr=1e-4, eta=0.0)  # no teacher needed: the input path is under test
 
@@ -150,18 +151,13 @@ def test_resume_without_optimizer_state_continues_and_says_it_is_not_exact(train
     # the same run with 3 epochs is another run (the schedule differs); resume from epoch 2 of a 3-epoch run instead
     longer = dataclasses.replace(light, epochs=3)
 
-    class Interrupt(Exception):
-        pass
-
-    def stop_in_epoch_three(metrics, step):
-        if metrics["epoch"] == 3:
-            raise Interrupt
+    stop_in_epoch_three = stop_in_epoch(3)
 
     with pytest.raises(Interrupt):
         fit(load_model("clipcite-tiny", ""), rows, prompts, longer, seed=1, checkpoint_dir=tmp_path / "r",
             log_fn=stop_in_epoch_three)  # fmt: skip
     steps = []
-    with caplog.at_level(logging.WARNING, logger="clipcite.train"):
+    with caplog.at_level(logging.WARNING, logger="clipcite.checkpoints"):
         # another policy (every epoch, optimizer kept) resumes the same checkpoint: policy is not part of the run
         resumed = fit(load_model("clipcite-tiny", ""), rows, prompts, dataclasses.replace(longer,
                       checkpoint_optimizer=True), seed=1, checkpoint_dir=tmp_path / "r",

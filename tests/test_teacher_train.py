@@ -17,7 +17,7 @@ from clipcite.steps.sample_splits import run as sample_splits
 from clipcite.teacher import CacheMismatchError, build_cache, check_cache, load_cache, save_cache
 from clipcite.train import FitParams, fit
 
-from .conftest import tiny_config
+from .conftest import Interrupt, stop_in_epoch, tiny_config
 
 PARAMS = FitParams(epochs=2, batch_size=8, lr=1e-4)
 
@@ -99,12 +99,7 @@ def test_resumed_run_ends_with_the_same_weights(train_rows, tmp_path):
     params = dataclasses.replace(PARAMS, epochs=3)
     full, _ = run_fit(rows, prompts, params, teacher=teacher)
 
-    class Interrupt(Exception):
-        pass
-
-    def stop_in_epoch_three(metrics, step):
-        if metrics["epoch"] == 3:
-            raise Interrupt
+    stop_in_epoch_three = stop_in_epoch(3)
 
     with pytest.raises(Interrupt):
         fit(
