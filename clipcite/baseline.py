@@ -9,12 +9,12 @@ size, workers, ranks) does not change them and stays out.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from typing import Any
 
 from clipcite import storage
+from clipcite.content_key import content_key
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,8 @@ def baseline_key(
     label order (so the label mapping and the template are in the key); ``precision`` is the resolved one (bf16 or
     fp32), since bf16 can flip near-tied predictions.
     """
-    if not base_identity or not sources_digest or not set_record.get("ids_sha256"):
-        raise ValueError(f"eval set {set_name!r}: no base identity, source digest or id digest to key its baseline")
-    body = [FORMAT, base_identity, sources_digest, set_name, set_record["ids_sha256"], set_record.get("rows")]
-    body += [list(prompts), precision]
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    what = f"eval set {set_name!r}'s zero-shot baseline"
+    return content_key(base_identity, sources_digest, set_record, FORMAT, set_name, list(prompts), precision, what=what)
 
 
 def read_baseline(root: str, key: str) -> dict[str, Any] | None:

@@ -10,12 +10,12 @@ Anything else (batch size of the teacher, workers, ranks) does not change the fe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
 
 from clipcite import storage
+from clipcite.content_key import content_key
 from clipcite.teacher import META_FILE, TENSORS_FILE, load_cache
 
 log = logging.getLogger(__name__)
@@ -40,11 +40,9 @@ def teacher_key(
     data the split was cut from and ``sets.train`` the chosen ids (their digest and count); ``precision`` is the
     resolved one (bf16 or fp32)."""
     train = manifest.get("sets", {}).get("train", {})
-    if not identity or not manifest.get("sources_digest") or not train.get("ids_sha256"):
-        raise ValueError("no base identity, source digest or train id digest to key the teacher cache by")
-    body = [FORMAT, identity, manifest["sources_digest"], train["ids_sha256"], train.get("rows"), list(prompts)]
-    body += [seed, epochs, list(crop_scale), list(crop_ratio), dtype, precision]
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    crops = [list(crop_scale), list(crop_ratio)]
+    parts = [FORMAT, list(prompts), seed, epochs, *crops, dtype, precision]
+    return content_key(identity, manifest.get("sources_digest", ""), train, *parts, what="the teacher cache")
 
 
 def restore(store: str, key: str, out_uri: str) -> bool:

@@ -153,11 +153,12 @@ class _Evaluation:
             return ""
         record = self.manifest["sets"].get(f"eval/{set_name}", {})
         identity, digest = self.meta.get("base_identity") or "", self.manifest.get("sources_digest") or ""
-        if not (identity and digest and record.get("ids_sha256")):
-            log.warning("%s: no base identity or data digest to key its zero-shot baseline; not cached", set_name)
-            return ""
         precision = resolve_precision(self.device, self.config.train.precision)
-        return baseline_key(identity, digest, set_name, record, prompts, precision)
+        try:
+            return baseline_key(identity, digest, set_name, record, prompts, precision)
+        except ValueError as e:  # splits written before the digests existed: evaluate, do not cache
+            log.warning("%s; not cached", e)
+            return ""
 
 
 def _run(model_uri, splits_uri, out_uri, config: Config, domains, champion, step, baseline_cache: str) -> dict:
