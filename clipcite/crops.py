@@ -77,7 +77,7 @@ def eval_view(image: Image.Image, preprocess_cfg: dict) -> torch.Tensor:
     squash), torchvision's truncating resize and rounding centre crop decide the evaluation numbers, and any
     difference moves top-1 (about 2 points on the toy CLIP for non-square images).
     """
-    return _eval_transform(_cfg_key(preprocess_cfg))(image)
+    return _eval_transform(view_key(preprocess_cfg))(image)
 
 
 @functools.lru_cache(maxsize=16)
@@ -87,10 +87,13 @@ def _eval_transform(key: tuple) -> Callable[[Image.Image], torch.Tensor]:
     return image_transform_v2(PreprocessCfg(**dict(key)), is_train=False)
 
 
-def _cfg_key(preprocess_cfg: dict) -> tuple:
-    """A hashable form of the preprocessing config (JSON turns open_clip's tuples into lists)."""
+def view_key(preprocess_cfg: dict) -> tuple:
+    """The fields of a preprocessing config that decide its eval view, hashable (JSON turns open_clip's tuples into
+    lists): configs with equal keys give identical tensors from the same image (evaluation shares a pass by it)."""
     fields = ("size", "mode", "mean", "std", "interpolation", "resize_mode", "fill_color")
-    return tuple((k, tuple(v) if isinstance(v, list | tuple) else v) for k, v in preprocess_cfg.items() if k in fields)
+    return tuple(
+        sorted((k, tuple(v) if isinstance(v, list | tuple) else v) for k, v in preprocess_cfg.items() if k in fields)
+    )
 
 
 def input_size(preprocess_cfg: dict) -> int:

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from clipcite import distributed
+from clipcite.crops import view_key
 from clipcite.data.loading import EvalDataset
 from clipcite.finite import require_finite
 from clipcite.loaders import loader_options
@@ -23,7 +24,6 @@ from clipcite.precision import autocast as precision_autocast
 log = logging.getLogger(__name__)
 
 
-@torch.no_grad()
 def predict(
     loaded: LoadedModel,
     rows: list[dict],
@@ -35,25 +35,90 @@ def predict(
     precision: str = "auto",
     source: str = "",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predicted labels [N] and true labels [N] for ``rows`` among ``prompts`` (one per class, label order).
+    """Predicted labels [N] and true labels [N] for ``rows`` among ``prompts`` (one per class, label order): the
+    one-model case of :func:`predict_models`."""
+    options = {"batch_size": batch_size, "device": device, "num_workers": num_workers, "precision": precision}
+    preds, target = predict_models({"": loaded}, rows, prompts, **options, source=source)
+    return preds[""], target
 
-    Under several ranks each predicts its share of the batches and every rank returns all N."""
-    model = loaded.model.to(device).eval()
-    text = encode_texts(model, loaded.tokenizer, prompts, batch_size, device)
-    require_finite(text, f"{source}text features of the class prompts", list(prompts))
-    preds, targets = torch.zeros(len(rows), dtype=torch.long), torch.zeros(len(rows), dtype=torch.long)
-    dataset = EvalDataset(rows, loaded.preprocess_cfg, source)
+
+@torch.no_grad()
+def predict_models(
+    models: dict[str, LoadedModel],
+    rows: list[dict],
+    prompts: list[str],
+    *,
+    batch_size: int = 256,
+    device: str = "cpu",
+    num_workers: int = 0,
+    precision: str = "auto",
+    source: str = "",
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Predicted labels [N] per model name and true labels [N]: each image is decoded and transformed once for
+    every model that sees the same eval view.
+
+    The rule: models whose preprocessing configs have equal :func:`clipcite.crops.view_key` (size, mean/std,
+    interpolation, resize mode, ...) share one pass over the images, each batch fed to each of them; a model with
+    another view gets a pass of its own (a shared batch would feed it pixels it was not made for). A model's
+    predictions are those it gets alone (the same batches, the same forward). Under several ranks each predicts its
+    share of the batches and every rank returns all N."""
+    if not models:
+        raise ValueError(f"{source}no model to evaluate")
+    groups: dict[tuple, dict[str, LoadedModel]] = {}
+    for name, loaded in models.items():
+        groups.setdefault(view_key(loaded.preprocess_cfg), {})[name] = loaded
+    if len(groups) > 1:
+        log.info(
+            "%s%d passes over the images, one per eval view: %s",
+            source,
+            len(groups),
+            [list(g) for g in groups.values()],
+        )
+    preds = {name: torch.zeros(len(rows), dtype=torch.long) for name in models}
+    targets = torch.zeros(len(rows), dtype=torch.long)
+    options = {"batch_size": batch_size, "device": device, "num_workers": num_workers, "precision": precision}
+    for group in groups.values():
+        _one_pass(group, rows, prompts, preds, targets, **options, source=source)
+    return {name: distributed.combine(p) for name, p in preds.items()}, distributed.combine(targets)
+
+
+def _one_pass(
+    models: dict[str, LoadedModel],
+    rows: list[dict],
+    prompts: list[str],
+    preds: dict[str, torch.Tensor],
+    targets: torch.Tensor,
+    *,
+    batch_size: int,
+    device: str,
+    num_workers: int,
+    precision: str,
+    source: str,
+) -> None:
+    """One pass over this rank's batches of ``rows`` for models that share an eval view; fills ``preds`` (per model)
+    and ``targets`` at the batches' indices."""
+    nets, texts, of = {}, {}, {}
+    for name, loaded in models.items():
+        nets[name] = loaded.model.to(device).eval()
+        of[name] = f" of the {name} model" if name else ""
+        texts[name] = encode_texts(nets[name], loaded.tokenizer, prompts, batch_size, device)
+        require_finite(texts[name], f"{source}text features of the class prompts{of[name]}", list(prompts))
+    dataset = EvalDataset(rows, next(iter(models.values())).preprocess_cfg, source)
     autocast = precision_autocast(device, precision)
     batches = distributed.shard_batches(len(rows), batch_size)
-    # one pass per set: workers need not persist; pinned batches copy to the GPU asynchronously
+    # one pass per set and view: workers need not persist; pinned batches copy to the GPU asynchronously
     loader = DataLoader(dataset, batch_sampler=batches, **loader_options(num_workers, 2, device, persistent=False))
-    for index, images, labels in tqdm(loader, desc=f"evaluating {source or 'set'}", leave=False):
-        with autocast:
-            features = model.encode_image(images.to(device, non_blocking=True), normalize=True).float()
-        logits = features @ text.T
-        require_finite(logits, f"{source}evaluation logits", [f"id={rows[int(i)]['id']}" for i in index])
-        preds[index], targets[index] = logits.argmax(dim=1).cpu(), labels
-    return distributed.combine(preds), distributed.combine(targets)
+    desc = " ".join(["evaluating", source or "set", *[name for name in models if name]])
+    for index, images, labels in tqdm(loader, desc=desc, leave=False):
+        images = images.to(device, non_blocking=True)
+        ids = [f"id={rows[int(i)]['id']}" for i in index]
+        for name, model in nets.items():
+            with autocast:
+                features = model.encode_image(images, normalize=True).float()
+            logits = features @ texts[name].T
+            require_finite(logits, f"{source}evaluation logits{of[name]}", ids)
+            preds[name][index] = logits.argmax(dim=1).cpu()
+        targets[index] = labels
 
 
 def set_metrics(pred: torch.Tensor, target: torch.Tensor, classnames: list[str]) -> dict:

@@ -30,20 +30,22 @@ def two_models(table, tmp_path_factory):
 
 @pytest.fixture
 def spied(monkeypatch):
-    """Counts the zero-shot model's loads and every predict call, by the model it ran."""
-    calls: dict[str, int] = {"load_model": 0, "predict": 0}
-    real_load, real_predict = evaluate.load_model, evaluate.predict
+    """Counts the zero-shot model's loads, the calls that score a set (one pass over its images for every model
+    that shares an eval view) and the models they scored."""
+    calls: dict[str, int] = {"load_model": 0, "predict": 0, "models": 0}
+    real_load, real_predict = evaluate.load_model, evaluate.predict_models
 
     def load(*args, **kwargs):
         calls["load_model"] += 1
         return real_load(*args, **kwargs)
 
-    def predict(*args, **kwargs):
+    def predict(models, *args, **kwargs):
         calls["predict"] += 1
-        return real_predict(*args, **kwargs)
+        calls["models"] += len(models)
+        return real_predict(models, *args, **kwargs)
 
     monkeypatch.setattr(evaluate, "load_model", load)
-    monkeypatch.setattr(evaluate, "predict", predict)
+    monkeypatch.setattr(evaluate, "predict_models", predict)
     return calls
 
 
@@ -56,12 +58,12 @@ def test_a_rerun_with_another_training_config_does_not_run_the_zero_shot_model(t
     cache = tmp_path / "baselines"
     before = _run(out, "model-a", first, cache, "eval-a")
     sets = len(before["sets"])
-    assert spied == {"load_model": 1, "predict": 2 * sets}  # zero-shot and fine-tuned on every set
+    assert spied == {"load_model": 1, "predict": sets, "models": 2 * sets}  # zero-shot and fine-tuned, one pass a set
     assert before["zeroshot_cached"] == [] and len(list(cache.glob("*.json"))) == sets
 
-    spied.update(load_model=0, predict=0)
+    spied.update(load_model=0, predict=0, models=0)
     after = _run(out, "model-b", second, cache, "eval-b")
-    assert spied == {"load_model": 0, "predict": sets}  # the new model alone; the base model is not even loaded
+    assert spied == {"load_model": 0, "predict": sets, "models": sets}  # the new model alone; the base model not loaded
     assert set(after["zeroshot_cached"]) == set(after["sets"])
     for name, entry in after["sets"].items():
         assert entry["zeroshot"] == before["sets"][name]["zeroshot"]
@@ -73,7 +75,7 @@ def test_what_changes_the_predictions_misses_the_cache(two_models, tmp_path, spi
     out, first, _ = two_models
     cache = tmp_path / "baselines"
     _run(out, "model-a", first, cache, "eval-a")
-    spied.update(load_model=0, predict=0)
+    spied.update(load_model=0, predict=0, models=0)
     other_prompts = tiny_config(*SPLITS, "train.method=zeroshot", "model.template=itap {}")
     body = _run(out, "model-a", other_prompts, cache, "eval-t")
     assert body["zeroshot_cached"] == [] and spied["load_model"] == 1
@@ -85,7 +87,7 @@ def test_a_damaged_entry_is_evaluated_again(two_models, tmp_path, spied):
     before = _run(out, "model-a", first, cache, "eval-a")
     damaged = sorted(cache.glob("*.json"))[0]
     damaged.write_text('{"key": "tru')
-    spied.update(load_model=0, predict=0)
+    spied.update(load_model=0, predict=0, models=0)
     after = _run(out, "model-a", first, cache, "eval-again")
     assert spied["load_model"] == 1 and len(after["zeroshot_cached"]) == len(after["sets"]) - 1
     assert after["sets"] == before["sets"]

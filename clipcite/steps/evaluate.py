@@ -18,7 +18,7 @@ from clipcite import distributed, registry, storage, tracking
 from clipcite.artifacts import META_FILE
 from clipcite.baseline import baseline_key, read_baseline, write_baseline
 from clipcite.config import Config
-from clipcite.evaluate import predict, set_metrics
+from clipcite.evaluate import predict_models, set_metrics
 from clipcite.metrics import summarise
 from clipcite.models import load_model, load_saved
 from clipcite.precision import resolve_precision
@@ -117,14 +117,14 @@ class _Evaluation:
         template, prompts = class_prompts(classes, self.config)  # each set's own template unless model.template
         entry = {"domain": spec_set["domain"], "subset": spec_set["subset"], "template": template}
         entry["classnames"] = list(classes.names)
-        cached = False
-        for name in self.models:
-            key = self._baseline_key(spec_set["name"], prompts) if name == "zeroshot" else ""
-            if key and (found := read_baseline(self.baseline_cache, key)) is not None:
-                entry[name], cached = found, True
-                continue
-            pred, target = predict(
-                self._model(name),
+        key = self._baseline_key(spec_set["name"], prompts) if "zeroshot" in self.models else ""
+        metrics = {}
+        if key and (found := read_baseline(self.baseline_cache, key)) is not None:
+            metrics["zeroshot"] = found
+        cached = bool(metrics)
+        if pending := [name for name in self.models if name not in metrics]:  # one pass over the images for them all
+            preds, target = predict_models(
+                {name: self._model(name) for name in pending},
                 rows,
                 prompts,
                 batch_size=self.config.eval.batch_size,
@@ -133,9 +133,10 @@ class _Evaluation:
                 precision=self.config.train.precision,
                 source=f"{set_uri}: ",
             )
-            entry[name] = set_metrics(pred, target, list(classes.names))
-            if key and distributed.is_main():
-                write_baseline(self.baseline_cache, key, entry[name], {"set": spec_set["name"], "uri": set_uri})
+            metrics |= {name: set_metrics(preds[name], target, list(classes.names)) for name in pending}
+        if key and not cached and distributed.is_main():
+            write_baseline(self.baseline_cache, key, metrics["zeroshot"], {"set": spec_set["name"], "uri": set_uri})
+        entry |= {name: metrics[name] for name in self.models}
         if cached:
             log.info("%s: zero-shot baseline read from %s (not evaluated again)", spec_set["name"], self.baseline_cache)
         entry["rows"], entry["classes"] = len(rows), len(prompts)
