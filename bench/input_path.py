@@ -10,7 +10,11 @@
 2. The model's own images/s on the same machine: toyclip and ViT-B-16-quickgelu (random init), the eval forward and
    fit's CITE step (cached teacher; bench/cite_step.py).
 3. evaluate's images/s (clipcite.evaluate.predict: batches, workers) against a naive loop: per image, PIL decode,
-   the same eval transform, a batch-of-1 forward and argmax. The predictions are checked equal.
+   the same eval transform, a batch-of-1 forward and argmax. The predictions are checked equal. Then the evaluate
+   step's case: it scores K models on each set (fine-tuned, zero-shot, champion; here K random inits of the same
+   arch, so one eval view) with clipcite.evaluate.predict_models, one pass over the images for all K, against the
+   naive loop run once per model and against predict once per model (what evaluate did before). images/s there
+   counts the set's images (each scored by K models).
 4. JPEG decode alone, PIL vs torchvision.io.decode_jpeg, and whether their pixels are identical.
 """
 
@@ -37,7 +41,7 @@ from bench.synthetic import jpeg_rows  # noqa: E402
 from clipcite.config import load_config  # noqa: E402
 from clipcite.crops import eval_view  # noqa: E402
 from clipcite.data.loading import CropDataset, EvalDataset, crop_boxes, image_size  # noqa: E402
-from clipcite.evaluate import predict  # noqa: E402
+from clipcite.evaluate import predict, predict_models  # noqa: E402
 from clipcite.loaders import EpochBatches, decode_all, loader_options  # noqa: E402
 from clipcite.models import load_model  # noqa: E402
 
@@ -144,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--archs", nargs="+", default=["toyclip", "ViT-B-16-quickgelu"])
     parser.add_argument("--naive-images", type=int, default=48, help="images for the naive loop vs predict")
     parser.add_argument("--workers", type=int, help="train and eval workers instead of the preset's")
+    parser.add_argument("--models", type=int, default=3, help="models evaluate scores per set (fine-tuned, ...)")
     args = parser.parse_args(argv)
     config = load_config(args.config)
     train_workers, eval_workers, eval_batch = config.train.num_workers, config.eval.num_workers, config.eval.batch_size
@@ -183,6 +188,29 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{arch} evaluate over {len(rows)} images: predict {rate(len(rows), batched)}; naive per-image loop "
               f"{rate(len(rows), naive)}; speed-up {naive.wall / batched.wall:.2f}x wall, "
               f"{naive.cpu / batched.cpu:.2f}x CPU; predictions {same}", flush=True)  # fmt: skip
+        print(models_case(arch, rows, prompts, args.models, eval_batch, eval_workers), flush=True)
+
+
+def models_case(arch: str, rows, prompts, k: int, batch: int, workers: int) -> str:
+    """The evaluate step's K models on one set: one pass for all, predict per model, the naive loop per model."""
+    names = ["finetuned", "zeroshot", "champion", *[f"model{i}" for i in range(3, k)]][:k]
+    models = {name: load_model(arch, "", init_seed=seed) for seed, name in enumerate(names)}
+    with Clock() as naive:
+        naive_preds = {name: naive_predict(m, rows, prompts) for name, m in models.items()}
+    with Clock() as separate:
+        alone = {
+            name: predict(m, rows, prompts, batch_size=batch, num_workers=workers)[0] for name, m in models.items()
+        }
+    with Clock() as joint:
+        preds, _ = predict_models(models, rows, prompts, batch_size=batch, num_workers=workers)
+    differ = sum(int((preds[n] != naive_preds[n]).sum() + (preds[n] != alone[n]).sum()) for n in models)
+    return (
+        f"{arch} evaluate's {k} models ({', '.join(names)}: {k} random inits of {arch}, one eval view) over "
+        f"{len(rows)} images: one pass {rate(len(rows), joint)}; predict once per model {rate(len(rows), separate)}; "
+        f"naive loop once per model {rate(len(rows), naive)}; one pass vs naive {naive.wall / joint.wall:.2f}x wall, "
+        f"{naive.cpu / joint.cpu:.2f}x CPU; vs predict per model {separate.wall / joint.wall:.2f}x wall, "
+        f"{separate.cpu / joint.cpu:.2f}x CPU; predictions {'identical' if not differ else f'{differ} differ'}"
+    )
 
 
 if __name__ == "__main__":
