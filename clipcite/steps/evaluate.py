@@ -100,7 +100,8 @@ def _champion(client, name: str, tmp: Path, device: str):
 @dataclass
 class _Evaluation:
     """What every eval set of one evaluate run is scored with: the models by name (the zero-shot model is loaded
-    only for a set whose baseline is not in ``baseline_cache``) and what the baseline's key needs."""
+    only for a set whose baseline is not in ``baseline_cache``) and what the baseline's key needs. The models a set
+    needs score it together: each image is decoded once per eval view (:func:`clipcite.evaluate.predict_models`)."""
 
     config: Config
     device: str
