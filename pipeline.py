@@ -70,7 +70,9 @@ def build_pipeline(settings: ClusterSettings | None = None):
                 overrides=overrides,
             )
             cpu_task(snap, settings)
-            run_id = snap.outputs["mlflow_run_id"]
+            # The MLflow run crosses as a small artifact, not a string: kfp.local (2.17) hands a task inside a
+            # ParallelFor the loop item in place of an upstream task's string output; artifacts resolve right there.
+            mlflow_run = snap.outputs["mlflow_run"]
             snap.set_caching_options(False).set_retry(settings.retries, backoff_duration="30s", backoff_factor=2)
             splits = sample_splits(
                 data_uri=data_uri,
@@ -86,8 +88,10 @@ def build_pipeline(settings: ClusterSettings | None = None):
             )
             cpu_task(splits, settings).set_caching_options(True)
             splits.set_retry(settings.retries, backoff_duration="30s", backoff_factor=2)
+            run_config = splits.outputs["run_config"]  # the resolved config (YAML) every later step reads
             teacher = cache_teacher(
                 splits=splits.outputs["splits"],
+                run_config=run_config,
                 model_identity=snap.outputs["model_identity"],
                 teacher_store=teacher_store,  # "" = off; a rerun with other train.* settings reuses it by content
             )
@@ -95,9 +99,10 @@ def build_pipeline(settings: ClusterSettings | None = None):
             teacher.set_retry(settings.retries, backoff_duration="60s", backoff_factor=2)
             model = finetune(
                 splits=splits.outputs["splits"],
+                run_config=run_config,
                 teacher=teacher.outputs["teacher"],
+                mlflow_run=mlflow_run,
                 tracking_uri=tracking_uri,
-                mlflow_run_id=run_id,
                 checkpoint_root=checkpoint_root,  # "" = in the pod; s3://... survives preemption and retries
                 kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             )
@@ -107,6 +112,8 @@ def build_pipeline(settings: ClusterSettings | None = None):
                 evaluation = evaluate(
                     model=model.outputs["model"],
                     splits=splits.outputs["splits"],
+                    run_config=run_config,
+                    mlflow_run=mlflow_run,
                     domain=domain,
                     tracking_uri=tracking_uri,
                     registered_model_name=registered_model_name,
@@ -117,6 +124,8 @@ def build_pipeline(settings: ClusterSettings | None = None):
             registered = register(
                 model=model.outputs["model"],
                 reports=dsl.Collected(evaluation.outputs["report"]),
+                run_config=run_config,
+                mlflow_run=mlflow_run,
                 registered_model_name=registered_model_name,
                 experiment_name=experiment_name,
                 tracking_uri=tracking_uri,

@@ -121,9 +121,11 @@ def load_config(source: str | Path | None = None, overrides: typing.Sequence[str
     return _finish(data, overrides, str(source or "config"))
 
 
-def config_from_yaml(text: str, overrides: typing.Sequence[str | tuple[str, object]] = ()) -> Config:
-    """A config from YAML text (e.g. the resolved config a pipeline step passes on)."""
-    return _finish(_parse_yaml(text, "config text"), overrides, "config text")
+def config_from_yaml(
+    text: str, overrides: typing.Sequence[str | tuple[str, object]] = (), *, where: str = "config text"
+) -> Config:
+    """A config from YAML text (e.g. the resolved config a pipeline step passes on); ``where`` names it in errors."""
+    return _finish(_parse_yaml(text, where), overrides, where)
 
 
 def _parse_yaml(text: str, where: str) -> dict:

@@ -8,6 +8,7 @@ from components.images import GPU_IMAGE
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
 def cache_teacher(
     splits: dsl.Input[dsl.Dataset],
+    run_config: dsl.Input[dsl.Artifact],
     model_identity: str,
     teacher_store: str,
     teacher: dsl.Output[dsl.Dataset],
@@ -16,8 +17,9 @@ def cache_teacher(
     misses whenever sample-splits ran again (a new splits artifact), e.g. for another lr; ``teacher_store`` ("" =
     off) keeps caches by content, so such a rerun copies the stored one instead of running the teacher."""
     from clipcite.steps.cache_teacher import run
-    from clipcite.steps.common import splits_config
+    from clipcite.steps.common import read_config
 
-    config = splits_config(splits.path)
-    summary = run(splits.path, teacher.path, config, expected_identity=model_identity, store=teacher_store)
+    summary = run(
+        splits.path, teacher.path, read_config(run_config.path), expected_identity=model_identity, store=teacher_store
+    )
     teacher.metadata.update(summary)

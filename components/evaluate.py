@@ -9,6 +9,8 @@ from components.images import GPU_IMAGE
 def evaluate(
     model: dsl.Input[dsl.Model],
     splits: dsl.Input[dsl.Dataset],
+    run_config: dsl.Input[dsl.Artifact],
+    mlflow_run: dsl.Input[dsl.Artifact],
     domain: str,
     tracking_uri: str,
     registered_model_name: str,
@@ -16,16 +18,17 @@ def evaluate(
     report: dsl.Output[dsl.Artifact],
     metrics: dsl.Output[dsl.Metrics],
 ):
-    from clipcite.steps.common import splits_config
+    from clipcite.steps.common import read_config, read_mlflow_run
     from clipcite.steps.evaluate import run
 
     body = run(
         model.path,
         splits.path,
         report.path,
-        splits_config(splits.path),
+        read_config(run_config.path),
         (domain,),
         tracking_uri=tracking_uri,
+        mlflow_run_id=read_mlflow_run(mlflow_run.path),
         registered_model_name=registered_model_name,
         baseline_cache=baseline_cache,
     )

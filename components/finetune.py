@@ -8,24 +8,25 @@ from components.images import GPU_IMAGE
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
 def finetune(
     splits: dsl.Input[dsl.Dataset],
+    run_config: dsl.Input[dsl.Artifact],
     teacher: dsl.Input[dsl.Dataset],
+    mlflow_run: dsl.Input[dsl.Artifact],
     tracking_uri: str,
-    mlflow_run_id: str,
     checkpoint_root: str,
     kfp_run_id: str,
     model: dsl.Output[dsl.Model],
     curves: dsl.Output[dsl.Metrics],
 ):
-    from clipcite.steps.common import splits_config
+    from clipcite.steps.common import read_config, read_mlflow_run
     from clipcite.steps.finetune import checkpoint_uri, run
 
     summary = run(
         splits.path,
         model.path,
-        splits_config(splits.path),
+        read_config(run_config.path),
         cache_uri=teacher.path,
         tracking_uri=tracking_uri,
-        mlflow_run_id=mlflow_run_id,
+        mlflow_run_id=read_mlflow_run(mlflow_run.path),
         checkpoint_dir=checkpoint_uri(checkpoint_root, kfp_run_id),
     )
     model.metadata.update(summary)

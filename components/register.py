@@ -15,12 +15,15 @@ from components.images import CPU_IMAGE
 def register(
     model: dsl.Input[dsl.Model],
     reports: dsl.Input[List[dsl.Artifact]],  # noqa: UP006
+    run_config: dsl.Input[dsl.Artifact],
+    mlflow_run: dsl.Input[dsl.Artifact],
     registered_model_name: str,
     experiment_name: str,
     tracking_uri: str,
     summary: dsl.Output[dsl.Markdown],
     record: dsl.Output[dsl.Artifact],
 ):
+    from clipcite.steps.common import read_config, read_mlflow_run
     from clipcite.steps.register import run
 
     body = run(
@@ -28,9 +31,11 @@ def register(
         [r.path for r in reports],
         record.path,
         summary.path,
+        read_config(run_config.path),
         registered_model_name=registered_model_name,
         experiment_name=experiment_name,
         tracking_uri=tracking_uri,
+        mlflow_run_id=read_mlflow_run(mlflow_run.path),
     )
     registry = body["registry"] or {}
     record.metadata.update(

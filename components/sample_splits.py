@@ -1,7 +1,7 @@
 """Component sample_splits: resolve the run's config, then few-shot splits and eval sets (CPU; cached).
 
-The resolved config is written into the splits artifact (``config.yaml``), where every later step reads it; the
-step returns the eval domains the pipeline fans out over.
+The resolved config is its own artifact (``config``, YAML), the input of every later step; the step returns the
+eval domains the pipeline fans out over.
 """
 
 from kfp import dsl
@@ -22,11 +22,23 @@ def sample_splits(
     method: str,
     overrides: dict,
     splits: dsl.Output[dsl.Dataset],
+    run_config: dsl.Output[dsl.Artifact],
 ) -> list:
-    from clipcite.steps.run_config import run_config
-    from clipcite.steps.sample_splits import run
+    from clipcite.steps.sample_splits import for_pipeline
 
-    resolved = run_config(config, overrides, shots=shots, seed=seed, arch=arch, pretrained=pretrained, method=method)
-    manifest = run(data_uri, splits.path, resolved, tuple(eval_data_uris), expected_digest=data_digest)
+    manifest = for_pipeline(
+        data_uri,
+        tuple(eval_data_uris),
+        splits.path,
+        run_config.path,
+        preset=config,
+        overrides=overrides,
+        data_digest=data_digest,
+        shots=shots,
+        seed=seed,
+        arch=arch,
+        pretrained=pretrained,
+        method=method,
+    )
     splits.metadata.update({"train_rows": manifest["sets"]["train"]["rows"], "shots": manifest["shots"]})
     return sorted({s["domain"] for s in manifest["eval_sets"]})

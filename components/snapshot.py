@@ -3,7 +3,7 @@
 Its digest is an input of sample_splits, so sample_splits' cache key changes exactly when the data does: new images
 under the same prefix are picked up by the next (scheduled) run, unchanged data reuses the cached splits. Likewise
 the base model's identity (a checkpoint file's SHA-256, or the open_clip tag) is an input of cache_teacher, so a
-checkpoint replaced under the same path gets a new teacher cache. The MLflow run id goes only to the never-cached
+checkpoint replaced under the same path gets a new teacher cache. The MLflow run goes only to the never-cached
 steps (finetune, evaluate, register), so it does not defeat caching.
 """
 
@@ -26,22 +26,24 @@ def snapshot(
     arch: str,
     pretrained: str,
     overrides: dict,
-) -> NamedTuple("Outputs", [("digest", str), ("mlflow_run_id", str), ("model_identity", str)]):
+    mlflow_run: dsl.Output[dsl.Artifact],
+) -> NamedTuple("Outputs", [("digest", str), ("model_identity", str)]):
     from collections import namedtuple
 
-    from clipcite.models import checkpoint_identity
-    from clipcite.steps.run_config import run_config
-    from clipcite.steps.snapshot import run
+    from clipcite.steps.snapshot import for_pipeline
 
-    model = run_config(config, overrides, arch=arch, pretrained=pretrained).model
-    identity = checkpoint_identity(model.arch, model.pretrained, init_seed=model.init_seed)
-    digest, run_id = run(
+    found = for_pipeline(
         data_uri,
         tuple(eval_data_uris),
+        preset=config,
+        overrides=overrides,
+        arch=arch,
+        pretrained=pretrained,
         tracking_uri=tracking_uri,
         experiment_name=experiment_name,
         kfp_run_id=kfp_run_id,
         run_name=kfp_run_name,
-        model_identity=identity,
+        run_uri=mlflow_run.path,
     )
-    return namedtuple("Outputs", ["digest", "mlflow_run_id", "model_identity"])(digest, run_id, identity)
+    mlflow_run.metadata.update({"mlflow_run_id": found.mlflow_run_id})
+    return namedtuple("Outputs", ["digest", "model_identity"])(found.digest, found.model_identity)

@@ -7,7 +7,7 @@ import pytest
 
 from clipcite.cli import main
 from clipcite.steps import cache_teacher
-from clipcite.steps.common import splits_config
+from clipcite.steps.common import read_config
 
 TINY = ["--config", "configs/demo_cpu.yaml", "--set", "train.epochs=2"]
 
@@ -43,6 +43,8 @@ def chain(imagefolder, tmp_path_factory):
                 str(out / "table"),
                 "--out",
                 str(out / "splits"),
+                "--config-out",
+                str(out / "run_config.yaml"),
             ]
         )
         == 0
@@ -116,11 +118,14 @@ def test_chain_produces_every_artifact(chain):
 
 
 def test_snapshot_and_register_are_commands_like_the_other_steps(chain, capsys):
-    assert main(["snapshot", "--data", str(chain / "table"), "--tracking-uri", "off"]) == 0
+    argv = ["--data", str(chain / "table"), "--tracking-uri", "off", "--config", str(chain / "run_config.yaml")]
+    assert main(["snapshot", *argv]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(printed["digest"]) == 64 and printed["mlflow_run_id"] == ""
+    assert printed["model_identity"] == "random:clipcite-tiny:0"
     argv = ["--model", str(chain / "model"), "--report", str(chain / "eval"), "--out", str(chain / "registered")]
-    assert main(["register", *argv, "--summary", str(chain / "summary.md")]) == 0
+    argv += ["--summary", str(chain / "summary.md"), "--config", str(chain / "run_config.yaml")]
+    assert main(["register", *argv]) == 0
     assert (chain / "registered").is_dir() and "finetuned" in (chain / "summary.md").read_text()
 
 
@@ -222,7 +227,7 @@ def test_corrupt_image_in_a_split_names_the_table_and_row(chain, tmp_path, capsy
 
 
 def test_cache_teacher_refuses_weights_other_than_the_snapshot_saw(chain, tmp_path):
-    config = splits_config(str(chain / "splits"))
+    config = read_config(str(chain / "run_config.yaml"))  # sample-splits' --config-out: the resolved config
     with pytest.raises(ValueError, match="snapshot saw sha256:old, cache-teacher loaded random:clipcite-tiny:0"):
         cache_teacher.run(str(chain / "splits"), str(tmp_path / "t"), config, expected_identity="sha256:old")
     assert not (tmp_path / "t").exists()

@@ -18,6 +18,7 @@ from PIL import Image
 
 from clipcite import tracking
 from clipcite.steps import register
+from clipcite.steps.common import read_config
 from clipcite.toyworld.generate import write_world
 from clipcite.toyworld.world import classnames, render
 
@@ -138,7 +139,11 @@ def test_the_pipeline_run_holds_per_domain_metrics_loss_curves_datasets_and_arti
     assert {"domains", "confusion-photo-base", "confusion-sketch-new"} <= keys, images
     children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
     steps = {c.data.tags["clipcite.step"]: c for c in children}
+    # every step, the per-domain evaluate tasks inside the ParallelFor too, logged under snapshot's run: the run
+    # reached them through pipeline.py (snapshot's mlflow_run artifact), not through the saved model
     assert set(steps) == {"snapshot", "finetune", "evaluate-photo", "evaluate-sketch", "register"}
+    model_uri = json.loads((stack["runs"]["first"]["record"] / "registration.json").read_text())["model_uri"]
+    assert run_id not in Path(model_uri, "clipcite.json").read_text()
     finetune = steps["finetune"]
     curve = client.get_metric_history(finetune.info.run_id, "train/total")
     assert len(curve) >= 2 and [m.step for m in curve] == sorted(m.step for m in curve)
@@ -201,30 +206,33 @@ def test_champion_loads_as_pyfunc_and_serves_the_registered_model_with_trained_a
     assert ((result["score"] > 1 / len(new)) & (result["score"] <= 1)).all()
 
 
-def test_rerunning_register_does_not_register_twice_and_a_registry_outage_loses_nothing(stack, tmp_path):
-    result = stack["runs"]["better"]
+def _register_again(result: dict, tmp_path: Path, tracking_uri: str) -> dict:
+    """``register.run`` on a finished pipeline run's own inputs (its model, reports, config and MLflow run), as a
+    retry of its register task would call it."""
     record = json.loads((result["record"] / "registration.json").read_text())
-    reports = sorted(str(p) for p in result["record"].parents[1].glob("for-loop-*-iteration-*/evaluate/report"))
-    assert len(reports) == 2
-    with dead_url() as dead, pytest.raises(tracking.TrackingError, match=dead):
-        register.run(
-            record["model_uri"],
-            reports,
-            str(tmp_path / "record"),
-            str(tmp_path / "summary.md"),
-            registered_model_name=NAME,
-            tracking_uri=dead,
-        )
-    assert Path(record["model_uri"], "open_clip_model.safetensors").is_file()  # the trained model is still there
-    assert not (tmp_path / "record").exists()
-    body = register.run(
+    run_root = result["record"].parents[1]
+    reports = sorted(str(p) for p in run_root.glob("for-loop-*-iteration-*/evaluate/report"))
+    assert len(reports) == 2  # photo and sketch
+    return register.run(
         record["model_uri"],
         reports,
         str(tmp_path / "record"),
         str(tmp_path / "summary.md"),
+        read_config(str(run_root / "sample-splits" / "run_config")),
         registered_model_name=NAME,
-        tracking_uri=stack["url"],
+        tracking_uri=tracking_uri,
+        mlflow_run_id=record["registry"]["mlflow_run_id"],
     )
+
+
+def test_rerunning_register_does_not_register_twice_and_a_registry_outage_loses_nothing(stack, tmp_path):
+    result = stack["runs"]["better"]
+    with dead_url() as dead, pytest.raises(tracking.TrackingError, match=dead):
+        _register_again(result, tmp_path, dead)
+    record = json.loads((result["record"] / "registration.json").read_text())
+    assert Path(record["model_uri"], "open_clip_model.safetensors").is_file()  # the trained model is still there
+    assert not (tmp_path / "record").exists()
+    body = _register_again(result, tmp_path, stack["url"])
     assert body["registry"]["version"] == 3  # found, not registered again
     assert (body["registry"]["decision"], body["registry"]["reason"]) == ("champion", "v3 already holds champion")
     versions = MlflowClient(stack["url"]).search_model_versions(f"name = '{NAME}'")
@@ -233,20 +241,10 @@ def test_rerunning_register_does_not_register_twice_and_a_registry_outage_loses_
 
 def test_register_refuses_to_promote_when_the_champion_moved_during_the_run(stack, tmp_path):
     """The worse run was compared with v1; the champion is now v3, so its numbers say nothing about v3."""
-    result = stack["runs"]["worse"]
-    record = json.loads((result["record"] / "registration.json").read_text())
-    reports = sorted(str(p) for p in result["record"].parents[1].glob("for-loop-*-iteration-*/evaluate/report"))
     client = MlflowClient(stack["url"])
     tags = client.get_model_version(NAME, "2").tags
     try:
-        body = register.run(
-            record["model_uri"],
-            reports,
-            str(tmp_path / "record"),
-            str(tmp_path / "summary.md"),
-            registered_model_name=NAME,
-            tracking_uri=stack["url"],
-        )
+        body = _register_again(stack["runs"]["worse"], tmp_path, stack["url"])
         assert (body["registry"]["version"], body["registry"]["decision"]) == (2, "challenger")
         assert body["registry"]["reason"] == (
             "champion is v3 but this run was compared with v1 (it moved during the run); rerun to compare"
@@ -260,12 +258,11 @@ def test_register_refuses_to_promote_when_the_champion_moved_during_the_run(stac
 def test_evaluate_compares_with_the_champion_unless_gate_evaluate_champion_is_false(stack, tmp_path):
     from clipcite.config import config_from_yaml, dump_yaml
     from clipcite.steps import evaluate
-    from clipcite.steps.common import splits_config
 
     result = stack["runs"]["worse"]
     record = json.loads((result["record"] / "registration.json").read_text())
     splits = str(result["record"].parents[1] / "sample-splits" / "splits")
-    config = splits_config(splits)
+    config = read_config(str(result["record"].parents[1] / "sample-splits" / "run_config"))
     for evaluate_champion, version in ((False, None), (True, 3)):
         body = evaluate.run(
             record["model_uri"],

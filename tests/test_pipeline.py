@@ -56,17 +56,31 @@ def test_dag_has_every_step_the_parallel_for_and_the_collected_reports(spec):
     assert set(tasks["finetune"]["dependentTasks"]) == {"cache-teacher", "sample-splits", "snapshot"}
 
 
-def test_mlflow_run_flows_from_snapshot_to_finetune_and_not_into_cached_steps(spec):
+def test_mlflow_run_and_config_cross_the_dag_in_pipeline_py_and_not_into_cached_steps(spec):
+    """The hallways are visible: the MLflow run is snapshot's artifact and the resolved config sample-splits', each
+    an input of every step that uses it; the run (a per-run value) reaches no cached step."""
     _, (root, _) = spec
     tasks = all_tasks(root)
     snap = tasks["snapshot"]["inputs"]["parameters"]
     assert snap["kfp_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
     # inside the exit handler's group a pipeline parameter arrives as a channel of the same name
     assert snap["tracking_uri"]["componentInputParameter"] == "pipelinechannel--tracking_uri"
-    run_id = tasks["finetune"]["inputs"]["parameters"]["mlflow_run_id"]["taskOutputParameter"]
-    assert run_id == {"producerTask": "snapshot", "outputParameterKey": "mlflow_run_id"}
+
+    def artifact_source(task: str, name: str) -> dict:
+        source = tasks[task]["inputs"]["artifacts"][name]
+        if "componentInputArtifact" in source:  # inside the ParallelFor: the loop's input, fed from outside
+            loop = next(t for t in tasks.values() if "parameterIterator" in t)
+            source = loop["inputs"]["artifacts"][source["componentInputArtifact"]]
+        return source["taskOutputArtifact"]
+
+    for step in ("finetune", "evaluate", "register"):
+        assert artifact_source(step, "mlflow_run") == {"producerTask": "snapshot", "outputArtifactKey": "mlflow_run"}
+    for step in ("cache-teacher", "finetune", "evaluate", "register"):
+        config = artifact_source(step, "run_config")
+        assert config == {"producerTask": "sample-splits", "outputArtifactKey": "run_config"}
     for cached in ("sample-splits", "cache-teacher"):  # a per-run value would make every cache key unique
-        assert "mlflow_run_id" not in tasks[cached]["inputs"].get("parameters", {})
+        inputs = tasks[cached]["inputs"]
+        assert "mlflow_run" not in inputs.get("artifacts", {}) and "mlflow_run_id" not in inputs["parameters"]
     digest = tasks["sample-splits"]["inputs"]["parameters"]["data_digest"]["taskOutputParameter"]
     assert digest["outputParameterKey"] == "digest"
     # the base model's identity keys the teacher cache: replaced weights under the same path get a new cache

@@ -26,7 +26,7 @@ def trained(table, tmp_path_factory):
 
 
 def test_sample_splits_refuses_data_that_changed_after_the_snapshot(table, tmp_path):
-    digest, _ = snapshot.run(str(table), tracking_uri="off")
+    digest = snapshot.run(str(table), tracking_uri="off").digest
     manifest = sample_splits.run(str(table), str(tmp_path / "ok"), tiny_config(*SPLITS), expected_digest=digest)
     assert manifest["sources_digest"] == digest
     stale = "0" * 64  # what the snapshot saw before a shard was added or replaced

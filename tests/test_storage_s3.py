@@ -8,6 +8,7 @@ import pytest
 from clipcite import storage
 from clipcite.data.table import read_classes, read_table
 from clipcite.steps import sample_splits
+from clipcite.steps.common import read_config
 
 from .conftest import tiny_config
 from .servers import moto_server, s3_environment
@@ -35,13 +36,15 @@ def test_table_round_trip_and_splits_on_s3(s3, table):
     assert len(read_table("s3://clipcite-test/table")) == len(read_table(str(table)))
     assert read_classes("s3://clipcite-test/table").names == read_classes(str(table)).names
     config = tiny_config("splits.shots=4")
-    manifest = sample_splits.run("s3://clipcite-test/table", "s3://clipcite-test/splits", config)
+    config_uri = "s3://clipcite-test/run_config.yaml"
+    manifest = sample_splits.run("s3://clipcite-test/table", "s3://clipcite-test/splits", config, config_uri=config_uri)
+    assert read_config(config_uri) == config  # the config artifact the later steps read
     assert manifest["sets"]["train"]["rows"] == 3 * 4  # 3 base classes x 4 shots
     stored = json.loads(storage.read_text("s3://clipcite-test/splits/manifest.json"))
     assert stored["sets"] == manifest["sets"]
     assert len(read_table("s3://clipcite-test/splits/train")) == manifest["sets"]["train"]["rows"]
     with storage.local_dir("s3://clipcite-test/splits") as local:
-        assert (local / "config.yaml").is_file() and (local / "eval").is_dir()
+        assert (local / "eval").is_dir() and not (local / "config.yaml").exists()
 
 
 def test_missing_object_and_bucket_are_named(s3):

@@ -18,7 +18,7 @@ from clipcite import tracking
 from clipcite.classifier import Classifier, to_image
 from clipcite.steps import snapshot
 
-from .conftest import mlflow_state_restored
+from .conftest import mlflow_state_restored, tiny_config
 from .servers import dead_url
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +52,8 @@ def test_unreachable_mlflow_fails_the_pipeline_at_its_first_step(tmp_path, capfd
 
 
 def test_snapshot_with_tracking_off_opens_no_run_and_digests_the_shards_and_class_list(tmp_path, table):
-    digest, run_id = snapshot.run(str(table), tracking_uri="off")
+    found = snapshot.run(str(table), tracking_uri="off")
+    digest, run_id = found.digest, found.mlflow_run_id
     # The recipe written out: each shard's name, size and modification time, then classes.json; one digest per
     # source, and a digest over the sources' digests.
     table_digest = hashlib.sha256()
@@ -66,9 +67,9 @@ def test_snapshot_with_tracking_off_opens_no_run_and_digests_the_shards_and_clas
 def test_snapshot_opens_one_run_per_kfp_run_in_a_local_store(tmp_path, table, monkeypatch):
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    _, first = snapshot.run(str(table), tracking_uri=uri, experiment_name="t", kfp_run_id="kfp-1")
-    _, retried = snapshot.run(str(table), tracking_uri=uri, experiment_name="t", kfp_run_id="kfp-1")
-    _, other = snapshot.run(str(table), tracking_uri=uri, experiment_name="t", kfp_run_id="kfp-2")
+    first = snapshot.run(str(table), tracking_uri=uri, experiment_name="t", kfp_run_id="kfp-1").mlflow_run_id
+    retried = snapshot.run(str(table), tracking_uri=uri, experiment_name="t", kfp_run_id="kfp-1").mlflow_run_id
+    other = snapshot.run(str(table), tracking_uri=uri, experiment_name="t", kfp_run_id="kfp-2").mlflow_run_id
     assert first == retried != other  # a retried first step finds its run
     client = MlflowClient(uri)
     run = client.get_run(first)
@@ -76,7 +77,27 @@ def test_snapshot_opens_one_run_per_kfp_run_in_a_local_store(tmp_path, table, mo
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.artifact_location == (tmp_path / "mlartifacts").as_uri()  # beside the database
     monkeypatch.setenv("MLFLOW_RUN_ID", first)  # a deployment that injects its own run
-    assert snapshot.run(str(table), tracking_uri=uri, kfp_run_id="kfp-3")[1] == first
+    assert snapshot.run(str(table), tracking_uri=uri, kfp_run_id="kfp-3").mlflow_run_id == first
+
+
+def test_snapshot_identifies_the_base_model_and_hands_its_run_on_as_a_file(tmp_path, table, monkeypatch):
+    """What pipeline.py passes on: the model identity (cache-teacher's cache key) and the run id in its own small
+    artifact; the run id appears nowhere else (not in the saved model)."""
+    from clipcite.steps.common import read_mlflow_run
+
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_file = str(tmp_path / "mlflow_run")
+    found = snapshot.run(str(table), model=tiny_config().model, tracking_uri=uri, kfp_run_id="k", run_uri=run_file)
+    assert found.model_identity == "random:clipcite-tiny:0" and found.mlflow_run_id
+    assert read_mlflow_run(run_file) == found.mlflow_run_id
+    params = MlflowClient(uri).get_run(found.mlflow_run_id).data.params
+    assert params["base_model_identity"] == found.model_identity and params["data_digest"] == found.digest
+    off = snapshot.run(str(table), tracking_uri="off", run_uri=run_file)
+    assert read_mlflow_run(run_file) == "" and off.model_identity == ""  # no model given: not identified
+    Path(run_file).write_text("[1, 2]")
+    with pytest.raises(ValueError, match=f"{run_file}: not an MLflow run reference"):
+        read_mlflow_run(run_file)
 
 
 def test_connect_changes_process_wide_state_that_the_test_fixture_puts_back(tmp_path):

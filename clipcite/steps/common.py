@@ -8,7 +8,7 @@ import logging
 import sys
 
 from clipcite import storage
-from clipcite.config import Config, load_config
+from clipcite.config import Config, config_from_yaml, dump_yaml, load_config
 from clipcite.data.rows import ImageRows
 from clipcite.data.table import ClassList, read_classes
 from clipcite.prompts import prompts_for, template_for
@@ -34,11 +34,27 @@ def class_prompts(classes: ClassList, config: Config) -> tuple[str, list[str]]:
     return template, prompts_for(template, classes.names)
 
 
-def splits_config(splits_uri: str) -> Config:
-    """The resolved config that sample-splits stored with the splits (what the pipeline's later steps use)."""
-    from clipcite.config import config_from_yaml
+def write_config(uri: str, config: Config) -> None:
+    """The run's resolved config as YAML: the pipeline's ``config`` artifact, which every later step reads, and a
+    valid ``--config`` for the CLI."""
+    storage.write_text(uri, dump_yaml(config))
 
-    return config_from_yaml(storage.read_text(storage.join(splits_uri, "config.yaml")))
+
+def read_config(uri: str) -> Config:
+    """A config written by :func:`write_config` (or any config YAML file), with its path in any error."""
+    return config_from_yaml(storage.read_text(uri), where=str(uri))
+
+
+def write_mlflow_run(uri: str, run_id: str) -> None:
+    """The pipeline's MLflow run id ("" with tracking off) as the small artifact snapshot hands the steps that log."""
+    storage.write_text(uri, json.dumps({"mlflow_run_id": run_id}))
+
+
+def read_mlflow_run(uri: str) -> str:
+    try:
+        return str(read_json(uri)["mlflow_run_id"])
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise ValueError(f'{uri}: not an MLflow run reference (want {{"mlflow_run_id": ...}}): {e}') from None
 
 
 def pipeline_config(config: str, parameters: dict, overrides: dict) -> Config:

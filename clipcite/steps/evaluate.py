@@ -67,8 +67,6 @@ def run(
             "first, or pass the folder finetune wrote"
         )
     name = "evaluate" + "".join(f"-{d}" for d in domains)
-    if tracking_uri is not None and not mlflow_run_id:  # the run that trained the model, as finetune recorded it
-        mlflow_run_id = read_json(storage.join(model_uri, META_FILE)).get("mlflow_run_id") or ""
     device = resolve_device(config.device)
     with distributed.process_group(device):
         run_id = mlflow_run_id if distributed.is_main() else ""  # rank 0 alone logs to MLflow

@@ -110,7 +110,7 @@ def _run(splits_uri, out_uri, config, cache_uri, checkpoint_dir, log_fn, keep_ch
         raise NonFiniteError(f"{out_uri}: not written: the trained weights hold NaN/inf in {broken[:5]}")
     summary = _train_summary(params, result, len(rows), len(prompts), time.perf_counter() - started, device)
     summary["teacher"] = "cache" if cache is not None else ("online" if teacher else "none")
-    meta = _model_meta(params, classes, template, config, result, step.parent_run_id)
+    meta = _model_meta(params, classes, template, config, result)
     if not distributed.is_main():
         return summary  # rank 0 writes the model
     with storage.staged_dir(out_uri) as tmp:
@@ -173,8 +173,9 @@ def _train_summary(params, result, images: int, classes: int, seconds: float, de
     }
 
 
-def _model_meta(params, classes, template: str, config: Config, result, pipeline_run_id: str) -> dict:
-    """clipcite.json beside the saved weights: what evaluate, register and the served model need to know."""
+def _model_meta(params, classes, template: str, config: Config, result) -> dict:
+    """clipcite.json beside the saved weights: what evaluate, register and the served model need to know (no run
+    ids: the pipeline hands its MLflow run to the steps that log, and the registry links a version to its run)."""
     return {
         "alpha": params.alpha,
         "method": params.method,
@@ -185,7 +186,6 @@ def _model_meta(params, classes, template: str, config: Config, result, pipeline
         "steps": result.steps,
         "logit_scale": result.logit_scale,  # the loss temperature the run used (train.logit_scale resolved)
         "config": to_dict(config),
-        "mlflow_run_id": pipeline_run_id,  # the pipeline run that trained it; evaluate and register log there
     }
 
 

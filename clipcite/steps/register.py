@@ -25,12 +25,12 @@ from PIL import Image
 
 from clipcite import registry, served_model, storage, tracking
 from clipcite.artifacts import META_FILE
-from clipcite.config import config_from_yaml
+from clipcite.config import Config
 from clipcite.gate import decide_promotion
 from clipcite.metrics import summarise
 from clipcite.model_card import family_description, version_card
 from clipcite.report import markdown, plot_domains
-from clipcite.steps.common import read_json, setup_logging
+from clipcite.steps.common import base_parser, config_from, read_json, setup_logging
 
 log = logging.getLogger(__name__)
 MODELS = ("zeroshot", "finetuned", "champion")
@@ -62,6 +62,7 @@ def run(
     report_uris: list[str],
     record_uri: str,
     summary_uri: str,
+    config: Config,
     *,
     registered_model_name: str,
     experiment_name: str = "",
@@ -81,11 +82,10 @@ def run(
         "domains": body["domains"],
         "mean": body["mean"],
     }
-    mlflow_run_id = mlflow_run_id or meta.get("mlflow_run_id") or ""
     if tracking_uri is not None and mlflow_run_id:
         try:
             record["registry"] = _register(
-                model_uri, meta, body, registered_model_name, tracking_uri, mlflow_run_id, report_uris
+                model_uri, meta, body, config, registered_model_name, tracking_uri, mlflow_run_id, report_uris
             )
         except Exception:
             with contextlib.suppress(Exception):  # MLflow may be the thing that failed
@@ -106,11 +106,18 @@ def run(
 
 
 def _register(
-    model_uri: str, meta: dict, body: dict, name: str, uri: str, pipeline_run: str, report_uris: list[str]
+    model_uri: str,
+    meta: dict,
+    body: dict,
+    config: Config,
+    name: str,
+    uri: str,
+    pipeline_run: str,
+    report_uris: list[str],
 ) -> dict:
-    """Log + register the model (once per pipeline run), apply the gate, describe the version (its model card) and
-    the registered model, and put the plots on the pipeline's run. Returns what the registry did."""
-    config = config_from_yaml(json.dumps(meta.get("config") or {}))
+    """Log + register the model (once per pipeline run), apply the gate (``config.gate``), describe the version
+    (its model card) and the registered model, and put the plots on the pipeline's run. Returns what the registry
+    did."""
     with tracking.step_run(uri, pipeline_run, "register", system_metrics=False) as step:
         client = step.client
         version = registry.find_version(client, name, pipeline_run)
@@ -122,7 +129,7 @@ def _register(
         else:
             with storage.local_dir(model_uri) as folder:
                 logged = served_model.log_classifier(step, folder, example_images=_example_images())
-            tags = _version_tags(meta)
+            tags = _version_tags(meta, config)
             version = registry.register_version(
                 client, name, logged, run_id=step.run_id, pipeline_run_id=pipeline_run, tags=tags
             )
@@ -165,14 +172,13 @@ def _register(
     }
 
 
-def _version_tags(meta: dict) -> dict:
+def _version_tags(meta: dict, config: Config) -> dict:
     """Tags to filter versions by (the gate adds ``gate.decision``/``gate.reason``); metrics live in the model card
     and the pipeline's run, not here, so the registry's versions table stays readable."""
-    splits = (meta.get("config") or {}).get("splits", {})
     return {
         "dataset": meta.get("dataset") or "",
-        "shots": splits.get("shots", ""),
-        "protocol": splits.get("protocol", ""),
+        "shots": config.splits.shots,
+        "protocol": config.splits.protocol,
         "method": meta.get("method"),
         "seed": meta.get("seed"),
         "base_model": meta.get("base_identity"),
@@ -204,9 +210,7 @@ def _example_images() -> list[bytes]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Merge evaluations and record the model with them.")
+    parser = base_parser("Merge evaluations and record the model with them (the gate's rules: the config's gate).")
     parser.add_argument("--model", required=True)
     parser.add_argument("--report", action="append", required=True, help="evaluate output (repeatable)")
     parser.add_argument("--out", required=True, help="folder for registration.json and metrics.json")
@@ -215,12 +219,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default="off", help="MLflow tracking URI ('off': files only)")
     parser.add_argument("--mlflow-run-id", default="", help="the pipeline's MLflow run (from snapshot)")
     args = parser.parse_args(argv)
-    setup_logging()
+    setup_logging(args.verbose)
     body = run(
         args.model,
         args.report,
         args.out,
         args.summary,
+        config_from(args),
         registered_model_name=args.name,
         tracking_uri=tracking.resolve_uri(args.tracking_uri),
         mlflow_run_id=args.mlflow_run_id,

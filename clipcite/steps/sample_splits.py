@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clipcite import storage
-from clipcite.config import Config, SplitsConfig, dump_yaml
+from clipcite.config import Config, SplitsConfig
 from clipcite.data.folder import as_table, source_snapshot
 from clipcite.data.table import (
     ROW_GROUP_ROWS,
@@ -32,7 +32,8 @@ from clipcite.data.table import (
     write_table,
 )
 from clipcite.splits import base_new_classes, relabel, sample_few_shot, val_shots
-from clipcite.steps.common import base_parser, config_from, setup_logging
+from clipcite.steps.common import base_parser, config_from, setup_logging, write_config
+from clipcite.steps.run_config import run_config
 
 log = logging.getLogger(__name__)
 META = ["id", "label", "classname", "domain", "split"]
@@ -44,9 +45,11 @@ def run(
     config: Config,
     eval_table_uris: tuple[str, ...] = (),
     expected_digest: str = "",
+    config_uri: str = "",
 ) -> dict:
     """Sample the splits of ``table_uri``; eval sets also come from each of ``eval_table_uris``. Each source is an
-    image table or a folder of images (:mod:`clipcite.data.folder`).
+    image table or a folder of images (:mod:`clipcite.data.folder`). ``config_uri`` (a file) receives ``config``
+    as YAML: the pipeline's config artifact, which the later steps read.
 
     ``expected_digest`` (from the pipeline's snapshot step) must match the data as read here, so the splits are
     those of the snapshot the run recorded (the manifest keeps that snapshot: every shard or image and a digest).
@@ -63,7 +66,28 @@ def run(
         )
     with contextlib.ExitStack() as stack:
         tables = [stack.enter_context(as_table(source)) for source in sources]
-        return _sample(tables[0], out_uri, config, tuple(tables[1:]), sources, digest)
+        manifest = _sample(tables[0], out_uri, config, tuple(tables[1:]), sources, digest)
+    if config_uri:
+        write_config(config_uri, config)
+    return manifest
+
+
+def for_pipeline(
+    data_uri: str,
+    eval_data_uris: tuple[str, ...],
+    splits_uri: str,
+    config_uri: str,
+    *,
+    preset: str,
+    overrides: dict,
+    data_digest: str,
+    **parameters: object,
+) -> dict:
+    """The pipeline's sample-splits: resolve the run's config from its parameters (``preset``, the named
+    ``parameters`` of :data:`~clipcite.steps.run_config.CONFIG_PARAMETERS`, then ``overrides``), sample, and
+    write the config as its own artifact."""
+    config = run_config(preset, overrides, **parameters)
+    return run(data_uri, splits_uri, config, eval_data_uris, expected_digest=data_digest, config_uri=config_uri)
 
 
 def _sample(table_uri: str, out_uri: str, config: Config, eval_table_uris, sources: list, digest: str) -> dict:
@@ -117,7 +141,6 @@ def _sample(table_uri: str, out_uri: str, config: Config, eval_table_uris, sourc
                 manifest["sets"][f"eval/{spec['name']}"] = {"rows": counts["rows"], "ids_sha256": _ids_digest(ids)}
                 manifest["eval_sets"].append(spec)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        (tmp / "config.yaml").write_text(dump_yaml(config))
     log.info(
         "wrote %s: %d train, %d val, %d eval set(s)", out_uri, len(train_ids), len(val_ids), len(manifest["eval_sets"])
     )
@@ -237,9 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", required=True, help="image table folder or s3:// prefix")
     parser.add_argument("--eval-table", action="append", default=[], help="more tables to evaluate on (repeatable)")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--config-out", default="", help="write the resolved config here (the later steps' --config)")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
-    manifest = run(args.table, args.out, config_from(args), tuple(args.eval_table))
+    manifest = run(args.table, args.out, config_from(args), tuple(args.eval_table), config_uri=args.config_out)
     print(json.dumps({k: manifest[k] for k in ("protocol", "shots", "seed", "sets")}, indent=2))
     return 0
 
