@@ -92,7 +92,7 @@ def export_csv(splits: Path, folder: Path, config) -> Path:
 
 def peer_argv(csv: Path, logs: Path, name: str, config, epochs: int) -> list[str]:
     """open_clip_train's flags for clipcite's recipe (configs/default.yaml through ``config.train``)."""
-    from clipcite.models import resolve_checkpoint
+    from clipcite.model_identity import resolve_checkpoint
 
     t = config.train
     return [

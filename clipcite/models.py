@@ -12,7 +12,6 @@ A saved model is an open_clip ``local-dir`` folder (``open_clip_config.json`` + 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -23,10 +22,10 @@ import torch
 from safetensors.torch import save_file
 
 from clipcite.artifacts import META_FILE, OPENCLIP_CONFIG_FILE, WEIGHTS_FILE
+from clipcite.model_identity import PACKAGE_CONFIGS, arch_name, identity_of, looks_like_path, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
-PACKAGE_CONFIGS = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(PACKAGE_CONFIGS)  # clipcite's tiny architectures become ordinary open_clip names
 
 
@@ -42,87 +41,19 @@ class LoadedModel:
     identity: str  # what a cache or a report must match: "<arch>:<tag>", "sha256:<file hash>", "random:<seed>"
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def resolve_checkpoint(pretrained: str) -> Path:
-    """``clipcite:<path>`` names a checkpoint shipped inside the package (the toy world's); else a plain path."""
-    if pretrained.startswith("clipcite:"):
-        return Path(__file__).parent / pretrained.removeprefix("clipcite:")
-    return Path(pretrained)
-
-
-def _looks_like_path(pretrained: str) -> bool:
-    return (
-        pretrained.startswith("clipcite:")
-        or "/" in pretrained
-        or Path(pretrained).suffix in (".safetensors", ".pt", ".pth", ".bin")
-        or Path(pretrained).is_file()
-    )
-
-
-def verified_sha256(path: Path) -> str:
-    """The file's SHA-256, checked against ``<file>.sha256`` when that record exists beside it."""
-    digest = file_sha256(path)
-    record = path.with_name(path.name + ".sha256")
-    if record.is_file():
-        expected = record.read_text().split()[0]
-        if digest != expected:
-            raise ValueError(
-                f"{path}: SHA-256 {digest} does not match the recorded {expected} in {record}; "
-                "the checkpoint is corrupt or was replaced"
-            )
-    return digest
-
-
 def resolve_arch(arch: str) -> str:
-    """A JSON architecture file is registered with open_clip and named by its stem; names pass through."""
+    """The open_clip name of ``arch`` (:func:`clipcite.model_identity.arch_name`); a JSON architecture file is
+    registered with open_clip under its stem."""
+    name = arch_name(arch)
     if arch.endswith(".json"):
-        path = Path(arch)
-        if not path.is_file():
-            raise FileNotFoundError(f"{arch}: architecture config file not found")
-        body = json.loads(path.read_text())
-        if not all(k in body for k in ("embed_dim", "vision_cfg", "text_cfg")):
-            raise ValueError(f"{arch}: not an open_clip model config (needs embed_dim, vision_cfg, text_cfg)")
-        open_clip.add_model_config(path)
-        return path.stem
-    if not arch.startswith("local-dir:") and open_clip.get_model_config(arch) is None:
-        raise ValueError(f"unknown architecture {arch!r}: not an open_clip model name or a .json config file")
-    return arch
-
-
-def checkpoint_identity(arch: str, pretrained: str = "", *, init_seed: int = 0) -> str:
-    """What ``load_model`` would report, without building the model: a file's SHA-256 (checked against its
-    ``.sha256`` record), ``<arch>:<tag>`` for an open_clip tag, ``random:<arch>:<seed>`` without weights.
-
-    The pipeline keys its teacher cache on this, so a checkpoint replaced under the same path is never served a
-    cache built from the old weights.
-    """
-    return _identity(resolve_arch(arch), pretrained, init_seed)
-
-
-def _identity(name: str, pretrained: str, init_seed: int) -> str:
-    if name.startswith("local-dir:"):
-        return "sha256:" + file_sha256(Path(name.removeprefix("local-dir:")) / WEIGHTS_FILE)
-    if not pretrained:
-        return f"random:{name}:{init_seed}"
-    if _looks_like_path(pretrained):
-        path = resolve_checkpoint(pretrained)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: checkpoint file not found (model.pretrained={pretrained!r})")
-        return "sha256:" + verified_sha256(path)
-    return f"{name}:{pretrained}"
+        open_clip.add_model_config(Path(arch))
+    return name
 
 
 def load_model(arch: str, pretrained: str = "", *, init_seed: int = 0, device: str = "cpu") -> LoadedModel:
     """Create an open_clip model in fp32 (autocast handles mixed precision) and report its identity."""
     name = resolve_arch(arch)
-    identity = _identity(name, pretrained, init_seed)
+    identity = identity_of(name, pretrained, init_seed)
     if name.startswith("local-dir:"):
         model = open_clip.create_model(name, device=device)
         model_cfg = json.loads((Path(name.removeprefix("local-dir:")) / OPENCLIP_CONFIG_FILE).read_text())["model_cfg"]
@@ -132,7 +63,7 @@ def load_model(arch: str, pretrained: str = "", *, init_seed: int = 0, device: s
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(init_seed)
                 model = open_clip.create_model(name, device=device, pretrained_text=False)
-        elif _looks_like_path(pretrained):
+        elif looks_like_path(pretrained):
             path = resolve_checkpoint(pretrained)
             try:
                 model = open_clip.create_model(name, pretrained=str(path), device=device, weights_only=True)

@@ -13,7 +13,7 @@ sys.path.insert(0, str(ROOT))
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 import pipeline_cli  # noqa: E402
-from clipcite.models import resolve_checkpoint  # noqa: E402
+from clipcite.model_identity import resolve_checkpoint  # noqa: E402
 from clipcite.toyworld.generate import write_world  # noqa: E402
 
 pytestmark = pytest.mark.slow  # see pyproject.toml: `make test-fast` leaves these out

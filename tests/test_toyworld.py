@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from clipcite.data.table import read_classes, read_table
-from clipcite.models import load_model, resolve_checkpoint
+from clipcite.model_identity import resolve_checkpoint
+from clipcite.models import load_model
 from clipcite.toyworld.generate import write_world
 from clipcite.toyworld.world import (
     BENCHMARK_DESIGNS,

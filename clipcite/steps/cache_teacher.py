@@ -10,7 +10,8 @@ import sys
 from clipcite import distributed, storage, teacher_store
 from clipcite.config import Config
 from clipcite.data.table import read_classes
-from clipcite.models import checkpoint_identity, load_model
+from clipcite.model_identity import checkpoint_identity
+from clipcite.models import load_model
 from clipcite.precision import resolve_precision
 from clipcite.steps.common import base_parser, class_prompts, config_from, read_split, resolve_device, setup_logging
 from clipcite.teacher import META_FILE, build_cache, save_cache

@@ -15,6 +15,7 @@ from clipcite import storage, tracking
 from clipcite.config import ModelConfig
 from clipcite.data.folder import source_snapshot
 from clipcite.data.table import sources_digest
+from clipcite.model_identity import checkpoint_identity
 from clipcite.steps.common import base_parser, config_from, setup_logging, write_mlflow_run
 from clipcite.steps.run_config import run_config
 
@@ -73,9 +74,7 @@ def run(
 
 
 def model_identity(model: ModelConfig) -> str:
-    """The base model's identity as cache-teacher will report it (imports open_clip: names are checked there)."""
-    from clipcite.models import checkpoint_identity
-
+    """The base model's identity as cache-teacher will report it (without torch: :mod:`clipcite.model_identity`)."""
     return checkpoint_identity(model.arch, model.pretrained, init_seed=model.init_seed)
 
 
