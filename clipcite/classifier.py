@@ -6,15 +6,15 @@ caller passes, so a model trained on some classes still names new ones (that is 
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from clipcite.crops import eval_view
+from clipcite.data.images import decode_image
 from clipcite.models import encode_texts, load_saved
 from clipcite.prompts import prompts_for
 
@@ -76,13 +76,7 @@ def to_image(value: bytes | np.ndarray | Image.Image, index: int = 0) -> Image.I
     if isinstance(value, Image.Image):
         return value.convert("RGB")
     if isinstance(value, bytes | bytearray | memoryview):
-        try:
-            with Image.open(io.BytesIO(bytes(value))) as img:
-                return img.convert("RGB")
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"image {index}: not a decodable image ({e})") from e
-        except Image.DecompressionBombError as e:  # read from the header, before any pixel is decoded
-            raise ValueError(f"image {index}: refused, too many pixels ({e})") from e
+        return decode_image(bytes(value), f"image {index}")  # ImageDecodeError is a ValueError
     array = np.asarray(value)
     if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
         raise ValueError(

@@ -77,7 +77,8 @@ def decode_all(rows: list[dict], sizes: list[tuple[int, int]], budget_mb: float,
     """Every row's image as an RGB uint8 array [H, W, 3], or ``None`` when they need more than ``budget_mb``
     (``train.decode_cache_mb``; 0 turns the cache off). ``sizes`` are the (width, height) from the headers. Forked
     DataLoader workers (Linux's default) share the arrays copy-on-write; under ``spawn`` each worker gets a copy."""
-    from clipcite.data.table import decode_image, image_bytes
+    from clipcite.data.images import decode_image
+    from clipcite.data.table import image_bytes
 
     needed = decoded_size_mb(sizes)
     if budget_mb <= 0 or needed > budget_mb:

@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from clipcite.data.images import ImageDecodeError
 from clipcite.data.ingest import ingest_imagefolder
-from clipcite.data.table import ClassList, ImageDecodeError, read_classes, read_table, write_table
+from clipcite.data.table import ClassList, read_classes, read_table, write_table
 
 
 def png(colour=(200, 10, 10), size=(20, 16)) -> bytes:

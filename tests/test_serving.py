@@ -93,8 +93,8 @@ def tiny():
 
 
 MALFORMED = [
-    ("not an image", _body([base64.b64encode(b"plain text").decode()]), "image 0: not a decodable image"),
-    ("empty string", _body([""]), "image 0: not a decodable image"),
+    ("not an image", _body([base64.b64encode(b"plain text").decode()]), "image 0: corrupt or unreadable image"),
+    ("empty string", _body([""]), "image 0: corrupt or unreadable image"),
     ("30000x30000 PNG header", _body([base64.b64encode(_png_header(30000, 30000)).decode()]), "too many pixels"),
     ("missing column", _body([_png(_grey())], column="picture"), "missing inputs ['image']"),
     ("10,000 labels", _body([_png(_grey())], {"labels": [f"l{i}" for i in range(10_000)]}), "10000 labels: at most"),

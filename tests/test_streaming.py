@@ -13,8 +13,9 @@ import torch
 
 from clipcite.data import rows as rows_module
 from clipcite.data import table as table_module
+from clipcite.data.images import ImageDecodeError
 from clipcite.data.rows import ImageRows
-from clipcite.data.table import ClassList, ImageDecodeError, image_bytes, read_classes, read_table, write_table
+from clipcite.data.table import ClassList, image_bytes, read_classes, read_table, write_table
 from clipcite.evaluate import predict
 from clipcite.prompts import prompts_for
 from clipcite.splits import relabel, sample_few_shot

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
 from tqdm import tqdm
 
 from clipcite import storage
-from clipcite.data.table import ImageDecodeError
+from clipcite.data.images import VERIFY_MODES, ImageDecodeError, check_image
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
-VERIFY_MODES = ("full", "header", "none")
 
 
 @dataclass(frozen=True)
@@ -40,20 +37,6 @@ class SkipCounter:
     def add(self, message: str) -> None:
         self.skipped += 1
         self.examples = [*(self.examples or [])[:4], message]
-
-
-def check_image(data: bytes, where: str, verify: str) -> None:
-    """``full`` decodes every pixel (catches truncated JPEGs), ``header`` only parses the header."""
-    if verify == "none":
-        return
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if verify == "full":
-                img.load()
-            else:
-                img.verify()
-    except Exception as e:  # PIL raises many types for bad data
-        raise ImageDecodeError(f"{where}: corrupt or unreadable image ({type(e).__name__}: {e})") from e
 
 
 def rows_from_files(

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import io
-
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
 from clipcite.crops import crop_params, eval_view, train_view
-from clipcite.data.table import ImageDecodeError, decode_image, image_bytes
+from clipcite.data import images
+from clipcite.data.images import decode_image
+from clipcite.data.table import image_bytes
 from clipcite.recipe import DEFAULT_RATIO, DEFAULT_SCALE
 
 
@@ -78,9 +78,4 @@ class EvalDataset(Dataset):
 
 def image_size(row: dict, source: str = "") -> tuple[int, int]:
     """(width, height) of a row's image from its header."""
-    where = f"{source}row id={row['id']!r}"
-    try:
-        with Image.open(io.BytesIO(image_bytes(row, source))) as image:
-            return image.size
-    except (UnidentifiedImageError, OSError) as e:
-        raise ImageDecodeError(f"{where}: corrupt or unreadable image ({e})") from e
+    return images.image_size(image_bytes(row, source), f"{source}row id={row['id']!r}")

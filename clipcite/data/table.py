@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import logging
 from collections.abc import Iterable, Iterator
@@ -20,9 +19,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from PIL import Image, UnidentifiedImageError
 
 from clipcite import storage
+from clipcite.data.images import ImageDecodeError
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +72,6 @@ class ClassList:
 
 class TableError(ValueError):
     """A shard or ``classes.json`` that cannot be used as it is; the message names the object and what to fix."""
-
-
-class ImageDecodeError(ValueError):
-    """An image that cannot be decoded; the message names where it came from."""
 
 
 def write_table(
@@ -308,15 +303,6 @@ def image_bytes(row: dict, source: str = "") -> bytes:
         except (FileNotFoundError, OSError) as e:
             raise ImageDecodeError(f"{source}row id={row['id']!r}: cannot read image file {row['path']}: {e}") from e
     raise ImageDecodeError(f"{source}row id={row['id']!r}: neither 'image' bytes nor 'path' is set")
-
-
-def decode_image(data: bytes, where: str) -> Image.Image:
-    """Decode to RGB; ``where`` names the file or row for the error message."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise ImageDecodeError(f"{where}: corrupt or unreadable image ({e})") from e
 
 
 def snapshot(table_uri: str) -> dict:
