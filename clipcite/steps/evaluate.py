@@ -20,7 +20,7 @@ from clipcite.baseline import baseline_key, read_baseline, write_baseline
 from clipcite.config import Config
 from clipcite.evaluate import predict_models, set_metrics
 from clipcite.metrics import summarise
-from clipcite.models import load_model, load_saved
+from clipcite.models import LoadedModel, load_model, load_saved
 from clipcite.precision import resolve_precision
 from clipcite.report import markdown, plot_confusion, plot_domains
 from clipcite.steps.common import (
@@ -74,12 +74,21 @@ def run(
             champion = None
             if distributed.broadcast(bool(step.enabled and registered_model_name and config.gate.evaluate_champion)):
                 champion = _champion(step.client, registered_model_name, Path(tmp), device)
-            body = _run(model_uri, splits_uri, out_uri, config, domains, champion, step, baseline_cache)
+            body = _run(
+                model_uri,
+                splits_uri,
+                out_uri,
+                config,
+                step,
+                domains=domains,
+                champion=champion,
+                baseline_cache=baseline_cache,
+            )
         distributed.barrier()  # no rank returns before rank 0 has written the metrics
     return body
 
 
-def _champion(client, name: str, tmp: Path, device: str):
+def _champion(client, name: str, tmp: Path, device: str) -> tuple[int, LoadedModel] | None:
     """(version, loaded model) of the registered model's champion, or None when there is none yet. Under ranks,
     rank 0 asks the registry and downloads; the others load its folder (the ranks share one machine)."""
     found = None
@@ -161,7 +170,17 @@ class _Evaluation:
             return ""
 
 
-def _run(model_uri, splits_uri, out_uri, config: Config, domains, champion, step, baseline_cache: str) -> dict:
+def _run(
+    model_uri: str,
+    splits_uri: str,
+    out_uri: str,
+    config: Config,
+    step: tracking.StepRun,
+    *,
+    domains: tuple[str, ...],
+    champion: tuple[int, LoadedModel] | None,
+    baseline_cache: str,
+) -> dict:
     device = resolve_device(config.device)
     manifest = read_json(storage.join(splits_uri, "manifest.json"))
     sets = _sets_of(manifest, domains, splits_uri)
@@ -245,7 +264,7 @@ def _write_outputs(folder: Path, body: dict, results: dict, names: list[str]) ->
         )
 
 
-def _zeroshot_model(config: Config, meta: dict, model_uri: str, device: str):
+def _zeroshot_model(config: Config, meta: dict, model_uri: str, device: str) -> LoadedModel:
     """The base model as the config names it; it must be the one the fine-tuned model started from."""
     spec = config.model
     loaded = load_model(spec.arch, spec.pretrained, init_seed=spec.init_seed, device=device)

@@ -21,8 +21,10 @@ from pathlib import Path
 
 from clipcite import distributed, storage, tracking
 from clipcite.config import Config, dump_yaml, to_dict
+from clipcite.data.table import ClassList
 from clipcite.finite import NonFiniteError, nonfinite_weights
-from clipcite.models import load_model, save_model
+from clipcite.models import LoadedModel, load_model, save_model
+from clipcite.recipe import FitParams
 from clipcite.steps.common import (
     base_parser,
     class_prompts,
@@ -32,8 +34,8 @@ from clipcite.steps.common import (
     resolve_device,
     setup_logging,
 )
-from clipcite.teacher import check_cache, load_cache
-from clipcite.train import fit
+from clipcite.teacher import TeacherCache, check_cache, load_cache
+from clipcite.train import FitResult, fit
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +64,31 @@ def run(
     with distributed.process_group(resolve_device(config.device)):
         run_id = mlflow_run_id if distributed.is_main() else ""  # rank 0 alone logs to MLflow
         with tracking.step_run(tracking_uri, run_id, "finetune") as step:
-            summary = _run(splits_uri, out_uri, config, cache_uri, checkpoint_dir, log_fn, keep_checkpoint, step)
+            summary = _run(
+                splits_uri,
+                out_uri,
+                config,
+                step,
+                cache_uri=cache_uri,
+                checkpoint_dir=checkpoint_dir,
+                log_fn=log_fn,
+                keep_checkpoint=keep_checkpoint,
+            )
         distributed.barrier()  # no rank returns before rank 0 has written the model
     return summary
 
 
-def _run(splits_uri, out_uri, config, cache_uri, checkpoint_dir, log_fn, keep_checkpoint, step) -> dict:
+def _run(
+    splits_uri: str,
+    out_uri: str,
+    config: Config,
+    step: tracking.StepRun,
+    *,
+    cache_uri: str | None,
+    checkpoint_dir: str | None,
+    log_fn: Callable[[dict, int], None] | None,
+    keep_checkpoint: bool,
+) -> dict:
     train_uri = storage.join(splits_uri, "train")
     rows, classes = read_split(train_uri)
     rows = rows.local(source=f"{train_uri}: ")  # shuffled batches: one local copy, then one read per image
@@ -126,7 +147,15 @@ def _run(splits_uri, out_uri, config, cache_uri, checkpoint_dir, log_fn, keep_ch
     return summary
 
 
-def _teacher_inputs(config: Config, params, student, ids: list[str], prompts: list[str], cache_uri, device: str):
+def _teacher_inputs(
+    config: Config,
+    params: FitParams,
+    student: LoadedModel,
+    ids: list[str],
+    prompts: list[str],
+    cache_uri: str | None,
+    device: str,
+) -> tuple[LoadedModel | None, TeacherCache | None]:
     """(online teacher, teacher cache): the cache when one is given (checked against this run's model, seed,
     epochs, ids, prompts and crops), else the frozen base model when L_VLD needs a teacher, else neither."""
     spec = config.model
@@ -155,7 +184,9 @@ def _teacher_inputs(config: Config, params, student, ids: list[str], prompts: li
     return None, None
 
 
-def _train_summary(params, result, images: int, classes: int, seconds: float, device: str) -> dict:
+def _train_summary(
+    params: FitParams, result: FitResult, images: int, classes: int, seconds: float, device: str
+) -> dict:
     """train_summary.json: what ran and how fast."""
     return {
         "method": params.method,
@@ -173,7 +204,7 @@ def _train_summary(params, result, images: int, classes: int, seconds: float, de
     }
 
 
-def _model_meta(params, classes, template: str, config: Config, result) -> dict:
+def _model_meta(params: FitParams, classes: ClassList, template: str, config: Config, result: FitResult) -> dict:
     """clipcite.json beside the saved weights: what evaluate, register and the served model need to know (no run
     ids: the pipeline hands its MLflow run to the steps that log, and the registry links a version to its run)."""
     return {
@@ -189,7 +220,7 @@ def _model_meta(params, classes, template: str, config: Config, result) -> dict:
     }
 
 
-def _log_inputs(step, splits_uri: str, config: Config, classes) -> None:
+def _log_inputs(step: tracking.StepRun, splits_uri: str, config: Config, classes: ClassList) -> None:
     """The resolved config and data identity (source digest, split id digests) as params; the splits as inputs."""
     if not step.enabled:
         return

@@ -90,7 +90,9 @@ def for_pipeline(
     return run(data_uri, splits_uri, config, eval_data_uris, expected_digest=data_digest, config_uri=config_uri)
 
 
-def _sample(table_uri: str, out_uri: str, config: Config, eval_table_uris, sources: list, digest: str) -> dict:
+def _sample(
+    table_uri: str, out_uri: str, config: Config, eval_table_uris: tuple[str, ...], sources: list[dict], digest: str
+) -> dict:
     cfg = config.splits
     classes = read_classes(table_uri)
     meta = read_table(table_uri, columns=META)  # no image column: Arrow columns, tens of bytes per row
