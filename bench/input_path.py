@@ -14,7 +14,9 @@
    step's case: it scores K models on each set (fine-tuned, zero-shot, champion; here K random inits of the same
    arch, so one eval view) with clipcite.evaluate.predict_models, one pass over the images for all K, against the
    naive loop run once per model and against predict once per model (what evaluate did before). images/s there
-   counts the set's images (each scored by K models).
+   counts the set's images (each scored by K models). The eval set is 4,096 images by default: 16 batches of the
+   preset's 256, so the workers reach the steady state an ImageNet-size set (50,000 images) runs in; a set of one
+   batch keeps one worker busy and the others idle (``--eval-images 256`` shows that case).
 4. JPEG decode alone, PIL vs torchvision.io.decode_jpeg, and whether their pixels are identical.
 """
 
@@ -143,12 +145,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="paper_vitb16", help="preset whose workers and batch sizes are used")
     parser.add_argument("--train-images", type=int, default=96)
-    parser.add_argument("--eval-images", type=int, default=256)
+    parser.add_argument("--eval-images", type=int, default=4096, help="eval set size (16 batches of 256)")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--archs", nargs="+", default=["toyclip", "ViT-B-16-quickgelu"])
     parser.add_argument("--naive-images", type=int, default=48, help="images for the naive loop vs predict")
     parser.add_argument("--workers", type=int, help="train and eval workers instead of the preset's")
-    parser.add_argument("--models", type=int, default=3, help="models evaluate scores per set (fine-tuned, ...)")
+    parser.add_argument(
+        "--models", type=int, nargs="+", default=[2, 3], help="models evaluate scores per set (fine-tuned, ...)"
+    )
     args = parser.parse_args(argv)
     config = load_config(args.config)
     train_workers, eval_workers, eval_batch = config.train.num_workers, config.eval.num_workers, config.eval.batch_size
@@ -188,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{arch} evaluate over {len(rows)} images: predict {rate(len(rows), batched)}; naive per-image loop "
               f"{rate(len(rows), naive)}; speed-up {naive.wall / batched.wall:.2f}x wall, "
               f"{naive.cpu / batched.cpu:.2f}x CPU; predictions {same}", flush=True)  # fmt: skip
-        print(models_case(arch, rows, prompts, args.models, eval_batch, eval_workers), flush=True)
+        for k in args.models:
+            print(models_case(arch, rows, prompts, k, eval_batch, eval_workers), flush=True)
 
 
 def models_case(arch: str, rows, prompts, k: int, batch: int, workers: int) -> str:
