@@ -74,6 +74,20 @@ def table(imagefolder, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def train_rows(table, tmp_path_factory):
+    """A 4-shot train split of the demo table as rows, and one prompt per class in label order."""
+    from clipcite.data.table import read_table
+    from clipcite.prompts import prompts_for
+    from clipcite.steps.sample_splits import run as sample_splits
+
+    out = tmp_path_factory.mktemp("splits") / "splits"
+    sample_splits(str(table), str(out), tiny_config("splits.shots=4"))
+    rows = read_table(str(out / "train")).to_pylist()
+    names = sorted({(r["label"], r["classname"]) for r in rows})
+    return rows, prompts_for("a photo of a {}.", [n for _, n in names])
+
+
 @pytest.fixture
 def tiny():
     return load_model("clipcite-tiny", "", init_seed=0)

@@ -119,6 +119,21 @@ def s3_environment(endpoint: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
+def s3_store(mp, *buckets: str) -> Iterator[str]:
+    """moto_server on loopback, this process's S3 environment pointed at it through ``mp`` (a MonkeyPatch, so the
+    caller's scope restores it) and ``buckets`` created; yields the endpoint URL."""
+    import boto3
+
+    with moto_server() as endpoint:
+        for key, value in s3_environment(endpoint).items():
+            mp.setenv(key, value)
+        client = boto3.client("s3", endpoint_url=endpoint)
+        for bucket in buckets:
+            client.create_bucket(Bucket=bucket)
+        yield endpoint
+
+
+@contextlib.contextmanager
 def mlflow_server(workdir: Path, artifacts_destination: str, s3_endpoint: str) -> Iterator[str]:
     """``mlflow server`` with a sqlite backend and artifacts proxied to ``artifacts_destination`` (s3://...)."""
     env = {**os.environ, **s3_environment(s3_endpoint), "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from clipcite.steps import finetune, sample_splits
 
 from .conftest import TINY, tiny_config
-from .servers import moto_server, s3_environment
+from .servers import s3_environment, s3_store
 
 pytestmark = pytest.mark.slow  # see pyproject.toml: `make test-fast` leaves these out
 
@@ -28,12 +28,8 @@ BUCKET, PREFIX = "ckpt-test", "runs/run-1/finetune"
 
 @pytest.fixture(scope="module")
 def s3():
-    with moto_server() as endpoint, pytest.MonkeyPatch.context() as mp:
-        env = s3_environment(endpoint)
-        for key, value in env.items():
-            mp.setenv(key, value)
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
-        yield boto3.client("s3", endpoint_url=endpoint), env
+    with pytest.MonkeyPatch.context() as mp, s3_store(mp, BUCKET) as endpoint:
+        yield boto3.client("s3", endpoint_url=endpoint), s3_environment(endpoint)
 
 
 def _finetune_command(splits, out) -> list[str]:

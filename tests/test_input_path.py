@@ -19,23 +19,12 @@ from clipcite.data.table import read_table
 from clipcite.evaluate import predict
 from clipcite.loaders import EpochBatches, decode_all, loader_options
 from clipcite.models import load_model
-from clipcite.prompts import prompts_for
-from clipcite.steps.sample_splits import run as sample_splits
 from clipcite.teacher import build_cache
 from clipcite.train import FitParams, adamw, fit
 
-from .conftest import Interrupt, stop_in_epoch, tiny_config
+from .conftest import Interrupt, stop_in_epoch
 
 PARAMS = FitParams(epochs=3, batch_size=8, lr=1e-4, eta=0.0)  # no teacher needed: the input path is under test
-
-
-@pytest.fixture(scope="module")
-def train_rows(table, tmp_path_factory):
-    out = tmp_path_factory.mktemp("splits") / "splits"
-    sample_splits(str(table), str(out), tiny_config("splits.shots=4"))
-    rows = read_table(str(out / "train")).to_pylist()
-    names = sorted({(r["label"], r["classname"]) for r in rows})
-    return rows, prompts_for("a photo of a {}.", [n for _, n in names])
 
 
 def _old_order(n: int, seed: int, epoch: int) -> list[int]:

@@ -22,7 +22,7 @@ from clipcite.steps.common import read_config
 from clipcite.toyworld.generate import write_world
 from clipcite.toyworld.world import classnames, render
 
-from .servers import dead_url, mlflow_server, moto_server, s3_environment
+from .servers import dead_url, mlflow_server, s3_store
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -51,12 +51,7 @@ MARGIN = {"worse": -40.0, "better": 1.0}  # at least this far from v1 (measured 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     work = tmp_path_factory.mktemp("stack")
-    with pytest.MonkeyPatch.context() as mp, moto_server() as s3:
-        for key, value in s3_environment(s3).items():
-            mp.setenv(key, value)
-        client = boto3.client("s3", endpoint_url=s3)
-        for bucket in ("clipcite-data", "mlflow-artifacts"):
-            client.create_bucket(Bucket=bucket)
+    with pytest.MonkeyPatch.context() as mp, s3_store(mp, "clipcite-data", "mlflow-artifacts") as s3:
         write_world(DATA, seed=1, counts={"train": 3, "val": 1, "test": 2}, domains=("photo", "sketch"))
         with mlflow_server(work, "s3://mlflow-artifacts/mlflow", s3) as url:
             mp.setenv("MLFLOW_TRACKING_URI", url)

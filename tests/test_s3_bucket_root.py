@@ -3,20 +3,16 @@ prefix: no key loses its first character to a "/" that is not there."""
 
 from __future__ import annotations
 
-import boto3
 import pytest
 
 from clipcite import storage
 
-from .servers import moto_server, s3_environment
+from .servers import s3_store
 
 
 @pytest.fixture(scope="module")
 def bucket():
-    with moto_server() as endpoint, pytest.MonkeyPatch.context() as mp:
-        for key, value in s3_environment(endpoint).items():
-            mp.setenv(key, value)
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="root-test")
+    with pytest.MonkeyPatch.context() as mp, s3_store(mp, "root-test"):
         yield "s3://root-test"
 
 

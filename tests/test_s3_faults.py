@@ -12,7 +12,7 @@ from clipcite.steps import finetune, sample_splits
 from .conftest import tiny_config
 from .faultproxy import FaultProxy
 from .s3_chain import bucket_contents, run_chain
-from .servers import moto_server, s3_environment
+from .servers import s3_store
 
 pytestmark = pytest.mark.slow  # see pyproject.toml: `make test-fast` leaves these out
 
@@ -24,12 +24,9 @@ CONFIG = tiny_config("splits.shots=2", "train.epochs=1", "train.batch_size=4")
 
 @pytest.fixture(scope="module")
 def s3(table):
-    with pytest.MonkeyPatch.context() as mp, moto_server() as endpoint:
-        for key, value in s3_environment(endpoint).items():
-            mp.setenv(key, value)
+    with pytest.MonkeyPatch.context() as mp, s3_store(mp, CLEAN, FAULTY) as endpoint:
         client = boto3.client("s3", endpoint_url=endpoint)
         for bucket in (CLEAN, FAULTY):
-            client.create_bucket(Bucket=bucket)
             for name in ("part-00000.parquet", "classes.json"):
                 client.put_object(Bucket=bucket, Key=f"table/{name}", Body=(table / name).read_bytes())
         yield endpoint

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from clipcite.toyworld.generate import write_world
 
 from .faultproxy import FaultProxy
-from .servers import mlflow_server, moto_server, s3_environment
+from .servers import mlflow_server, s3_store
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -58,12 +58,7 @@ def _found(blob: bytes) -> list[str]:
 def planted_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("secrets")
     headers_seen: list[str] = []
-    with pytest.MonkeyPatch.context() as mp, moto_server() as s3:
-        for key, value in s3_environment(s3).items():
-            mp.setenv(key, value)
-        client = boto3.client("s3", endpoint_url=s3)
-        for bucket in ("clipcite-data", "mlflow-artifacts"):
-            client.create_bucket(Bucket=bucket)
+    with pytest.MonkeyPatch.context() as mp, s3_store(mp, "clipcite-data", "mlflow-artifacts") as s3:
         write_world(DATA, seed=1, counts={"train": 3, "val": 1, "test": 2}, domains=("photo",))
         with (
             mlflow_server(work, "s3://mlflow-artifacts/mlflow", s3) as server,

@@ -11,15 +11,12 @@ from clipcite.steps import sample_splits
 from clipcite.steps.common import read_config
 
 from .conftest import tiny_config
-from .servers import moto_server, s3_environment
+from .servers import moto_server, s3_environment, s3_store
 
 
 @pytest.fixture(scope="module")
 def s3(monkeypatch_module):
-    with moto_server() as endpoint:
-        for key, value in s3_environment(endpoint).items():
-            monkeypatch_module.setenv(key, value)
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="clipcite-test")
+    with s3_store(monkeypatch_module, "clipcite-test") as endpoint:
         yield endpoint
 
 

@@ -9,26 +9,14 @@ from safetensors.torch import load_file
 
 from clipcite.crops import crop_params
 from clipcite.data.loading import CropDataset
-from clipcite.data.table import read_table
 from clipcite.losses import similarity_logits, vld_loss
 from clipcite.models import load_model
-from clipcite.prompts import prompts_for
-from clipcite.steps.sample_splits import run as sample_splits
 from clipcite.teacher import CacheMismatchError, build_cache, check_cache, load_cache, save_cache
 from clipcite.train import FitParams, fit
 
-from .conftest import Interrupt, stop_in_epoch, tiny_config
+from .conftest import Interrupt, stop_in_epoch
 
 PARAMS = FitParams(epochs=2, batch_size=8, lr=1e-4)
-
-
-@pytest.fixture(scope="module")
-def train_rows(table, tmp_path_factory):
-    out = tmp_path_factory.mktemp("splits") / "splits"
-    sample_splits(str(table), str(out), tiny_config("splits.shots=4"))
-    rows = read_table(str(out / "train")).to_pylist()
-    names = sorted({(r["label"], r["classname"]) for r in rows})
-    return rows, prompts_for("a photo of a {}.", [n for _, n in names])
 
 
 def make_cache(rows, prompts, teacher, epochs=2, seed=1):
