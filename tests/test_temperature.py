@@ -14,7 +14,6 @@ from clipcite.models import load_model
 from clipcite.train import FitParams, fit, resolve_logit_scale
 
 from .conftest import tiny_config
-from .test_teacher_train import train_rows  # noqa: F401 (fixture)
 
 TOY = ("toyclip", "clipcite:toyworld/toyclip.safetensors")
 
@@ -51,7 +50,7 @@ def test_config_accepts_a_number_or_checkpoint_and_refuses_the_rest():
             load_config(overrides=[f"train.logit_scale={bad}"])
 
 
-def test_fit_trains_with_the_resolved_scale(train_rows):  # noqa: F811
+def test_fit_trains_with_the_resolved_scale(train_rows):
     """One step with the default equals one step with the scale written out, and differs from 100."""
     rows, prompts = train_rows
     own = float(load_model("clipcite-tiny", "").model.logit_scale.detach().exp())  # 1/0.07 for a random init
