@@ -60,13 +60,13 @@ def evaluated(two_tables, tmp_path_factory):
 def test_each_eval_set_is_prompted_with_its_own_template(evaluated, monkeypatch):
     out, config = evaluated
     used: dict[str, list[str]] = {}
-    real = evaluate.predict
+    real = evaluate.predict_models
 
-    def spy(loaded, rows, prompts, **kwargs):
+    def spy(models, rows, prompts, **kwargs):
         used.setdefault(kwargs["source"], prompts)
-        return real(loaded, rows, prompts, **kwargs)
+        return real(models, rows, prompts, **kwargs)
 
-    monkeypatch.setattr(evaluate, "predict", spy)
+    monkeypatch.setattr(evaluate, "predict_models", spy)
     body = evaluate.run(str(out / "model"), str(out / "splits"), str(out / "eval"), config)
     by_set = {source.rstrip(": ").rsplit("/", 1)[-1]: prompts for source, prompts in used.items()}
     assert by_set["clipart-base"] == ["a clipart of a w.", "a clipart of a x."]
