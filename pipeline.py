@@ -55,7 +55,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
         closing = finish_run(
             tracking_uri=tracking_uri, experiment_name=experiment_name, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER
         )
-        cpu_task(closing, settings).set_caching_options(False)
+        cpu_task(closing, settings, cache=False)
         with dsl.ExitHandler(closing, name="clipcite-run"):
             snap = snapshot(
                 data_uri=data_uri,
@@ -69,11 +69,10 @@ def build_pipeline(settings: ClusterSettings | None = None):
                 pretrained=pretrained,
                 overrides=overrides,
             )
-            cpu_task(snap, settings)
+            cpu_task(snap, settings, cache=False, retry_backoff="30s")
             # The MLflow run crosses as a small artifact, not a string: kfp.local (2.17) hands a task inside a
             # ParallelFor the loop item in place of an upstream task's string output; artifacts resolve right there.
             mlflow_run = snap.outputs["mlflow_run"]
-            snap.set_caching_options(False).set_retry(settings.retries, backoff_duration="30s", backoff_factor=2)
             splits = sample_splits(
                 data_uri=data_uri,
                 eval_data_uris=eval_data_uris,
@@ -86,8 +85,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
                 method=method,
                 overrides=overrides,
             )
-            cpu_task(splits, settings).set_caching_options(True)
-            splits.set_retry(settings.retries, backoff_duration="30s", backoff_factor=2)
+            cpu_task(splits, settings, cache=True, retry_backoff="30s")
             run_config = splits.outputs["run_config"]  # the resolved config (YAML) every later step reads
             teacher = cache_teacher(
                 splits=splits.outputs["splits"],
@@ -95,8 +93,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
                 model_identity=snap.outputs["model_identity"],
                 teacher_store=teacher_store,  # "" = off; a rerun with other train.* settings reuses it by content
             )
-            gpu_task(teacher, settings).set_caching_options(True)
-            teacher.set_retry(settings.retries, backoff_duration="60s", backoff_factor=2)
+            gpu_task(teacher, settings, cache=True, retry_backoff="60s")
             model = finetune(
                 splits=splits.outputs["splits"],
                 run_config=run_config,
@@ -106,8 +103,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
                 checkpoint_root=checkpoint_root,  # "" = in the pod; s3://... survives preemption and retries
                 kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             )
-            gpu_task(model, settings).set_caching_options(False)
-            model.set_retry(settings.retries, backoff_duration="60s", backoff_factor=2)  # resumes from its checkpoint
+            gpu_task(model, settings, cache=False, retry_backoff="60s")  # a retry resumes from its checkpoint
             with dsl.ParallelFor(splits.outputs["Output"], name="eval-domains") as domain:
                 evaluation = evaluate(
                     model=model.outputs["model"],
@@ -119,8 +115,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
                     registered_model_name=registered_model_name,
                     baseline_cache=baseline_cache,  # "" = off; zero-shot metrics reused across runs
                 )
-                gpu_task(evaluation, settings).set_caching_options(False)
-                evaluation.set_retry(settings.retries, backoff_duration="60s", backoff_factor=2)
+                gpu_task(evaluation, settings, cache=False, retry_backoff="60s")
             registered = register(
                 model=model.outputs["model"],
                 reports=dsl.Collected(evaluation.outputs["report"]),
@@ -130,7 +125,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
                 experiment_name=experiment_name,
                 tracking_uri=tracking_uri,
             )
-            cpu_task(registered, settings).set_caching_options(False)
+            cpu_task(registered, settings, cache=False)
         # No pipeline outputs: KFP allows them only outside the exit handler; register's record and summary are
         # its artifacts (local runs find them under the run's root).
 

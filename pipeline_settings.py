@@ -46,8 +46,12 @@ class ClusterSettings:
 POD_LABEL = ("clipcite.io/mlflow", "true")  # the Kubeflow PodDefault in manifests/ injects MLflow and S3 settings
 
 
-def gpu_task(task: dsl.PipelineTask, settings: ClusterSettings) -> dsl.PipelineTask:
-    kubernetes.add_pod_label(task, *POD_LABEL)
+def gpu_task(
+    task: dsl.PipelineTask, settings: ClusterSettings, *, cache: bool, retry_backoff: str = ""
+) -> dsl.PipelineTask:
+    """A GPU step: GPUs, requests, /dev/shm, placement; KFP's cache on or off, and ``settings.retries`` retries
+    with exponential backoff from ``retry_backoff`` ("" = no retries)."""
+    _common(task, settings, cache, retry_backoff)
     task.set_accelerator_type(settings.gpu_resource).set_accelerator_limit(settings.gpu_limit)
     task.set_cpu_request(settings.gpu_cpu_request).set_memory_request(settings.gpu_memory_request)
     kubernetes.empty_dir_mount(
@@ -67,6 +71,16 @@ def gpu_task(task: dsl.PipelineTask, settings: ClusterSettings) -> dsl.PipelineT
     return task
 
 
-def cpu_task(task: dsl.PipelineTask, settings: ClusterSettings) -> dsl.PipelineTask:
-    kubernetes.add_pod_label(task, *POD_LABEL)
+def cpu_task(
+    task: dsl.PipelineTask, settings: ClusterSettings, *, cache: bool, retry_backoff: str = ""
+) -> dsl.PipelineTask:
+    """A CPU step: requests; caching and retries as for :func:`gpu_task`."""
+    _common(task, settings, cache, retry_backoff)
     return task.set_cpu_request(settings.cpu_cpu_request).set_memory_request(settings.cpu_memory_request)
+
+
+def _common(task: dsl.PipelineTask, settings: ClusterSettings, cache: bool, retry_backoff: str) -> None:
+    kubernetes.add_pod_label(task, *POD_LABEL)
+    task.set_caching_options(cache)
+    if retry_backoff:
+        task.set_retry(settings.retries, backoff_duration=retry_backoff, backoff_factor=2)
