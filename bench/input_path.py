@@ -14,9 +14,10 @@
    step's case: it scores K models on each set (fine-tuned, zero-shot, champion; here K random inits of the same
    arch, so one eval view) with clipcite.evaluate.predict_models, one pass over the images for all K, against the
    naive loop run once per model and against predict once per model (what evaluate did before). images/s there
-   counts the set's images (each scored by K models). The eval set is 4,096 images by default: 16 batches of the
-   preset's 256, so the workers reach the steady state an ImageNet-size set (50,000 images) runs in; a set of one
-   batch keeps one worker busy and the others idle (``--eval-images 256`` shows that case).
+   counts the set's images (each scored by K models). For the small archs the eval set is 4,096 images by default:
+   16 batches of the preset's 256, so the workers reach the steady state an ImageNet-size set (50,000 images) runs
+   in; a set of one batch keeps one worker busy and the others idle (``--eval-images 256`` shows that case).
+   ViT-B-16-quickgelu's comparisons use ``--naive-images`` (48) images: one partial batch, as its CPU forward is slow.
 4. JPEG decode alone, PIL vs torchvision.io.decode_jpeg, and whether their pixels are identical.
 """
 

@@ -1,6 +1,6 @@
 """Component sample_splits: resolve the run's config, then few-shot splits and eval sets (CPU; cached).
 
-The resolved config is its own artifact (``config``, YAML), the input of every later step; the step returns the
+The resolved config is its own artifact (``run_config``, YAML), the input of every later step; the step returns the
 eval domains the pipeline fans out over.
 """
 

@@ -124,9 +124,15 @@ def test_snapshot_and_register_are_commands_like_the_other_steps(chain, capsys):
     assert len(printed["digest"]) == 64 and printed["mlflow_run_id"] == ""
     assert printed["model_identity"] == "random:clipcite-tiny:0"
     argv = ["--model", str(chain / "model"), "--report", str(chain / "eval"), "--out", str(chain / "registered")]
-    argv += ["--summary", str(chain / "summary.md"), "--config", str(chain / "run_config.yaml")]
-    assert main(["register", *argv]) == 0
+    argv += ["--summary", str(chain / "summary.md")]
+    assert main(["register", *argv, "--config", str(chain / "run_config.yaml")]) == 0
     assert (chain / "registered").is_dir() and "finetuned" in (chain / "summary.md").read_text()
+    # without --config the gate's rules are those the model was trained with; tracking needs snapshot's run
+    assert main(["register", *argv]) == 0
+    with pytest.raises(SystemExit) as exited:
+        main(["register", *argv, "--tracking-uri", "sqlite:///unused.db"])
+    assert exited.value.code == 2
+    assert "registering with --tracking-uri needs --mlflow-run-id" in capsys.readouterr().err
 
 
 def _metrics_file(folder, base: float, new: float):

@@ -118,3 +118,10 @@ def test_rows_may_point_at_files_instead_of_bytes(tmp_path):
     for channel, value in enumerate((200, 10, 10)):
         expected = (value / 255 - mean[channel]) / std[channel]
         assert torch.allclose(pixels[channel], torch.full((8, 8), expected), atol=1e-6), channel
+
+
+def test_an_unknown_verify_mode_is_refused_not_taken_for_none():
+    from clipcite.data.images import check_image
+
+    with pytest.raises(ValueError, match="verify must be one of"):
+        check_image(b"not read", "x.png", "headers")

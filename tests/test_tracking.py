@@ -94,6 +94,9 @@ def test_snapshot_identifies_the_base_model_and_hands_its_run_on_as_a_file(tmp_p
     Path(run_file).write_text("[1, 2]")
     with pytest.raises(ValueError, match=f"{run_file}: not an MLflow run reference"):
         read_mlflow_run(run_file)
+    Path(run_file).write_text('{"mlflow_run_id": null}')
+    with pytest.raises(ValueError, match=f"{run_file}: mlflow_run_id is None, not a string"):
+        read_mlflow_run(run_file)
 
 
 def test_connect_changes_process_wide_state_that_the_test_fixture_puts_back(tmp_path):

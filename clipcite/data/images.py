@@ -20,12 +20,15 @@ class ImageDecodeError(ValueError):
 @contextmanager
 def opened(data: bytes, where: str) -> Iterator[Image.Image]:
     """The image, lazily (header parsed, pixels not yet decoded); any failure inside, reading the header or the
-    pixels, becomes an :class:`ImageDecodeError` naming ``where`` (PIL raises many types for bad data)."""
+    pixels, becomes an :class:`ImageDecodeError` naming ``where`` (PIL raises many types for bad data), so the
+    body must touch only the image."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             yield image
     except Image.DecompressionBombError as e:  # from the header, before any pixel is decoded
         raise ImageDecodeError(f"{where}: refused, too many pixels ({e})") from e
+    except (MemoryError, RecursionError):  # the machine's fault, not the image's: not a bad-image error
+        raise
     except Exception as e:
         raise ImageDecodeError(f"{where}: corrupt or unreadable image ({type(e).__name__}: {e})") from e
 
@@ -43,9 +46,10 @@ def image_size(data: bytes, where: str) -> tuple[int, int]:
 
 
 def check_image(data: bytes, where: str, verify: str) -> None:
-    """``full`` decodes every pixel (catches truncated JPEGs), ``header`` only parses the header, ``none`` (or any
-    other value: callers check ``verify`` against :data:`VERIFY_MODES` once, up front) nothing."""
-    if verify not in ("full", "header"):
+    """``full`` decodes every pixel (catches truncated JPEGs), ``header`` only parses the header, ``none`` nothing."""
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
+    if verify == "none":
         return
     with opened(data, where) as image:
         if verify == "full":

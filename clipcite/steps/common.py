@@ -35,8 +35,8 @@ def class_prompts(classes: ClassList, config: Config) -> tuple[str, list[str]]:
 
 
 def write_config(uri: str, config: Config) -> None:
-    """The run's resolved config as YAML: the pipeline's ``config`` artifact, which every later step reads, and a
-    valid ``--config`` for the CLI."""
+    """The run's resolved config as YAML: the pipeline's ``run_config`` artifact, which every later step reads, and
+    a valid ``--config`` for the CLI."""
     storage.write_text(uri, dump_yaml(config))
 
 
@@ -51,10 +51,14 @@ def write_mlflow_run(uri: str, run_id: str) -> None:
 
 
 def read_mlflow_run(uri: str) -> str:
+    want = '{"mlflow_run_id": "<run id>"} ("" with tracking off)'
     try:
-        return str(read_json(uri)["mlflow_run_id"])
+        run_id = read_json(uri)["mlflow_run_id"]
     except (KeyError, TypeError, json.JSONDecodeError) as e:
-        raise ValueError(f'{uri}: not an MLflow run reference (want {{"mlflow_run_id": ...}}): {e}') from None
+        raise ValueError(f"{uri}: not an MLflow run reference (want {want}): {e!r}") from None
+    if not isinstance(run_id, str):
+        raise ValueError(f"{uri}: mlflow_run_id is {run_id!r}, not a string (want {want})")
+    return run_id
 
 
 def pipeline_config(config: str, parameters: dict, overrides: dict) -> Config:

@@ -115,7 +115,7 @@ class _Evaluation:
     manifest: dict
     meta: dict  # the fine-tuned model's clipcite.json
     model_uri: str
-    models: dict  # name -> LoadedModel, or None for the zero-shot model not loaded yet
+    models: dict[str, LoadedModel | None]  # None: the zero-shot model, not loaded yet
     baseline_cache: str
 
     def score_set(self, spec_set: dict, set_uri: str) -> tuple[dict, bool]:
@@ -126,7 +126,7 @@ class _Evaluation:
         entry = {"domain": spec_set["domain"], "subset": spec_set["subset"], "template": template}
         entry["classnames"] = list(classes.names)
         key = self._baseline_key(spec_set["name"], prompts) if "zeroshot" in self.models else ""
-        metrics = {}
+        metrics: dict[str, dict] = {}
         if key and (found := read_baseline(self.baseline_cache, key)) is not None:
             metrics["zeroshot"] = found
         cached = bool(metrics)
@@ -150,10 +150,11 @@ class _Evaluation:
         entry["rows"], entry["classes"] = len(rows), len(prompts)
         return entry, cached
 
-    def _model(self, name: str):
-        if self.models[name] is None:
-            self.models[name] = _zeroshot_model(self.config, self.meta, self.model_uri, self.device)
-        return self.models[name]
+    def _model(self, name: str) -> LoadedModel:
+        loaded = self.models[name]
+        if loaded is None:
+            loaded = self.models[name] = _zeroshot_model(self.config, self.meta, self.model_uri, self.device)
+        return loaded
 
     def _baseline_key(self, set_name: str, prompts: list[str]) -> str:
         """The zero-shot baseline's cache key for one eval set ("" when off, or when the splits predate the digests
@@ -186,7 +187,7 @@ def _run(
     sets = _sets_of(manifest, domains, splits_uri)
     with storage.local_dir(model_uri) as folder:
         finetuned, meta = load_saved(folder, device=device)
-    models = {"zeroshot": None} if config.eval.zeroshot_baseline else {}
+    models: dict[str, LoadedModel | None] = {"zeroshot": None} if config.eval.zeroshot_baseline else {}
     models |= {"finetuned": finetuned, **({"champion": champion[1]} if champion else {})}
     evaluation = _Evaluation(config, device, manifest, meta, model_uri, models, baseline_cache)
 

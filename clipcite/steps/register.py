@@ -25,7 +25,7 @@ from PIL import Image
 
 from clipcite import registry, served_model, storage, tracking
 from clipcite.artifacts import META_FILE
-from clipcite.config import Config
+from clipcite.config import Config, config_from_yaml
 from clipcite.gate import decide_promotion
 from clipcite.metrics import summarise
 from clipcite.model_card import family_description, version_card
@@ -209,8 +209,17 @@ def _example_images() -> list[bytes]:
     return images
 
 
+def _trained_config(model_uri: str) -> Config:
+    """The config a saved model was trained with (its clipcite.json): the CLI's default for the gate's rules."""
+    where = storage.join(model_uri, META_FILE)
+    return config_from_yaml(json.dumps(read_json(where).get("config") or {}), where=f"{where}: config")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = base_parser("Merge evaluations and record the model with them (the gate's rules: the config's gate).")
+    parser = base_parser(
+        "Merge evaluations and record the model with them. The gate's rules come from --config/--set, else from the "
+        "config the model was trained with (its clipcite.json)."
+    )
     parser.add_argument("--model", required=True)
     parser.add_argument("--report", action="append", required=True, help="evaluate output (repeatable)")
     parser.add_argument("--out", required=True, help="folder for registration.json and metrics.json")
@@ -220,14 +229,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mlflow-run-id", default="", help="the pipeline's MLflow run (from snapshot)")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
+    tracking_uri = tracking.resolve_uri(args.tracking_uri)
+    if tracking_uri is not None and not args.mlflow_run_id:
+        parser.error("registering with --tracking-uri needs --mlflow-run-id: the run `clipcite snapshot` opened")
+    config = config_from(args) if args.config or args.overrides else _trained_config(args.model)
     body = run(
         args.model,
         args.report,
         args.out,
         args.summary,
-        config_from(args),
+        config,
         registered_model_name=args.name,
-        tracking_uri=tracking.resolve_uri(args.tracking_uri),
+        tracking_uri=tracking_uri,
         mlflow_run_id=args.mlflow_run_id,
     )
     print(markdown(body, body["models"]))
