@@ -83,10 +83,9 @@ def build_cache(
     model = teacher.model.to(device).eval()
     text = encode_texts(model, teacher.tokenizer, prompts, batch_size, device)
     require_finite(text, f"{source}teacher text features; check the base model", list(prompts))
-    boxes = crop_boxes(rows, seed, epochs, crop_scale, crop_ratio, source)
-    decoded = None
-    if decode_cache_mb > 0:
-        decoded = decode_all(rows, [image_size(r, source) for r in rows], decode_cache_mb, source)
+    sizes = [image_size(r, source) for r in rows]  # one header read per image, for the boxes and the cache
+    boxes = crop_boxes(rows, seed, epochs, crop_scale, crop_ratio, source, sizes=sizes)
+    decoded = decode_all(rows, sizes, decode_cache_mb, source) if decode_cache_mb > 0 else None
     dataset = CropDataset(rows, teacher.preprocess_cfg, boxes, source, decoded=decoded)
     image = torch.zeros(epochs, len(rows), text.shape[1])  # zeros: the ranks' parts are summed
     batches = EpochItems(distributed.shard_batches(len(rows), batch_size))

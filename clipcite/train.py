@@ -147,14 +147,14 @@ def _teacher_text(student: LoadedModel, prompts: list[str], device: str, teacher
 def _train_loader(student: LoadedModel, rows, params: FitParams, seed: int, device: str, cache, source: str):
     """The run's one DataLoader over replayable crops (the cache's boxes when there is a cache), with the images
     decoded once when they fit ``train.decode_cache_mb``, and its epoch-ordered batch sampler."""
+    needs_sizes = cache is None or params.decode_cache_mb > 0  # one header read per image serves both
+    sizes = [image_size(r, source) for r in rows] if needs_sizes else []
     boxes = (
         cache.boxes
         if cache is not None
-        else crop_boxes(rows, seed, params.epochs, params.crop_scale, params.crop_ratio, source)
+        else crop_boxes(rows, seed, params.epochs, params.crop_scale, params.crop_ratio, source, sizes=sizes)
     )
-    decoded = None
-    if params.decode_cache_mb > 0:
-        decoded = decode_all(rows, [image_size(r, source) for r in rows], params.decode_cache_mb, source)
+    decoded = decode_all(rows, sizes, params.decode_cache_mb, source) if params.decode_cache_mb > 0 else None
     dataset = CropDataset(rows, student.preprocess_cfg, boxes, source, decoded=decoded)
     batches = EpochBatches(len(rows), params.batch_size, seed)
     loader = DataLoader(

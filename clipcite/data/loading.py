@@ -20,11 +20,13 @@ def crop_boxes(
     scale: tuple[float, float] = DEFAULT_SCALE,
     ratio: tuple[float, float] = DEFAULT_RATIO,
     source: str = "",
+    sizes: list[tuple[int, int]] | None = None,
 ) -> torch.Tensor:
-    """Crop boxes [epochs, N, 4] = (top, left, h, w) from (seed, id, epoch); reads only image headers."""
+    """Crop boxes [epochs, N, 4] = (top, left, h, w) from (seed, id, epoch); reads only image headers, or none
+    when the caller has the rows' (width, height) already (``sizes``)."""
     boxes = torch.empty(epochs, len(rows), 4, dtype=torch.int32)
     for i, row in enumerate(rows):
-        width, height = image_size(row, source)
+        width, height = sizes[i] if sizes is not None else image_size(row, source)
         for epoch in range(epochs):
             boxes[epoch, i] = torch.tensor(crop_params(width, height, seed, row["id"], epoch, scale, ratio))
     return boxes
