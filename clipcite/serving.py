@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 
-from clipcite import registry, tracking
+from clipcite import registry, storage, tracking
 
 log = logging.getLogger(__name__)
 KEYS = ("name", "alias", "version", "artifact-uri")
@@ -47,11 +45,7 @@ def env_text(resolved: dict) -> str:
 
 def write_env(resolved: dict, path: Path) -> None:
     """Write ``champion.env`` atomically (a temp file beside it, then renamed)."""
-    text = env_text(resolved)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
+    storage.write_text(path, env_text(resolved))
 
 
 def main(argv: list[str] | None = None) -> int:
