@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from clipcite import storage
-from clipcite.data.table import TableError, iter_row_groups, open_shard
+from clipcite.data.table import TableError, iter_row_groups, open_shard, read_group
 
 log = logging.getLogger(__name__)
 
@@ -141,12 +141,7 @@ def _row_group(shard: str, version: str, group: int) -> tuple[pa.Array, pa.Array
     a rewritten shard is read again)."""
     with open_shard(shard) as (parquet, schema):
         columns = ["id", "image"] if "image" in schema.names else ["id"]
-        try:
-            table = parquet.read_row_group(group, columns=columns)
-        except (pa.ArrowException, OSError) as e:
-            raise TableError(
-                f"{shard}: cannot read row group {group} ({e}); it is truncated or corrupt: rewrite it"
-            ) from e
+        table = read_group(parquet, shard, group, columns)
     ids = table.column("id").combine_chunks()
     images = table.column("image").combine_chunks() if "image" in columns else None
     return ids, images

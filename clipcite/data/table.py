@@ -184,14 +184,17 @@ def shard_row_groups(uri: str, columns: list[str] | None = None) -> Iterator[tup
     with open_shard(uri) as (parquet, schema):
         wanted = [c for c in (columns or SCHEMA.names) if c in schema.names]
         for index in range(parquet.num_row_groups):
-            try:
-                group = parquet.read_row_group(index, columns=wanted)
-            except (pa.ArrowException, OSError) as e:
-                raise TableError(
-                    f"{uri}: cannot read the shard's data (row group {index}: {e}); it is truncated or corrupt: "
-                    "rewrite it"
-                ) from e
-            yield uri, index, _conform(group, uri, schema, columns)
+            yield uri, index, _conform(read_group(parquet, uri, index, wanted), uri, schema, columns)
+
+
+def read_group(parquet: pq.ParquetFile, uri: str, index: int, columns: list[str]) -> pa.Table:
+    """One row group's ``columns``; a shard that cannot be read is an error naming it and the group."""
+    try:
+        return parquet.read_row_group(index, columns=columns)
+    except (pa.ArrowException, OSError) as e:
+        raise TableError(
+            f"{uri}: cannot read the shard's data (row group {index}: {e}); it is truncated or corrupt: rewrite it"
+        ) from e
 
 
 @contextlib.contextmanager
@@ -243,16 +246,10 @@ def rows_with_ids(table_uri: str, ids: list[str]) -> Iterator[dict]:
     for uri in shard_uris(table_uri):
         with open_shard(uri) as (parquet, schema):
             for index in range(parquet.num_row_groups):
-                try:
-                    found = pc.is_in(parquet.read_row_group(index, columns=["id"])["id"], value_set=wanted)
-                    if not pc.any(found).as_py():
-                        continue
-                    group = parquet.read_row_group(index, columns=[c for c in SCHEMA.names if c in schema.names])
-                except (pa.ArrowException, OSError) as e:
-                    raise TableError(
-                        f"{uri}: cannot read the shard's data (row group {index}: {e}); it is truncated or corrupt: "
-                        "rewrite it"
-                    ) from e
+                found = pc.is_in(read_group(parquet, uri, index, ["id"])["id"], value_set=wanted)
+                if not pc.any(found).as_py():
+                    continue
+                group = read_group(parquet, uri, index, [c for c in SCHEMA.names if c in schema.names])
                 yield from _conform(group, uri, schema, None).filter(found).to_pylist()
 
 
