@@ -171,9 +171,7 @@ def total(count: float) -> float:
     """The sum over ranks of a per-rank count (e.g. images processed)."""
     if world_size() == 1:
         return count
-    value = torch.tensor([float(count)], dtype=torch.float64, device=_comm_device())
-    dist.all_reduce(value)
-    return float(value)
+    return float(combine(torch.tensor([float(count)], dtype=torch.float64)))  # the same all-reduce sum
 
 
 # ---------------------------------------------------------------------------------------- teacher and evaluation
