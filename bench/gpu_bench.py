@@ -30,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from bench.cite_step import cite_step, input_side, synthetic_prompts  # noqa: E402
 from bench.synthetic import jpeg_rows  # noqa: E402
+from clipcite.crops import model_input  # noqa: E402
 from clipcite.data.loading import EvalDataset  # noqa: E402
 from clipcite.evaluate import predict  # noqa: E402
 from clipcite.loaders import loader_options  # noqa: E402
@@ -127,7 +128,11 @@ def eval_throughput(args) -> dict:
         dataset = EvalDataset(rows, loaded.preprocess_cfg)
         loader = DataLoader(dataset, batch_size=batch, **loader_options(args.workers, 2, device, persistent=False))
         started = time.perf_counter()
-        count = sum(len(index) for index, _, _ in loader)
+        count = 0
+        for index, pixels, _ in loader:  # to the device and normalised, as predict's batches are
+            model_input(pixels, loaded.preprocess_cfg, device)
+            count += len(index)
+        _sync(device)
         path_ips = count / (time.perf_counter() - started)
         print(f"[gpu_bench] eval input path alone: {path_ips:,.0f} images/s", flush=True)
         started = time.perf_counter()

@@ -6,7 +6,9 @@
 1. The training and the eval input paths alone (decode, crop, normalise, collate through the run's one DataLoader,
    with the preset's workers): images/s and images per CPU-second ("per core": this process's and its workers' CPU
    time, so a shared machine's load does not count against it). Training runs 5 epochs with the decode-once cache
-   (train.decode_cache_mb, as fit uses it when the pixels fit) and without it.
+   (train.decode_cache_mb, as fit uses it when the pixels fit) and without it. Both paths run twice, side by side:
+   as the loaders ship them now (uint8 pixels, normalised per batch by the step) and as they did before (each
+   worker normalised its items to float32); the batches are checked equal.
 2. The model's own images/s on the same machine: toyclip and ViT-B-16-quickgelu (random init), the eval forward and
    fit's CITE step (cached teacher; bench/cite_step.py).
 3. evaluate's images/s (clipcite.evaluate.predict: batches, workers) against a naive loop: per image, PIL decode,
@@ -37,12 +39,12 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from bench.cite_step import cite_step, input_side, synthetic_prompts  # noqa: E402
 from bench.synthetic import jpeg_rows  # noqa: E402
 from clipcite.config import load_config  # noqa: E402
-from clipcite.crops import eval_view  # noqa: E402
+from clipcite.crops import eval_view, model_input, normalize  # noqa: E402
 from clipcite.data.loading import CropDataset, EvalDataset, crop_boxes, image_size  # noqa: E402
 from clipcite.evaluate import predict, predict_models  # noqa: E402
 from clipcite.loaders import EpochBatches, decode_all, loader_options  # noqa: E402
@@ -69,31 +71,68 @@ def rate(images: int, clock: Clock) -> str:
     return f"{images / clock.wall:8.1f} images/s, {images / clock.cpu:7.1f} per CPU-second"
 
 
-def train_path(rows, cfg, workers: int, prefetch: int, epochs: int, decode_mb: float) -> Clock:
-    """fit's input path: crop boxes, the decode-once cache when it fits, one loader for every epoch."""
+class FloatItems(Dataset):
+    """A dataset's items as the loaders shipped them before: each worker normalises its own (float32 [3, S, S])."""
+
+    def __init__(self, dataset, cfg: dict):
+        self.dataset, self.cfg = dataset, cfg
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        i, pixels, label = self.dataset[item]
+        return i, normalize(pixels, self.cfg["mean"], self.cfg["std"]), label
+
+
+def consume(loader, cfg: dict, floats: bool) -> torch.Tensor:
+    """Iterate one pass as a step does (uint8 batches are normalised here); returns the last batch's model input."""
+    images = torch.empty(0)
+    for _, x, _ in loader:
+        images = x if floats else model_input(x, cfg, "cpu")
+    return images
+
+
+def train_path(rows, cfg, workers: int, prefetch: int, epochs: int, decode_mb: float, floats: bool = False):
+    """fit's input path: crop boxes, the decode-once cache when it fits, one loader for every epoch. Returns the clock
+    and the last batch."""
     with Clock() as clock:
         boxes = crop_boxes(rows, 1, epochs)
         decoded = decode_all(rows, [image_size(r) for r in rows], decode_mb) if decode_mb > 0 else None
+        dataset = CropDataset(rows, cfg, boxes, decoded=decoded)
         sampler = EpochBatches(len(rows), 32, seed=1)
-        loader = DataLoader(CropDataset(rows, cfg, boxes, decoded=decoded), batch_sampler=sampler,
+        loader = DataLoader(FloatItems(dataset, cfg) if floats else dataset, batch_sampler=sampler,
                             **loader_options(workers, prefetch, "cpu"))  # fmt: skip
         for epoch in range(epochs):
             sampler.epoch = epoch
-            for _ in loader:
-                pass
+            last = consume(loader, cfg, floats)
         del loader  # workers exit and are reaped: their CPU time is counted
-    return clock
+    return clock, last
 
 
-def eval_path(rows, cfg, workers: int, batch: int) -> Clock:
+def eval_path(rows, cfg, workers: int, batch: int, floats: bool = False):
     with Clock() as clock:
-        loader = DataLoader(
-            EvalDataset(rows, cfg), batch_size=batch, **loader_options(workers, 2, "cpu", persistent=False)
-        )
-        for _ in loader:
-            pass
+        dataset = EvalDataset(rows, cfg)
+        loader = DataLoader(FloatItems(dataset, cfg) if floats else dataset, batch_size=batch,
+                            **loader_options(workers, 2, "cpu", persistent=False))  # fmt: skip
+        last = consume(loader, cfg, floats)
         del loader
-    return clock
+    return clock, last
+
+
+def side_by_side(label: str, images: int, run) -> None:
+    """The path as it is (uint8) and as it was (float items), alternating, two runs each (the lower CPU time of
+    each is printed); the last batches must be equal."""
+    clocks: dict[bool, list[Clock]] = {False: [], True: []}
+    batches = {}
+    for floats in (False, True, False, True):
+        clock, batches[floats] = run(floats)
+        clocks[floats].append(clock)
+    same = "identical" if torch.equal(batches[False], batches[True]) else "DIFFERENT"
+    now, before = (min(c, key=lambda c: c.cpu) for c in (clocks[False], clocks[True]))
+    print(f"{label}: uint8 batches {rate(images, now)}; float items (before) {rate(images, before)}; "
+          f"per CPU-second {before.cpu / now.cpu:.2f}x, wall {before.wall / now.wall:.2f}x; last batch {same}",
+          flush=True)  # fmt: skip
 
 
 @torch.no_grad()
@@ -169,13 +208,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"synthetic JPEGs: 500x375, {mean_kb:.0f} KB on average")
     cfg = load_model("ViT-B-16-quickgelu", "").preprocess_cfg  # 224 px, bicubic, CLIP's mean/std
 
-    images = args.train_images * args.epochs
-    cached = train_path(train_rows, cfg, train_workers, config.train.prefetch_factor, args.epochs, 1024.0)
-    uncached = train_path(train_rows, cfg, train_workers, config.train.prefetch_factor, args.epochs, 0.0)
-    print(f"train input path, {args.epochs} epochs, decode-once cache: {rate(images, cached)}")
-    print(f"train input path, {args.epochs} epochs, decoding every epoch: {rate(images, uncached)}")
-    evaluated = eval_path(eval_rows, cfg, eval_workers, eval_batch)
-    print(f"eval input path: {rate(args.eval_images, evaluated)}")
+    images, prefetch = args.train_images * args.epochs, config.train.prefetch_factor
+    for budget, how in ((1024.0, "decode-once cache"), (0.0, "decoding every epoch")):
+
+        def train(floats: bool, budget: float = budget):
+            return train_path(train_rows, cfg, train_workers, prefetch, args.epochs, budget, floats)
+
+        side_by_side(f"train input path, {args.epochs} epochs, {how}", images, train)
+    side_by_side("eval input path", args.eval_images,
+                 lambda floats: eval_path(eval_rows, cfg, eval_workers, eval_batch, floats))  # fmt: skip
     print(decode_compare(eval_rows[:64]), flush=True)
 
     for arch in args.archs:

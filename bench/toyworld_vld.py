@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from toyworld_methods import PROTOCOLS, evaluate_model, prepare
 
 from clipcite.config import load_config
+from clipcite.crops import model_input
 from clipcite.data.loading import EvalDataset
 from clipcite.metrics import aggregate, harmonic_mean, top1
 from clipcite.models import LoadedModel, average_weights, encode_texts, load_saved
@@ -85,7 +86,8 @@ def load_sets(splits: Path, loaded: LoadedModel, template: str) -> list[dict]:
         loader = DataLoader(EvalDataset(rows, loaded.preprocess_cfg), batch_size=256)
         images, labels = zip(*[(x, y) for _, x, y in loader], strict=True)
         prompts = prompts_for(template or classes.template, classes.names)
-        sets.append({**spec, "images": torch.cat(images), "labels": torch.cat(labels), "prompts": prompts})
+        normalised = model_input(torch.cat(images), loaded.preprocess_cfg, "cpu")
+        sets.append({**spec, "images": normalised, "labels": torch.cat(labels), "prompts": prompts})
     return sets
 
 

@@ -55,36 +55,87 @@ def crop_params(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def pixels(image: Image.Image) -> torch.Tensor:
+    """An image's RGB uint8 pixels [3, H, W] (a channels-first view: collating copies it into the batch)."""
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)
+
+
+def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 pixels [..., 3, H, W] -> the float tensor a model sees, on the pixels' device.
+
+    The one normalisation rule: torchvision's ``ToTensor`` then ``Normalize``, op for op (to torch's default float
+    dtype, divide by 255, subtract the mean, divide by the std), so a batch normalised here equals the per-image
+    transform bit for bit. Loaders ship uint8 pixels (a quarter of float32's bytes through worker queues, pinned
+    memory and the host-to-GPU copy) and the step normalises each batch where the model runs."""
+    dtype, shape = torch.get_default_dtype(), (3, 1, 1)  # float32 unless a caller changed it, as in ToTensor
+    mean_t = torch.as_tensor(mean, dtype=dtype, device=images.device).view(shape)
+    std_t = torch.as_tensor(std, dtype=dtype, device=images.device).view(shape)
+    return images.to(dtype).div(255).sub_(mean_t).div_(std_t)
+
+
+def model_input(images: torch.Tensor, preprocess_cfg: dict, device: str) -> torch.Tensor:
+    """A loader's uint8 batch, moved to ``device`` (asynchronously from pinned memory) and normalised there."""
+    return normalize(images.to(device, non_blocking=True), preprocess_cfg["mean"], preprocess_cfg["std"])
+
+
 def to_tensor(image: Image.Image, mean, std) -> torch.Tensor:
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    tensor = torch.from_numpy(array).permute(2, 0, 1)
-    return (tensor - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    """A PIL image as a normalised float tensor [3, H, W]."""
+    return normalize(pixels(image), mean, std)
 
 
-def train_view(image: Image.Image, box: tuple[int, int, int, int], preprocess_cfg: dict) -> torch.Tensor:
-    """Crop ``box`` = (top, left, h, w) and resize to the model's input size."""
+def train_pixels(image: Image.Image, box: tuple[int, int, int, int], preprocess_cfg: dict) -> torch.Tensor:
+    """Crop ``box`` = (top, left, h, w) and resize to the model's input size: uint8 [3, S, S]."""
     top, left, h, w = box
     size = input_size(preprocess_cfg)
     resample = _RESAMPLE.get(preprocess_cfg.get("interpolation", "bicubic"), Image.BICUBIC)
-    crop = image.crop((left, top, left + w, top + h)).resize((size, size), resample)
-    return to_tensor(crop, preprocess_cfg["mean"], preprocess_cfg["std"])
+    return pixels(image.crop((left, top, left + w, top + h)).resize((size, size), resample))
 
 
-def eval_view(image: Image.Image, preprocess_cfg: dict) -> torch.Tensor:
-    """CLIP's test transform, exactly as open_clip builds it (``image_transform_v2(cfg, is_train=False)``).
+def train_view(image: Image.Image, box: tuple[int, int, int, int], preprocess_cfg: dict) -> torch.Tensor:
+    """:func:`train_pixels`, normalised."""
+    return normalize(train_pixels(image, box, preprocess_cfg), preprocess_cfg["mean"], preprocess_cfg["std"])
+
+
+def eval_pixels(image: Image.Image, preprocess_cfg: dict) -> torch.Tensor:
+    """CLIP's test transform up to the tensor, exactly as open_clip builds it: uint8 [3, S, S].
 
     open_clip's own transform is used rather than a re-implementation: its ``resize_mode`` (shortest, longest,
     squash), torchvision's truncating resize and rounding centre crop decide the evaluation numbers, and any
-    difference moves top-1 (about 2 points on the toy CLIP for non-square images).
+    difference moves top-1 (about 2 points on the toy CLIP for non-square images). Its last two steps, ``ToTensor``
+    and ``Normalize``, are :func:`normalize`, run on the batch.
     """
-    return _eval_transform(view_key(preprocess_cfg))(image)
+    return pixels(_eval_transform(view_key(preprocess_cfg))(image))
+
+
+def eval_view(image: Image.Image, preprocess_cfg: dict) -> torch.Tensor:
+    """open_clip's whole test transform of one image (:func:`eval_pixels`, normalised)."""
+    return normalize(eval_pixels(image, preprocess_cfg), preprocess_cfg["mean"], preprocess_cfg["std"])
 
 
 @functools.lru_cache(maxsize=16)
-def _eval_transform(key: tuple) -> Callable[[Image.Image], torch.Tensor]:
+def _eval_transform(key: tuple) -> Callable[[Image.Image], Image.Image]:
+    """open_clip's test transform without its ``ToTensor`` and ``Normalize`` tail (checked to be just that, with
+    this config's mean and std, so that :func:`normalize` finishes it exactly)."""
     from open_clip.transform import PreprocessCfg, image_transform_v2  # heavy import, only where images are seen
+    from torchvision.transforms import Compose, Normalize, ToTensor
 
-    return image_transform_v2(PreprocessCfg(**dict(key)), is_train=False)
+    cfg = dict(key)
+    steps = image_transform_v2(PreprocessCfg(**cfg), is_train=False).transforms
+    head, tail = steps[:-2], steps[-2:]
+    if not (
+        len(tail) == 2
+        and isinstance(tail[0], ToTensor)
+        and isinstance(tail[1], Normalize)
+        and list(tail[1].mean) == list(cfg["mean"])
+        and list(tail[1].std) == list(cfg["std"])
+        and not any(isinstance(step, ToTensor | Normalize) for step in head)
+    ):
+        raise RuntimeError(
+            f"open_clip's test transform no longer ends in ToTensor, Normalize(mean, std): {steps}. clipcite "
+            "splits it there to normalise batches; update clipcite.crops for this open_clip version"
+        )
+    return Compose(head)
 
 
 def view_key(preprocess_cfg: dict) -> tuple:

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from clipcite import distributed
-from clipcite.crops import view_key
+from clipcite.crops import model_input, view_key
 from clipcite.data.loading import EvalDataset
 from clipcite.finite import require_finite
 from clipcite.loaders import loader_options
@@ -103,14 +103,15 @@ def _one_pass(
         of[name] = f" of the {name} model" if name else ""
         texts[name] = encode_texts(nets[name], loaded.tokenizer, prompts, batch_size, device)
         require_finite(texts[name], f"{source}text features of the class prompts{of[name]}", list(prompts))
-    dataset = EvalDataset(rows, next(iter(models.values())).preprocess_cfg, source)
+    cfg = next(iter(models.values())).preprocess_cfg  # the group's one view
+    dataset = EvalDataset(rows, cfg, source)
     autocast = precision_autocast(device, precision)
     batches = distributed.shard_batches(len(rows), batch_size)
     # one pass per set and view: workers need not persist; pinned batches copy to the GPU asynchronously
     loader = DataLoader(dataset, batch_sampler=batches, **loader_options(num_workers, 2, device, persistent=False))
     desc = " ".join(["evaluating", source or "set", *[name for name in models if name]])
-    for index, images, labels in tqdm(loader, desc=desc, leave=False):
-        images = images.to(device, non_blocking=True)
+    for index, pixels, labels in tqdm(loader, desc=desc, leave=False):
+        images = model_input(pixels, cfg, device)
         ids = [f"id={rows[int(i)]['id']}" for i in index]
         for name, model in nets.items():
             with autocast:

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from clipcite import distributed
-from clipcite.crops import input_size
+from clipcite.crops import input_size, model_input
 from clipcite.data.loading import CropDataset, crop_boxes, image_size
 from clipcite.finite import require_finite
 from clipcite.loaders import EpochItems, decode_all, loader_options
@@ -93,9 +93,10 @@ def build_cache(
     autocast = precision_autocast(device, precision)
     for epoch in tqdm(range(epochs), desc="teacher crops", unit="epoch"):
         batches.epoch = epoch
-        for index, images, _ in loader:
+        for index, pixels, _ in loader:
+            images = model_input(pixels, teacher.preprocess_cfg, device)
             with autocast:
-                features = model.encode_image(images.to(device, non_blocking=True), normalize=True)
+                features = model.encode_image(images, normalize=True)
             ids = [f"id={rows[int(i)]['id']}" for i in index]
             require_finite(features, f"{source}teacher image features, epoch {epoch + 1}; check the base model", ids)
             image[epoch, index] = features.float().cpu()

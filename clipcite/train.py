@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from clipcite import distributed
 from clipcite.checkpoints import checkpoint_due, fingerprint_of, resume, save_checkpoint
+from clipcite.crops import model_input
 from clipcite.data.loading import CropDataset, crop_boxes, image_size
 from clipcite.finite import NonFiniteError
 from clipcite.loaders import EpochBatches, decode_all, loader_options
@@ -100,7 +101,7 @@ def fit(
         model.train()
         batches.epoch = epoch  # the sampler runs in this process: persistent workers get (epoch, i) items
         for index, images, labels in tqdm(loader, desc=f"epoch {epoch + 1}/{params.epochs}", leave=False):
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            images, labels = model_input(images, student.preprocess_cfg, device), labels.to(device, non_blocking=True)
             with autocast:
                 teacher_image = None
                 if needs_teacher_images:

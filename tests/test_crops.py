@@ -8,7 +8,16 @@ import torch
 from open_clip.transform import image_transform
 from PIL import Image
 
-from clipcite.crops import crop_params, eval_view, to_tensor, train_view
+from clipcite.crops import (
+    _eval_transform,
+    crop_params,
+    eval_pixels,
+    eval_view,
+    model_input,
+    to_tensor,
+    train_pixels,
+    train_view,
+)
 
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 # odd, even, portrait, landscape, square, and smaller than the crop on one or both sides
@@ -89,3 +98,39 @@ def test_crop_params_fall_back_like_torchvision():
         assert ours == tuple(theirs)
     # 3:2 is outside 3/4..4/3, so no full-area box fits: the fallback crops the centre to 4:3, left (300 - 267) // 2
     assert crop_params(300, 200, 1, "x", 0, scale=(1.0, 1.0)) == (0, 16, 200, 267)
+
+
+def _float_path(image: Image.Image) -> torch.Tensor:
+    """The per-image float tensor as clipcite made it before batches were normalised (kept here literally)."""
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    tensor = torch.from_numpy(array).permute(2, 0, 1)
+    return (tensor - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+
+
+def test_a_normalised_uint8_batch_equals_the_per_image_transforms_bit_for_bit():
+    """Loaders ship uint8 pixels and the step normalises the batch: the same numbers as open_clip's whole transform
+    (eval) and the old float crop (train), image by image."""
+    cfg = _cfg(32, "shortest", "bicubic")
+    reference = image_transform(32, is_train=False, mean=MEAN, std=STD)
+    images = [_image(w, h) for w, h in SIZES]
+    batch = torch.stack([eval_pixels(image, cfg) for image in images])
+    assert batch.dtype == torch.uint8
+    assert torch.equal(model_input(batch, cfg, "cpu"), torch.stack([reference(image) for image in images]))
+    box = (1, 2, 15, 13)
+    crops = torch.stack([train_pixels(image, box, cfg) for image in images])
+    expected = [_float_path(image.crop((2, 1, 15, 16)).resize((32, 32), Image.BICUBIC)) for image in images]
+    assert torch.equal(model_input(crops, cfg, "cpu"), torch.stack(expected))
+
+
+def test_an_open_clip_transform_of_another_shape_is_refused(monkeypatch):
+    """The batch normalisation finishes open_clip's transform only if its tail is ToTensor, Normalize(mean, std)."""
+    import open_clip.transform
+    from torchvision.transforms import CenterCrop, Compose, ToTensor
+
+    monkeypatch.setattr(open_clip.transform, "image_transform_v2", lambda *a, **k: Compose([CenterCrop(8), ToTensor()]))
+    _eval_transform.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match="no longer ends in ToTensor, Normalize"):
+            eval_pixels(_image(20, 20), _cfg(8, "shortest", "bicubic"))
+    finally:
+        _eval_transform.cache_clear()

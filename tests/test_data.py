@@ -108,16 +108,20 @@ def test_rows_may_point_at_files_instead_of_bytes(tmp_path):
         {"id": "1", "path": str(tmp_path / "img.png"), "label": 0, "classname": "a", "domain": "d", "split": "train"}
     ]
     write_table(rows, str(tmp_path / "t"), ClassList(("a",)))
+    from clipcite.crops import model_input
     from clipcite.data.loading import EvalDataset
 
     mean, std = (0.5, 0.25, 0.0), (0.5, 0.25, 1.0)
-    dataset = EvalDataset(read_table(str(tmp_path / "t")).to_pylist(), {"size": 8, "mean": mean, "std": std})
+    cfg = {"size": 8, "mean": mean, "std": std}
+    dataset = EvalDataset(read_table(str(tmp_path / "t")).to_pylist(), cfg)
     index, pixels, label = dataset[0]
-    assert (index, pixels.shape, label) == (0, (3, 8, 8), 0)
+    assert (index, pixels.shape, pixels.dtype, label) == (0, (3, 8, 8), torch.uint8, 0)
+    images = model_input(pixels[None], cfg, "cpu")[0]
     # png() is one flat colour, so every pixel of each channel is (colour / 255 - mean) / std, in RGB order
     for channel, value in enumerate((200, 10, 10)):
+        assert torch.equal(pixels[channel], torch.full((8, 8), value, dtype=torch.uint8)), channel
         expected = (value / 255 - mean[channel]) / std[channel]
-        assert torch.allclose(pixels[channel], torch.full((8, 8), expected), atol=1e-6), channel
+        assert torch.allclose(images[channel], torch.full((8, 8), expected), atol=1e-6), channel
 
 
 def test_an_unknown_verify_mode_is_refused_not_taken_for_none():

@@ -8,6 +8,7 @@ import torch
 
 from clipcite import gate
 from clipcite.config import GateConfig, load_config
+from clipcite.crops import model_input
 from clipcite.data.loading import CropDataset
 from clipcite.data.table import ClassList, read_classes, read_table, write_table
 from clipcite.metrics import harmonic_mean, summarise
@@ -148,7 +149,8 @@ def test_cached_teacher_follows_train_precision(tiny, table):
     bf16 = build_cache(tiny, rows, prompts, precision="bf16", **kwargs)
     assert (fp32.meta.precision, bf16.meta.precision) == ("fp32", "bf16")
     assert not torch.equal(fp32.image, bf16.image)
-    images = torch.stack([CropDataset(rows, tiny.preprocess_cfg, bf16.boxes)[i][1] for i in range(len(rows))])
+    pixels = torch.stack([CropDataset(rows, tiny.preprocess_cfg, bf16.boxes)[i][1] for i in range(len(rows))])
+    images = model_input(pixels, tiny.preprocess_cfg, "cpu")
     with torch.no_grad(), autocast("cpu", "bf16"):
         online = tiny.model.eval().encode_image(images, normalize=True).float()
     assert torch.allclose(bf16.image[0], online, atol=1e-6)  # what the online teacher computes under bf16

@@ -17,6 +17,7 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
 from clipcite.data.ingest import ingest_imagefolder
+from clipcite.crops import model_input
 from clipcite.data.loading import EvalDataset
 from clipcite.data.table import read_table
 from clipcite.demo import make_imagefolder
@@ -64,7 +65,9 @@ def test_vit_b16_chain_and_plain_open_clip_reload(small_table, tmp_path):
     preprocess = image_transform_v2(PreprocessCfg(**plain.visual.preprocess_cfg), is_train=False)
     tokenizer = open_clip.get_tokenizer(f"local-dir:{tmp_path / 'model'}")
     rows = read_table(str(tmp_path / "splits" / "eval" / "photo-base")).to_pylist()
-    ours_images = torch.stack([EvalDataset(rows, ours.preprocess_cfg)[i][1] for i in range(len(rows))])
+    # the loader's uint8 batch normalised at once equals open_clip's transform image by image, bit for bit
+    ours_pixels = torch.stack([EvalDataset(rows, ours.preprocess_cfg)[i][1] for i in range(len(rows))])
+    ours_images = model_input(ours_pixels, ours.preprocess_cfg, "cpu")
     plain_images = torch.stack([preprocess(Image.open(io.BytesIO(r["image"])).convert("RGB")) for r in rows])
     assert torch.equal(ours_images, plain_images)
     prompts = [meta["template"].format(n) for n in meta["classnames"]]

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from clipcite.crops import crop_params
+from clipcite.crops import model_input
 from clipcite.data.loading import CropDataset
 from clipcite.losses import similarity_logits, vld_loss
 from clipcite.models import load_model
@@ -204,7 +205,8 @@ def _first_step_vld(rows, prompts, cache, vld_over: str) -> float:
     labels = torch.tensor([r["label"] for r in rows])
     dataset = CropDataset(rows, student.preprocess_cfg, cache.boxes)
     with torch.no_grad():
-        image = model.encode_image(torch.stack([dataset[i][1] for i in range(len(rows))]))
+        pixels = torch.stack([dataset[i][1] for i in range(len(rows))])
+        image = model.encode_image(model_input(pixels, student.preprocess_cfg, "cpu"))
         text = model.encode_text(student.tokenizer(prompts))
     teacher_image = cache.image[0]
     if vld_over == "classes":  # every class prompt is a column

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from clipcite.crops import crop_params, eval_view, train_view
+from clipcite.crops import crop_params, eval_pixels, train_pixels
 from clipcite.data import images
 from clipcite.data.images import decode_image
 from clipcite.data.table import image_bytes
@@ -33,12 +33,13 @@ def crop_boxes(
 
 
 class CropDataset(Dataset):
-    """Item ``i`` is ``(i, crop tensor, label)`` for the current ``epoch`` (set it before iterating); item
+    """Item ``i`` is ``(i, crop pixels, label)`` for the current ``epoch`` (set it before iterating); item
     ``(epoch, i)`` names the epoch itself (what :class:`clipcite.loaders.EpochBatches` yields to persistent workers).
 
     ``boxes[epoch, i]`` is the crop of image i in that epoch: from :func:`crop_boxes`, or replayed from a teacher
     cache, which stored the same boxes. ``decoded[i]``, when given, is image i's RGB pixels decoded once per run
-    (:func:`clipcite.loaders.decode_all`): the same pixels the per-epoch decode gives.
+    (:func:`clipcite.loaders.decode_all`): the same pixels the per-epoch decode gives. Crops are uint8 [3, S, S]:
+    the step normalises each batch (:func:`clipcite.crops.model_input`).
     """
 
     def __init__(
@@ -60,11 +61,12 @@ class CropDataset(Dataset):
         else:
             image = decode_image(image_bytes(row, self.source), f"{self.source}row id={row['id']!r}")
         box = tuple(int(v) for v in self.boxes[epoch, i])
-        return i, train_view(image, box, self.cfg), int(row["label"])
+        return i, train_pixels(image, box, self.cfg), int(row["label"])
 
 
 class EvalDataset(Dataset):
-    """Item ``i`` is ``(i, centre-crop tensor, label)``."""
+    """Item ``i`` is ``(i, centre-crop pixels, label)``: uint8 [3, S, S], normalised per batch by the step
+    (:func:`clipcite.crops.model_input`)."""
 
     def __init__(self, rows: list[dict], preprocess_cfg: dict, source: str = ""):
         self.rows, self.cfg, self.source = rows, preprocess_cfg, source
@@ -75,7 +77,7 @@ class EvalDataset(Dataset):
     def __getitem__(self, i: int):
         row = self.rows[i]
         image = decode_image(image_bytes(row, self.source), f"{self.source}row id={row['id']!r}")
-        return i, eval_view(image, self.cfg), int(row["label"])
+        return i, eval_pixels(image, self.cfg), int(row["label"])
 
 
 def image_size(row: dict, source: str = "") -> tuple[int, int]:
