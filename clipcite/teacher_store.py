@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from pathlib import Path
 
 from clipcite import storage
 from clipcite.content_key import content_key
-from clipcite.teacher import META_FILE, TENSORS_FILE, load_cache
+from clipcite.teacher import META_FILE, TENSORS_FILE, CacheMeta, load_cache
 
 log = logging.getLogger(__name__)
 
@@ -45,35 +46,36 @@ def teacher_key(
     return content_key(identity, manifest.get("sources_digest", ""), train, *parts, what="the teacher cache")
 
 
-def restore(store: str, key: str, out_uri: str) -> bool:
-    """Copy the stored cache for ``key`` to ``out_uri``; False (and nothing written) when there is none or it does
-    not load (a damaged entry costs one recomputation, never a wrong cache)."""
+def restore(store: str, key: str, out_uri: str) -> CacheMeta | None:
+    """Copy the stored cache for ``key`` to ``out_uri`` and return its metadata; None (and nothing written) when
+    there is none or it does not load (a damaged entry costs one recomputation, never a wrong cache)."""
     if not store:
-        return False
+        return None
     entry = storage.join(store, key)
     if not storage.exists(storage.join(entry, KEY_FILE)):
-        return False
+        return None
     try:
         with storage.local_dir(entry) as source, storage.staged_dir(out_uri) as tmp:
             if json.loads((source / KEY_FILE).read_text()).get("key") != key:
                 raise ValueError(f"{entry}: holds another key")
             for name in (TENSORS_FILE, META_FILE):
                 shutil.copy2(source / name, tmp / name)
-            load_cache(tmp)  # complete and readable, or no output at all
+            meta = load_cache(tmp).meta  # complete and readable, or no output at all
     except Exception as e:  # safetensors and json raise many types for a damaged file
         log.warning("%s: unusable stored teacher cache (%s); running the teacher again", entry, e)
-        return False
+        return None
     log.info("teacher cache reused from %s (key %s): the teacher did not run", entry, key[:12])
-    return True
+    return meta
 
 
-def keep(store: str, key: str, out_uri: str) -> None:
-    """Store the cache just written to ``out_uri`` under ``key`` (the key file goes with it, checked on reuse)."""
+def keep(store: str, key: str, folder: Path) -> None:
+    """Store the cache files in the local ``folder`` (where the step has just written them, before they go to its
+    output: nothing is read back from s3) under ``key``; the key file goes with them, checked on reuse."""
     if not store:
         return
     entry = storage.join(store, key)
-    with storage.local_dir(out_uri) as source, storage.staged_dir(entry) as tmp:
+    with storage.staged_dir(entry) as tmp:
         for name in (TENSORS_FILE, META_FILE):
-            shutil.copy2(source / name, tmp / name)
+            shutil.copy2(folder / name, tmp / name)
         (tmp / KEY_FILE).write_text(json.dumps({"key": key, "format": FORMAT}))
     log.info("teacher cache kept in %s for later runs", entry)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from clipcite import teacher_store
+from clipcite import storage, teacher_store
 from clipcite.steps import cache_teacher, sample_splits
 from clipcite.teacher import TENSORS_FILE
 
@@ -25,8 +25,11 @@ def _splits(table, out, *settings):
 def test_rerun_with_other_training_settings_reuses_the_stored_teacher_cache(table, tmp_path, monkeypatch):
     store = str(tmp_path / "store")
     first_splits, first = _splits(table, tmp_path / "splits1")
-    built = cache_teacher.run(first_splits, str(tmp_path / "teacher1"), first, store=store)
-    assert "reused" not in built
+    read_back = []
+    with monkeypatch.context() as patch:  # the store is filled from the step's local files, not its output read back
+        patch.setattr(storage, "local_dir", lambda uri: read_back.append(uri))
+        built = cache_teacher.run(first_splits, str(tmp_path / "teacher1"), first, store=store)
+    assert "reused" not in built and read_back == []
 
     second_splits, second = _splits(table, tmp_path / "splits2", *RETRAIN)
 

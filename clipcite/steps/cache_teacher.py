@@ -14,7 +14,7 @@ from clipcite.model_identity import checkpoint_identity
 from clipcite.models import load_model
 from clipcite.precision import resolve_precision
 from clipcite.steps.common import base_parser, class_prompts, config_from, read_split, resolve_device, setup_logging
-from clipcite.teacher import META_FILE, build_cache, save_cache
+from clipcite.teacher import CacheMeta, build_cache, save_cache
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +26,13 @@ def run(splits_uri: str, out_uri: str, config: Config, *, expected_identity: str
     prefix; "" = off) keeps caches by content (clipcite/teacher_store.py): a run whose teacher inputs match a stored
     one copies it instead of running the teacher."""
     key = content_key(splits_uri, config, expected_identity) if store else ""
-    if key and teacher_store.restore(store, key, out_uri):
-        meta = storage.read_text(storage.join(out_uri, META_FILE))
-        return {**_summary(json.loads(meta)), "reused": key}
-    summary = _run_ranks(splits_uri, out_uri, config, expected_identity)
-    if key:
-        teacher_store.keep(store, key, out_uri)
-    return summary
+    stored = teacher_store.restore(store, key, out_uri) if key else None
+    if stored is not None:
+        return {**_summary(stored), "reused": key}
+    ranks = distributed.requested_ranks()
+    if ranks > 1:
+        return distributed.launch(_ranks_run, splits_uri, out_uri, config, expected_identity, store, key, nproc=ranks)
+    return _ranks_run(splits_uri, out_uri, config, expected_identity, store, key)
 
 
 def content_key(splits_uri: str, config: Config, expected_identity: str = "") -> str:
@@ -53,28 +53,26 @@ def content_key(splits_uri: str, config: Config, expected_identity: str = "") ->
     )
 
 
-def _summary(meta: dict) -> dict:
+def _summary(meta: CacheMeta) -> dict:
     return {
-        "identity": meta["identity"],
-        "images": len(meta["ids"]),
-        "epochs": meta["epochs"],
-        "classes": len(meta["prompts"]),
-        "dtype": meta["dtype"],
-        "precision": meta["precision"],
+        "identity": meta.identity,
+        "images": len(meta.ids),
+        "epochs": meta.epochs,
+        "classes": len(meta.prompts),
+        "dtype": meta.dtype,
+        "precision": meta.precision,
     }
 
 
-def _run_ranks(splits_uri: str, out_uri: str, config: Config, expected_identity: str) -> dict:
-    ranks = distributed.requested_ranks()
-    if ranks > 1:
-        return distributed.launch(run, splits_uri, out_uri, config, nproc=ranks, expected_identity=expected_identity)
+def _ranks_run(splits_uri: str, out_uri: str, config: Config, expected_identity: str, store: str, key: str) -> dict:
+    """The teacher's pass in this process, one of the ranks or the only one; rank 0 writes the cache."""
     with distributed.process_group(resolve_device(config.device)):
-        summary = _run(splits_uri, out_uri, config, expected_identity)
+        summary = _run(splits_uri, out_uri, config, expected_identity, store, key)
         distributed.barrier()  # no rank returns before rank 0 has written the cache
     return summary
 
 
-def _run(splits_uri: str, out_uri: str, config: Config, expected_identity: str) -> dict:
+def _run(splits_uri: str, out_uri: str, config: Config, expected_identity: str, store: str, key: str) -> dict:
     train_uri = storage.join(splits_uri, "train")
     rows, classes = read_split(train_uri)
     _, prompts = class_prompts(classes, config)
@@ -104,14 +102,8 @@ def _run(splits_uri: str, out_uri: str, config: Config, expected_identity: str) 
     if distributed.is_main():
         with storage.staged_dir(out_uri) as tmp:
             save_cache(cache, tmp)
-    summary = {
-        "identity": cache.meta.identity,
-        "images": len(rows),
-        "epochs": cache.meta.epochs,
-        "classes": len(prompts),
-        "dtype": cache.meta.dtype,
-        "precision": cache.meta.precision,
-    }
+            teacher_store.keep(store, key, tmp)  # from the local files: an s3 output is not downloaded again
+    summary = _summary(cache.meta)
     log.info("wrote teacher cache %s: %s", out_uri, summary)
     return summary
 
