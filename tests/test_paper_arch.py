@@ -16,8 +16,8 @@ import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
-from clipcite.data.ingest import ingest_imagefolder
 from clipcite.crops import model_input
+from clipcite.data.ingest import ingest_imagefolder
 from clipcite.data.loading import EvalDataset
 from clipcite.data.table import read_table
 from clipcite.demo import make_imagefolder

@@ -7,8 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clipcite.crops import crop_params
-from clipcite.crops import model_input
+from clipcite.crops import crop_params, model_input
 from clipcite.data.loading import CropDataset
 from clipcite.losses import similarity_logits, vld_loss
 from clipcite.models import load_model
