@@ -119,6 +119,12 @@ def eval_throughput(args) -> dict:
         forward()
     counted = counter.get_total_flops() / batch
 
+    # the batch normalisation on the device must give the CPU's numbers bit for bit (true division, not a multiply)
+    sample = torch.randint(0, 256, (4, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    on_cpu = model_input(sample, loaded.preprocess_cfg, "cpu")
+    same_normalisation = torch.equal(model_input(sample, loaded.preprocess_cfg, device).cpu(), on_cpu)
+    print(f"[gpu_bench] normalisation on {device} equals the CPU's bit for bit: {same_normalisation}", flush=True)
+
     width, height = args.jpeg_size
     unique = jpeg_rows(args.unique, width=width, height=height, classes=args.classes)
     rows = [{**unique[i % len(unique)], "id": f"row{i:07d}"} for i in range(args.images)]  # same decode cost
@@ -155,6 +161,7 @@ def eval_throughput(args) -> dict:
         "images": args.images,
         "workers": args.workers,
         "real_path_error": error,
+        "normalisation_identical_to_cpu": same_normalisation,
     }
 
 

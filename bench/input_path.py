@@ -8,7 +8,8 @@
    time, so a shared machine's load does not count against it). Training runs 5 epochs with the decode-once cache
    (train.decode_cache_mb, as fit uses it when the pixels fit) and without it. Both paths run twice, side by side:
    as the loaders ship them now (uint8 pixels, normalised per batch by the step) and as they did before (each
-   worker normalised its items to float32); the batches are checked equal.
+   worker made float32 items: open_clip's whole eval transform, the train crop's old numpy formula, kept here
+   literally); the batches are checked equal.
 2. The model's own images/s on the same machine: toyclip and ViT-B-16-quickgelu (random init), the eval forward and
    fit's CITE step (cached teacher; bench/cite_step.py).
 3. evaluate's images/s (clipcite.evaluate.predict: batches, workers) against a naive loop: per image, PIL decode,
@@ -39,12 +40,13 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
 from bench.cite_step import cite_step, input_side, synthetic_prompts  # noqa: E402
 from bench.synthetic import jpeg_rows  # noqa: E402
 from clipcite.config import load_config  # noqa: E402
-from clipcite.crops import eval_view, model_input, normalize  # noqa: E402
+from clipcite.crops import eval_view, model_input  # noqa: E402
+from clipcite.data.images import decode_image  # noqa: E402
 from clipcite.data.loading import CropDataset, EvalDataset, crop_boxes, image_size  # noqa: E402
 from clipcite.evaluate import predict, predict_models  # noqa: E402
 from clipcite.loaders import EpochBatches, decode_all, loader_options  # noqa: E402
@@ -71,18 +73,36 @@ def rate(images: int, clock: Clock) -> str:
     return f"{images / clock.wall:8.1f} images/s, {images / clock.cpu:7.1f} per CPU-second"
 
 
-class FloatItems(Dataset):
-    """A dataset's items as the loaders shipped them before: each worker normalises its own (float32 [3, S, S])."""
+def old_to_tensor(image: Image.Image, mean, std) -> torch.Tensor:
+    """The train crop's float tensor as clipcite made it in the workers before (kept here literally)."""
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    tensor = torch.from_numpy(array).permute(2, 0, 1)
+    return (tensor - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
-    def __init__(self, dataset, cfg: dict):
-        self.dataset, self.cfg = dataset, cfg
 
-    def __len__(self) -> int:
-        return len(self.dataset)
+class OldCropItems(CropDataset):
+    """CropDataset's items as they were: each worker cut, resized and normalised its crop to float32."""
 
     def __getitem__(self, item):
-        i, pixels, label = self.dataset[item]
-        return i, normalize(pixels, self.cfg["mean"], self.cfg["std"]), label
+        epoch, i = item if isinstance(item, tuple) else (self.epoch, item)
+        row = self.rows[i]
+        image = Image.fromarray(self.decoded[i]) if self.decoded is not None else decode_image(row["image"], "")
+        top, left, h, w = (int(v) for v in self.boxes[epoch, i])
+        size = self.cfg["size"][0] if isinstance(self.cfg["size"], list | tuple) else self.cfg["size"]
+        crop = image.crop((left, top, left + w, top + h)).resize((size, size), Image.BICUBIC)
+        return i, old_to_tensor(crop, self.cfg["mean"], self.cfg["std"]), int(row["label"])
+
+
+class OldEvalItems(EvalDataset):
+    """EvalDataset's items as they were: open_clip's whole eval transform (ToTensor, Normalize) in each worker."""
+
+    def __getitem__(self, i):
+        from open_clip.transform import PreprocessCfg, image_transform_v2
+
+        if not hasattr(self, "transform"):
+            self.transform = image_transform_v2(PreprocessCfg(**self.cfg), is_train=False)
+        row = self.rows[i]
+        return i, self.transform(decode_image(row["image"], "")), int(row["label"])
 
 
 def consume(loader, cfg: dict, floats: bool) -> torch.Tensor:
@@ -99,9 +119,9 @@ def train_path(rows, cfg, workers: int, prefetch: int, epochs: int, decode_mb: f
     with Clock() as clock:
         boxes = crop_boxes(rows, 1, epochs)
         decoded = decode_all(rows, [image_size(r) for r in rows], decode_mb) if decode_mb > 0 else None
-        dataset = CropDataset(rows, cfg, boxes, decoded=decoded)
+        dataset = (OldCropItems if floats else CropDataset)(rows, cfg, boxes, decoded=decoded)
         sampler = EpochBatches(len(rows), 32, seed=1)
-        loader = DataLoader(FloatItems(dataset, cfg) if floats else dataset, batch_sampler=sampler,
+        loader = DataLoader(dataset, batch_sampler=sampler,
                             **loader_options(workers, prefetch, "cpu"))  # fmt: skip
         for epoch in range(epochs):
             sampler.epoch = epoch
@@ -112,8 +132,8 @@ def train_path(rows, cfg, workers: int, prefetch: int, epochs: int, decode_mb: f
 
 def eval_path(rows, cfg, workers: int, batch: int, floats: bool = False):
     with Clock() as clock:
-        dataset = EvalDataset(rows, cfg)
-        loader = DataLoader(FloatItems(dataset, cfg) if floats else dataset, batch_size=batch,
+        dataset = (OldEvalItems if floats else EvalDataset)(rows, cfg)
+        loader = DataLoader(dataset, batch_size=batch,
                             **loader_options(workers, 2, "cpu", persistent=False))  # fmt: skip
         last = consume(loader, cfg, floats)
         del loader

@@ -55,23 +55,44 @@ def crop_params(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def pixels(image: Image.Image) -> torch.Tensor:
-    """An image's RGB uint8 pixels [3, H, W] (a channels-first view: collating copies it into the batch)."""
-    rgb = image if image.mode == "RGB" else image.convert("RGB")
-    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)
+def pixels(image: Image.Image | np.ndarray) -> torch.Tensor:
+    """An image's RGB uint8 pixels [3, H, W] from a PIL image or an HxWx3 uint8 array (a channels-first view:
+    collating copies it into the batch)."""
+    if isinstance(image, Image.Image):
+        image = np.array(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected RGB pixels as an HxWx3 uint8 array, got {image.dtype} {image.shape}")
+    return torch.from_numpy(image).permute(2, 0, 1)
 
 
 def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
     """uint8 pixels [..., 3, H, W] -> the float tensor a model sees, on the pixels' device.
 
     The one normalisation rule: torchvision's ``ToTensor`` then ``Normalize``, op for op (to torch's default float
-    dtype, divide by 255, subtract the mean, divide by the std), so a batch normalised here equals the per-image
-    transform bit for bit. Loaders ship uint8 pixels (a quarter of float32's bytes through worker queues, pinned
-    memory and the host-to-GPU copy) and the step normalises each batch where the model runs."""
-    dtype, shape = torch.get_default_dtype(), (3, 1, 1)  # float32 unless a caller changed it, as in ToTensor
-    mean_t = torch.as_tensor(mean, dtype=dtype, device=images.device).view(shape)
-    std_t = torch.as_tensor(std, dtype=dtype, device=images.device).view(shape)
-    return images.to(dtype).div(255).sub_(mean_t).div_(std_t)
+    dtype, divide by 255, subtract the mean, divide by the std), so a batch normalised here equals open_clip's
+    per-image transform bit for bit. Loaders ship uint8 pixels (a quarter of float32's bytes through worker queues,
+    pinned memory and the host-to-GPU copy) and the step normalises each batch where the model runs."""
+    if images.dtype != torch.uint8:
+        raise TypeError(f"normalize takes uint8 pixels, got {images.dtype} (normalised twice?)")
+    dtype = torch.get_default_dtype()  # float32 unless a caller changed it, as in ToTensor
+    full, mean_t, std_t = _constants(tuple(mean), tuple(std), dtype, str(images.device))
+    return images.to(dtype).div(full).sub_(mean_t).div_(std_t)
+
+
+@functools.lru_cache(maxsize=32)
+def _constants(mean: tuple, std: tuple, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, ...]:
+    """255, mean and std as tensors on ``device``, made once per device. 255 is a device tensor, not a Python
+    number: CUDA divides by a host scalar as a multiply by its reciprocal, one bit away from true division for
+    about half the pixel values; dividing by a tensor is true division on every device, as on the CPU."""
+    if len(mean) != 3 or len(std) != 3 or 0 in std:
+        raise ValueError(f"mean {mean} and std {std}: three values each, no std of 0")
+    shape = (3, 1, 1)
+    full = torch.full((1, 1, 1), 255, dtype=dtype, device=device)
+    return (
+        full,
+        torch.tensor(mean, dtype=dtype, device=device).view(shape),
+        torch.tensor(std, dtype=dtype, device=device).view(shape),
+    )
 
 
 def model_input(images: torch.Tensor, preprocess_cfg: dict, device: str) -> torch.Tensor:
@@ -79,9 +100,14 @@ def model_input(images: torch.Tensor, preprocess_cfg: dict, device: str) -> torc
     return normalize(images.to(device, non_blocking=True), preprocess_cfg["mean"], preprocess_cfg["std"])
 
 
-def to_tensor(image: Image.Image, mean, std) -> torch.Tensor:
-    """A PIL image as a normalised float tensor [3, H, W]."""
-    return normalize(pixels(image), mean, std)
+def to_tensor(image: Image.Image | np.ndarray, mean, std) -> torch.Tensor:
+    """A PIL image or HxWx3 uint8 array as a normalised float tensor [3, H, W]."""
+    return normalize(pixels(image), mean, std).contiguous()
+
+
+def _normalised(pixels_: torch.Tensor, preprocess_cfg: dict) -> torch.Tensor:
+    """One image's pixels normalised for the model of ``preprocess_cfg``, contiguous as torchvision's are."""
+    return normalize(pixels_, preprocess_cfg["mean"], preprocess_cfg["std"]).contiguous()
 
 
 def train_pixels(image: Image.Image, box: tuple[int, int, int, int], preprocess_cfg: dict) -> torch.Tensor:
@@ -94,7 +120,7 @@ def train_pixels(image: Image.Image, box: tuple[int, int, int, int], preprocess_
 
 def train_view(image: Image.Image, box: tuple[int, int, int, int], preprocess_cfg: dict) -> torch.Tensor:
     """:func:`train_pixels`, normalised."""
-    return normalize(train_pixels(image, box, preprocess_cfg), preprocess_cfg["mean"], preprocess_cfg["std"])
+    return _normalised(train_pixels(image, box, preprocess_cfg), preprocess_cfg)
 
 
 def eval_pixels(image: Image.Image, preprocess_cfg: dict) -> torch.Tensor:
@@ -110,7 +136,7 @@ def eval_pixels(image: Image.Image, preprocess_cfg: dict) -> torch.Tensor:
 
 def eval_view(image: Image.Image, preprocess_cfg: dict) -> torch.Tensor:
     """open_clip's whole test transform of one image (:func:`eval_pixels`, normalised)."""
-    return normalize(eval_pixels(image, preprocess_cfg), preprocess_cfg["mean"], preprocess_cfg["std"])
+    return _normalised(eval_pixels(image, preprocess_cfg), preprocess_cfg)
 
 
 @functools.lru_cache(maxsize=16)

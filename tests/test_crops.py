@@ -134,3 +134,17 @@ def test_an_open_clip_transform_of_another_shape_is_refused(monkeypatch):
             eval_pixels(_image(20, 20), _cfg(8, "shortest", "bicubic"))
     finally:
         _eval_transform.cache_clear()
+
+
+def test_normalize_takes_uint8_pixels_only_and_arrays_as_the_renderer_makes_them():
+    """A float batch would be divided by 255 a second time: refused. The toy world's renderer hands HxWx3 uint8
+    arrays to to_tensor (pretraining): the old float formula's numbers, contiguous like torchvision's."""
+    cfg = _cfg(32, "shortest", "bicubic")
+    with pytest.raises(TypeError, match="uint8"):
+        model_input(torch.zeros(1, 3, 32, 32), cfg, "cpu")
+    array = np.asarray(_image(20, 12))
+    out = to_tensor(array, MEAN, STD)
+    assert out.is_contiguous() and torch.equal(out, _float_path(Image.fromarray(array)))
+    assert eval_view(_image(40, 30), cfg).is_contiguous()
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        to_tensor(array.astype(np.float32), MEAN, STD)

@@ -23,7 +23,7 @@ def test_gpu_bench_runs_on_cpu_with_the_tiny_model(tmp_path):
         assert r["peak_gib"] is None  # no CUDA memory on CPU
     e = results["eval"]
     assert e["tensors_images_per_s"] > 0 and e["real_path_images_per_s"] > 0 and e["input_path_alone_images_per_s"] > 0
-    assert e["images"] == 48 and e["batch"] == 16
+    assert e["images"] == 48 and e["batch"] == 16 and e["normalisation_identical_to_cpu"] is True
 
 
 def test_gpu_script_runs_the_bench_with_bounded_time():
