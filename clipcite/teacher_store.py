@@ -70,12 +70,17 @@ def restore(store: str, key: str, out_uri: str) -> CacheMeta | None:
 
 def keep(store: str, key: str, folder: Path) -> None:
     """Store the cache files in the local ``folder`` (where the step has just written them, before they go to its
-    output: nothing is read back from s3) under ``key``; the key file goes with them, checked on reuse."""
+    output: nothing is read back from s3) under ``key``; the key file goes with them, checked on reuse. The store
+    only saves later runs work: a failure to write it is logged, and the step's own output still goes out."""
     if not store:
         return
     entry = storage.join(store, key)
-    with storage.staged_dir(entry) as tmp:
-        for name in (TENSORS_FILE, META_FILE):
-            shutil.copy2(folder / name, tmp / name)
-        (tmp / KEY_FILE).write_text(json.dumps({"key": key, "format": FORMAT}))
+    try:
+        with storage.staged_dir(entry) as tmp:
+            for name in (TENSORS_FILE, META_FILE):
+                shutil.copy2(folder / name, tmp / name)
+            (tmp / KEY_FILE).write_text(json.dumps({"key": key, "format": FORMAT}))
+    except Exception as e:  # S3 and file systems raise many types; none of them is the step's failure
+        log.warning("%s: could not keep the teacher cache for later runs (%s: %s)", entry, type(e).__name__, e)
+        return
     log.info("teacher cache kept in %s for later runs", entry)

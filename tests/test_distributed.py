@@ -173,7 +173,7 @@ def test_steps_and_the_cli_launch_torchrun_when_asked(monkeypatch):
     cache_teacher.run("splits", "out", config)
     finetune.run("splits", "out", config)
     evaluate.run("model", "splits", "out", config)
-    assert calls == [(cache_teacher.run, 4), (finetune.run, 4), (evaluate.run, 4)]
+    assert calls == [(cache_teacher._ranks_run, 4), (finetune.run, 4), (evaluate.run, 4)]
     monkeypatch.setenv("WORLD_SIZE", "4")  # a rank already: never launches again
     assert distributed.requested_ranks() == 1
     monkeypatch.delenv("WORLD_SIZE")

@@ -4,6 +4,8 @@ goal 5)."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from clipcite import storage, teacher_store
@@ -59,7 +61,18 @@ def test_a_damaged_stored_cache_is_recomputed_not_served(table, tmp_path):
     key = cache_teacher.content_key(splits, config)
     stored = tmp_path / "store" / key / TENSORS_FILE
     stored.write_bytes(stored.read_bytes()[:100])
-    assert not teacher_store.restore(store, key, str(tmp_path / "teacher2"))
+    assert teacher_store.restore(store, key, str(tmp_path / "teacher2")) is None
     assert not (tmp_path / "teacher2").exists()  # nothing half-written
     again = cache_teacher.run(splits, str(tmp_path / "teacher2"), config, store=store)
     assert "reused" not in again and (tmp_path / "teacher2" / TENSORS_FILE).is_file()
+
+
+def test_a_store_that_cannot_be_written_costs_only_the_reuse(table, tmp_path, caplog):
+    """The store saves later runs work; when it cannot be written the step still writes its own output."""
+    store = tmp_path / "not-a-folder"
+    store.write_text("a file where the store should be")
+    splits, config = _splits(table, tmp_path / "splits")
+    with caplog.at_level(logging.WARNING, logger="clipcite.teacher_store"):
+        built = cache_teacher.run(splits, str(tmp_path / "teacher"), config, store=str(store))
+    assert "reused" not in built and (tmp_path / "teacher" / TENSORS_FILE).is_file()
+    assert "could not keep the teacher cache" in caplog.text
