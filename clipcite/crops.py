@@ -101,26 +101,26 @@ def model_input(images: torch.Tensor, preprocess_cfg: dict, device: str) -> torc
 
 
 def to_tensor(image: Image.Image | np.ndarray, mean, std) -> torch.Tensor:
-    """A PIL image or HxWx3 uint8 array as a normalised float tensor [3, H, W]."""
+    """One image (PIL or an HxWx3 uint8 array) as the normalised float tensor [3, H, W], contiguous as
+    torchvision's are: the per-image form of :func:`normalize`."""
     return normalize(pixels(image), mean, std).contiguous()
 
 
-def _normalised(pixels_: torch.Tensor, preprocess_cfg: dict) -> torch.Tensor:
-    """One image's pixels normalised for the model of ``preprocess_cfg``, contiguous as torchvision's are."""
-    return normalize(pixels_, preprocess_cfg["mean"], preprocess_cfg["std"]).contiguous()
+def _train_crop(image: Image.Image, box: tuple[int, int, int, int], preprocess_cfg: dict) -> Image.Image:
+    top, left, h, w = box
+    size = input_size(preprocess_cfg)
+    resample = _RESAMPLE.get(preprocess_cfg.get("interpolation", "bicubic"), Image.BICUBIC)
+    return image.crop((left, top, left + w, top + h)).resize((size, size), resample)
 
 
 def train_pixels(image: Image.Image, box: tuple[int, int, int, int], preprocess_cfg: dict) -> torch.Tensor:
     """Crop ``box`` = (top, left, h, w) and resize to the model's input size: uint8 [3, S, S]."""
-    top, left, h, w = box
-    size = input_size(preprocess_cfg)
-    resample = _RESAMPLE.get(preprocess_cfg.get("interpolation", "bicubic"), Image.BICUBIC)
-    return pixels(image.crop((left, top, left + w, top + h)).resize((size, size), resample))
+    return pixels(_train_crop(image, box, preprocess_cfg))
 
 
 def train_view(image: Image.Image, box: tuple[int, int, int, int], preprocess_cfg: dict) -> torch.Tensor:
     """:func:`train_pixels`, normalised."""
-    return _normalised(train_pixels(image, box, preprocess_cfg), preprocess_cfg)
+    return to_tensor(_train_crop(image, box, preprocess_cfg), preprocess_cfg["mean"], preprocess_cfg["std"])
 
 
 def eval_pixels(image: Image.Image, preprocess_cfg: dict) -> torch.Tensor:
@@ -136,7 +136,8 @@ def eval_pixels(image: Image.Image, preprocess_cfg: dict) -> torch.Tensor:
 
 def eval_view(image: Image.Image, preprocess_cfg: dict) -> torch.Tensor:
     """open_clip's whole test transform of one image (:func:`eval_pixels`, normalised)."""
-    return _normalised(eval_pixels(image, preprocess_cfg), preprocess_cfg)
+    head = _eval_transform(view_key(preprocess_cfg))
+    return to_tensor(head(image), preprocess_cfg["mean"], preprocess_cfg["std"])
 
 
 @functools.lru_cache(maxsize=16)
