@@ -15,7 +15,7 @@ from tqdm import tqdm
 from clipcite import distributed
 from clipcite.crops import model_input, view_key
 from clipcite.data.loading import EvalDataset
-from clipcite.finite import require_finite
+from clipcite.finite import require_finite, row_ids
 from clipcite.loaders import loader_options
 from clipcite.metrics import confusion_matrix, per_class_accuracy, top1
 from clipcite.models import LoadedModel, encode_texts
@@ -112,7 +112,7 @@ def _one_pass(
     desc = " ".join(["evaluating", source or "set", *[name for name in models if name]])
     for index, pixels, labels in tqdm(loader, desc=desc, leave=False):
         images = model_input(pixels, cfg, device)
-        ids = [f"id={rows[int(i)]['id']}" for i in index]
+        ids = row_ids(rows, index)
         for name, model in nets.items():
             with autocast:
                 features = model.encode_image(images, normalize=True).float()

@@ -3,6 +3,8 @@ model with NaN weights is saved, evaluated or registered. One error type; the me
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 
 
@@ -10,12 +12,19 @@ class NonFiniteError(FloatingPointError):
     """A loss term, gradient, feature, logit or weight that is NaN or infinite; the message says where."""
 
 
-def require_finite(values: torch.Tensor, what: str, names: list[str]) -> None:
-    """Raise naming the rows of ``values`` [N, ...] that hold a NaN or inf (``names[i]`` names row i)."""
+def require_finite(values: torch.Tensor, what: str, names: Sequence[str] | Callable[[], Sequence[str]]) -> None:
+    """Raise naming the rows of ``values`` [N, ...] that hold a NaN or inf (``names[i]`` names row i). ``names`` may
+    be a function that makes them, called only then (loops over batches need not format ids for every batch)."""
     bad = ~torch.isfinite(values.detach()).reshape(len(values), -1).all(dim=1)
     if bool(bad.any()):
-        listed = [names[int(i)] for i in bad.nonzero().flatten()[:5]]
+        named = names() if callable(names) else names
+        listed = [named[int(i)] for i in bad.nonzero().flatten()[:5]]
         raise NonFiniteError(f"{what}: not finite for {int(bad.sum())} of {len(values)}, e.g. {listed}")
+
+
+def row_ids(rows: Sequence[dict[str, object]], index: torch.Tensor) -> Callable[[], list[str]]:
+    """The ids of ``rows[index]`` for :func:`require_finite`, formatted only if a row is not finite."""
+    return lambda: [f"id={rows[int(i)]['id']}" for i in index]
 
 
 def nonfinite_weights(state_dict: dict[str, torch.Tensor]) -> list[str]:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from clipcite import distributed
 from clipcite.crops import input_size, model_input
 from clipcite.data.loading import CropDataset, crop_boxes, image_size
-from clipcite.finite import require_finite
+from clipcite.finite import require_finite, row_ids
 from clipcite.loaders import EpochItems, decode_all, loader_options
 from clipcite.models import LoadedModel, encode_texts
 from clipcite.precision import autocast as precision_autocast
@@ -97,8 +97,8 @@ def build_cache(
             images = model_input(pixels, teacher.preprocess_cfg, device)
             with autocast:
                 features = model.encode_image(images, normalize=True)
-            ids = [f"id={rows[int(i)]['id']}" for i in index]
-            require_finite(features, f"{source}teacher image features, epoch {epoch + 1}; check the base model", ids)
+            what = f"{source}teacher image features, epoch {epoch + 1}; check the base model"
+            require_finite(features, what, row_ids(rows, index))
             image[epoch, index] = features.float().cpu()
     image = distributed.combine(image)
     size = input_size(teacher.preprocess_cfg)
