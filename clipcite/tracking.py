@@ -1,9 +1,9 @@
 """MLflow tracking: where MLflow is, the pipeline's run and one nested run per step.
 
-One MLflow run per pipeline run (opened by the pipeline's first step, or the run named by ``MLFLOW_RUN_ID`` when a
-KFP deployment injects one), and a nested run per step. Where MLflow is (``MLFLOW_TRACKING_URI`` or the pipeline's
-``tracking_uri``) is checked before any training: an unreachable server fails the run at its first step unless
-tracking is turned off (``tracking_uri=off``).
+One MLflow run per pipeline run (opened by the pipeline's first step, found again by its KFP run id), and a nested
+run per step; ``MLFLOW_RUN_ID``, which KFP's MLflow integration sets per task, is never taken for either. Where
+MLflow is (``MLFLOW_TRACKING_URI`` or the pipeline's ``tracking_uri``) is checked before any training: an
+unreachable server fails the run at its first step unless tracking is turned off (``tracking_uri=off``).
 
 The model as MLflow serves it is in :mod:`clipcite.served_model`, the registry's operations in
 :mod:`clipcite.registry`; those three modules are the only ones that import MLflow.
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 DISABLED = ("off", "none", "disabled", "false")
 KFP_RUN_TAG = "clipcite.kfp_run_id"
+KFP_MLFLOW_RUN_TAG = "clipcite.kfp_mlflow_run_id"  # the task run KFP's MLflow integration made, if on
 
 
 class TrackingError(RuntimeError):
@@ -119,20 +120,20 @@ def code_version() -> str:
 
 
 def open_pipeline_run(uri: str, experiment: str, *, kfp_run_id: str = "", run_name: str = "", tags=None) -> str:
-    """The MLflow run of this pipeline run: ``MLFLOW_RUN_ID`` when set, else the one tagged with this KFP run id
-    (a retried first step finds it), else a new one in ``experiment`` (or ``MLFLOW_EXPERIMENT_ID``)."""
+    """The MLflow run of this pipeline run: the one tagged with this KFP run id (a retried first step finds it),
+    else a new one in ``experiment``.
+
+    ``MLFLOW_RUN_ID`` is not this run: KFP's own MLflow integration (backend/src/v2/common/plugins/mlflow/handler.go,
+    release-2.17) sets it, with ``MLFLOW_EXPERIMENT_ID``, in every task to a nested run of that task alone. The
+    pipeline's run crosses the DAG as snapshot's ``mlflow_run`` artifact instead; KFP's run is linked by a tag."""
     client = connect(uri)
-    injected = os.environ.get("MLFLOW_RUN_ID", "")
-    if injected:
-        try:
-            return client.get_run(injected).info.run_id
-        except MlflowException as e:
-            raise TrackingError(f"MLFLOW_RUN_ID={injected} is not a run on {uri}: {e}") from e
-    experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID", "") or _experiment_id(client, experiment)
+    experiment_id = _experiment_id(client, experiment)
     found = _find_pipeline_run(client, experiment_id, kfp_run_id)
     if found:
         return found
     run_tags = {KFP_RUN_TAG: kfp_run_id, "clipcite.version": code_version(), **(tags or {})}
+    if injected := os.environ.get("MLFLOW_RUN_ID", ""):
+        run_tags[KFP_MLFLOW_RUN_TAG] = injected
     run = client.create_run(experiment_id, run_name=run_name or None, tags={k: str(v) for k, v in run_tags.items()})
     log.info("MLflow run %s in experiment %s on %s", run.info.run_id, experiment, uri)
     return run.info.run_id
@@ -176,33 +177,60 @@ def finish_pipeline_run(uri: str, run_id: str, status: str = "FINISHED") -> None
 def close_pipeline_run(uri: str, experiment: str, kfp_run_id: str, *, succeeded: bool, error: str = "") -> dict:
     """The pipeline's exit handler: end this KFP run's MLflow run FINISHED, or FAILED with the failed step(s) named
     (from the step runs that ended FAILED; step runs still RUNNING were killed with their pod and are closed FAILED).
-    Returns what it did; nothing to close (tracking off, or the run failed before snapshot opened one) is fine."""
+    Returns what it did; nothing to close (tracking off, or the run failed before snapshot opened one) is fine.
+
+    The KFP backend says neither which task failed nor why (its exit status carries an empty error), so both come
+    from the step runs nested under the pipeline's run; where none recorded it, the tag says where to look."""
     client = connect(uri)
-    experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID", "")
-    if not experiment_id:
-        found = client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found is not None else ""
+    experiment_id = _pipeline_experiment(client, experiment)
     run_id = _find_pipeline_run(client, experiment_id, kfp_run_id) if experiment_id else ""
     if not run_id:
         return {"run_id": "", "status": "none"}
-    failed, errors = [], []
+    failed, errors, seen = [], [], set()
     children = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
     for child in sorted(children, key=lambda r: r.info.start_time or 0):
+        step = child.data.tags.get("clipcite.step", child.info.run_name)
+        seen.add(step.split("-")[0] if step.startswith("evaluate-") else step)
         if child.info.status in ("RUNNING", "SCHEDULED"):
             client.set_terminated(child.info.run_id, "FAILED")
         if child.info.status in ("RUNNING", "SCHEDULED", "FAILED"):
-            failed.append(child.data.tags.get("clipcite.step", child.info.run_name))
+            failed.append(step)
             errors.append(child.data.tags.get(ERROR_TAG, ""))
     status = "FINISHED" if succeeded else "FAILED"
     if not succeeded:
-        where = ", ".join(failed) or "a step before finetune (sample-splits or cache-teacher: see the KFP run)"
+        where = ", ".join(failed) or _unrecorded_failure(seen)
         client.set_tag(run_id, "clipcite.failed_step", where)
-        detail = next((e for e in errors if e), "") or error  # the step's exception, else what KFP said
-        if detail:
-            client.set_tag(run_id, ERROR_TAG, detail[:5000])
+        detail = next((e for e in errors if e), "") or _no_error_text(error, where, kfp_run_id)
+        client.set_tag(run_id, ERROR_TAG, detail[:5000])
         log.error("pipeline run failed at %s; MLflow run %s marked FAILED", where, run_id)
     client.set_terminated(run_id, status)
     return {"run_id": run_id, "status": status, "failed_steps": failed}
+
+
+def _pipeline_experiment(client: MlflowClient, experiment: str) -> str:
+    """The experiment the pipeline's runs are in: by name. (``MLFLOW_EXPERIMENT_ID`` in a KFP task is KFP's own
+    MLflow integration's experiment, not necessarily this pipeline's: see :func:`open_pipeline_run`.)"""
+    found = client.get_experiment_by_name(experiment)
+    return found.experiment_id if found is not None else ""
+
+
+# The DAG's steps that keep no MLflow run of their own (cached: a run id among their inputs would defeat KFP's
+# cache), in DAG order, between the steps that do.
+_UNTRACKED_BEFORE = {"finetune": ("sample-splits", "cache-teacher"), "register": ("evaluate", "register")}
+
+
+def _unrecorded_failure(seen: set[str]) -> str:
+    """Where a failure that no step run recorded happened, from the step runs that exist: before finetune opened
+    its run, sample-splits or cache-teacher; after it, an evaluate or register that failed before opening theirs."""
+    suspects = _UNTRACKED_BEFORE["register" if "finetune" in seen else "finetune"]
+    return " or ".join(suspects)
+
+
+def _no_error_text(error: str, where: str, kfp_run_id: str) -> str:
+    """The error tag when no step recorded its exception: what KFP said (kfp.local says little, the backend sends
+    an empty error), and where the step's own words are."""
+    hint = f"see the logs of task {where} in KFP run {kfp_run_id or '(unknown)'}"
+    return f"{error.strip()} ({hint})" if error.strip() else f"no error text from KFP: {hint}"
 
 
 # ----------------------------------------------------------------------------------------------- a step's run
@@ -295,7 +323,7 @@ class StepRun:
         if active is not None and active.info.run_id == self.run_id:
             yield
             return
-        with mlflow.start_run(run_id=self.run_id, nested=True):
+        with _fluent_run(self.run_id):
             yield
 
 
@@ -309,14 +337,11 @@ def step_run(uri: str | None, parent_run_id: str, name: str, *, system_metrics: 
     client = connect(uri)
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     try:
-        with mlflow.start_run(
-            experiment_id=experiment_id,
-            run_name=name,
-            nested=True,
-            parent_run_id=parent_run_id,
-            tags={"clipcite.step": name, "clipcite.version": code_version(), "clipcite.image": _image()},
-            log_system_metrics=system_metrics,
-        ) as active:
+        # Created by id, then started by id: ``mlflow.start_run()`` without one would resume the ``MLFLOW_RUN_ID``
+        # that KFP's MLflow integration injects (its own run of this task) instead of nesting under ours.
+        tags = {"clipcite.step": name, "clipcite.version": code_version(), "clipcite.image": _image()}
+        created = client.create_run(experiment_id, run_name=name, tags={"mlflow.parentRunId": parent_run_id, **tags})
+        with _fluent_run(created.info.run_id, log_system_metrics=system_metrics) as active:
             run = StepRun(client, active.info.run_id, parent_run_id)
             try:
                 yield run
@@ -334,6 +359,19 @@ def step_run(uri: str | None, parent_run_id: str, name: str, *, system_metrics: 
             f"MLFLOW_HTTP_REQUEST_MAX_RETRIES={os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '7')}, ran out): "
             f"{str(e.message)[:500]}"
         ) from e
+
+
+@contextlib.contextmanager
+def _fluent_run(run_id: str, **kwargs) -> Iterator[mlflow.ActiveRun]:
+    """``mlflow.start_run(run_id)`` that leaves ``MLFLOW_RUN_ID`` as it found it: MLflow's ``end_run`` unsets it,
+    and the variable belongs to KFP's MLflow integration (code after the step, and KFP's launcher, still read it)."""
+    injected = os.environ.get("MLFLOW_RUN_ID")
+    try:
+        with mlflow.start_run(run_id=run_id, nested=True, **kwargs) as active:
+            yield active
+    finally:
+        if injected is not None:
+            os.environ["MLFLOW_RUN_ID"] = injected
 
 
 def _image() -> str:
