@@ -114,8 +114,11 @@ def build_pipeline(settings: ClusterSettings | None = None):
                     tracking_uri=tracking_uri,
                     registered_model_name=registered_model_name,
                     baseline_cache=baseline_cache,  # "" = off; zero-shot metrics reused across runs
+                    # The step retries itself: backends ignore set_retry inside a ParallelFor (kubeflow/pipelines
+                    # #12389), so this task has no retry policy of its own.
+                    attempts=settings.retries + 1,
                 )
-                gpu_task(evaluation, settings, cache=False, retry_backoff="60s")
+                gpu_task(evaluation, settings, cache=False)
             registered = register(
                 model=model.outputs["model"],
                 reports=dsl.Collected(evaluation.outputs["report"]),

@@ -15,6 +15,7 @@ def evaluate(
     tracking_uri: str,
     registered_model_name: str,
     baseline_cache: str,
+    attempts: int,
     report: dsl.Output[dsl.Artifact],
     metrics: dsl.Output[dsl.Metrics],
 ):
@@ -31,6 +32,9 @@ def evaluate(
         mlflow_run_id=read_mlflow_run(mlflow_run.path),
         registered_model_name=registered_model_name,
         baseline_cache=baseline_cache,
+        model_ref=model.uri,  # read at .path (in the pod), recorded by .uri (where the artifact lives)
+        splits_ref=splits.uri,
+        attempts=attempts,
     )
     for model_name, values in body["domains"][domain].items():
         for key, value in values.items():

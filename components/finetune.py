@@ -28,6 +28,7 @@ def finetune(
         tracking_uri=tracking_uri,
         mlflow_run_id=read_mlflow_run(mlflow_run.path),
         checkpoint_dir=checkpoint_uri(checkpoint_root, kfp_run_id),
+        splits_ref=splits.uri,  # read at .path (in the pod), recorded by .uri (where the artifact lives)
     )
     model.metadata.update(summary)
     for key in ("steps", "epochs", "images_per_second"):

@@ -36,6 +36,7 @@ def register(
         experiment_name=experiment_name,
         tracking_uri=tracking_uri,
         mlflow_run_id=read_mlflow_run(mlflow_run.path),
+        model_ref=model.uri,  # read at .path (in the pod), recorded by .uri (where the artifact lives)
     )
     registry = body["registry"] or {}
     record.metadata.update(

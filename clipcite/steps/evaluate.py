@@ -23,6 +23,7 @@ from clipcite.metrics import summarise
 from clipcite.models import LoadedModel, load_model, load_saved
 from clipcite.precision import resolve_precision
 from clipcite.report import markdown, plot_confusion, plot_domains
+from clipcite.retry import with_retries
 from clipcite.steps.common import (
     base_parser,
     class_prompts,
@@ -47,19 +48,26 @@ def run(
     mlflow_run_id: str = "",
     registered_model_name: str = "",
     baseline_cache: str = "",
+    model_ref: str = "",
+    splits_ref: str = "",
+    attempts: int = 1,
 ) -> dict:
     """Evaluate on the eval sets of ``domains`` (all when empty). With tracking, the registered model's current
     ``champion`` is evaluated beside the new one (for the promotion gate) and everything is logged to a nested run.
     ``CLIPCITE_NPROC_PER_NODE`` > 1 shares each set's images out over that many torchrun ranks on this machine
     (rank 0 logs and writes the same metrics as one process). ``baseline_cache`` (a folder or s3:// prefix; ""
     = off) keeps the zero-shot model's per-set metrics across runs (``clipcite.baseline``): a rerun that changes
-    only the training evaluates just the new model (and the champion).
+    only the training evaluates just the new model (and the champion). ``model_ref`` and ``splits_ref`` are the
+    artifacts' addresses to record (KFP's ``.uri``, e.g. ``s3://...``) where the folders read are pod-local paths
+    (its ``.path``, ``/s3/...``); by default the paths read are recorded. ``attempts`` > 1 retries the work after
+    a transient failure (:mod:`clipcite.retry`: KFP ignores a retry policy inside a ParallelFor), in one process.
     """
     ranks = distributed.requested_ranks()
     if ranks > 1:
         options = {"tracking_uri": tracking_uri, "mlflow_run_id": mlflow_run_id}
         options["registered_model_name"] = registered_model_name
         options["baseline_cache"] = baseline_cache
+        options.update(model_ref=model_ref, splits_ref=splits_ref, attempts=1)  # ranks do not retry alone
         return distributed.launch(run, model_uri, splits_uri, out_uri, config, domains, nproc=ranks, **options)
     if not storage.exists(storage.join(model_uri, META_FILE)):
         raise FileNotFoundError(
@@ -71,19 +79,27 @@ def run(
     with distributed.process_group(device):
         run_id = mlflow_run_id if distributed.is_main() else ""  # rank 0 alone logs to MLflow
         with tracking.step_run(tracking_uri, run_id, name) as step, tempfile.TemporaryDirectory() as tmp:
-            champion = None
-            if distributed.broadcast(bool(step.enabled and registered_model_name and config.gate.evaluate_champion)):
-                champion = _champion(step.client, registered_model_name, Path(tmp), device)
-            body = _run(
-                model_uri,
-                splits_uri,
-                out_uri,
-                config,
-                step,
-                domains=domains,
-                champion=champion,
-                baseline_cache=baseline_cache,
-            )
+
+            def work() -> dict:
+                champion = None
+                with_champion = step.enabled and registered_model_name and config.gate.evaluate_champion
+                if distributed.broadcast(bool(with_champion)):
+                    champion = _champion(step.client, registered_model_name, Path(tmp), device)
+                return _run(
+                    model_uri,
+                    splits_uri,
+                    out_uri,
+                    config,
+                    step,
+                    domains=domains,
+                    champion=champion,
+                    baseline_cache=baseline_cache,
+                    model_ref=model_ref or model_uri,
+                    splits_ref=splits_ref or splits_uri,
+                )
+
+            tries = attempts if distributed.world_size() == 1 else 1  # ranks must fail and retry together
+            body = with_retries(work, attempts=tries, what=name)
         distributed.barrier()  # no rank returns before rank 0 has written the metrics
     return body
 
@@ -118,9 +134,9 @@ class _Evaluation:
     models: dict[str, LoadedModel | None]  # None: the zero-shot model, not loaded yet
     baseline_cache: str
 
-    def score_set(self, spec_set: dict, set_uri: str) -> tuple[dict, bool]:
+    def score_set(self, spec_set: dict, set_uri: str, set_ref: str) -> tuple[dict, bool]:
         """The set's entry (its description and one metrics dict per model) and whether the zero-shot metrics came
-        from the baseline cache."""
+        from the baseline cache; ``set_ref`` is the set's address to record (``set_uri`` is where it is read)."""
         rows, classes = read_split(set_uri)
         template, prompts = class_prompts(classes, self.config)  # each set's own template unless model.template
         entry = {"domain": spec_set["domain"], "subset": spec_set["subset"], "template": template}
@@ -143,7 +159,7 @@ class _Evaluation:
             )
             metrics |= {name: set_metrics(preds[name], target, list(classes.names)) for name in pending}
         if key and not cached and distributed.is_main():
-            write_baseline(self.baseline_cache, key, metrics["zeroshot"], {"set": spec_set["name"], "uri": set_uri})
+            write_baseline(self.baseline_cache, key, metrics["zeroshot"], {"set": spec_set["name"], "uri": set_ref})
         entry |= {name: metrics[name] for name in self.models}
         if cached:
             log.info("%s: zero-shot baseline read from %s (not evaluated again)", spec_set["name"], self.baseline_cache)
@@ -181,6 +197,8 @@ def _run(
     domains: tuple[str, ...],
     champion: tuple[int, LoadedModel] | None,
     baseline_cache: str,
+    model_ref: str,
+    splits_ref: str,
 ) -> dict:
     device = resolve_device(config.device)
     manifest = read_json(storage.join(splits_uri, "manifest.json"))
@@ -194,21 +212,20 @@ def _run(
     results: dict[str, dict] = {}
     baselines_cached: list[str] = []  # eval sets whose zero-shot metrics came from baseline_cache
     for spec_set in sets:
-        set_uri = storage.join(splits_uri, "eval", spec_set["name"])
-        entry, cached = evaluation.score_set(spec_set, set_uri)
+        set_uri, set_ref = (storage.join(root, "eval", spec_set["name"]) for root in (splits_uri, splits_ref))
+        entry, cached = evaluation.score_set(spec_set, set_uri, set_ref)
         results[spec_set["name"]] = entry
         baselines_cached += [spec_set["name"]] if cached else []
         ids = manifest["sets"].get(f"eval/{spec_set['name']}", {}).get("ids_sha256", "")
-        step.log_dataset(
-            spec_set["name"], set_uri, ids, "evaluation", rows=entry.pop("rows"), classes=entry.pop("classes")
-        )
+        rows, classes = entry.pop("rows"), entry.pop("classes")
+        step.log_dataset(spec_set["name"], set_ref, ids, "evaluation", rows=rows, classes=classes)
         log.info("%s: %s", spec_set["name"], {m: round(entry[m]["top1"], 2) for m in models})
 
     names = list(models)
     train_domains = manifest.get("train_domains", list(config.splits.train_domains))
     summary = summarise(results, names, train_domains, config.eval.mean_over)
     body = {
-        "model": model_uri,
+        "model": model_ref,
         "method": meta.get("method"),
         "alpha": meta.get("alpha"),
         "seed": meta.get("seed"),

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from clipcite import distributed, storage, tracking
+from clipcite import distributed, kfp_backend, storage, tracking
 from clipcite.config import Config, dump_yaml, to_dict
 from clipcite.data.table import ClassList
 from clipcite.finite import NonFiniteError, nonfinite_weights
@@ -51,15 +51,18 @@ def run(
     keep_checkpoint: bool = False,
     tracking_uri: str | None = None,
     mlflow_run_id: str = "",
+    splits_ref: str = "",
 ) -> dict:
     """Fine-tune, save the model to ``out_uri``; with ``tracking_uri`` and ``mlflow_run_id`` (the pipeline's run)
     also log params, datasets, every loss term per step, throughput and the outputs to a nested run.
+    ``splits_ref`` is the splits' address to record (KFP's ``.uri``) when ``splits_uri`` is a pod-local path.
 
     ``CLIPCITE_NPROC_PER_NODE`` > 1 runs it in that many torchrun ranks (data parallel; rank 0 writes and logs)."""
     ranks = distributed.requested_ranks()
     if ranks > 1:
         options = {"cache_uri": cache_uri, "checkpoint_dir": checkpoint_dir, "keep_checkpoint": keep_checkpoint}
-        options.update(tracking_uri=tracking_uri, mlflow_run_id=mlflow_run_id)  # log_fn cannot cross processes
+        # log_fn cannot cross processes: each rank logs through its own client
+        options.update(tracking_uri=tracking_uri, mlflow_run_id=mlflow_run_id, splits_ref=splits_ref)
         return distributed.launch(run, splits_uri, out_uri, config, nproc=ranks, **options)
     with distributed.process_group(resolve_device(config.device)):
         run_id = mlflow_run_id if distributed.is_main() else ""  # rank 0 alone logs to MLflow
@@ -73,6 +76,7 @@ def run(
                 checkpoint_dir=checkpoint_dir,
                 log_fn=log_fn,
                 keep_checkpoint=keep_checkpoint,
+                splits_ref=splits_ref or splits_uri,
             )
         distributed.barrier()  # no rank returns before rank 0 has written the model
     return summary
@@ -88,6 +92,7 @@ def _run(
     checkpoint_dir: str | None,
     log_fn: Callable[[dict, int], None] | None,
     keep_checkpoint: bool,
+    splits_ref: str,
 ) -> dict:
     train_uri = storage.join(splits_uri, "train")
     rows, classes = read_split(train_uri)
@@ -107,7 +112,7 @@ def _run(
         if log_fn is not None:
             log_fn(metrics, index)
 
-    _log_inputs(step, splits_uri, config, classes)
+    _log_inputs(step, splits_uri, splits_ref, config, classes)
 
     ckpt = checkpoint_dir or str(_default_checkpoint_dir(out_uri))
     started = time.perf_counter()
@@ -220,14 +225,14 @@ def _model_meta(params: FitParams, classes: ClassList, template: str, config: Co
     }
 
 
-def _log_inputs(step: tracking.StepRun, splits_uri: str, config: Config, classes: ClassList) -> None:
+def _log_inputs(step: tracking.StepRun, splits_uri: str, splits_ref: str, config: Config, classes: ClassList) -> None:
     """The resolved config and data identity (source digest, split id digests) as params; the splits as inputs."""
     if not step.enabled:
         return
     manifest = read_json(storage.join(splits_uri, "manifest.json"))
     params = {
         "config": to_dict(config),
-        "data": {"sources_digest": manifest["sources_digest"], "splits_uri": splits_uri},
+        "data": {"sources_digest": manifest["sources_digest"], "splits_uri": splits_ref},
     }
     step.log_params(params)
     step.log_params(params, parent=True)
@@ -237,7 +242,7 @@ def _log_inputs(step: tracking.StepRun, splits_uri: str, config: Config, classes
         if info and info["rows"]:
             step.log_dataset(
                 f"{classes.dataset or 'data'}-{name}",
-                storage.join(splits_uri, name),
+                storage.join(splits_ref, name),
                 info["ids_sha256"],
                 "training" if name == "train" else "validation",
                 rows=info["rows"],
@@ -248,8 +253,8 @@ def _log_inputs(step: tracking.StepRun, splits_uri: str, config: Config, classes
 def checkpoint_uri(root: str, kfp_run_id: str) -> str | None:
     """Where a pipeline run's finetune keeps its checkpoints: ``<root>/<KFP run id>/finetune`` (one per run, so a
     retried or preempted pod of the same run resumes and another run never does), or None (in the pod) without a
-    root."""
-    return storage.join(root, kfp_run_id or "local", "finetune") if root else None
+    root. A literal placeholder for the run id is refused (it would be every run's folder)."""
+    return storage.join(root, kfp_backend.check_run_id(kfp_run_id) or "local", "finetune") if root else None
 
 
 def _default_checkpoint_dir(out_uri: str) -> Path:

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import logging
 
-from clipcite import tracking
+from clipcite import kfp_backend, tracking
 
 log = logging.getLogger(__name__)
 
 
 def run(tracking_uri: str, experiment_name: str, kfp_run_id: str, state: str, error: str = "") -> dict:
-    """``state`` is KFP's final state of the DAG (``SUCCEEDED``, ``FAILED``, ``CANCELLED``...)."""
+    """``state`` is the final state of the DAG the exit handler wraps, in the backend's words (``COMPLETE``,
+    ``FAILED``, ``CANCELED``: ML Metadata's) or kfp.local's (``SUCCEEDED``, ``FAILED``); ``error`` is what KFP said
+    about it (the backend always sends none)."""
     uri = tracking.resolve_uri(tracking_uri)
     if uri is None:
         return {"run_id": "", "status": "tracking off"}
+    kfp_backend.check_run_id(kfp_run_id)
     result = tracking.close_pipeline_run(
-        uri, experiment_name, kfp_run_id, succeeded=state.upper() == "SUCCEEDED", error=error
+        uri, experiment_name, kfp_run_id, succeeded=kfp_backend.run_succeeded(state), error=error
     )
     log.info("closed MLflow run %s: %s", result["run_id"] or "(none)", result["status"])
     return result

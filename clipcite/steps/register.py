@@ -68,13 +68,17 @@ def run(
     experiment_name: str = "",
     tracking_uri: str | None = None,
     mlflow_run_id: str = "",
+    model_ref: str = "",
 ) -> dict:
+    """Merge the evaluations, record them, and with tracking register the model and apply the gate. The model is
+    read at ``model_uri``; ``model_ref`` is its address to record (KFP's ``.uri``, ``s3://...``) when that is a
+    pod-local path (its ``.path``, ``/s3/...``, which is gone with the pod)."""
     body = merge_reports(report_uris)
     meta = json.loads(storage.read_text(storage.join(model_uri, META_FILE)))  # not the weights
     record = {
         "registered_model_name": registered_model_name,
         "experiment_name": experiment_name,
-        "model_uri": model_uri,
+        "model_uri": model_ref or model_uri,
         "base_identity": meta.get("base_identity"),
         "classnames": meta.get("classnames"),
         "method": meta.get("method"),
@@ -82,6 +86,8 @@ def run(
         "domains": body["domains"],
         "mean": body["mean"],
     }
+    if tracking_uri is not None:
+        tracking_uri = tracking.resolve_uri(tracking_uri)  # "off" from a pipeline parameter: files only
     if tracking_uri is not None and mlflow_run_id:
         try:
             record["registry"] = _register(

@@ -11,7 +11,7 @@ import logging
 import sys
 from dataclasses import asdict, dataclass
 
-from clipcite import storage, tracking
+from clipcite import kfp_backend, storage, tracking
 from clipcite.config import ModelConfig
 from clipcite.data.folder import source_snapshot
 from clipcite.data.table import sources_digest
@@ -92,7 +92,9 @@ def for_pipeline(
     run_name: str,
     run_uri: str,
 ) -> Snapshot:
-    """The pipeline's snapshot: its base model comes from the run's parameters, resolved as sample-splits does."""
+    """The pipeline's snapshot: its base model comes from the run's parameters, resolved as sample-splits does; a
+    KFP run id the backend left unresolved is refused before any run is opened."""
+    kfp_backend.check_run_id(kfp_run_id)
     model = run_config(preset, overrides, arch=arch, pretrained=pretrained).model
     return run(
         data_uri,
