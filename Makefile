@@ -7,6 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CHECKOV_STAMP := .venv-checkov/.installed
+KFP_OLDEST_STAMP := .venv-kfp-oldest/.installed
 
 .PHONY: setup setup-checkov run test test-fast lint format clean images
 
@@ -38,7 +39,7 @@ endef
 
 setup:
 	$(call drop_foreign_venv,$(VENV))
-	@$(MAKE) --no-print-directory $(STAMP)
+	@$(MAKE) --no-print-directory $(STAMP) $(KFP_OLDEST_STAMP)
 
 setup-checkov:
 	$(call drop_foreign_venv,.venv-checkov)
@@ -51,6 +52,13 @@ $(STAMP): requirements.txt requirements-pipeline.txt requirements-dev.txt pyproj
 	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-pipeline.txt -r requirements-dev.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
+
+# The oldest supported KFP backend's spec protos, for the upload check in tests/test_kfp_backend.py (no deps: only
+# their generated _pb2 files are loaded, beside the venv's protobuf).
+$(KFP_OLDEST_STAMP): requirements-kfp-oldest.txt $(STAMP)
+	rm -rf .venv-kfp-oldest
+	$(BIN)/python -m pip install -q --no-deps --target .venv-kfp-oldest -r requirements-kfp-oldest.txt
+	touch $(KFP_OLDEST_STAMP)
 
 # checkov scans manifests/ and docker/ in the tests; it lives in its own venv (its pins clash with the runtime's).
 $(CHECKOV_STAMP): requirements-checkov.txt
@@ -73,7 +81,7 @@ test: lint setup-checkov
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
 # The inner loop: everything but the tests marked slow (DAG runs, servers, the paper's architecture).
-test-fast: setup-checkov
+test-fast: setup setup-checkov
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slow"
 
 format: setup
