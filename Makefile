@@ -56,7 +56,7 @@ $(STAMP): requirements.txt requirements-pipeline.txt requirements-dev.txt pyproj
 # The oldest supported KFP backend's spec protos, for the upload check in tests/test_kfp_backend.py (no deps: only
 # their generated _pb2 files are loaded, beside the venv's protobuf).
 $(KFP_OLDEST_STAMP): requirements-kfp-oldest.txt $(STAMP)
-	rm -rf .venv-kfp-oldest
+	rm -rf .venv-kfp-oldest && mkdir .venv-kfp-oldest
 	$(BIN)/python -m pip install -q --no-deps --target .venv-kfp-oldest -r requirements-kfp-oldest.txt
 	touch $(KFP_OLDEST_STAMP)
 

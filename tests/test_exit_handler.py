@@ -42,7 +42,11 @@ def test_close_pipeline_run_names_failed_and_killed_steps(tmp_path):
     runs = _runs(uri)
     assert runs["kfp-ok"].info.status == "FINISHED" and runs["kfp-bad"].info.status == "FAILED"
     assert runs["kfp-bad"].data.tags["clipcite.failed_step"] == "finetune"
-    assert runs["kfp-bad"].data.tags["clipcite.error"] == "Task x failed."  # no step error recorded: KFP's words
+    # No step recorded its error: KFP's words, and where the step's own words are.
+    assert (
+        runs["kfp-bad"].data.tags["clipcite.error"]
+        == "Task x failed. (see the logs of task finetune in KFP run kfp-bad)"
+    )
     assert runs["kfp-bad-finetune"].info.status == "FAILED"
     assert tracking.close_pipeline_run(uri, "clipcite", "no-such-kfp-run", succeeded=False)["status"] == "none"
 

@@ -23,7 +23,8 @@ def repo(tmp_path) -> Path:
     if shutil.which("make") is None:
         pytest.fail("make is not installed")
     shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
-    for name in ("requirements.txt", "requirements-pipeline.txt", "requirements-dev.txt", "requirements-checkov.txt"):
+    requirements = ("requirements.txt", "requirements-pipeline.txt", "requirements-dev.txt", "requirements-checkov.txt")
+    for name in (*requirements, "requirements-kfp-oldest.txt"):
         (tmp_path / name).write_text("")
     (tmp_path / "pyproject.toml").write_text("")
     for version in ("3.11", "3.12"):
