@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 CHECKOV_STAMP := .venv-checkov/.installed
 KFP_OLDEST_STAMP := .venv-kfp-oldest/.installed
 
-.PHONY: setup setup-checkov run test test-fast lint format clean images
+.PHONY: setup setup-checkov run test test-fast lint format clean images push-images base-image test-containers container-images
 
 REGISTRY ?= ghcr.io/clipcite
 VERSION  ?= 0.1.0
@@ -91,14 +91,70 @@ format: setup
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
 
-# Build and push the images (needs a Docker engine; `docker login` to the registry first).
-images:
-	@command -v docker >/dev/null || { echo "make images needs Docker"; exit 1; }
-	docker build -f docker/Dockerfile.cpu -t $(REGISTRY)/clipcite-cpu:$(VERSION) \
-		--build-arg GIT_SHA=$$(git rev-parse --short=12 HEAD) --build-arg IMAGE_REF=$(REGISTRY)/clipcite-cpu:$(VERSION) .
-	docker build -f docker/Dockerfile.cuda -t $(REGISTRY)/clipcite-cuda:$(VERSION) \
-		--build-arg GIT_SHA=$$(git rev-parse --short=12 HEAD) --build-arg IMAGE_REF=$(REGISTRY)/clipcite-cuda:$(VERSION) .
-	docker build -f docker/Dockerfile.mlflow -t $(REGISTRY)/clipcite-mlflow:$(VERSION) .
-	docker push $(REGISTRY)/clipcite-cpu:$(VERSION)
-	docker push $(REGISTRY)/clipcite-cuda:$(VERSION)
-	docker push $(REGISTRY)/clipcite-mlflow:$(VERSION)
+# ---------------------------------------------------------------------------------------------------- images
+# `make images` builds the three images; `make push-images` pushes them (`docker login` to REGISTRY first).
+#   CONTAINER_ENGINE  docker (default) or podman (Debian's podman, configured by docker/podman/setup.sh)
+#   BASE_IMAGE        the images' Python; `make base-image` makes one from Debian packages where it cannot be pulled
+#   TORCH_INDEX       the CPU image's torch wheels: PyTorch's CPU index; where that cannot be reached, the package
+#                     index (https://pypi.org/simple: its wheel carries CUDA, and the CPU image shares the CUDA one's
+#                     torch layers). TORCH_CUDA_INDEX is the CUDA image's (the package index).
+CONTAINER_ENGINE ?= docker
+BASE_IMAGE       ?= python:3.11.7-slim-bookworm
+LOCAL_BASE_IMAGE := localhost/clipcite-base:bookworm
+TORCH_INDEX      ?= https://download.pytorch.org/whl/cpu
+TORCH_CUDA_INDEX ?= https://pypi.org/simple
+PODMAN_CONF      := $(CURDIR)/.podman/containers.conf
+ifeq ($(CONTAINER_ENGINE),podman)
+export CONTAINERS_CONF := $(PODMAN_CONF)
+ENGINE      := podman
+ENGINE_DEPS := $(PODMAN_CONF)
+# No registry to pull from when the base is local; RUN steps use the host's network (pip reaches the index).
+BUILD_FLAGS := --network host $(if $(filter localhost/%,$(BASE_IMAGE)),--pull=never)
+else
+ENGINE      := $(CONTAINER_ENGINE)
+ENGINE_DEPS :=
+BUILD_FLAGS :=
+endif
+GIT_SHA     = $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+IMAGE_SIZES := runs/images/sizes.tsv
+
+# build_image DOCKERFILE NAME EXTRA-ARGS: build REGISTRY/NAME:VERSION, and record its size and build time.
+define build_image
+	@command -v $(CONTAINER_ENGINE) >/dev/null || { echo "make images: $(CONTAINER_ENGINE) is not installed (CONTAINER_ENGINE=docker or podman)" >&2; exit 1; }
+	@mkdir -p $(dir $(IMAGE_SIZES)); start=$$(date +%s); \
+	$(ENGINE) build $(BUILD_FLAGS) -f $(1) -t $(REGISTRY)/$(2):$(VERSION) --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+		--build-arg GIT_SHA=$(GIT_SHA) --build-arg IMAGE_REF=$(REGISTRY)/$(2):$(VERSION) $(3) . && \
+	size=$$($(ENGINE) image inspect --format '{{.Size}}' $(REGISTRY)/$(2):$(VERSION)) && \
+	printf '%s\t%s\t%s\t%s\n' "$(REGISTRY)/$(2):$(VERSION)" "$$size" "$$(($$(date +%s) - start))" "$(BASE_IMAGE)" >> $(IMAGE_SIZES) && \
+	echo "$(REGISTRY)/$(2):$(VERSION): $$((size / 1000000)) MB, built in $$(($$(date +%s) - start)) s"
+endef
+
+images: $(ENGINE_DEPS)
+	$(call build_image,docker/Dockerfile.cpu,clipcite-cpu,--build-arg TORCH_INDEX=$(TORCH_INDEX))
+	$(call build_image,docker/Dockerfile.cuda,clipcite-cuda,--build-arg TORCH_INDEX=$(TORCH_CUDA_INDEX))
+	$(call build_image,docker/Dockerfile.mlflow,clipcite-mlflow,)
+
+push-images: $(ENGINE_DEPS)
+	$(ENGINE) push $(REGISTRY)/clipcite-cpu:$(VERSION)
+	$(ENGINE) push $(REGISTRY)/clipcite-cuda:$(VERSION)
+	$(ENGINE) push $(REGISTRY)/clipcite-mlflow:$(VERSION)
+
+# The base image from Debian packages (root, debootstrap): for machines that cannot pull python:3.11.7-slim-bookworm.
+base-image: $(ENGINE_DEPS)
+	CONTAINER_ENGINE=$(ENGINE) docker/base-image.sh $(LOCAL_BASE_IMAGE)
+
+# The container tier (CI runs it after `make test`): podman, the base from Debian packages when it is not there yet,
+# the images, then every step in its image and the DAG through kfp.local's DockerRunner (tests/containers/).
+CONTAINER_TIER ?= CONTAINER_ENGINE=podman BASE_IMAGE=$(LOCAL_BASE_IMAGE) TORCH_INDEX=https://pypi.org/simple
+test-containers: setup
+	@$(MAKE) --no-print-directory $(CONTAINER_TIER) container-images
+	CONTAINERS_CONF=$(PODMAN_CONF) CONTAINER_ENGINE=podman PATH="$(CURDIR)/$(BIN):$$PATH" \
+		$(BIN)/python -m pytest -q --containers tests/containers
+
+container-images: $(ENGINE_DEPS)
+	@if [ "$(BASE_IMAGE)" = "$(LOCAL_BASE_IMAGE)" ] && ! $(ENGINE) image exists $(BASE_IMAGE); then \
+		$(MAKE) --no-print-directory base-image; fi
+	@$(MAKE) --no-print-directory images
+
+$(PODMAN_CONF): docker/podman/setup.sh
+	docker/podman/setup.sh $@
