@@ -105,14 +105,21 @@ def captured(path: Path, *, echo: bool) -> Iterator[TaskLog]:
         log.close()
 
 
-def run_dag(pipeline_func, params: dict, out: Path, *, caching: bool, quiet: bool) -> dict:
-    """Run ``pipeline_func(**params)`` through kfp.local with its pipeline root and cache under ``out``. kfp.local's
-    output goes to ``out/logs/run-<time>.log`` (and to the terminal unless ``quiet``); a failed task raises
-    RuntimeError with that task's own exception message."""
+def run_dag(pipeline_func, params: dict, out: Path, *, caching: bool, quiet: bool, runner: str = "subprocess") -> dict:
+    """Run ``pipeline_func(**params)`` through kfp.local with its pipeline root and cache under ``out``, each step a
+    subprocess here or (``runner="docker"``) a container of its image (local_docker.py). kfp.local's output goes to
+    ``out/logs/run-<time>.log`` (and to the terminal unless ``quiet``); a failed task raises RuntimeError with that
+    task's own exception message."""
     from kfp import local
 
+    if runner == "docker":
+        import local_docker
+
+        task_runner = local_docker.docker_runner(params, out)
+    else:
+        task_runner = local.SubprocessRunner(use_venv=False)
     local.init(
-        runner=local.SubprocessRunner(use_venv=False),
+        runner=task_runner,
         pipeline_root=str(out / "root"),
         enable_caching=caching,
         cache_root=str(out / "cache"),

@@ -67,7 +67,9 @@ def check_params(params: dict, inputs: dict):
     return run_config(values["config"], values["overrides"], **{name: values[name] for name in CONFIG_PARAMETERS})
 
 
-def run_local(params: dict, out: Path, *, caching: bool = True, quiet: bool = False) -> dict:
+def run_local(
+    params: dict, out: Path, *, caching: bool = True, quiet: bool = False, runner: str = "subprocess"
+) -> dict:
     """Run the DAG through kfp.local (subprocesses in this Python environment) after checking its parameters;
     returns the merged metrics, the resolved config and where the outputs are (see ``local_run.run_dag``)."""
     import local_run
@@ -87,7 +89,8 @@ def run_local(params: dict, out: Path, *, caching: bool = True, quiet: bool = Fa
         params = {**params, "baseline_cache": str((out / "baselines").resolve())}
     if not params.get("teacher_store"):  # a rerun with another lr or alpha runs the teacher no more
         params = {**params, "teacher_store": str((out / "teachers").resolve())}
-    return {**local_run.run_dag(pipeline_func, params, out, caching=caching, quiet=quiet), "config": config}
+    result = local_run.run_dag(pipeline_func, params, out, caching=caching, quiet=quiet, runner=runner)
+    return {**result, "config": config}
 
 
 def make_client(host: str, namespace: str | None = None, token: str | None = None):
@@ -161,7 +164,9 @@ def run(args: argparse.Namespace, params: dict) -> int:
 
     setup_logging()
     try:
-        result = run_local(params, Path(args.out), caching=not args.no_cache, quiet=not args.verbose)
+        result = run_local(
+            params, Path(args.out), caching=not args.no_cache, quiet=not args.verbose, runner=args.runner
+        )
     except RuntimeError as e:
         print(f"pipeline.py run: error: {e}", file=sys.stderr)
         return 1
@@ -175,6 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     run_p = commands.add_parser("run", help="run locally through kfp.local (offline default: the toy world)")
     run_p.add_argument("--out", default="runs/pipeline", help="local pipeline root, cache and generated data")
     run_p.add_argument("--no-cache", action="store_true", help="rerun every step")
+    run_p.add_argument(
+        "--runner",
+        choices=("subprocess", "docker"),
+        default="subprocess",
+        help="subprocess: each step a process in this environment (default); docker: each step in its image, "
+        "through a Docker engine or podman's Docker API at $DOCKER_HOST (docs/containers.md)",
+    )
     run_p.add_argument(
         "--tracking-uri",
         default="",
