@@ -109,3 +109,21 @@ def stop_in_epoch(epoch: int):
             raise Interrupt
 
     return log_fn
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--containers",
+        action="store_true",
+        help="run the container tier (tests marked containers: steps in their built images; make test-containers)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """The container tier needs the built images and minutes: `make test-containers` runs it, `make test` not."""
+    if config.getoption("--containers"):
+        return
+    kept = [item for item in items if "containers" not in item.keywords]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[item for item in items if "containers" in item.keywords])
+        items[:] = kept
