@@ -69,7 +69,7 @@ $(CHECKOV_STAMP): requirements-checkov.txt
 
 run: setup
 	$(BIN)/python pipeline.py run
-	@echo "The README's python and clipcite commands run in this environment: source $(BIN)/activate"
+	@echo "The guides' python and clipcite commands (README.md, docs/) run in this environment: source $(BIN)/activate"
 
 lint: setup
 	$(BIN)/ruff check .

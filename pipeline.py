@@ -65,8 +65,11 @@ def build_pipeline(settings: ClusterSettings | None = None):
                 kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                 kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                 config=config,
+                shots=shots,
+                seed=seed,
                 arch=arch,
                 pretrained=pretrained,
+                method=method,
                 overrides=overrides,
             )
             cpu_task(snap, settings, cache=False, retry_backoff="30s")

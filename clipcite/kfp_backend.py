@@ -10,7 +10,7 @@ import logging
 
 log = logging.getLogger(__name__)
 
-# The oldest KFP backend the compiled pipeline is supported on, and why (README, docs/kfp-backend.md):
+# The oldest KFP backend the compiled pipeline is supported on, and why (docs/cluster.md, docs/kfp-backend.md):
 #   2.5.0  resolves dsl.PIPELINE_JOB_ID_PLACEHOLDER / PIPELINE_JOB_NAME_PLACEHOLDER (older ones pass them literally);
 #   2.16.0 finds a named ParallelFor's outputs for a dsl.Collected consumer (kubeflow/pipelines #13239, #12808);
 #   2.17.0 ends an ExitHandler that wraps a ParallelFor instead of leaving it RUNNING (#13321).

@@ -2,7 +2,8 @@
 
 Pure functions (plain data in, Markdown out): the register step gathers the data and sets the text, so what a person
 browsing the MLflow registry reads is the same whichever store or server holds it. Metrics live here and in the
-pipeline's run; version tags stay few, for filtering.
+pipeline's run; version tags stay few, for filtering. A card's first line is a plain one-line summary (what the
+registry's versions table shows); the version's page renders the whole card.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def version_card(
     names = {"finetuned": f"**v{version}** (this)", "zeroshot": "zero-shot", "champion": f"champion v{evaluated}"}
     eval_domains = list(body.get("domains") or {})
     lines = [
+        headline(meta, body),  # the registry's versions table shows this line alone, cut at 32 characters
+        "",
         f"# {name} v{version}: {meta.get('method', '?')} on {meta.get('dataset') or '?'}",
         "",
         f"CLIP fine-tuned few-shot ({splits.get('shots', '?')} shots per class, seed {meta.get('seed', '?')}). "
@@ -99,6 +102,18 @@ def version_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def headline(meta: dict, body: dict) -> str:
+    """The card's first line, plain text, what tells versions apart first: ``cite on toyworld: HM 76.18`` (the
+    mean over the summary's domains of HM, or top-1 without a base/new split). The MLflow registry's versions
+    table shows a description's first line, cut at 32 characters, as raw text: no Markdown here."""
+    what = f"{meta.get('method') or '?'} on {meta.get('dataset') or '?'}"
+    mean = (body.get("mean") or {}).get("finetuned") or {}
+    for key, label in (("hm", "HM"), ("top1", "top-1")):
+        if key in mean:
+            return f"{what}: {label} {float(mean[key]):.2f}"
+    return what
 
 
 def family_description(name: str, gate: dict) -> str:

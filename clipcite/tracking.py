@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 DISABLED = ("off", "none", "disabled", "false")
 KFP_RUN_TAG = "clipcite.kfp_run_id"
 KFP_MLFLOW_RUN_TAG = "clipcite.kfp_mlflow_run_id"  # the task run KFP's MLflow integration made, if on
+# Evaluation metrics (accuracies in percent) as logged: 0.01 points, what the reports, model cards and the gate's
+# reasons print; more digits are noise in the UI's charts and tables (the files keep full precision).
+METRIC_DIGITS = 2
 
 
 class TrackingError(RuntimeError):
@@ -258,14 +261,18 @@ class StepRun:
         for start in range(0, len(flat), 100):
             self.client.log_batch(run_id, params=flat[start : start + 100])
 
-    def log_metrics(self, metrics: dict, step: int | None = None, *, parent: bool = False) -> None:
-        """Numeric values (nested dicts flattened to ``a/b``); buffered and sent in batches."""
+    def log_metrics(
+        self, metrics: dict, step: int | None = None, *, parent: bool = False, digits: int | None = None
+    ) -> None:
+        """Numeric values (nested dicts flattened to ``a/b``); buffered and sent in batches. ``digits`` rounds them
+        (evaluation summaries: the UI shows every digit MLflow is given)."""
         if not self.enabled:
             return
         now = int(time.time() * 1000)
         for key, value in flatten(metrics, sep="/").items():
             if isinstance(value, int | float) and not isinstance(value, bool):
-                self._metrics.append((parent, Metric(key, float(value), now, step or 0)))
+                value = float(value) if digits is None else round(float(value), digits)
+                self._metrics.append((parent, Metric(key, value, now, step or 0)))
         if len(self._metrics) >= 500:
             self.flush()
 
@@ -278,16 +285,24 @@ class StepRun:
                 self.client.log_batch(run_id, metrics=batch[start : start + 1000])
         self._metrics = []
 
-    def log_dataset(self, name: str, uri: str, digest: str, context: str, *, rows: int, classes: int) -> None:
-        """A dataset input (train split, eval set) with its source URI and content digest."""
+    def log_dataset(
+        self, name: str, uri: str, digest: str, context: str, *, rows: int, classes: int, parent: bool = False
+    ) -> None:
+        """A dataset input (train split, eval set) with its source URI and content digest; ``parent`` also lists
+        it on the pipeline's run (the runs table's Datasets column and the run page's Datasets box read a run's
+        own inputs, not its children's)."""
         if not self.enabled:
             return
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
         dataset = MetaDataset(source=resolve_dataset_source(uri), name=name, digest=digest[:36])
-        with self._active():
-            mlflow.log_input(dataset, context=context, tags={"rows": str(rows), "classes": str(classes)})
+        tags = {MLFLOW_DATASET_CONTEXT: context, "rows": str(rows), "classes": str(classes)}
+        entry = DatasetInput(dataset._to_mlflow_entity(), [InputTag(k, v) for k, v in tags.items()])
+        for run_id in (self.run_id, self.parent_run_id) if parent else (self.run_id,):
+            self.client.log_inputs(run_id, datasets=[entry])
 
     def log_artifacts(self, local: str | Path, artifact_path: str | None = None) -> None:
         if self.enabled:
@@ -297,9 +312,23 @@ class StepRun:
             else:
                 self.client.log_artifact(self.run_id, str(path), artifact_path)
 
-    def log_text(self, text: str, artifact_file: str) -> None:
+    def log_text(self, text: str, artifact_file: str, *, parent: bool = False) -> None:
         if self.enabled:
-            self.client.log_text(self.run_id, text, artifact_file)
+            self.client.log_text(self.parent_run_id if parent else self.run_id, text, artifact_file)
+
+    def log_table(self, columns: dict[str, list], artifact_file: str, *, parent: bool = False) -> None:
+        """A table (column name -> values) as an MLflow table artifact: the run page shows it as a table and the
+        run comparison's artifact view lines it up across runs, where one metric per cell would be one chart each."""
+        if self.enabled:
+            mlflow.log_table(columns, artifact_file, run_id=self.parent_run_id if parent else self.run_id)
+
+    def link_model(self, model_uri: str) -> None:
+        """List a model logged in this step's run (``models:/m-...``) among the pipeline run's outputs too, so the
+        pipeline's run page shows it under Logged models."""
+        if self.enabled and model_uri.startswith("models:/m-"):
+            from mlflow.entities import LoggedModelOutput
+
+            self.client.log_outputs(self.parent_run_id, [LoggedModelOutput(model_uri.removeprefix("models:/"), 0)])
 
     def log_image(self, path: str | Path, key: str, *, parent: bool = False) -> None:
         """A PNG as an MLflow image under ``key``: the run page previews it and the run-comparison view lines up

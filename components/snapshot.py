@@ -4,7 +4,8 @@ Its digest is an input of sample_splits, so sample_splits' cache key changes exa
 under the same prefix are picked up by the next (scheduled) run, unchanged data reuses the cached splits. Likewise
 the base model's identity (a checkpoint file's SHA-256, or the open_clip tag) is an input of cache_teacher, so a
 checkpoint replaced under the same path gets a new teacher cache. The MLflow run goes only to the never-cached
-steps (finetune, evaluate, register), so it does not defeat caching.
+steps (finetune, evaluate, register), so it does not defeat caching. The run's config parameters (shots, seed,
+arch, pretrained, method) name and describe the MLflow run.
 """
 
 from typing import NamedTuple
@@ -23,8 +24,11 @@ def snapshot(
     kfp_run_id: str,
     kfp_run_name: str,
     config: str,
+    shots: int,
+    seed: int,
     arch: str,
     pretrained: str,
+    method: str,
     overrides: dict,
     mlflow_run: dsl.Output[dsl.Artifact],
 ) -> NamedTuple("Outputs", [("digest", str), ("model_identity", str)]):
@@ -37,8 +41,11 @@ def snapshot(
         tuple(eval_data_uris),
         preset=config,
         overrides=overrides,
+        shots=shots,
+        seed=seed,
         arch=arch,
         pretrained=pretrained,
+        method=method,
         tracking_uri=tracking_uri,
         experiment_name=experiment_name,
         kfp_run_id=kfp_run_id,

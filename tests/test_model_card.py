@@ -3,7 +3,7 @@
 import re
 
 from clipcite.config import GateConfig
-from clipcite.model_card import CARD_HEADING, family_description, version_card
+from clipcite.model_card import CARD_HEADING, family_description, headline, version_card
 
 META = {
     "arch": "toyclip",
@@ -62,7 +62,7 @@ def _table_rows(card: str) -> dict:
 
 def test_the_card_names_base_model_method_settings_data_and_code():
     card = _card()
-    assert card.startswith("# pets v4: cite on toyworld")
+    assert card.startswith("cite on toyworld: HM 48.04\n\n# pets v4: cite on toyworld")  # mean over sketch
     for expected in (
         "| architecture | `toyclip` |",
         "| weights | `clipcite:toyworld/toyclip.safetensors` |",
@@ -126,3 +126,11 @@ def test_the_family_description_says_what_the_model_is_and_how_versions_are_prom
     assert "`champion` alias" in text and "HM of base and new accuracy" in text
     assert "no kept domain (photo) loses more than 2.00 points" in text
     assert "clipcite champion pets --set N" in text
+
+
+def test_the_first_line_is_a_plain_summary_the_versions_table_can_show():
+    """The registry's versions table shows a description's first line, cut at 32 characters, unrendered."""
+    assert _card().split("\n", 1)[0] == "cite on toyworld: HM 48.04"
+    fewshot = {"mean": {"finetuned": {"top1": 81.234}}}
+    assert headline(META, fewshot) == "cite on toyworld: top-1 81.23"
+    assert headline({"method": "flyp"}, {}) == "flyp on ?"

@@ -1,4 +1,4 @@
-"""The deploy steps as a new user follows them: set the profile namespace in the one place the README names, set
+"""The deploy steps as a new user follows them: set the profile namespace in the one place docs/cluster.md names, set
 the MLflow image in the overlay, and both overlays render (with the real ``kubectl kustomize``: the manifests use
 replacements) with nothing left pointing at the defaults."""
 
@@ -14,7 +14,7 @@ from .kubectl import render
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PROFILE = "kubeflow-user-example-com"
 PROFILE = "team-a"
-NAMESPACE_FILE = "manifests/base/pipeline-access/kustomization.yaml"  # the one place README's deploy step 2 names
+NAMESPACE_FILE = "manifests/base/pipeline-access/kustomization.yaml"  # docs/cluster.md's deploy step 2 names it
 MLFLOW_IMAGE = "ghcr.io/clipcite/clipcite-mlflow"
 OUR_IMAGE = "registry.example.com/ml/clipcite-mlflow"
 
@@ -47,9 +47,9 @@ def find(objects: list[dict], kind: str, name: str) -> dict:
     return obj
 
 
-def test_the_readme_names_the_one_place_to_set_the_namespace():
-    readme = (ROOT / "README.md").read_text()
-    step = readme[readme.index("**Choose the profile namespace**") :].split("\n3. ", 1)[0]
+def test_the_cluster_guide_names_the_one_place_to_set_the_namespace():
+    guide = (ROOT / "docs" / "cluster.md").read_text()
+    step = guide[guide.index("**Choose the profile namespace**") :].split("\n3. ", 1)[0]
     assert NAMESPACE_FILE in step
     assert "networkpolicy.yaml" not in step and "rbac.yaml" not in step and "settings-patch.yaml" not in step
 

@@ -41,7 +41,7 @@ def test_the_snapshot_identifies_the_base_model_without_torch_and_as_load_model_
     configs = [TINY, [*TINY, "model.arch=ViT-B-16-quickgelu"], [*TINY, f"model.pretrained={checkpoint}"]]
     code = (
         "import sys, json; from clipcite.config import load_config; from clipcite.steps.snapshot import run\n"
-        f"ids = [run({str(table)!r}, model=load_config(None, c).model, tracking_uri='off').model_identity"
+        f"ids = [run({str(table)!r}, config=load_config(None, c), tracking_uri='off').model_identity"
         f" for c in {configs!r}]\n"
         "print(json.dumps([ids, sorted({'torch', 'open_clip'} & set(sys.modules))]))"
     )

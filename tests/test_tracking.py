@@ -72,8 +72,9 @@ def test_snapshot_opens_one_run_per_kfp_run_in_a_local_store(tmp_path, table, mo
     assert run.data.params["data_digest"] and run.data.tags[tracking.KFP_RUN_TAG] == "kfp-1"
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.artifact_location == (tmp_path / "mlartifacts").as_uri()  # beside the database
-    monkeypatch.setenv("MLFLOW_RUN_ID", first)  # KFP's MLflow integration injects its task's run: not ours
-    assert snapshot.run(str(table), tracking_uri=uri, experiment_name="t", kfp_run_id="kfp-3").mlflow_run_id != first
+    monkeypatch.setenv("MLFLOW_RUN_ID", first)  # KFP's MLflow integration injects its own run: linked, never taken
+    injected = snapshot.run(str(table), tracking_uri=uri, kfp_run_id="kfp-3").mlflow_run_id
+    assert injected != first and client.get_run(injected).data.tags[tracking.KFP_MLFLOW_RUN_TAG] == first
 
 
 def test_snapshot_identifies_the_base_model_and_hands_its_run_on_as_a_file(tmp_path, table, monkeypatch):
@@ -84,7 +85,7 @@ def test_snapshot_identifies_the_base_model_and_hands_its_run_on_as_a_file(tmp_p
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_file = str(tmp_path / "mlflow_run")
-    found = snapshot.run(str(table), model=tiny_config().model, tracking_uri=uri, kfp_run_id="k", run_uri=run_file)
+    found = snapshot.run(str(table), config=tiny_config(), tracking_uri=uri, kfp_run_id="k", run_uri=run_file)
     assert found.model_identity == "random:clipcite-tiny:0" and found.mlflow_run_id
     assert read_mlflow_run(run_file) == found.mlflow_run_id
     params = MlflowClient(uri).get_run(found.mlflow_run_id).data.params

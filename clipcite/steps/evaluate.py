@@ -218,7 +218,7 @@ def _run(
         baselines_cached += [spec_set["name"]] if cached else []
         ids = manifest["sets"].get(f"eval/{spec_set['name']}", {}).get("ids_sha256", "")
         rows, classes = entry.pop("rows"), entry.pop("classes")
-        step.log_dataset(spec_set["name"], set_ref, ids, "evaluation", rows=rows, classes=classes)
+        step.log_dataset(spec_set["name"], set_ref, ids, "evaluation", rows=rows, classes=classes, parent=True)
         log.info("%s: %s", spec_set["name"], {m: round(entry[m]["top1"], 2) for m in models})
 
     names = list(models)
@@ -242,8 +242,8 @@ def _run(
     with storage.staged_dir(out_uri) as tmp:
         _write_outputs(tmp, body, results, names)
         step.log_artifacts(tmp)
-    for scope in (False, True):  # the step's run, and the pipeline's run where all domains meet
-        step.log_metrics({"eval": summary["domains"]}, parent=scope)
+    # This domain's metrics on the step's run; register puts every domain's in one table on the pipeline's run.
+    step.log_metrics({"eval": summary["domains"]}, digits=tracking.METRIC_DIGITS)
     return body
 
 

@@ -247,6 +247,7 @@ def _log_inputs(step: tracking.StepRun, splits_uri: str, splits_ref: str, config
                 "training" if name == "train" else "validation",
                 rows=info["rows"],
                 classes=len(classes.names),
+                parent=True,
             )
 
 

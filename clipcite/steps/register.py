@@ -4,9 +4,11 @@ Files first (the pipeline keeps them as artifacts): ``record`` gets ``registrati
 identity, the merged metrics, the registry's answer) and ``metrics.json``, ``summary`` a Markdown report. With
 tracking on, the model is logged as an MLflow pyfunc in a nested run, registered as a new version of
 ``registered_model_name`` (once per pipeline run: a rerun finds its version), and the promotion gate
-(:mod:`clipcite.gate`) moves the ``champion`` alias to it or tags it ``challenger`` with the reason. The version's
-description becomes its model card and the registered model's says how versions are promoted
-(:mod:`clipcite.model_card`); the per-domain chart and confusion matrices go on the pipeline's run as MLflow images.
+(:mod:`clipcite.gate`) moves the ``champion`` alias to it or tags it ``challenger`` with the reason. The version
+belongs to the pipeline's run (the run page lists it); its description becomes its model card and the registered
+model's says how versions are promoted (:mod:`clipcite.model_card`). The pipeline's run gets the mean metrics, every
+domain's in one table (``metrics_table.json``), the card, the per-domain chart and confusion matrices as MLflow
+images, and a line in its Description naming the version.
 """
 
 from __future__ import annotations
@@ -30,10 +32,13 @@ from clipcite.gate import decide_promotion
 from clipcite.metrics import summarise
 from clipcite.model_card import family_description, version_card
 from clipcite.report import markdown, plot_domains
+from clipcite.run_card import with_registration
 from clipcite.steps.common import base_parser, config_from, read_json, setup_logging
 
 log = logging.getLogger(__name__)
 MODELS = ("zeroshot", "finetuned", "champion")
+METRICS_TABLE = "metrics_table.json"  # on the pipeline's run: every domain x model, where the metrics are the means
+NOTE = "mlflow.note.content"  # a run's Description in the MLflow UI (snapshot writes it; register adds its version)
 
 
 def merge_reports(report_uris: list[str]) -> dict:
@@ -135,9 +140,11 @@ def _register(
         else:
             with storage.local_dir(model_uri) as folder:
                 logged = served_model.log_classifier(step, folder, example_images=_example_images())
+            step.link_model(logged)
             tags = _version_tags(meta, config)
+            # The version's run is the pipeline's: its page lists the registered versions whose run_id is the run.
             version = registry.register_version(
-                client, name, logged, run_id=step.run_id, pipeline_run_id=pipeline_run, tags=tags
+                client, name, logged, run_id=pipeline_run, pipeline_run_id=pipeline_run, tags=tags
             )
         number = int(version.version)
         current = registry.champion(client, name)
@@ -161,11 +168,16 @@ def _register(
         )
         registry.describe_version(client, name, number, card)
         registry.describe_model(client, name, family_description(name, dataclasses.asdict(config.gate)))
-        step.log_text(card, "model_card.md")
-        step.log_metrics({"mean": body["mean"]}, parent=True)
+        for on_parent in (False, True):
+            step.log_text(card, "model_card.md", parent=on_parent)
+        step.log_metrics({"mean": body["mean"]}, parent=True, digits=tracking.METRIC_DIGITS)
+        step.log_table(metrics_table(body), METRICS_TABLE, parent=True)
         if not rerun:  # a rerun's run already holds them
             _log_plots(step, body, report_uris)
-        step.set_tags({"registered_version": number, "gate.decision": role}, parent=True)
+        note = client.get_run(pipeline_run).data.tags.get(NOTE, "")
+        tags = {"registered_version": number, "gate.decision": role}
+        tags[NOTE] = with_registration(note, name, number, role, decision["reason"])
+        step.set_tags(tags, parent=True)
         step.log_text(json.dumps(decision, indent=2), "gate.json")
     return {
         "name": name,
@@ -176,6 +188,25 @@ def _register(
         "mlflow_run_id": pipeline_run,
         "champion_before": evaluated,
     }
+
+
+def metrics_table(body: dict) -> dict[str, list]:
+    """Every domain's metrics of every model, and their mean, as one table (columns: domain, model, whether the
+    domain was trained on, then top1/base/new/hm as measured), rounded as the logged metrics are."""
+    keys = [k for k in ("top1", "base", "new", "hm") if any(k in e[m] for e in body["domains"].values() for m in e)]
+    trained = set(body.get("source_domains") or ())
+    columns: dict[str, list] = {"domain": [], "model": [], "trained_on": [], **{k: [] for k in keys}}
+    mean_name = "mean of " + ", ".join(body.get("mean_domains") or body["domains"])
+    entries = [*body["domains"].items(), (mean_name, body["mean"])]
+    for domain, entry in entries:
+        for model in body["models"]:
+            columns["domain"].append(domain)
+            columns["model"].append(model)
+            columns["trained_on"].append(domain in trained)
+            for key in keys:
+                value = entry.get(model, {}).get(key)
+                columns[key].append(None if value is None else round(float(value), tracking.METRIC_DIGITS))
+    return columns
 
 
 def _version_tags(meta: dict, config: Config) -> dict:

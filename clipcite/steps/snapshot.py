@@ -1,7 +1,9 @@
 """Step 0, snapshot: check the data sources and MLflow, fingerprint the data, open the pipeline's MLflow run.
 
 It runs first and is never cached, so everything that can be wrong about the environment (a missing bucket, wrong
-S3 credentials, an unreachable MLflow server) fails the run here, before any GPU time is spent.
+S3 credentials, an unreachable MLflow server) fails the run here, before any GPU time is spent. The run it opens is
+named and described by what is known now (method, base model, data: :mod:`clipcite.run_card`), so runs of two
+models or datasets look different in the MLflow UI.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ import json
 import logging
 import sys
 from dataclasses import asdict, dataclass
+from pathlib import PurePosixPath
 
-from clipcite import kfp_backend, storage, tracking
-from clipcite.config import ModelConfig
-from clipcite.data.folder import source_snapshot
-from clipcite.data.table import sources_digest
+from clipcite import kfp_backend, run_card, storage, tracking
+from clipcite.config import Config, ModelConfig
+from clipcite.data.folder import is_table, read_settings, source_snapshot
+from clipcite.data.table import read_classes, sources_digest
 from clipcite.model_identity import checkpoint_identity
 from clipcite.steps.common import base_parser, config_from, setup_logging, write_mlflow_run
 from clipcite.steps.run_config import run_config
@@ -36,7 +39,9 @@ def run(
     data_uri: str,
     eval_data_uris: tuple[str, ...] = (),
     *,
-    model: ModelConfig | None = None,
+    config: Config | None = None,
+    preset: str = "",
+    overrides: dict | None = None,
     tracking_uri: str = "",
     experiment_name: str = "clipcite",
     kfp_run_id: str = "",
@@ -45,11 +50,12 @@ def run(
 ) -> Snapshot:
     """Check every source and the tracking server, fingerprint the data, open the pipeline's MLflow run.
 
-    ``model`` (the run's base model) is identified here (a checkpoint file's SHA-256, or its open_clip tag) and
-    recorded on the run; ``run_uri`` (a file) receives the run id for the steps that log (:func:`write_mlflow_run`).
-    """
+    ``config`` (the run's resolved config, from ``preset`` and ``overrides``) names the base model, identified here
+    (a checkpoint file's SHA-256, or its open_clip tag) and recorded on the run with the method; ``run_name`` is
+    KFP's name for the run (kept as a tag: the MLflow run is named by its content). ``run_uri`` (a file) receives
+    the run id for the steps that log (:func:`write_mlflow_run`)."""
     uri = tracking.resolve_uri(tracking_uri)  # a missing setting fails before anything else
-    identity = model_identity(model) if model is not None else ""
+    identity = model_identity(config.model) if config is not None else ""
     sources = []
     for source in (data_uri, *eval_data_uris):
         if storage.is_s3(source):
@@ -60,7 +66,14 @@ def run(
     if uri is None:
         log.info("tracking is off (tracking_uri=off)")
     else:
-        run_id = tracking.open_pipeline_run(uri, experiment_name, kfp_run_id=kfp_run_id, run_name=run_name)
+        facts = _run_facts(data_uri, eval_data_uris, digest, config, identity, preset, overrides or {})
+        facts.update(kfp_run_id=kfp_run_id, kfp_run_name=run_name, code_version=tracking.code_version())
+        model = facts["model"]
+        name = run_card.run_name(
+            method=facts["method"], arch=model["arch"], pretrained=model["pretrained"], data=facts["data_name"]
+        )
+        tags = {"mlflow.note.content": run_card.run_description(**facts), "clipcite.kfp_run_name": run_name}
+        run_id = tracking.open_pipeline_run(uri, experiment_name, kfp_run_id=kfp_run_id, run_name=name, tags=tags)
         with tracking.step_run(uri, run_id, "snapshot", system_metrics=False) as step:
             params = {"data_uri": data_uri, "eval_data_uris": list(eval_data_uris), "data_digest": digest}
             if identity:
@@ -71,6 +84,43 @@ def run(
     if run_uri:
         write_mlflow_run(run_uri, run_id)
     return Snapshot(digest, identity, run_id)
+
+
+def _run_facts(
+    data_uri: str,
+    eval_data_uris: tuple[str, ...],
+    digest: str,
+    config: Config | None,
+    identity: str,
+    preset: str,
+    overrides: dict,
+) -> dict:
+    """What the run's name and description say (:func:`clipcite.run_card.run_description`'s arguments)."""
+    model = {"arch": "", "pretrained": "", "identity": identity}
+    if config is not None:
+        model.update(arch=config.model.arch, pretrained=config.model.pretrained)
+    return {
+        "data_name": data_name(data_uri),
+        "data_uri": data_uri,
+        "eval_data_uris": list(eval_data_uris),
+        "data_digest": digest,
+        "model": model,
+        "method": config.train.method if config is not None else "",
+        "shots": config.splits.shots if config is not None else None,
+        "seed": config.seed if config is not None else None,
+        "preset": preset,
+        "overrides": overrides,
+    }
+
+
+def data_name(uri: str) -> str:
+    """The data's short name: a table's dataset (``classes.json``), a folder's ``dataset`` setting, else the
+    last part of its path (``s3://datasets/pets/incoming/`` -> ``incoming``)."""
+    try:
+        named = read_classes(uri).dataset if is_table(uri) else read_settings(uri).get("dataset", "")
+    except (OSError, ValueError):  # the snapshot above read it; a name is not worth failing the run for
+        named = ""
+    return named or PurePosixPath(uri.rstrip("/").split("://", 1)[-1]).name
 
 
 def model_identity(model: ModelConfig) -> str:
@@ -84,22 +134,24 @@ def for_pipeline(
     *,
     preset: str,
     overrides: dict,
-    arch: str,
-    pretrained: str,
     tracking_uri: str,
     experiment_name: str,
     kfp_run_id: str,
     run_name: str,
     run_uri: str,
+    **parameters: object,
 ) -> Snapshot:
-    """The pipeline's snapshot: its base model comes from the run's parameters, resolved as sample-splits does; a
-    KFP run id the backend left unresolved is refused before any run is opened."""
+    """The pipeline's snapshot: its config (base model, method, shots, seed) comes from the run's parameters (the
+    named ``parameters`` of :data:`~clipcite.steps.run_config.CONFIG_PARAMETERS`), resolved as sample-splits does;
+    a KFP run id the backend left unresolved is refused before any run is opened."""
     kfp_backend.check_run_id(kfp_run_id)
-    model = run_config(preset, overrides, arch=arch, pretrained=pretrained).model
+    config = run_config(preset, overrides, **parameters)
     return run(
         data_uri,
         eval_data_uris,
-        model=model,
+        config=config,
+        preset=preset,
+        overrides=overrides,
         tracking_uri=tracking_uri,
         experiment_name=experiment_name,
         kfp_run_id=kfp_run_id,
@@ -116,9 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiment", default="clipcite")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
-    model = config_from(args).model if args.config or args.overrides else None
+    config = config_from(args) if args.config or args.overrides else None
     found = run(
-        args.data, tuple(args.eval_data), model=model, tracking_uri=args.tracking_uri, experiment_name=args.experiment
+        args.data,
+        tuple(args.eval_data),
+        config=config,
+        preset=args.config or "",
+        tracking_uri=args.tracking_uri,
+        experiment_name=args.experiment,
     )
     print(json.dumps(asdict(found)))
     return 0
