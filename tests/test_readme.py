@@ -4,8 +4,8 @@ Every command line of every ``bash`` block, in README order, runs in one fresh s
 (with ``.venv`` and ``pipeline.py`` linked in, as in a checkout): no ``VIRTUAL_ENV``, no ``.venv/bin`` on ``PATH``
 and no MLflow, S3 or CLIPCITE settings, so only the README's own ``source .venv/bin/activate`` makes ``python``,
 ``clipcite`` and ``mlflow`` work. A command that would take minutes gets tiny settings appended (``RUN`` says how
-and why); a command that needs a cluster, the team's registry or minutes by design is in ``NOT_RUN`` with the
-reason. A README command that neither covers fails the test.
+and why; a bench gets its ``--smoke`` form, tests/test_benches.py); a command that needs a cluster or the team's
+registry is in ``NOT_RUN`` with the reason. A README command that neither covers fails the test.
 """
 
 import os
@@ -39,12 +39,12 @@ RUN = {
         "the chain's tiny table, 1 shot, 1 epoch, one evaluate task instead of the toy world, 8 shots, 5 epochs, four",
     ),
     "clipcite champion clipcite": ("", "as written: reads the ./mlflow.db the run above wrote"),
+    "python bench/toyworld_methods.py": ("--smoke", "the bench's smoke form: a tiny world, 1 shot, 1 epoch, 2 methods"),
     "python pipeline.py compile": ("", "as written"),
 }
 NOT_RUN = {
     "make run": "setup, then `python pipeline.py run`, which runs here (this test runs inside the set-up .venv)",
     "make test": "the test suite this test is part of",
-    "python bench/toyworld_methods.py": "the method benchmark: minutes by design, on the full toy world",
     "python pipeline.py submit": "needs a Kubeflow Pipelines server (tests/test_pipeline.py mocks its client)",
     "python pipeline.py schedule": "needs a Kubeflow Pipelines server (tests/test_pipeline.py mocks its client)",
     "clipcite champion pets": "needs the team's registry with model pets (tests/test_mlflow_registry.py rolls back)",
@@ -114,6 +114,7 @@ def test_every_readme_command_is_run_or_has_a_reason_not_to_be():
 def test_the_readme_commands_run_as_written_in_a_fresh_activated_shell(tmp_path):
     (tmp_path / ".venv").symlink_to(ROOT / ".venv")
     (tmp_path / "pipeline.py").symlink_to(ROOT / "pipeline.py")
+    (tmp_path / "bench").symlink_to(ROOT / "bench")
     venv_bin = str((ROOT / ".venv" / "bin").resolve())
     env = {
         key: value
@@ -132,6 +133,7 @@ def test_the_readme_commands_run_as_written_in_a_fresh_activated_shell(tmp_path)
 
     assert (tmp_path / "runs" / "toyworld" / "classes.json").is_file()  # the example writes under runs/ (ignored)
     assert (tmp_path / "runs" / "default" / "eval" / "metrics.json").is_file()
+    assert (tmp_path / "runs" / "bench" / "toyworld_methods.md").is_file()  # the bench ran, in its smoke form
     assert "mlflow ui answered /health" in out.stdout
     run_output = out.stdout.split("python pipeline.py run", 1)[1].split("\n+ README.md:", 1)[0]
     assert "1 shots, seed 1" in run_output and "data runs/default/table" in run_output  # the summary says what ran
