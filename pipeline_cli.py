@@ -2,12 +2,16 @@
 DAG's own inputs, a local run through kfp.local, submission and schedules on a KFP server)."""
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import json
 import logging
 import os
+import re
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline import ROOT, build_pipeline, compile_pipeline
@@ -90,6 +94,10 @@ def run_local(params: dict, out: Path, *, caching: bool = True, quiet: bool = Fa
     return {**local_run.run_dag(pipeline_func, params, out, caching=caching, quiet=quiet), "config": config}
 
 
+class Unreachable(RuntimeError):
+    """The KFP API server did not answer, or refused the request: one line for the user, no traceback."""
+
+
 def make_client(host: str, namespace: str | None = None, token: str | None = None):
     """kfp.Client with an existing token (flag or KFP_TOKEN), else the in-cluster service-account token."""
     import kfp
@@ -102,6 +110,46 @@ def make_client(host: str, namespace: str | None = None, token: str | None = Non
     if Path(sa_token).is_file():
         return kfp.Client(host=host, namespace=namespace, credentials=ServiceAccountTokenVolumeCredentials(sa_token))
     return kfp.Client(host=host, namespace=namespace)
+
+
+@contextlib.contextmanager
+def talking_to(host: str) -> Iterator[None]:
+    """Around every call to the KFP server: a connection failure or an HTTP error becomes :class:`Unreachable`
+    naming the URL and the reason (kfp's client raises urllib3's MaxRetryError after ~100 lines of traceback), and
+    the client's FutureWarning about server versions is silenced (the minimum backend is checked in docs)."""
+    import urllib3
+    from kfp_server_api.exceptions import ApiException
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"kfp\.client")
+        try:
+            yield
+        except ApiException as e:
+            raise Unreachable(f"Kubeflow Pipelines at {host} refused the request: HTTP {e.status} {e.reason}") from e
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise Unreachable(f"cannot reach Kubeflow Pipelines at {host}: {_reason(e)}") from e
+
+
+def _reason(error: Exception) -> str:
+    """urllib3's innermost words ("[Errno 111] Connection refused"), without its connection-pool preamble."""
+    import urllib3
+
+    if isinstance(error, urllib3.exceptions.MaxRetryError) and error.reason is not None:
+        error = error.reason
+    return re.sub(r"^\w+\([^)]*\):\s*", "", str(error)) or type(error).__name__
+
+
+def cron_expression(text: str) -> str:
+    """``--cron``: KFP's 6 fields (seconds first) or a descriptor (``@daily``, ``@every 1h``), checked here; a
+    5-field crontab line is refused with its 6-field form, which the server would otherwise reject after upload."""
+    fields = text.split()
+    if text.strip().startswith("@") or len(fields) == 6:
+        return text
+    hint = f": for a 5-field crontab line put the seconds first, --cron {'0 ' + text!r}" if len(fields) == 5 else ""
+    raise argparse.ArgumentTypeError(
+        f"{text!r} has {len(fields)} field(s); KFP takes 6, seconds first "
+        f"(second minute hour day-of-month month day-of-week, e.g. '0 0 3 * * 1' = Mondays 03:00){hint}"
+    )
 
 
 def durable_roots(params: dict, pipeline_root: str | None) -> dict:
@@ -202,7 +250,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     commands.choices["submit"].add_argument("--run-name", default=None)
     sched = commands.choices["schedule"]
-    sched.add_argument("--cron", required=True, help='6-field cron, e.g. "0 0 3 * * 1" (Mondays 03:00)')
+    sched.add_argument(
+        "--cron",
+        required=True,
+        type=cron_expression,
+        help='6-field cron, seconds first, e.g. "0 0 3 * * 1" (Mondays 03:00), or @daily, @every 6h',
+    )
     sched.add_argument("--job-name", default="clipcite-retrain")
     sched.add_argument("--max-concurrency", type=int, default=1)
     sched.add_argument("--no-catchup", action="store_true", help="skip the runs missed while paused")
@@ -236,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # a parameter, preset or override: one line that names it, no traceback
         print(f"pipeline.py {args.command}: error: {e}", file=sys.stderr)
         return 2
-    response = submit(args, params) if args.command == "submit" else schedule(args, params)
+    try:
+        with talking_to(args.host):
+            response = submit(args, params) if args.command == "submit" else schedule(args, params)
+    except Unreachable as e:
+        print(f"pipeline.py {args.command}: error: {e}", file=sys.stderr)
+        return 1
     print(response)
     return 0

@@ -5,6 +5,7 @@ before anything expensive runs."""
 import io
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from unittest import mock
 
@@ -49,6 +50,29 @@ def test_submit_checks_its_params_before_talking_to_the_server(tmp_path, capsys)
     client.assert_not_called()
     err = capsys.readouterr().err
     assert "did you mean 'seed'?" in err and "--param data_uri=s3://" in err
+
+
+@pytest.mark.parametrize("command", ["submit", "schedule"])
+def test_an_unreachable_kfp_server_is_one_line_naming_the_url(command, tmp_path, capsys):
+    argv = [command, "--host", "http://127.0.0.1:9", "--workdir", str(tmp_path), "--param", "data_uri=s3://b/t"]
+    with warnings.catch_warnings(record=True) as caught:  # loopback port 9 (discard): nothing listens
+        warnings.simplefilter("always")
+        code = pipeline_cli.main([*argv, *(["--cron", "0 0 3 * * 1"] if command == "schedule" else [])])
+    assert code != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"pipeline.py {command}: error: cannot reach Kubeflow Pipelines at http://127.0.0.1:9: ")
+    assert "Connection refused" in err and len(err.splitlines()) == 1, err
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)]
+
+
+def test_a_five_field_cron_is_refused_with_its_six_field_form(tmp_path, capsys):
+    with mock.patch("kfp.Client", autospec=True) as client, pytest.raises(SystemExit) as exit_:
+        pipeline_cli.main(["schedule", "--host", "http://127.0.0.1:9", "--cron", "0 3 * * 1"])
+    assert exit_.value.code == 2
+    client.assert_not_called()
+    err = capsys.readouterr().err
+    assert "KFP takes 6, seconds first" in err and "--cron '0 0 3 * * 1'" in err
+    assert pipeline_cli.cron_expression("@every 6h") == "@every 6h"
 
 
 def kfp_output(task: str, body: list[str], status: str) -> str:
