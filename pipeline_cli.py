@@ -279,9 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         inputs = build_pipeline(ClusterSettings()).component_spec.inputs
         params = parse_params(args.param, inputs)
         if args.command == "run":
-            from clipcite.cli import default_tracking_uri
+            from clipcite.tracking_uri import default_tracking_uri
 
-            params.setdefault("tracking_uri", args.tracking_uri or default_tracking_uri())
+            params.setdefault("tracking_uri", default_tracking_uri(args.tracking_uri))
             return run(args, params)
         if "data_uri" not in params:
             raise ValueError("a cluster run needs its data: --param data_uri=s3://bucket/table (or a folder of images)")

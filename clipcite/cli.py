@@ -12,11 +12,10 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
+
+from clipcite import tracking_uri
 
 log = logging.getLogger("clipcite")
-
-LOCAL_STORE = "mlflow.db"  # the MLflow store `python pipeline.py run` writes by default, in the working directory
 
 STEPS = {
     "snapshot": "clipcite.steps.snapshot",
@@ -26,11 +25,6 @@ STEPS = {
     "evaluate": "clipcite.steps.evaluate",
     "register": "clipcite.steps.register",
 }
-
-
-def default_tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI``, else ``./mlflow.db``: where ``pipeline.py run`` tracks and ``champion`` looks."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / LOCAL_STORE}"
 
 
 def ingest_main(argv: list[str]) -> int:
@@ -102,19 +96,10 @@ def champion_main(argv: list[str]) -> int:
     parser.add_argument("name", help="registered model name")
     parser.add_argument("--set", dest="version", type=int, help="give the champion alias to this version")
     parser.add_argument("--reason", default="set by hand", help="recorded on the version with --set")
-    parser.add_argument(
-        "--tracking-uri",
-        default="",
-        help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./{LOCAL_STORE} as `pipeline.py run` writes)",
-    )
+    parser.add_argument("--tracking-uri", default="", help=tracking_uri.HELP)
     args = parser.parse_args(argv)
-    uri = args.tracking_uri or default_tracking_uri()
-    store = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
-    if store and not Path(store).is_file():
-        raise FileNotFoundError(
-            f"no MLflow store at {store} (`python pipeline.py run` makes one in the directory it runs in); "
-            "pass --tracking-uri URI or set MLFLOW_TRACKING_URI to the store that holds the model"
-        )
+    uri = tracking_uri.default_tracking_uri(args.tracking_uri)
+    tracking_uri.require_store(uri)
     from clipcite import registry, tracking
     from clipcite.steps.common import setup_logging
 
@@ -185,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             argv = take_nproc(argv)
             if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 alone prints the step's result
                 sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the rest of this rank's life)
-        return COMMANDS[argv[0]](argv[1:])
+        with tracking_uri.named_by_flag():
+            return COMMANDS[argv[0]](argv[1:])
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         # Bad input: one clear line naming the file/row/field, no traceback (the step's log has the detail).
         print(f"clipcite {argv[0]}: error: {e}", file=sys.stderr)

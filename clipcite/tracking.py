@@ -27,6 +27,7 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 
 import clipcite
+from clipcite.tracking_uri import how_to_set
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,10 @@ def resolve_uri(uri: str = "") -> str | None:
     if uri.lower() in DISABLED:
         return None
     if not uri:
+        give, off = how_to_set()
         raise TrackingError(
-            "no MLflow tracking URI: set MLFLOW_TRACKING_URI or the pipeline parameter tracking_uri "
-            "(e.g. http://mlflow.mlflow.svc:5000 or sqlite:///mlflow.db), or tracking_uri=off to run without tracking"
+            f"no MLflow tracking URI: {give} (e.g. http://mlflow.mlflow.svc:5000 or sqlite:///mlflow.db), or {off} "
+            "to run without tracking"
         )
     return uri
 
@@ -74,10 +76,12 @@ def connect(uri: str) -> MlflowClient:
                 client.search_experiments(max_results=1)
             _REACHED.add(uri)
         except Exception as e:  # connection refused, DNS, TLS, 401/403 from an auth proxy
+            give, off = how_to_set()
             raise TrackingError(
                 f"MLflow tracking server {uri} is unreachable or refused the request ({type(e).__name__}: "
-                f"{str(e)[:300]}); check MLFLOW_TRACKING_URI and credentials (MLFLOW_TRACKING_USERNAME/"
-                "MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN), or run with tracking_uri=off"
+                f"{str(e)[:300]}); check the URI ({give.removeprefix('set ').removeprefix('pass ')}) and "
+                "credentials (MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN), or run "
+                f"with {off}"
             ) from e
     return client
 

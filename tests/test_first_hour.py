@@ -3,6 +3,7 @@
 before anything expensive runs."""
 
 import io
+import json
 import subprocess
 import sys
 import warnings
@@ -122,6 +123,40 @@ def test_champion_without_a_store_says_where_it_looked_and_which_flag_to_use(tmp
     assert f"no MLflow store at {tmp_path / 'mlflow.db'}" in err and "--tracking-uri" in err
     assert len(err.strip().splitlines()) == 1  # one line, printed once
     assert not (tmp_path / "mlflow.db").exists()  # looking did not create an empty store
+
+
+def test_snapshot_tracks_where_champion_and_pipeline_run_do(tmp_path, monkeypatch, capsys):
+    from clipcite.toyworld.generate import write_world
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    write_world("table", counts={"train": 1, "val": 1, "test": 1}, domains=("photo",))
+    assert clipcite(["snapshot", "--data", "table"]) == 0, capsys.readouterr().err  # as the README shows it
+    assert (tmp_path / "mlflow.db").is_file()
+    assert json.loads(capsys.readouterr().out)["mlflow_run_id"]
+
+
+def test_one_default_tracking_store_and_errors_that_name_the_flag(tmp_path, monkeypatch):
+    from clipcite import tracking, tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri.default_tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    assert tracking_uri.default_tracking_uri() == "http://127.0.0.1:9"
+    assert tracking_uri.default_tracking_uri("off") == "off"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    with pytest.raises(tracking.TrackingError, match="pipeline parameter tracking_uri"):
+        tracking.resolve_uri("")  # a pipeline step
+    with tracking_uri.named_by_flag(), pytest.raises(tracking.TrackingError) as raised:
+        tracking.resolve_uri("")  # a command
+    assert "--tracking-uri" in str(raised.value) and "pipeline parameter" not in str(raised.value)
+    # one definition, used by every command that takes --tracking-uri
+    for path in [ROOT / "pipeline_cli.py", *(ROOT / "clipcite").rglob("*.py")]:
+        text = path.read_text()
+        assert path.name == "tracking_uri.py" or "def default_tracking_uri" not in text, path
+        if '"--tracking-uri"' in text and path.name != "tracking_uri.py":
+            assert "default_tracking_uri" in text, f"{path} takes --tracking-uri without the shared default"
 
 
 def test_champion_of_an_unknown_model_is_an_error_naming_what_is_there(tmp_path, monkeypatch, capsys):

@@ -11,7 +11,7 @@ import logging
 import sys
 from dataclasses import asdict, dataclass
 
-from clipcite import kfp_backend, storage, tracking
+from clipcite import kfp_backend, storage, tracking, tracking_uri
 from clipcite.config import ModelConfig
 from clipcite.data.folder import source_snapshot
 from clipcite.data.table import sources_digest
@@ -110,16 +110,15 @@ def for_pipeline(
 
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser("Fingerprint the data and open the pipeline's MLflow run (with --config: identify the model).")
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--eval-data", action="append", default=[])
-    parser.add_argument("--tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI; 'off' disables")
-    parser.add_argument("--experiment", default="clipcite")
+    parser.add_argument("--data", required=True, help="image table folder, s3:// prefix or folder of images")
+    parser.add_argument("--eval-data", action="append", default=[], help="more tables to evaluate on (repeatable)")
+    parser.add_argument("--tracking-uri", default="", help=f"{tracking_uri.HELP}; 'off' disables tracking")
+    parser.add_argument("--experiment", default="clipcite", help="MLflow experiment of the pipeline's run")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     model = config_from(args).model if args.config or args.overrides else None
-    found = run(
-        args.data, tuple(args.eval_data), model=model, tracking_uri=args.tracking_uri, experiment_name=args.experiment
-    )
+    uri = tracking_uri.default_tracking_uri(args.tracking_uri)
+    found = run(args.data, tuple(args.eval_data), model=model, tracking_uri=uri, experiment_name=args.experiment)
     print(json.dumps(asdict(found)))
     return 0
 
