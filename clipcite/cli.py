@@ -90,14 +90,22 @@ def aggregate_main(argv: list[str]) -> int:
 def champion_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="clipcite champion",
-        description="Show a registered model's versions and gate decisions; --set moves the champion alias "
-        "(a rollback, or overriding the gate by hand).",
+        description="Show a registered model's versions and gate decisions (* = the champion); --promote moves the "
+        "champion alias (a rollback, or overriding the gate by hand).",
     )
     parser.add_argument("name", help="registered model name")
-    parser.add_argument("--set", dest="version", type=int, help="give the champion alias to this version")
-    parser.add_argument("--reason", default="set by hand", help="recorded on the version with --set")
+    parser.add_argument(
+        "--promote", dest="version", type=int, metavar="VERSION", help="give the champion alias to VERSION"
+    )
+    parser.add_argument(
+        "--set", dest="old_version", type=int, metavar="VERSION", help="deprecated spelling of --promote"
+    )
+    parser.add_argument("--reason", default="set by hand", help="why, recorded on the version and its model card")
     parser.add_argument("--tracking-uri", default="", help=tracking_uri.HELP)
     args = parser.parse_args(argv)
+    if args.old_version is not None:
+        log.warning("champion --set VERSION is deprecated (--set KEY=VALUE elsewhere): use --promote VERSION")
+        args.version = args.version if args.version is not None else args.old_version
     uri = tracking_uri.default_tracking_uri(args.tracking_uri)
     tracking_uri.require_store(uri)
     from clipcite import registry, tracking
