@@ -115,6 +115,30 @@ def test_the_quiet_log_keeps_everything_prints_a_line_per_task_and_names_the_fai
     )
 
 
+def test_the_quiet_log_names_the_domain_of_each_evaluate_task(tmp_path):
+    """The ParallelFor's iterations are all called 'evaluate' and run at once; each line says its domain."""
+    terminal = io.StringIO()
+    task_log = local_run.TaskLog(tmp_path / "run.log", terminal, echo=False)
+    start = "05:01:35.001 - INFO - Executing task {c}'evaluate'{r}\n05:01:35.002 - INFO - Streamed logs:\n\n"
+    task_log.write(start.format(c=CYAN, r=RESET) * 2)  # both iterations start before either prints its input
+    for domain in ("sketch", "photo"):
+        task_log.write(f'            "parameterValues": {{\n                "domain": "{domain}",\n')
+    for domain in ("photo", "sketch"):
+        task_log.write(
+            f"05:01:54.100 - INFO - Task {CYAN}'evaluate'{RESET} finished with status {GREEN}SUCCESS{RESET}\n"
+        )
+        task_log.write(
+            f"    report: Artifact( name='report',\n                      metadata={{'domain': '{domain}'}} )\n"
+        )
+    task_log.close()
+    assert [line.split("] ", 1)[1] for line in terminal.getvalue().splitlines()] == [
+        "evaluate sketch ...",
+        "evaluate photo ...",
+        "evaluate photo: done",
+        "evaluate sketch: done",
+    ]
+
+
 def test_champion_without_a_store_says_where_it_looked_and_which_flag_to_use(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
