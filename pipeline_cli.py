@@ -218,7 +218,11 @@ def run(args: argparse.Namespace, params: dict) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="pipeline.py",
+        description=" ".join(__doc__.replace("``", "").split()),
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run_p = commands.add_parser("run", help="run locally through kfp.local (offline default: the toy world)")
     run_p.add_argument("--out", default="runs/pipeline", help="local pipeline root, cache and generated data")
@@ -230,12 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     run_p.add_argument("-v", "--verbose", action="store_true", help="print kfp.local's whole log, not one line a task")
     compile_p = commands.add_parser("compile", help="write the pipeline spec")
-    compile_p.add_argument("--output", default=str(ROOT / "pipeline.yaml"))
+    compile_p.add_argument("--output", default=str(ROOT / "pipeline.yaml"), help="where to write the spec (YAML)")
     for name in ("submit", "schedule"):
         p = commands.add_parser(name, help=f"{name} on a Kubeflow Pipelines server")
         p.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
         p.add_argument("--namespace", help="Kubeflow profile namespace")
-        p.add_argument("--experiment", default="clipcite")
+        p.add_argument("--experiment", default="clipcite", help="KFP experiment the run is filed under")
         p.add_argument("--token", help="bearer token (default: $KFP_TOKEN, else the in-cluster service account)")
         p.add_argument("--workdir", default=".", help="where the compiled spec is written before upload")
         p.add_argument(
@@ -248,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             default=os.environ.get("CLIPCITE_SERVICE_ACCOUNT") or None,
             help="service account the steps run as, e.g. clipcite-pipeline from manifests/ (default: the profile's)",
         )
-    commands.choices["submit"].add_argument("--run-name", default=None)
+    commands.choices["submit"].add_argument("--run-name", default=None, help="the KFP run's name (default: KFP's)")
     sched = commands.choices["schedule"]
     sched.add_argument(
         "--cron",
@@ -256,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         type=cron_expression,
         help='6-field cron, seconds first, e.g. "0 0 3 * * 1" (Mondays 03:00), or @daily, @every 6h',
     )
-    sched.add_argument("--job-name", default="clipcite-retrain")
-    sched.add_argument("--max-concurrency", type=int, default=1)
+    sched.add_argument("--job-name", default="clipcite-retrain", help="the recurring run's name")
+    sched.add_argument("--max-concurrency", type=int, default=1, help="runs of this schedule at once")
     sched.add_argument("--no-catchup", action="store_true", help="skip the runs missed while paused")
     for p in (run_p, commands.choices["submit"], sched):
         p.add_argument(

@@ -29,7 +29,9 @@ STEPS = {
 
 def ingest_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="clipcite ingest", description="Convert images to an image table.")
-    parser.add_argument("format", choices=["imagefolder", "coop"])
+    parser.add_argument(
+        "format", choices=["imagefolder", "coop"], help="imagefolder: a tree of images; coop: a CoOp dataset in $DATA"
+    )
     parser.add_argument("--root", help="imagefolder: the tree's root; coop: $DATA")
     parser.add_argument("--dataset", default="", help="coop: dataset name (e.g. oxford_pets); imagefolder: a name")
     parser.add_argument("--out", required=True, help="output table folder or s3:// prefix")
@@ -46,7 +48,7 @@ def ingest_main(argv: list[str]) -> int:
         help="how thoroughly to check that each image decodes",
     )
     parser.add_argument("--skip-bad-images", action="store_true", help="skip and count unreadable images")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     if not args.root:
         parser.error("--root is required")
@@ -74,7 +76,9 @@ def ingest_main(argv: list[str]) -> int:
 
 
 def aggregate_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="clipcite aggregate", description="Mean and std over seeds.")
+    parser = argparse.ArgumentParser(
+        prog="clipcite aggregate", description="Mean and std over seeds of several evaluate outputs."
+    )
     parser.add_argument("metrics", nargs="+", help="evaluate output folders (or their metrics.json)")
     parser.add_argument("--out", required=True, help="JSON file to write")
     args = parser.parse_args(argv)
@@ -140,9 +144,22 @@ COMMANDS = {
     "aggregate": aggregate_main,
     "champion": champion_main,
 }
+# One line per command for `clipcite --help` (each command's own --help has the rest).
+SUMMARIES = {
+    "ingest": "convert a folder of images or a CoOp dataset to an image table",
+    "snapshot": "fingerprint the data and open the pipeline's MLflow run (the pipeline's first step)",
+    "sample-splits": "sample the few-shot train/val splits and the eval sets from an image table",
+    "cache-teacher": "cache the frozen teacher's features for every class prompt and train crop",
+    "finetune": "fine-tune CLIP on the few-shot split (CLIP-CITE by default)",
+    "evaluate": "evaluate the fine-tuned and the zero-shot model on the eval sets",
+    "register": "merge the evaluations, record the model; with an MLflow run, register it and apply the gate",
+    "aggregate": "mean and std over seeds of several evaluate outputs",
+    "champion": "list a registered model's versions and gate decisions; --promote moves the champion alias",
+}
 USAGE = (
-    "usage: clipcite {" + ",".join(COMMANDS) + "} [options]   (clipcite COMMAND --help for options)\n"
-    "       cache-teacher, finetune and evaluate also take --nproc-per-node N: N data-parallel torchrun ranks"
+    "usage: clipcite COMMAND [options]   (clipcite COMMAND --help for its options)\n\ncommands:\n"
+    + "".join(f"  {name:<14} {SUMMARIES[name]}\n" for name in COMMANDS)
+    + "\ncache-teacher, finetune and evaluate also take --nproc-per-node N: N data-parallel torchrun ranks"
 )
 RANKED = ("cache-teacher", "finetune", "evaluate")
 
@@ -167,7 +184,10 @@ def take_nproc(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv:  # no command: the commands, as an argument error (argparse's convention)
+        print(USAGE, file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0
     if argv[0] not in COMMANDS:

@@ -230,8 +230,9 @@ def _trained_config(model_uri: str) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(
+        "register",
         "Merge evaluations and record the model with them. The gate's rules come from --config/--set, else from the "
-        "config the model was trained with (its clipcite.json)."
+        "config the model was trained with (its clipcite.json).",
     )
     parser.add_argument("--model", required=True, help="finetune's output folder (or s3:// prefix)")
     parser.add_argument("--report", action="append", required=True, help="evaluate output (repeatable)")

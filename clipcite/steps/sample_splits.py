@@ -258,10 +258,10 @@ def _ids_digest(ids: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = base_parser("Sample few-shot train/val splits and eval sets from an image table.")
+    parser = base_parser("sample-splits", "Sample few-shot train/val splits and eval sets from an image table.")
     parser.add_argument("--table", required=True, help="image table folder or s3:// prefix")
     parser.add_argument("--eval-table", action="append", default=[], help="more tables to evaluate on (repeatable)")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", required=True, help="folder or s3:// prefix for the splits and manifest.json")
     parser.add_argument("--config-out", default="", help="write the resolved config here (the later steps' --config)")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)

@@ -109,7 +109,9 @@ def for_pipeline(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = base_parser("Fingerprint the data and open the pipeline's MLflow run (with --config: identify the model).")
+    parser = base_parser(
+        "snapshot", "Fingerprint the data and open the pipeline's MLflow run (with --config: identify the model)."
+    )
     parser.add_argument("--data", required=True, help="image table folder, s3:// prefix or folder of images")
     parser.add_argument("--eval-data", action="append", default=[], help="more tables to evaluate on (repeatable)")
     parser.add_argument("--tracking-uri", default="", help=f"{tracking_uri.HELP}; 'off' disables tracking")
