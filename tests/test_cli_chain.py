@@ -170,7 +170,9 @@ def test_too_few_shots_fails_clearly_and_writes_nothing(chain, tmp_path, capsys)
         ["sample-splits", *TINY, "--set", "splits.shots=50", "--table", str(chain / "table"), "--out", str(out)]
     )
     assert code == 2
-    assert "has 12 'train' image(s), fewer than shots=50" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "has 12 'train' image(s), fewer than shots=50" in err
+    assert "--set splits.allow_fewer=true" in err and """--param 'overrides={"splits.allow_fewer": true}'""" in err
     assert not out.exists()
 
 
@@ -209,6 +211,53 @@ def test_unknown_config_key_is_an_error(chain, tmp_path, capsys):
         ]
     )
     assert code == 2 and "unknown key(s) learning_rate" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.lr=1e-4x", "override train.lr=1e-4x: train.lr: expected float, got '1e-4x'"),
+        ("train.epoch=3", "override train.epoch=3: train: unknown key(s) epoch; did you mean 'train.epochs'?"),
+    ],
+)
+def test_a_wrong_override_is_named_as_the_users_not_the_presets(override, message, tmp_path, capsys):
+    argv = ["sample-splits", "--config", "default", "--set", override, "--table", str(tmp_path), "--out", "x"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "default: train" not in err, err
+
+
+def test_sample_splits_prints_a_short_summary_the_manifest_keeps_the_rest(chain, tmp_path, capsys):
+    out = tmp_path / "splits"
+    assert (
+        main(["sample-splits", *TINY, "--set", "splits.shots=4", "--table", str(chain / "table"), "--out", str(out)])
+        == 0
+    )
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and "sha256" not in printed[0], printed
+    assert printed[0].startswith("base2new, 4 shots, seed 1: train 12, ") and "manifest.json" in printed[0]
+    assert "ids_sha256" in (out / "manifest.json").read_text()
+
+
+def test_a_model_load_keeps_open_clips_info_lines_out_of_the_log(caplog):
+    import logging
+
+    from clipcite.models import load_model
+
+    with caplog.at_level(logging.INFO):
+        load_model("clipcite-tiny")
+        logging.info("a root record outside a model load")  # the filter is scoped to the load
+    infos = [r.getMessage() for r in caplog.records if r.name == "root" and r.levelno == logging.INFO]
+    assert infos == ["a root record outside a model load"]  # open_clip's warnings still pass
+
+
+def test_generate_prints_its_facts_once(tmp_path):
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "clipcite.toyworld.generate", "--out", str(tmp_path / "t"), "--train", "1"]
+    out = subprocess.run([*argv, "--val", "1", "--test", "1"], capture_output=True, text=True, check=True)
+    assert (out.stdout + out.stderr).count("rows") == 1, out.stdout + out.stderr
 
 
 def test_corrupt_image_in_a_split_names_the_table_and_row(chain, tmp_path, capsys):
