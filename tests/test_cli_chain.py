@@ -331,3 +331,10 @@ def test_ingest_coop_writes_the_table_and_prints_the_counts(tmp_path, capsys):
     )
     assert rows == [("oxford_pets/a_1.jpg", 0, "train"), ("oxford_pets/b_1.jpg", 1, "test")]
     assert read_classes(str(tmp_path / "t")).names == ("abyssinian", "beagle")
+
+
+def test_a_missing_splits_folder_is_reported_as_missing(tmp_path, capsys):
+    argv = ["finetune", *TINY, "--splits", str(tmp_path / "nope"), "--out", str(tmp_path / "m")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'nope'}: no such folder" in err and "no Parquet shards" not in err, err
