@@ -81,12 +81,15 @@ def aggregate_main(argv: list[str]) -> int:
     )
     parser.add_argument("metrics", nargs="+", help="evaluate output folders (or their metrics.json)")
     parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument(
+        "--allow-mixed", action="store_true", help="average evaluations of different methods, settings or domains"
+    )
     args = parser.parse_args(argv)
     from clipcite.steps.aggregate import aggregate_runs
     from clipcite.steps.common import setup_logging
 
     setup_logging()
-    result = aggregate_runs(args.metrics, args.out)
+    result = aggregate_runs(args.metrics, args.out, allow_mixed=args.allow_mixed)
     print(json.dumps(result["mean"], indent=2))
     return 0
 

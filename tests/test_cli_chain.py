@@ -164,6 +164,18 @@ def test_aggregate_gives_mean_sample_std_and_count_over_two_seeds(tmp_path):
         assert rows["hm"]["n"] == 2
 
 
+def test_aggregate_refuses_evaluations_of_different_runs_without_allow_mixed(tmp_path, capsys):
+    runs = [_metrics_file(tmp_path / "a", 80.0, 60.0), _metrics_file(tmp_path / "b", 76.0, 50.0)]
+    for folder, method in zip(runs, ("cite", "ce"), strict=True):
+        path = tmp_path / folder / "metrics.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "method": method, "seed": 1}))
+    assert main(["aggregate", *runs, "--out", str(tmp_path / "agg.json")]) == 2
+    err = capsys.readouterr().err
+    assert "not seeds of one run (method: cite, ce" in err and "--allow-mixed" in err
+    assert not (tmp_path / "agg.json").exists()
+    assert main(["aggregate", *runs, "--out", str(tmp_path / "agg.json"), "--allow-mixed"]) == 0
+
+
 def test_too_few_shots_fails_clearly_and_writes_nothing(chain, tmp_path, capsys):
     out = tmp_path / "splits"
     code = main(
