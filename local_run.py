@@ -22,11 +22,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
+from clipcite import kfp_backend
+
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 STARTED = re.compile(r"Executing task '([^']+)'")
 FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
 CACHED = re.compile(r"Task '?([\w-]+)'? cache hit")
 FAILED_TASK = re.compile(r"Inner task failed: '([^']+)'")
+# A ParallelFor's iterations all carry the task's name; the loop item is in the executor input kfp.local prints
+# after "Executing task" (``"domain": "photo",``) and in the outputs after "finished" (``metadata={'domain': ...}``).
+LOOP_TASKS = {"evaluate": "domain"}
+LOOP_INPUT = re.compile(r'^\s*"(\w+)": "([^"]*)",?$')
+LOOP_OUTPUT = re.compile(r"metadata=\{'(\w+)': '([^']*)'\}")
 # The last line of a Python traceback: "ValueError: ...", "clipcite.config.ConfigError: ...".
 RAISED = re.compile(r"^\s*(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt))(?::\s*(.*))?$")
 
@@ -43,6 +50,8 @@ class TaskLog:
         self.started = time.monotonic()
         self.last_error = ""
         self._pending = ""
+        self._starting: dict[str, int] = {}  # loop task -> starts not yet printed (waiting for the loop item)
+        self._finishing: dict[str, str] = {}  # loop task -> the status of a finish waiting for its loop item
         self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
@@ -60,18 +69,50 @@ class TaskLog:
         self.terminal.flush()
 
     def close(self) -> None:
+        """Close the log file and take back the failed-task variables this log set for the exit task."""
         self.file.close()
+        for variable in (kfp_backend.LOCAL_FAILED_TASK, kfp_backend.LOCAL_FAILED_ERROR):
+            os.environ.pop(variable, None)
 
     def _read(self, line: str) -> None:
         raised = RAISED.match(line)
         if raised:
             self.last_error = f"{raised[1]}: {raised[2]}" if raised[2] else raised[1]
         elif started := STARTED.search(line):
-            self._progress(f"{started[1]} ...")
+            if started[1] in LOOP_TASKS:
+                self._starting[started[1]] = self._starting.get(started[1], 0) + 1
+            else:
+                self._progress(f"{started[1]} ...")
         elif finished := FINISHED.search(line):
-            self._progress(f"{finished[1]}: {'done' if finished[2] == 'SUCCESS' else 'failed'}")
+            self._finished(finished[1], finished[2])
         elif cached := CACHED.search(line):
             self._progress(f"{cached[1]}: reused from the cache")
+        else:
+            self._loop_item(line)
+
+    def _loop_item(self, line: str) -> None:
+        """A loop task's start or finish line, once its loop item (the domain) shows in kfp.local's output."""
+        if found := LOOP_INPUT.match(line):
+            for task, key in LOOP_TASKS.items():
+                if key == found[1] and self._starting.get(task):
+                    self._starting[task] -= 1
+                    self._progress(f"{task} {found[2]} ...")
+        elif found := LOOP_OUTPUT.search(line):
+            for task, key in LOOP_TASKS.items():
+                if key == found[1] and task in self._finishing:
+                    self._progress(f"{task} {found[2]}: {_outcome(self._finishing.pop(task))}")
+
+    def _finished(self, task: str, status: str) -> None:
+        if task in self._finishing:  # an earlier iteration's finish whose item never showed
+            self._progress(f"{task}: {_outcome(self._finishing.pop(task))}")
+        if task in LOOP_TASKS and status == "SUCCESS":  # outputs (with the item) follow; a failure prints none
+            self._finishing[task] = status
+        else:
+            self._progress(f"{task}: {_outcome(status)}")
+        if status != "SUCCESS" and kfp_backend.LOCAL_FAILED_TASK not in os.environ:
+            # for the exit task, started after this line: kfp.local's final status names no task
+            os.environ[kfp_backend.LOCAL_FAILED_TASK] = task
+            os.environ[kfp_backend.LOCAL_FAILED_ERROR] = self.last_error
 
     def _progress(self, message: str) -> None:
         if not self.echo:
@@ -165,6 +206,10 @@ def print_summary(result: dict, tracking_uri: str) -> None:
         print(f"MLflow UI: {mlflow_cli} ui --backend-store-uri {tracking_uri}  (then open http://127.0.0.1:5000)")
     elif tracking_uri.lower() not in ("off", "none", "disabled", "false"):
         print(f"MLflow: {tracking_uri}")
+
+
+def _outcome(status: str) -> str:
+    return "done" if status == "SUCCESS" else "failed"
 
 
 def _short(path: str | Path) -> str:

@@ -2,12 +2,16 @@
 DAG's own inputs, a local run through kfp.local, submission and schedules on a KFP server)."""
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import json
 import logging
 import os
+import re
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline import ROOT, build_pipeline, compile_pipeline
@@ -93,6 +97,10 @@ def run_local(
     return {**result, "config": config}
 
 
+class Unreachable(RuntimeError):
+    """The KFP API server did not answer, or refused the request: one line for the user, no traceback."""
+
+
 def make_client(host: str, namespace: str | None = None, token: str | None = None):
     """kfp.Client with an existing token (flag or KFP_TOKEN), else the in-cluster service-account token."""
     import kfp
@@ -105,6 +113,46 @@ def make_client(host: str, namespace: str | None = None, token: str | None = Non
     if Path(sa_token).is_file():
         return kfp.Client(host=host, namespace=namespace, credentials=ServiceAccountTokenVolumeCredentials(sa_token))
     return kfp.Client(host=host, namespace=namespace)
+
+
+@contextlib.contextmanager
+def talking_to(host: str) -> Iterator[None]:
+    """Around every call to the KFP server: a connection failure or an HTTP error becomes :class:`Unreachable`
+    naming the URL and the reason (kfp's client raises urllib3's MaxRetryError after ~100 lines of traceback), and
+    the client's FutureWarning about server versions is silenced (the minimum backend is checked in docs)."""
+    import urllib3
+    from kfp_server_api.exceptions import ApiException
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"kfp\.client")
+        try:
+            yield
+        except ApiException as e:
+            raise Unreachable(f"Kubeflow Pipelines at {host} refused the request: HTTP {e.status} {e.reason}") from e
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise Unreachable(f"cannot reach Kubeflow Pipelines at {host}: {_reason(e)}") from e
+
+
+def _reason(error: Exception) -> str:
+    """urllib3's innermost words ("[Errno 111] Connection refused"), without its connection-pool preamble."""
+    import urllib3
+
+    if isinstance(error, urllib3.exceptions.MaxRetryError) and error.reason is not None:
+        error = error.reason
+    return re.sub(r"^\w+\([^)]*\):\s*", "", str(error)) or type(error).__name__
+
+
+def cron_expression(text: str) -> str:
+    """``--cron``: KFP's 6 fields (seconds first) or a descriptor (``@daily``, ``@every 1h``), checked here; a
+    5-field crontab line is refused with its 6-field form, which the server would otherwise reject after upload."""
+    fields = text.split()
+    if text.strip().startswith("@") or len(fields) == 6:
+        return text
+    hint = f": for a 5-field crontab line put the seconds first, --cron {'0 ' + text!r}" if len(fields) == 5 else ""
+    raise argparse.ArgumentTypeError(
+        f"{text!r} has {len(fields)} field(s); KFP takes 6, seconds first "
+        f"(second minute hour day-of-month month day-of-week, e.g. '0 0 3 * * 1' = Mondays 03:00){hint}"
+    )
 
 
 def durable_roots(params: dict, pipeline_root: str | None) -> dict:
@@ -175,7 +223,11 @@ def run(args: argparse.Namespace, params: dict) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="pipeline.py",
+        description=" ".join(__doc__.replace("``", "").split()),
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run_p = commands.add_parser("run", help="run locally through kfp.local (offline default: the toy world)")
     run_p.add_argument("--out", default="runs/pipeline", help="local pipeline root, cache and generated data")
@@ -194,12 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     run_p.add_argument("-v", "--verbose", action="store_true", help="print kfp.local's whole log, not one line a task")
     compile_p = commands.add_parser("compile", help="write the pipeline spec")
-    compile_p.add_argument("--output", default=str(ROOT / "pipeline.yaml"))
+    compile_p.add_argument("--output", default=str(ROOT / "pipeline.yaml"), help="where to write the spec (YAML)")
     for name in ("submit", "schedule"):
         p = commands.add_parser(name, help=f"{name} on a Kubeflow Pipelines server")
         p.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
         p.add_argument("--namespace", help="Kubeflow profile namespace")
-        p.add_argument("--experiment", default="clipcite")
+        p.add_argument("--experiment", default="clipcite", help="KFP experiment the run is filed under")
         p.add_argument("--token", help="bearer token (default: $KFP_TOKEN, else the in-cluster service account)")
         p.add_argument("--workdir", default=".", help="where the compiled spec is written before upload")
         p.add_argument(
@@ -212,11 +264,16 @@ def main(argv: list[str] | None = None) -> int:
             default=os.environ.get("CLIPCITE_SERVICE_ACCOUNT") or None,
             help="service account the steps run as, e.g. clipcite-pipeline from manifests/ (default: the profile's)",
         )
-    commands.choices["submit"].add_argument("--run-name", default=None)
+    commands.choices["submit"].add_argument("--run-name", default=None, help="the KFP run's name (default: KFP's)")
     sched = commands.choices["schedule"]
-    sched.add_argument("--cron", required=True, help='6-field cron, e.g. "0 0 3 * * 1" (Mondays 03:00)')
-    sched.add_argument("--job-name", default="clipcite-retrain")
-    sched.add_argument("--max-concurrency", type=int, default=1)
+    sched.add_argument(
+        "--cron",
+        required=True,
+        type=cron_expression,
+        help='6-field cron, seconds first, e.g. "0 0 3 * * 1" (Mondays 03:00), or @daily, @every 6h',
+    )
+    sched.add_argument("--job-name", default="clipcite-retrain", help="the recurring run's name")
+    sched.add_argument("--max-concurrency", type=int, default=1, help="runs of this schedule at once")
     sched.add_argument("--no-catchup", action="store_true", help="skip the runs missed while paused")
     for p in (run_p, commands.choices["submit"], sched):
         p.add_argument(
@@ -238,9 +295,9 @@ def main(argv: list[str] | None = None) -> int:
         inputs = build_pipeline(ClusterSettings()).component_spec.inputs
         params = parse_params(args.param, inputs)
         if args.command == "run":
-            from clipcite.cli import default_tracking_uri
+            from clipcite.tracking_uri import default_tracking_uri
 
-            params.setdefault("tracking_uri", args.tracking_uri or default_tracking_uri())
+            params.setdefault("tracking_uri", default_tracking_uri(args.tracking_uri))
             return run(args, params)
         if "data_uri" not in params:
             raise ValueError("a cluster run needs its data: --param data_uri=s3://bucket/table (or a folder of images)")
@@ -248,6 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # a parameter, preset or override: one line that names it, no traceback
         print(f"pipeline.py {args.command}: error: {e}", file=sys.stderr)
         return 2
-    response = submit(args, params) if args.command == "submit" else schedule(args, params)
+    try:
+        with talking_to(args.host):
+            response = submit(args, params) if args.command == "submit" else schedule(args, params)
+    except Unreachable as e:
+        print(f"pipeline.py {args.command}: error: {e}", file=sys.stderr)
+        return 1
     print(response)
     return 0

@@ -1,6 +1,7 @@
 """How the toy world's fine-tuning recipe was chosen: plain ``ce`` on base-class *validation* accuracy.
 
     python bench/toyworld_lr.py --out runs/lr
+    python bench/toyworld_lr.py --out runs/lr --smoke    # seconds, a tiny world, one lr and crop: every path runs
 
 The recipe (learning rate, crop scale) is picked for the baseline, not for CLIP-CITE, and then used for every
 method in bench/toyworld_methods.py. Test sets are never looked at here.
@@ -16,6 +17,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from smoke import SMOKE_COUNTS, SMOKE_HELP, SMOKE_OVERRIDES
 
 from clipcite.config import load_config
 from clipcite.evaluate import predict
@@ -34,23 +38,27 @@ CROPS = {
 }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="runs/lr")
-    parser.add_argument("--lr", type=float, nargs="+", default=[3e-5, 1e-4, 3e-4, 1e-3])
+    parser.add_argument("--out", default="runs/lr", help="folder for the table, splits and models")
+    parser.add_argument("--lr", type=float, nargs="+", default=[3e-5, 1e-4, 3e-4, 1e-3], help="learning rates")
     add_overrides_argument(parser)
-    parser.add_argument("--crops", nargs="+", default=list(CROPS), choices=list(CROPS))
-    args = parser.parse_args()
+    parser.add_argument("--crops", nargs="+", default=list(CROPS), choices=list(CROPS), help="crop settings")
+    parser.add_argument("--smoke", action="store_true", help=f"{SMOKE_HELP}; the first lr and crop setting only")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.smoke:
+        args.lr, args.crops = args.lr[:1], args.crops[:1]
     out = Path(args.out)
     # always rewritten (seconds): a table left by an older version of the world would silently skew the numbers
-    write_world(str(out / "table"), seed=1)
+    write_world(str(out / "table"), seed=1, counts=SMOKE_COUNTS if args.smoke else None)
+    smoke = SMOKE_OVERRIDES if args.smoke else []
     base = [*args.overrides, "device=cpu", "train.method=ce", "train.alpha=1.0", "teacher.mode=online"]
-    base.append("splits.val_shots=8")
+    base += ["splits.val_shots=8", *smoke]
     sample_splits.run(str(out / "table"), str(out / "splits"), load_config("default", base))
     rows, classes = read_split(str(out / "splits" / "val"))
     prompts = prompts_for(classes.template, classes.names)
-    spec = load_config("default", args.overrides).model
+    spec = load_config("default", [*args.overrides, *smoke]).model
     zeroshot = load_model(spec.arch, spec.pretrained)
     pred, target = predict(zeroshot, rows, prompts)
     print(f"val images: {len(rows)}; zero-shot base val top-1: {top1(pred, target):.1f}")

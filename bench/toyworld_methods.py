@@ -2,6 +2,7 @@
 
     python bench/toyworld_methods.py --out runs/bench            # the full table (about 19 min on 2 cores)
     python bench/toyworld_methods.py --out runs/bench --quick    # one seed, 5 epochs: a fast look
+    python bench/toyworld_methods.py --out runs/bench --smoke    # seconds, a tiny world: every path runs (tests)
 
 Base-to-new: 16 shots of the 24 base classes of the main domain (photo); Base / New / HM on photo.
 Cross-domain: 16 shots of all 48 classes of photo; top-1 on every domain (photo is in-domain).
@@ -20,10 +21,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from smoke import SMOKE_COUNTS, SMOKE_HELP, SMOKE_OVERRIDES
 
 from clipcite.config import load_config
 from clipcite.metrics import aggregate
-from clipcite.report import plt
+from clipcite.report import pyplot
 from clipcite.steps import cache_teacher, evaluate, finetune, sample_splits
 from clipcite.steps.common import add_overrides_argument
 from clipcite.toyworld.generate import write_world
@@ -43,6 +47,7 @@ PROTOCOLS = {
     "b2n": ["splits.protocol=base2new", "splits.train_domains=[photo]", "splits.eval_domains=[photo]"],
     "xd": ["splits.protocol=fewshot", "splits.train_domains=[photo]"],
 }
+SMOKE_METHODS = ("zero-shot", "cite")  # --smoke: the two ends of the table (the other rows only switch losses)
 
 
 def prepare(table: Path, out: Path, protocol: str, seed: int, extra: list[str]) -> tuple[list[str], Path, Path]:
@@ -63,12 +68,20 @@ def evaluate_model(model: Path, splits: Path, metrics: Path, config, protocol: s
     return {d: entry[d]["finetuned"]["top1"] for d in DOMAINS}
 
 
-def run_one(table: Path, out: Path, seed: int, extra: list[str], protocols: tuple[str, ...] = tuple(PROTOCOLS)) -> dict:
-    """All methods of both protocols for one seed; returns {method: {"b2n": {...}, "xd": {...}}}."""
-    results: dict = {m: {} for m in METHODS}
+def run_one(
+    table: Path,
+    out: Path,
+    seed: int,
+    extra: list[str],
+    protocols: tuple[str, ...] = tuple(PROTOCOLS),
+    methods: tuple[str, ...] = tuple(METHODS),
+) -> dict:
+    """``methods`` of ``protocols`` for one seed; returns {method: {"b2n": {...}, "xd": {...}}}."""
+    results: dict = {m: {} for m in methods}
     for protocol in protocols:
         base, splits, cache = prepare(table, out, protocol, seed, extra)
-        for method, switches in METHODS.items():
+        for method in methods:
+            switches = METHODS[method]
             method_config = load_config("configs/default.yaml", [*base, *switches])
             slug = method.replace(" ", "_").replace("/", "").replace("=", "")
             model, metrics = out / f"{protocol}-{slug}-model", out / f"{protocol}-{slug}-eval"
@@ -86,16 +99,18 @@ def run_one(table: Path, out: Path, seed: int, extra: list[str], protocols: tupl
     return results
 
 
-def seed_results(table: Path, out: Path, seed: int, extra: list[str], protocols: tuple[str, ...]) -> dict:
+def seed_results(
+    table: Path, out: Path, seed: int, extra: list[str], protocols: tuple[str, ...], methods: tuple[str, ...]
+) -> dict:
     """One seed's results: read from ``out/results.json`` when a finished earlier run left them there (the machine
     is shared and a full run takes long; delete the file to measure again), else measured and written there."""
     saved = out / "results.json"
     if saved.exists():
         results = json.loads(saved.read_text())
-        if all(p in entry for entry in results.values() for p in protocols) and set(results) == set(METHODS):
+        if all(p in entry for entry in results.values() for p in protocols) and set(results) == set(methods):
             log.info("seed %d: reusing %s", seed, saved)
             return results
-    results = run_one(table, out, seed, extra, tuple(protocols))
+    results = run_one(table, out, seed, extra, tuple(protocols), methods)
     saved.write_text(json.dumps(results, indent=1))
     return results
 
@@ -128,6 +143,7 @@ def table_markdown(summary: dict, seeds: list[int], command: str) -> str:
 def plot(summary: dict, path: Path) -> None:
     cols = [("b2n", "hm", "HM"), *[("xd", d, d) for d in DOMAINS]]
     cols = [c for c in cols if all(c[0] in entry for entry in summary.values())]  # protocols that ran
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 4))
     width = 0.8 / len(summary)
     for i, (method, entry) in enumerate(summary.items()):
@@ -143,29 +159,34 @@ def plot(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="runs/bench")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--out", default="runs/bench", help="folder for the table, every run and the results")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds to average over")
     parser.add_argument("--quick", action="store_true", help="one seed, 5 epochs")
-    parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    parser.add_argument(
+        "--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS), help="protocols to run"
+    )
     add_overrides_argument(parser)  # applied to every run
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     log.setLevel(logging.INFO)
-    seeds = args.seeds[:1] if args.quick else args.seeds
-    extra = (["train.epochs=5"] if args.quick else []) + args.overrides
+    seeds = args.seeds[:1] if args.quick or args.smoke else args.seeds
+    extra = (["train.epochs=5"] if args.quick else []) + (SMOKE_OVERRIDES if args.smoke else []) + args.overrides
     out = Path(args.out)
     started = time.perf_counter()
     table = out / "table"
     # always rewritten (seconds): a table left by an older version of the world would silently skew the numbers
-    write_world(str(table), seed=1)
-    runs = [seed_results(table, out / f"seed{seed}", seed, extra, args.protocols) for seed in seeds]
-    summary = {m: aggregate([r[m] for r in runs]) for m in METHODS}
+    write_world(str(table), seed=1, counts=SMOKE_COUNTS if args.smoke else None)
+    methods = SMOKE_METHODS if args.smoke else tuple(METHODS)
+    runs = [seed_results(table, out / f"seed{seed}", seed, extra, args.protocols, methods) for seed in seeds]
+    summary = {m: aggregate([r[m] for r in runs]) for m in methods}
     command = (
         "python bench/toyworld_methods.py"
         + (" --quick" if args.quick else "")
-        + (f" --seeds {' '.join(map(str, seeds))}" if seeds != [1, 2, 3] and not args.quick else "")
+        + (" --smoke" if args.smoke else "")
+        + (f" --seeds {' '.join(map(str, seeds))}" if seeds != [1, 2, 3] and not (args.quick or args.smoke) else "")
         + (f" --protocols {' '.join(args.protocols)}" if args.protocols != list(PROTOCOLS) else "")
     )
     text = table_markdown(summary, seeds, command)

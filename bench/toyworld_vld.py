@@ -3,6 +3,7 @@
     python bench/toyworld_vld.py --out runs/vld                  # seeds 1 2 3
     python bench/toyworld_vld.py --out runs/vld --seeds 1        # one seed
     python bench/toyworld_vld.py --out runs/vld --quick          # one seed, 5 epochs: a fast look
+    python bench/toyworld_vld.py --out runs/vld --smoke          # seconds, a tiny world: every path runs (tests)
 
 The protocols are bench/toyworld_methods.py's (base-to-new on photo: Base/New/HM; cross-domain from photo: top-1
 per domain), with the same splits, teacher cache and recipe (configs/default.yaml, the default loss temperature).
@@ -34,6 +35,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from smoke import SMOKE_COUNTS, SMOKE_HELP, SMOKE_OVERRIDES
 from toyworld_methods import PROTOCOLS, evaluate_model, prepare
 
 from clipcite.config import load_config
@@ -42,7 +44,7 @@ from clipcite.data.loading import EvalDataset
 from clipcite.metrics import aggregate, harmonic_mean, top1
 from clipcite.models import LoadedModel, average_weights, encode_texts, load_saved
 from clipcite.prompts import prompts_for
-from clipcite.report import plt
+from clipcite.report import pyplot
 from clipcite.steps import finetune
 from clipcite.steps.common import add_overrides_argument, read_json, read_split
 from clipcite.toyworld.generate import write_world
@@ -51,6 +53,7 @@ from clipcite.toyworld.world import DOMAINS
 log = logging.getLogger("bench")
 CONFIG = "configs/default.yaml"
 ETAS = [0.0, 0.1, 0.5, 1.0, 2.0]
+SMOKE_ETAS = [0.0, 1.0]  # --smoke: the run without L_VLD and one with it, under both vld_over settings
 OVERS = ["batch", "classes"]
 ALPHAS = [1.0, 0.5]
 SHIFTED = [d for d in DOMAINS if d != "photo"]
@@ -246,6 +249,7 @@ def _vld(entry: dict) -> str:
 def plot(summary: dict, etas: list[float], alphas: list[float], path: Path) -> None:
     panels = [("b2n", "hm", "base-to-new HM (photo)"), ("b2n", "new", "New (photo)"), ("xd", "shifted", "shifted")]
     panels = [p for p in panels if p[0] in summary["zero-shot"]]
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.8), squeeze=False)
     axes = axes[0]
     for ax, (protocol, metric, title) in zip(axes, panels, strict=True):
@@ -275,31 +279,38 @@ def plot(summary: dict, etas: list[float], alphas: list[float], path: Path) -> N
     plt.close(fig)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="runs/vld")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--etas", type=float, nargs="+", default=ETAS)
-    parser.add_argument("--alphas", type=float, nargs="+", default=ALPHAS)
+    parser.add_argument("--out", default="runs/vld", help="folder for the table, every run and the results")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds to average over")
+    parser.add_argument("--etas", type=float, nargs="+", default=ETAS, help="L_VLD weights (train.eta) to sweep")
+    parser.add_argument("--alphas", type=float, nargs="+", default=ALPHAS, help="weight-space ensemble alphas")
     parser.add_argument("--quick", action="store_true", help="one seed, 5 epochs")
-    parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
+    parser.add_argument("--smoke", action="store_true", help=f"{SMOKE_HELP}; etas {SMOKE_ETAS}")
+    parser.add_argument(
+        "--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS), help="protocols to run"
+    )
     add_overrides_argument(parser)  # applied to every run
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.etas = SMOKE_ETAS
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     log.setLevel(logging.INFO)
-    seeds = args.seeds[:1] if args.quick else args.seeds
-    extra = (["train.epochs=5"] if args.quick else []) + args.overrides
+    seeds = args.seeds[:1] if args.quick or args.smoke else args.seeds
+    extra = (["train.epochs=5"] if args.quick else []) + (SMOKE_OVERRIDES if args.smoke else []) + args.overrides
     settings = {"etas": args.etas, "alphas": args.alphas, "extra": extra, "protocols": args.protocols}
     out = Path(args.out)
     started = time.perf_counter()
     table = out / "table"
-    write_world(str(table), seed=1)  # always rewritten (seconds), as in toyworld_methods.py
+    write_world(str(table), seed=1, counts=SMOKE_COUNTS if args.smoke else None)  # always rewritten, as in methods
+    default_etas = SMOKE_ETAS if args.smoke else ETAS
     command = (
         "python bench/toyworld_vld.py"
         + (" --quick" if args.quick else "")
-        + (f" --seeds {' '.join(map(str, seeds))}" if seeds != [1, 2, 3] and not args.quick else "")
+        + (" --smoke" if args.smoke else "")
+        + (f" --seeds {' '.join(map(str, seeds))}" if seeds != [1, 2, 3] and not (args.quick or args.smoke) else "")
         + (f" --protocols {' '.join(args.protocols)}" if args.protocols != list(PROTOCOLS) else "")
-        + (f" --etas {' '.join(f'{e:g}' for e in args.etas)}" if args.etas != ETAS else "")
+        + (f" --etas {' '.join(f'{e:g}' for e in args.etas)}" if args.etas != default_etas else "")
         + "".join(f" --set {o}" for o in args.overrides)
     )
     runs, done = [], []

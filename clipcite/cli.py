@@ -12,11 +12,10 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
+
+from clipcite import tracking_uri
 
 log = logging.getLogger("clipcite")
-
-LOCAL_STORE = "mlflow.db"  # the MLflow store `python pipeline.py run` writes by default, in the working directory
 
 STEPS = {
     "snapshot": "clipcite.steps.snapshot",
@@ -28,14 +27,11 @@ STEPS = {
 }
 
 
-def default_tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI``, else ``./mlflow.db``: where ``pipeline.py run`` tracks and ``champion`` looks."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / LOCAL_STORE}"
-
-
 def ingest_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="clipcite ingest", description="Convert images to an image table.")
-    parser.add_argument("format", choices=["imagefolder", "coop"])
+    parser.add_argument(
+        "format", choices=["imagefolder", "coop"], help="imagefolder: a tree of images; coop: a CoOp dataset in $DATA"
+    )
     parser.add_argument("--root", help="imagefolder: the tree's root; coop: $DATA")
     parser.add_argument("--dataset", default="", help="coop: dataset name (e.g. oxford_pets); imagefolder: a name")
     parser.add_argument("--out", required=True, help="output table folder or s3:// prefix")
@@ -52,7 +48,7 @@ def ingest_main(argv: list[str]) -> int:
         help="how thoroughly to check that each image decodes",
     )
     parser.add_argument("--skip-bad-images", action="store_true", help="skip and count unreadable images")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     if not args.root:
         parser.error("--root is required")
@@ -80,15 +76,20 @@ def ingest_main(argv: list[str]) -> int:
 
 
 def aggregate_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="clipcite aggregate", description="Mean and std over seeds.")
+    parser = argparse.ArgumentParser(
+        prog="clipcite aggregate", description="Mean and std over seeds of several evaluate outputs."
+    )
     parser.add_argument("metrics", nargs="+", help="evaluate output folders (or their metrics.json)")
     parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument(
+        "--allow-mixed", action="store_true", help="average evaluations of different methods, settings or domains"
+    )
     args = parser.parse_args(argv)
     from clipcite.steps.aggregate import aggregate_runs
     from clipcite.steps.common import setup_logging
 
     setup_logging()
-    result = aggregate_runs(args.metrics, args.out)
+    result = aggregate_runs(args.metrics, args.out, allow_mixed=args.allow_mixed)
     print(json.dumps(result["mean"], indent=2))
     return 0
 
@@ -96,25 +97,24 @@ def aggregate_main(argv: list[str]) -> int:
 def champion_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="clipcite champion",
-        description="Show a registered model's versions and gate decisions; --set moves the champion alias "
-        "(a rollback, or overriding the gate by hand).",
+        description="Show a registered model's versions and gate decisions (* = the champion); --promote moves the "
+        "champion alias (a rollback, or overriding the gate by hand).",
     )
     parser.add_argument("name", help="registered model name")
-    parser.add_argument("--set", dest="version", type=int, help="give the champion alias to this version")
-    parser.add_argument("--reason", default="set by hand", help="recorded on the version with --set")
     parser.add_argument(
-        "--tracking-uri",
-        default="",
-        help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./{LOCAL_STORE} as `pipeline.py run` writes)",
+        "--promote", dest="version", type=int, metavar="VERSION", help="give the champion alias to VERSION"
     )
+    parser.add_argument(
+        "--set", dest="old_version", type=int, metavar="VERSION", help="deprecated spelling of --promote"
+    )
+    parser.add_argument("--reason", default="set by hand", help="why, recorded on the version and its model card")
+    parser.add_argument("--tracking-uri", default="", help=tracking_uri.HELP)
     args = parser.parse_args(argv)
-    uri = args.tracking_uri or default_tracking_uri()
-    store = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
-    if store and not Path(store).is_file():
-        raise FileNotFoundError(
-            f"no MLflow store at {store} (`python pipeline.py run` makes one in the directory it runs in); "
-            "pass --tracking-uri URI or set MLFLOW_TRACKING_URI to the store that holds the model"
-        )
+    if args.old_version is not None:
+        log.warning("champion --set VERSION is deprecated (--set KEY=VALUE elsewhere): use --promote VERSION")
+        args.version = args.version if args.version is not None else args.old_version
+    uri = tracking_uri.default_tracking_uri(args.tracking_uri)
+    tracking_uri.require_store(uri)
     from clipcite import registry, tracking
     from clipcite.steps.common import setup_logging
 
@@ -147,9 +147,22 @@ COMMANDS = {
     "aggregate": aggregate_main,
     "champion": champion_main,
 }
+# One line per command for `clipcite --help` (each command's own --help has the rest).
+SUMMARIES = {
+    "ingest": "convert a folder of images or a CoOp dataset to an image table",
+    "snapshot": "fingerprint the data and open the pipeline's MLflow run (the pipeline's first step)",
+    "sample-splits": "sample the few-shot train/val splits and the eval sets from an image table",
+    "cache-teacher": "cache the frozen teacher's features for every class prompt and train crop",
+    "finetune": "fine-tune CLIP on the few-shot split (CLIP-CITE by default)",
+    "evaluate": "evaluate the fine-tuned and the zero-shot model on the eval sets",
+    "register": "merge the evaluations, record the model; with an MLflow run, register it and apply the gate",
+    "aggregate": "mean and std over seeds of several evaluate outputs",
+    "champion": "list a registered model's versions and gate decisions; --promote moves the champion alias",
+}
 USAGE = (
-    "usage: clipcite {" + ",".join(COMMANDS) + "} [options]   (clipcite COMMAND --help for options)\n"
-    "       cache-teacher, finetune and evaluate also take --nproc-per-node N: N data-parallel torchrun ranks"
+    "usage: clipcite COMMAND [options]   (clipcite COMMAND --help for its options)\n\ncommands:\n"
+    + "".join(f"  {name:<14} {SUMMARIES[name]}\n" for name in COMMANDS)
+    + "\ncache-teacher, finetune and evaluate also take --nproc-per-node N: N data-parallel torchrun ranks"
 )
 RANKED = ("cache-teacher", "finetune", "evaluate")
 
@@ -174,7 +187,10 @@ def take_nproc(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv:  # no command: the commands, as an argument error (argparse's convention)
+        print(USAGE, file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0
     if argv[0] not in COMMANDS:
@@ -185,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             argv = take_nproc(argv)
             if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 alone prints the step's result
                 sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the rest of this rank's life)
-        return COMMANDS[argv[0]](argv[1:])
+        with tracking_uri.named_by_flag():
+            return COMMANDS[argv[0]](argv[1:])
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         # Bad input: one clear line naming the file/row/field, no traceback (the step's log has the detail).
         print(f"clipcite {argv[0]}: error: {e}", file=sys.stderr)

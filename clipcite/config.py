@@ -7,6 +7,7 @@ default. Building blocks never see this module: steps unpack it into plain argum
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import types
 import typing
@@ -147,6 +148,8 @@ def _finish(data: dict, overrides, where: str) -> Config:
             value = yaml.safe_load(raw) if raw.strip() else ""
         else:
             key, value = item
+            raw = repr(value)
+        _check_override(str(key).strip(), value, raw)
         node = data
         *parents, leaf = str(key).strip().split(".")
         for part in parents:
@@ -162,6 +165,27 @@ def _finish(data: dict, overrides, where: str) -> Config:
     if config.eval.mean_over not in ("ood", "all"):
         raise ConfigError(f"{where}: eval: mean_over must be 'ood' or 'all', got {config.eval.mean_over!r}")
     return config
+
+
+def _check_override(key: str, value, raw: str) -> None:
+    """An override's key and value against the Config dataclasses, so the error names the user's override (the
+    preset was fine), with a "did you mean" for a misspelt key."""
+    cls, path = Config, []
+    for part in key.split("."):
+        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+        if not fields:
+            raise ConfigError(f"override {key}={raw}: {'.'.join(path)} is not a section")
+        if part not in fields:
+            close = difflib.get_close_matches(part, list(fields), n=1)
+            hint = f"did you mean {'.'.join([*path, close[0]])!r}? " if close else ""
+            section = ".".join(path) or "config"
+            raise ConfigError(
+                f"override {key}={raw}: {section}: unknown key(s) {part}; {hint}known: {', '.join(sorted(fields))}"
+            )
+        cls = typing.get_type_hints(cls)[part]
+        path.append(part)
+    if not dataclasses.is_dataclass(cls):
+        _coerce(value, cls, f"override {key}={raw}: {key}")
 
 
 def _build(cls, data: dict, where: str):

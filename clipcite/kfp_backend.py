@@ -23,6 +23,13 @@ SUCCEEDED_STATES = frozenset({"COMPLETE", "CACHED", "SUCCEEDED"})
 FAILED_STATES = frozenset({"FAILED", "CANCELED", "CANCELLED", "NEW", "RUNNING", "UNKNOWN"})
 
 
+# kfp.local's final status names only the exit handler's group ("Task clipcite-run failed."), not the task that
+# failed; ``pipeline.py run`` reads the failed task and its last exception line from kfp.local's output
+# (local_run.TaskLog) and hands them to the exit task, a subprocess it starts later, in these variables.
+LOCAL_FAILED_TASK = "CLIPCITE_LOCAL_FAILED_TASK"
+LOCAL_FAILED_ERROR = "CLIPCITE_LOCAL_FAILED_ERROR"
+
+
 def run_succeeded(state: str) -> bool:
     """Whether the DAG an exit handler wraps succeeded, from ``PipelineTaskFinalStatus.state`` in either spelling.
 

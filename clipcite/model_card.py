@@ -8,6 +8,8 @@ registry's versions table shows); the version's page renders the whole card.
 
 from __future__ import annotations
 
+import re
+
 from clipcite.report import table
 
 CARD_HEADING = "## Per-domain accuracy"  # a browser check looks for the table under it
@@ -116,6 +118,31 @@ def headline(meta: dict, body: dict) -> str:
     return what
 
 
+def promoted_by_hand(card: str, *, reason: str, previous: int | None) -> str:
+    """``card`` once its version took the ``champion`` alias by hand (``clipcite champion NAME --promote N``): the
+    summary line and the Gate section say so, with the reason, and keep what the gate had decided, so a card never
+    says "challenger" on the version that holds the alias. A card in another shape gets a section at the end."""
+    replaced = f", replacing v{previous}" if previous is not None else ""
+    now = f"**champion** by manual promotion{replaced}: {reason}"
+    card, summary = re.subn(
+        r"Gate: \*\*(\w+)\*\*: (.*)\.$",
+        lambda m: f"Now {now} (the gate had said **{m[1]}**: {m[2]}).",
+        card,
+        count=1,
+        flags=re.M,
+    )
+    card, section = re.subn(
+        r"^- decision: \*\*(\w+)\*\*$",
+        lambda m: f"- decision: {now} (the gate had said **{m[1]}**)",
+        card,
+        count=1,
+        flags=re.M,
+    )
+    if not (summary and section):
+        card = card.rstrip("\n") + f"\n\n## Manual promotion\n\n- decision: {now}\n"
+    return card
+
+
 def family_description(name: str, gate: dict) -> str:
     """What the registered model ``name`` is and how a version becomes ``champion`` (``gate``: GateConfig fields)."""
     metric = gate.get("metric", "auto")
@@ -138,7 +165,7 @@ def family_description(name: str, gate: dict) -> str:
             f"least {float(gate.get('min_improvement', 0.0)):.2f} points) and no kept domain ({kept}) loses more than "
             f"{float(gate.get('max_domain_drop', 1.0)):.2f} points; otherwise it stays a `challenger` and its tag "
             "`gate.reason` says why. The first version takes the alias. Roll back with "
-            f"`clipcite champion {name} --set N --reason ...`.",
+            f"`clipcite champion {name} --promote N --reason ...`.",
             "",
             "Version tags for filtering: `method`, `dataset`, `shots`, `protocol`, `seed`, `base_model`, "
             "`gate.decision`.",

@@ -12,8 +12,10 @@ A saved model is an open_clip ``local-dir`` folder (``open_clip_config.json`` + 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,8 +52,31 @@ def resolve_arch(arch: str) -> str:
     return name
 
 
+class _OpenClipChatter(logging.Filter):
+    """open_clip logs a dozen INFO lines per model load through the root logger itself (``logging.info``):
+    dropped while clipcite loads a model; its warnings, and every other logger's records, pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "root" and record.levelno < logging.WARNING)
+
+
+@contextlib.contextmanager
+def _quiet_open_clip() -> Iterator[None]:
+    root, chatter = logging.getLogger(), _OpenClipChatter()
+    root.addFilter(chatter)
+    try:
+        yield
+    finally:
+        root.removeFilter(chatter)
+
+
 def load_model(arch: str, pretrained: str = "", *, init_seed: int = 0, device: str = "cpu") -> LoadedModel:
     """Create an open_clip model in fp32 (autocast handles mixed precision) and report its identity."""
+    with _quiet_open_clip():
+        return _load_model(arch, pretrained, init_seed=init_seed, device=device)
+
+
+def _load_model(arch: str, pretrained: str, *, init_seed: int, device: str) -> LoadedModel:
     name = resolve_arch(arch)
     identity = identity_of(name, pretrained, init_seed)
     if name.startswith("local-dir:"):

@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from clipcite.artifacts import META_FILE, MODEL_ARTIFACT
+from clipcite.model_card import promoted_by_hand
 from clipcite.tracking import TrackingError, http_retries
 
 log = logging.getLogger(__name__)
@@ -103,14 +104,20 @@ def set_champion(client: MlflowClient, name: str, version: int | str) -> None:
 
 
 def promote_by_hand(client: MlflowClient, name: str, version: int, reason: str) -> None:
-    """Move ``champion`` to ``version`` outside the gate (a rollback), recording who-knows-why on the version."""
+    """Move ``champion`` to ``version`` outside the gate (a rollback), recording why on the version: its tags and
+    its model card (which otherwise still shows the gate's decision, e.g. "challenger", on the alias holder)."""
     try:
-        client.get_model_version(name, str(version))
+        found = client.get_model_version(name, str(version))
     except MlflowException as e:
         raise TrackingError(f"{name} has no version {version}: {e}") from e
     previous = champion(client, name)
     set_champion(client, name, version)
     set_version_tags(client, name, version, {"gate.decision": "champion", "gate.reason": f"manual: {reason}"})
+    if previous is None or previous.version != found.version:
+        before = int(previous.version) if previous is not None else None
+        describe_version(
+            client, name, version, promoted_by_hand(found.description or "", reason=reason, previous=before)
+        )
     log.info("%s: champion v%s -> v%s (%s)", name, previous.version if previous else None, version, reason)
 
 
@@ -121,11 +128,14 @@ def version_table(client: MlflowClient, name: str) -> list[str]:
     lines = []
     versions = sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: -int(v.version))
     for v in versions:
-        mark = "*" if holder is not None and v.version == holder.version else " "
+        holds = holder is not None and v.version == holder.version
+        decision = v.tags.get("gate.decision", "-")
+        if decision == "champion" and not holds:  # the gate's decision then; another version holds the alias now
+            decision = "was champion"
         means = _pipeline_metrics(client, v.tags.get(RUN_TAG, ""), "mean/finetuned/")
         metrics = " ".join(f"mean.{k}={val:.2f}" for k, val in sorted(means.items()))
         lines.append(
-            f"{mark} v{v.version:<4} {v.tags.get('gate.decision', '-'):<10} {metrics}  {v.tags.get('gate.reason', '')}"
+            f"{'*' if holds else ' '} v{v.version:<4} {decision:<12} {metrics}  {v.tags.get('gate.reason', '')}"
         )
     return lines
 

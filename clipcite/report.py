@@ -40,7 +40,7 @@ def table(summary: dict, models: list[str], names: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pyplot():
+def pyplot():
     """matplotlib's pyplot on the file-only Agg backend, imported when a plot is drawn (0.5 s the steps that only
     write Markdown, such as register, should not pay at start-up)."""
     import matplotlib
@@ -54,7 +54,7 @@ def _pyplot():
 def plot_domains(summary: dict, models: list[str], path: Path) -> None:
     """Grouped bars per domain: the headline number (HM for base-to-new, else top-1) of each model."""
     domains = list(summary["domains"])
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4, 1.4 * len(domains) + 2), 3.6))
     width = 0.8 / len(models)
     for i, m in enumerate(models):
@@ -83,7 +83,7 @@ def plot_confusion(confusion: list[list[int]], classnames: list[str], title: str
     matrix = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     n = len(classnames)
     side = min(12, max(4, 0.25 * n + 2))
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(side, side))
     ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
     if n <= 50:

@@ -4,18 +4,23 @@ The serving manifests (``manifests/serving/``) take the result from ``manifests/
 deployment names one fixed version: every replica loads the same weights, moving the alias later changes nothing
 running until the next deploy, and a rollback is "move the alias back, resolve, apply"::
 
-    python -m clipcite.serving --name clipcite --out manifests/serving/champion/champion.env
+    python -m clipcite.serving --name clipcite --out manifests/serving/champion/champion.env --force
     kubectl apply -n <profile namespace> -k manifests/serving/deployment     # or manifests/serving/kserve
+
+That file is committed (its default, version 0, makes each pod resolve the alias when it starts), so overwriting it
+takes ``--force``: a resolved champion.env is a deploy-time record, not something to commit (``git checkout`` the
+file afterwards). Its header comment is kept.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import subprocess
 import sys
 from pathlib import Path
 
-from clipcite import registry, storage, tracking
+from clipcite import registry, storage, tracking, tracking_uri
 
 log = logging.getLogger(__name__)
 KEYS = ("name", "alias", "version", "artifact-uri")
@@ -44,25 +49,76 @@ def env_text(resolved: dict) -> str:
 
 
 def write_env(resolved: dict, path: Path) -> None:
-    """Write ``champion.env`` atomically (a temp file beside it, then renamed)."""
-    storage.write_text(path, env_text(resolved))
+    """Write ``champion.env`` atomically (a temp file beside it, then renamed), keeping the comment lines the file
+    starts with (the committed one says what writes it and why)."""
+    storage.write_text(path, _header(path) + env_text(resolved))
+
+
+def _header(path: Path) -> str:
+    if not path.is_file():
+        return "# Written by `python -m clipcite.serving` before a deploy: the version NAME@ALIAS named then.\n"
+    lines = path.read_text().splitlines(keepends=True)
+    header = []
+    for line in lines:
+        if not line.startswith("#"):
+            break
+        header.append(line)
+    return "".join(header)
+
+
+def git_tracked(path: Path) -> bool:
+    """Whether git tracks ``path`` (False outside a work tree or without git)."""
+    try:
+        return (
+            subprocess.run(
+                ["git", "ls-files", "--error-unmatch", path.name],
+                cwd=path.parent,
+                capture_output=True,
+                timeout=10,
+                check=False,
+            ).returncode
+            == 0
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def check_target(path: Path, force: bool) -> None:
+    """Refuse to overwrite a git-tracked file without ``--force``: the committed champion.env is a working default,
+    and a resolved one (often a local ``file://`` URI) is easy to commit by accident."""
+    if not force and path.is_file() and git_tracked(path):
+        raise FileExistsError(
+            f"{path} is tracked by git (the committed default resolves the alias in each pod); pass --force to "
+            "overwrite it for this deploy (and `git checkout` it afterwards, do not commit it), or --out - to print"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m clipcite.serving",
-        description="Resolve NAME@ALIAS to a version and artifact URI and write the serving manifests' champion.env.",
+        description="Resolve NAME@ALIAS to a version and artifact URI and write the serving manifests' champion.env "
+        "(kustomize reads it from manifests/serving/champion/). That file is committed: overwriting a git-tracked "
+        "file takes --force (restore it with `git checkout` after the deploy; do not commit a resolved one). The "
+        "file's header comment is kept.",
     )
     parser.add_argument("--name", default="clipcite", help="registered model name")
-    parser.add_argument("--alias", default=registry.CHAMPION)
-    parser.add_argument("--tracking-uri", default="", help="MLflow server (default: $MLFLOW_TRACKING_URI)")
-    parser.add_argument("--out", default="manifests/serving/champion/champion.env", help="'-' prints it instead")
+    parser.add_argument("--alias", default=registry.CHAMPION, help="the alias to resolve")
+    parser.add_argument("--tracking-uri", default="", help=tracking_uri.HELP)
+    parser.add_argument(
+        "--out", default="manifests/serving/champion/champion.env", help="the env file to write; '-' prints it instead"
+    )
+    parser.add_argument("--force", action="store_true", help="overwrite --out even when git tracks it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        resolved = resolve(tracking.connect(args.tracking_uri), args.name, args.alias)
-    except tracking.TrackingError as e:
-        print(f"error: {e}", file=sys.stderr)
+        with tracking_uri.named_by_flag():
+            uri = tracking_uri.default_tracking_uri(args.tracking_uri)
+            tracking_uri.require_store(uri)
+            if args.out != "-":
+                check_target(Path(args.out), args.force)
+            resolved = resolve(tracking.connect(uri), args.name, args.alias)
+    except (tracking.TrackingError, FileNotFoundError, FileExistsError) as e:
+        print(f"python -m clipcite.serving: error: {e}", file=sys.stderr)
         return 2
     if args.out == "-":
         sys.stdout.write(env_text(resolved))
@@ -70,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         write_env(resolved, Path(args.out))
         log.info(
             "%s@%s = v%s (%s) -> %s", args.name, args.alias, resolved["version"], resolved["artifact-uri"], args.out
+        )
+    if resolved["artifact-uri"].startswith("file:"):
+        log.warning(
+            "warning: %s is a path on this machine: pods elsewhere cannot read it (a tracking server with an "
+            "artifact store, e.g. mlflow-artifacts:/ or s3://, can); do not commit it",
+            resolved["artifact-uri"],
         )
     return 0
 

@@ -49,7 +49,8 @@ def sample_few_shot(
             name = f"{classnames[label]!r} (label {label})" if classnames else f"label {label}"
             raise NotEnoughShotsError(
                 f"class {name} has {len(members)} {what} image(s), fewer than shots={k}; "
-                "lower the shots or allow fewer (splits.allow_fewer=true)"
+                "lower the shots or allow fewer: --set splits.allow_fewer=true (pipeline.py: --param "
+                "'overrides={\"splits.allow_fewer\": true}')"
             )
         chosen.extend(members[:k])
     return chosen

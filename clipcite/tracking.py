@@ -27,6 +27,7 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 
 import clipcite
+from clipcite.tracking_uri import how_to_set
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,10 @@ def resolve_uri(uri: str = "") -> str | None:
     if uri.lower() in DISABLED:
         return None
     if not uri:
+        give, off = how_to_set()
         raise TrackingError(
-            "no MLflow tracking URI: set MLFLOW_TRACKING_URI or the pipeline parameter tracking_uri "
-            "(e.g. http://mlflow.mlflow.svc:5000 or sqlite:///mlflow.db), or tracking_uri=off to run without tracking"
+            f"no MLflow tracking URI: {give} (e.g. http://mlflow.mlflow.svc:5000 or sqlite:///mlflow.db), or {off} "
+            "to run without tracking"
         )
     return uri
 
@@ -77,10 +79,12 @@ def connect(uri: str) -> MlflowClient:
                 client.search_experiments(max_results=1)
             _REACHED.add(uri)
         except Exception as e:  # connection refused, DNS, TLS, 401/403 from an auth proxy
+            give, off = how_to_set()
             raise TrackingError(
                 f"MLflow tracking server {uri} is unreachable or refused the request ({type(e).__name__}: "
-                f"{str(e)[:300]}); check MLFLOW_TRACKING_URI and credentials (MLFLOW_TRACKING_USERNAME/"
-                "MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN), or run with tracking_uri=off"
+                f"{shorten(str(e), 1000)}); check the URI ({give.removeprefix('set ').removeprefix('pass ')}) and "
+                "credentials (MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN), or run "
+                f"with {off}"
             ) from e
     return client
 
@@ -177,13 +181,16 @@ def finish_pipeline_run(uri: str, run_id: str, status: str = "FINISHED") -> None
     connect(uri).set_terminated(run_id, status)
 
 
-def close_pipeline_run(uri: str, experiment: str, kfp_run_id: str, *, succeeded: bool, error: str = "") -> dict:
+def close_pipeline_run(
+    uri: str, experiment: str, kfp_run_id: str, *, succeeded: bool, error: str = "", failed_task: str = ""
+) -> dict:
     """The pipeline's exit handler: end this KFP run's MLflow run FINISHED, or FAILED with the failed step(s) named
     (from the step runs that ended FAILED; step runs still RUNNING were killed with their pod and are closed FAILED).
     Returns what it did; nothing to close (tracking off, or the run failed before snapshot opened one) is fine.
 
     The KFP backend says neither which task failed nor why (its exit status carries an empty error), so both come
-    from the step runs nested under the pipeline's run; where none recorded it, the tag says where to look."""
+    from the step runs nested under the pipeline's run; where none recorded it, ``failed_task`` (what a local run's
+    console saw fail), else the tag says where to look."""
     client = connect(uri)
     experiment_id = _pipeline_experiment(client, experiment)
     run_id = _find_pipeline_run(client, experiment_id, kfp_run_id) if experiment_id else ""
@@ -201,10 +208,10 @@ def close_pipeline_run(uri: str, experiment: str, kfp_run_id: str, *, succeeded:
             errors.append(child.data.tags.get(ERROR_TAG, ""))
     status = "FINISHED" if succeeded else "FAILED"
     if not succeeded:
-        where = ", ".join(failed) or _unrecorded_failure(seen)
+        where = ", ".join(failed) or failed_task or _unrecorded_failure(seen)
         client.set_tag(run_id, "clipcite.failed_step", where)
         detail = next((e for e in errors if e), "") or _no_error_text(error, where, kfp_run_id)
-        client.set_tag(run_id, ERROR_TAG, detail[:5000])
+        client.set_tag(run_id, ERROR_TAG, shorten(detail, 5000))
         log.error("pipeline run failed at %s; MLflow run %s marked FAILED", where, run_id)
     client.set_terminated(run_id, status)
     return {"run_id": run_id, "status": status, "failed_steps": failed}
@@ -376,7 +383,7 @@ def step_run(uri: str | None, parent_run_id: str, name: str, *, system_metrics: 
                 yield run
             except BaseException as e:  # the step's own words, for the exit handler and the UI
                 with contextlib.suppress(Exception):
-                    client.set_tag(run.run_id, ERROR_TAG, f"{type(e).__name__}: {e}"[:5000])
+                    client.set_tag(run.run_id, ERROR_TAG, shorten(f"{type(e).__name__}: {e}", 5000))
                 raise
             finally:
                 run.flush()
@@ -386,7 +393,7 @@ def step_run(uri: str | None, parent_run_id: str, name: str, *, system_metrics: 
         raise TrackingError(
             f"MLflow tracking server {uri} stopped answering during step {name!r} (MLflow's HTTP retries, "
             f"MLFLOW_HTTP_REQUEST_MAX_RETRIES={os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '7')}, ran out): "
-            f"{str(e.message)[:500]}"
+            f"{shorten(str(e.message), 500)}"
         ) from e
 
 
@@ -401,6 +408,16 @@ def _fluent_run(run_id: str, **kwargs) -> Iterator[mlflow.ActiveRun]:
     finally:
         if injected is not None:
             os.environ["MLFLOW_RUN_ID"] = injected
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters, cut at a word boundary with an ellipsis (an error cut mid-word,
+    "Failed to establish a new", reads as if the message were the problem)."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = max(cut.rfind(" "), cut.rfind("\n"))
+    return (cut[:space] if space > 0 else cut).rstrip(" ,;:(\n") + "…"
 
 
 def _image() -> str:

@@ -117,7 +117,7 @@ def test_chain_produces_every_artifact(chain):
     assert "| photo | finetuned |" in (chain / "eval" / "report.md").read_text()
 
 
-def test_snapshot_and_register_are_commands_like_the_other_steps(chain, capsys):
+def test_snapshot_and_register_are_commands_like_the_other_steps(chain, capsys, caplog):
     argv = ["--data", str(chain / "table"), "--tracking-uri", "off", "--config", str(chain / "run_config.yaml")]
     assert main(["snapshot", *argv]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -128,7 +128,9 @@ def test_snapshot_and_register_are_commands_like_the_other_steps(chain, capsys):
     assert main(["register", *argv, "--config", str(chain / "run_config.yaml")]) == 0
     assert (chain / "registered").is_dir() and "finetuned" in (chain / "summary.md").read_text()
     # without --config the gate's rules are those the model was trained with; tracking needs snapshot's run
-    assert main(["register", *argv]) == 0
+    with caplog.at_level("INFO"):
+        assert main(["register", *argv]) == 0
+    assert "nothing registered in MLflow" in caplog.text and "pass --mlflow-run-id" in caplog.text
     with pytest.raises(SystemExit) as exited:
         main(["register", *argv, "--tracking-uri", "sqlite:///unused.db"])
     assert exited.value.code == 2
@@ -162,13 +164,27 @@ def test_aggregate_gives_mean_sample_std_and_count_over_two_seeds(tmp_path):
         assert rows["hm"]["n"] == 2
 
 
+def test_aggregate_refuses_evaluations_of_different_runs_without_allow_mixed(tmp_path, capsys):
+    runs = [_metrics_file(tmp_path / "a", 80.0, 60.0), _metrics_file(tmp_path / "b", 76.0, 50.0)]
+    for folder, method in zip(runs, ("cite", "ce"), strict=True):
+        path = tmp_path / folder / "metrics.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "method": method, "seed": 1}))
+    assert main(["aggregate", *runs, "--out", str(tmp_path / "agg.json")]) == 2
+    err = capsys.readouterr().err
+    assert "not seeds of one run (method: cite, ce" in err and "--allow-mixed" in err
+    assert not (tmp_path / "agg.json").exists()
+    assert main(["aggregate", *runs, "--out", str(tmp_path / "agg.json"), "--allow-mixed"]) == 0
+
+
 def test_too_few_shots_fails_clearly_and_writes_nothing(chain, tmp_path, capsys):
     out = tmp_path / "splits"
     code = main(
         ["sample-splits", *TINY, "--set", "splits.shots=50", "--table", str(chain / "table"), "--out", str(out)]
     )
     assert code == 2
-    assert "has 12 'train' image(s), fewer than shots=50" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "has 12 'train' image(s), fewer than shots=50" in err
+    assert "--set splits.allow_fewer=true" in err and """--param 'overrides={"splits.allow_fewer": true}'""" in err
     assert not out.exists()
 
 
@@ -209,6 +225,53 @@ def test_unknown_config_key_is_an_error(chain, tmp_path, capsys):
     assert code == 2 and "unknown key(s) learning_rate" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.lr=1e-4x", "override train.lr=1e-4x: train.lr: expected float, got '1e-4x'"),
+        ("train.epoch=3", "override train.epoch=3: train: unknown key(s) epoch; did you mean 'train.epochs'?"),
+    ],
+)
+def test_a_wrong_override_is_named_as_the_users_not_the_presets(override, message, tmp_path, capsys):
+    argv = ["sample-splits", "--config", "default", "--set", override, "--table", str(tmp_path), "--out", "x"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "default: train" not in err, err
+
+
+def test_sample_splits_prints_a_short_summary_the_manifest_keeps_the_rest(chain, tmp_path, capsys):
+    out = tmp_path / "splits"
+    assert (
+        main(["sample-splits", *TINY, "--set", "splits.shots=4", "--table", str(chain / "table"), "--out", str(out)])
+        == 0
+    )
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and "sha256" not in printed[0], printed
+    assert printed[0].startswith("base2new, 4 shots, seed 1: train 12, ") and "manifest.json" in printed[0]
+    assert "ids_sha256" in (out / "manifest.json").read_text()
+
+
+def test_a_model_load_keeps_open_clips_info_lines_out_of_the_log(caplog):
+    import logging
+
+    from clipcite.models import load_model
+
+    with caplog.at_level(logging.INFO):
+        load_model("clipcite-tiny")
+        logging.info("a root record outside a model load")  # the filter is scoped to the load
+    infos = [r.getMessage() for r in caplog.records if r.name == "root" and r.levelno == logging.INFO]
+    assert infos == ["a root record outside a model load"]  # open_clip's warnings still pass
+
+
+def test_generate_prints_its_facts_once(tmp_path):
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "clipcite.toyworld.generate", "--out", str(tmp_path / "t"), "--train", "1"]
+    out = subprocess.run([*argv, "--val", "1", "--test", "1"], capture_output=True, text=True, check=True)
+    assert (out.stdout + out.stderr).count("rows") == 1, out.stdout + out.stderr
+
+
 def test_corrupt_image_in_a_split_names_the_table_and_row(chain, tmp_path, capsys):
     import shutil
 
@@ -242,7 +305,7 @@ def test_cache_teacher_refuses_weights_other_than_the_snapshot_saw(chain, tmp_pa
 def test_unknown_command_prints_the_commands_and_exits_2(capsys):
     assert main(["train"]) == 2
     captured = capsys.readouterr()
-    assert "usage: clipcite {ingest,snapshot,sample-splits," in captured.out + captured.err
+    assert "usage: clipcite COMMAND" in captured.err and "  sample-splits  sample the few-shot" in captured.err
 
 
 @pytest.mark.parametrize(
@@ -280,3 +343,10 @@ def test_ingest_coop_writes_the_table_and_prints_the_counts(tmp_path, capsys):
     )
     assert rows == [("oxford_pets/a_1.jpg", 0, "train"), ("oxford_pets/b_1.jpg", 1, "test")]
     assert read_classes(str(tmp_path / "t")).names == ("abyssinian", "beagle")
+
+
+def test_a_missing_splits_folder_is_reported_as_missing(tmp_path, capsys):
+    argv = ["finetune", *TINY, "--splits", str(tmp_path / "nope"), "--out", str(tmp_path / "m")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'nope'}: no such folder" in err and "no Parquet shards" not in err, err

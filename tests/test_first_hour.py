@@ -3,8 +3,10 @@
 before anything expensive runs."""
 
 import io
+import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from unittest import mock
 
@@ -51,6 +53,29 @@ def test_submit_checks_its_params_before_talking_to_the_server(tmp_path, capsys)
     assert "did you mean 'seed'?" in err and "--param data_uri=s3://" in err
 
 
+@pytest.mark.parametrize("command", ["submit", "schedule"])
+def test_an_unreachable_kfp_server_is_one_line_naming_the_url(command, tmp_path, capsys):
+    argv = [command, "--host", "http://127.0.0.1:9", "--workdir", str(tmp_path), "--param", "data_uri=s3://b/t"]
+    with warnings.catch_warnings(record=True) as caught:  # loopback port 9 (discard): nothing listens
+        warnings.simplefilter("always")
+        code = pipeline_cli.main([*argv, *(["--cron", "0 0 3 * * 1"] if command == "schedule" else [])])
+    assert code != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"pipeline.py {command}: error: cannot reach Kubeflow Pipelines at http://127.0.0.1:9: ")
+    assert "Connection refused" in err and len(err.splitlines()) == 1, err
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)]
+
+
+def test_a_five_field_cron_is_refused_with_its_six_field_form(tmp_path, capsys):
+    with mock.patch("kfp.Client", autospec=True) as client, pytest.raises(SystemExit) as exit_:
+        pipeline_cli.main(["schedule", "--host", "http://127.0.0.1:9", "--cron", "0 3 * * 1"])
+    assert exit_.value.code == 2
+    client.assert_not_called()
+    err = capsys.readouterr().err
+    assert "KFP takes 6, seconds first" in err and "--cron '0 0 3 * * 1'" in err
+    assert pipeline_cli.cron_expression("@every 6h") == "@every 6h"
+
+
 def kfp_output(task: str, body: list[str], status: str) -> str:
     """What kfp.local prints for one task (its format as of kfp 2.17, colours included)."""
     lines = [f"05:01:35.001 - INFO - Executing task {CYAN}'{task}'{RESET}", "05:01:35.002 - INFO - Streamed logs:", ""]
@@ -90,6 +115,30 @@ def test_the_quiet_log_keeps_everything_prints_a_line_per_task_and_names_the_fai
     )
 
 
+def test_the_quiet_log_names_the_domain_of_each_evaluate_task(tmp_path):
+    """The ParallelFor's iterations are all called 'evaluate' and run at once; each line says its domain."""
+    terminal = io.StringIO()
+    task_log = local_run.TaskLog(tmp_path / "run.log", terminal, echo=False)
+    start = "05:01:35.001 - INFO - Executing task {c}'evaluate'{r}\n05:01:35.002 - INFO - Streamed logs:\n\n"
+    task_log.write(start.format(c=CYAN, r=RESET) * 2)  # both iterations start before either prints its input
+    for domain in ("sketch", "photo"):
+        task_log.write(f'            "parameterValues": {{\n                "domain": "{domain}",\n')
+    for domain in ("photo", "sketch"):
+        task_log.write(
+            f"05:01:54.100 - INFO - Task {CYAN}'evaluate'{RESET} finished with status {GREEN}SUCCESS{RESET}\n"
+        )
+        task_log.write(
+            f"    report: Artifact( name='report',\n                      metadata={{'domain': '{domain}'}} )\n"
+        )
+    task_log.close()
+    assert [line.split("] ", 1)[1] for line in terminal.getvalue().splitlines()] == [
+        "evaluate sketch ...",
+        "evaluate photo ...",
+        "evaluate photo: done",
+        "evaluate sketch: done",
+    ]
+
+
 def test_champion_without_a_store_says_where_it_looked_and_which_flag_to_use(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -98,6 +147,40 @@ def test_champion_without_a_store_says_where_it_looked_and_which_flag_to_use(tmp
     assert f"no MLflow store at {tmp_path / 'mlflow.db'}" in err and "--tracking-uri" in err
     assert len(err.strip().splitlines()) == 1  # one line, printed once
     assert not (tmp_path / "mlflow.db").exists()  # looking did not create an empty store
+
+
+def test_snapshot_tracks_where_champion_and_pipeline_run_do(tmp_path, monkeypatch, capsys):
+    from clipcite.toyworld.generate import write_world
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    write_world("table", counts={"train": 1, "val": 1, "test": 1}, domains=("photo",))
+    assert clipcite(["snapshot", "--data", "table"]) == 0, capsys.readouterr().err  # as the README shows it
+    assert (tmp_path / "mlflow.db").is_file()
+    assert json.loads(capsys.readouterr().out)["mlflow_run_id"]
+
+
+def test_one_default_tracking_store_and_errors_that_name_the_flag(tmp_path, monkeypatch):
+    from clipcite import tracking, tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri.default_tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    assert tracking_uri.default_tracking_uri() == "http://127.0.0.1:9"
+    assert tracking_uri.default_tracking_uri("off") == "off"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    with pytest.raises(tracking.TrackingError, match="pipeline parameter tracking_uri"):
+        tracking.resolve_uri("")  # a pipeline step
+    with tracking_uri.named_by_flag(), pytest.raises(tracking.TrackingError) as raised:
+        tracking.resolve_uri("")  # a command
+    assert "--tracking-uri" in str(raised.value) and "pipeline parameter" not in str(raised.value)
+    # one definition, used by every command that takes --tracking-uri
+    for path in [ROOT / "pipeline_cli.py", *(ROOT / "clipcite").rglob("*.py")]:
+        text = path.read_text()
+        assert path.name == "tracking_uri.py" or "def default_tracking_uri" not in text, path
+        if '"--tracking-uri"' in text and path.name != "tracking_uri.py":
+            assert "default_tracking_uri" in text, f"{path} takes --tracking-uri without the shared default"
 
 
 def test_champion_of_an_unknown_model_is_an_error_naming_what_is_there(tmp_path, monkeypatch, capsys):

@@ -110,7 +110,7 @@ def test_versions_carry_filter_tags_and_a_model_card_and_the_model_says_how_vers
     first = client.get_model_version(NAME, "1").description
     assert "- compared with: no champion" in first and "champion v" not in first.split("## Gate")[0]
     described = client.get_registered_model(NAME).description
-    assert "How versions are promoted" in described and f"clipcite champion {NAME} --set N" in described
+    assert "How versions are promoted" in described and f"clipcite champion {NAME} --promote N" in described
     assert client.get_run(gate_run).data.tags["gate.decision"] == "champion"
 
 
@@ -282,12 +282,12 @@ def test_rolling_back_the_champion_by_hand(stack, capsys):
     client = MlflowClient(stack["url"])
     uri = ["--tracking-uri", stack["url"]]  # not the process-wide URI an earlier test may have left
     try:
-        assert main(["champion", NAME, "--set", "1", "--reason", "rollback after an incident", *uri]) == 0
+        assert main(["champion", NAME, "--promote", "1", "--reason", "rollback after an incident", *uri]) == 0
         assert client.get_model_version_by_alias(NAME, "champion").version == "1"
         assert client.get_model_version(NAME, "1").tags["gate.reason"] == "manual: rollback after an incident"
         listing = [line.strip() for line in capsys.readouterr().out.splitlines()]
         assert listing[-1].startswith("* v1") and listing[0].startswith("v3")
-        assert main(["champion", NAME, "--set", "9", *uri]) == 2  # no such version: a clear error, nothing moved
+        assert main(["champion", NAME, "--promote", "9", *uri]) == 2  # no such version: a clear error, nothing moved
         assert client.get_model_version_by_alias(NAME, "champion").version == "1"
     finally:  # other tests expect the gate's champion
         client.set_registered_model_alias(NAME, "champion", "3")

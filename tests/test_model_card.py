@@ -125,7 +125,7 @@ def test_the_family_description_says_what_the_model_is_and_how_versions_are_prom
     assert text.startswith("# pets\n") and "CLIP-CITE" in text
     assert "`champion` alias" in text and "HM of base and new accuracy" in text
     assert "no kept domain (photo) loses more than 2.00 points" in text
-    assert "clipcite champion pets --set N" in text
+    assert "clipcite champion pets --promote N" in text
 
 
 def test_the_first_line_is_a_plain_summary_the_versions_table_can_show():
@@ -134,3 +134,42 @@ def test_the_first_line_is_a_plain_summary_the_versions_table_can_show():
     fewshot = {"mean": {"finetuned": {"top1": 81.234}}}
     assert headline(META, fewshot) == "cite on toyworld: top-1 81.23"
     assert headline({"method": "flyp"}, {}) == "flyp on ?"
+
+
+def test_a_manual_promotion_leaves_one_champion_in_the_list_and_says_so_on_the_card(tmp_path, monkeypatch, capsys):
+    """What the tracking store holds after `clipcite champion NAME --promote 2 --reason ...`: v2 holds the alias, its
+    card says it holds it by manual promotion (with the reason), and the list shows one champion."""
+    from mlflow import MlflowClient
+
+    from clipcite.cli import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    client.create_registered_model("pets")
+    gate = {1: ("champion", "no champion yet"), 2: ("challenger", "HM mean -0.38 vs champion v1")}
+    for number, (role, reason) in gate.items():
+        client.create_model_version("pets", f"file://{tmp_path}/m{number}", tags={"gate.decision": role})
+        client.set_model_version_tag("pets", str(number), "gate.reason", reason)
+        card = version_card(
+            name="pets", version=number, meta=META, body=BODY, decision={"role": role, "reason": reason},
+            code_version="0.1.0",
+        )  # fmt: skip
+        client.update_model_version("pets", str(number), description=card)
+    client.set_registered_model_alias("pets", "champion", "1")
+
+    assert (
+        main(["champion", "pets", "--promote", "2", "--reason", "v1 fails on night images", "--tracking-uri", uri]) == 0
+    )
+    listing = capsys.readouterr().out.splitlines()
+    assert [line.split()[:3] for line in listing] == [["*", "v2", "champion"], ["v1", "was", "champion"]], listing
+    assert str(client.get_model_version_by_alias("pets", "champion").version) == "2"
+    card = client.get_model_version("pets", "2").description
+    assert "Gate: **challenger**" not in card and "- decision: **challenger**" not in card
+    assert "Now **champion** by manual promotion, replacing v1: v1 fails on night images" in card
+    assert "- decision: **champion** by manual promotion, replacing v1: v1 fails on night images" in card
+    assert "the gate had said **challenger**: HM mean -0.38 vs champion v1" in card
+    assert client.get_model_version("pets", "2").tags["gate.reason"] == "manual: v1 fails on night images"
+    # the old spelling still works, with a word about the new one
+    assert main(["champion", "pets", "--set", "1", "--reason", "back", "--tracking-uri", uri]) == 0
+    assert str(client.get_model_version_by_alias("pets", "champion").version) == "1"

@@ -3,12 +3,13 @@ neither can drift from what works; and every link between them resolves.
 
 Every command line of every ``bash`` block, the README's first and then each guide's in the order the README links
 them (the order a reader meets them: ``docs/local.md``'s run writes the ``./mlflow.db`` that
-``docs/registry-and-serving.md`` reads), runs in one fresh shell in an empty working directory (with ``.venv`` and
-``pipeline.py`` linked in, as in a checkout): no ``VIRTUAL_ENV``, no ``.venv/bin`` on ``PATH`` and no MLflow, S3 or
-CLIPCITE settings, so only the guides' own ``source .venv/bin/activate`` makes ``python``, ``clipcite`` and
-``mlflow`` work. A command that would take minutes gets tiny settings appended (``RUN`` says how and why); a command
-that needs a cluster, the team's registry or minutes by design is in ``NOT_RUN`` with the reason. A command in any
-guide that neither covers fails the test.
+``docs/registry-and-serving.md`` reads), runs in one fresh shell in an empty working directory (with ``.venv``,
+``pipeline.py`` and ``bench/`` linked in, as in a checkout): no ``VIRTUAL_ENV``, no ``.venv/bin`` on ``PATH`` and
+no MLflow, S3 or CLIPCITE settings, so only the guides' own ``source .venv/bin/activate`` makes ``python``,
+``clipcite`` and ``mlflow`` work. A command that would take minutes gets tiny settings appended (``RUN`` says how
+and why; a bench gets its ``--smoke`` form, tests/test_benches.py); a command that needs a cluster, the team's
+registry or the built images is in ``NOT_RUN`` with the reason. A command in any guide that neither covers fails
+the test.
 """
 
 import os
@@ -42,6 +43,7 @@ RUN = {
         "the chain's tiny table, 1 shot, 1 epoch, one evaluate task instead of the toy world, 8 shots, 5 epochs, four",
     ),
     "clipcite champion clipcite": ("", "as written: reads the ./mlflow.db the run above wrote"),
+    "python bench/toyworld_methods.py": ("--smoke", "the bench's smoke form: a tiny world, 1 shot, 1 epoch, 2 methods"),
     "python pipeline.py compile": ("", "as written"),
     "python -m clipcite.demo": ("", "as written: 288 small PNGs, seconds"),
     "clipcite ingest imagefolder": ("", "as written: the demo folder the command before it wrote"),
@@ -50,7 +52,6 @@ RUN = {
 NOT_RUN = {
     "make run": "setup, then `python pipeline.py run`, which runs here (this test runs inside the set-up .venv)",
     "make test": "the test suite this test is part of",
-    "python bench/toyworld_methods.py": "the method benchmark: minutes by design, on the full toy world",
     "python pipeline.py submit": "needs a Kubeflow Pipelines server (tests/test_pipeline.py mocks its client)",
     "python pipeline.py schedule": "needs a Kubeflow Pipelines server (tests/test_pipeline.py mocks its client)",
     "clipcite champion pets": "needs the team's registry with model pets (tests/test_mlflow_registry.py rolls back)",
@@ -194,6 +195,7 @@ def test_every_link_between_the_guides_resolves_to_a_file_and_heading():
 def test_the_readme_commands_run_as_written_in_a_fresh_activated_shell(tmp_path):
     (tmp_path / ".venv").symlink_to(ROOT / ".venv")
     (tmp_path / "pipeline.py").symlink_to(ROOT / "pipeline.py")
+    (tmp_path / "bench").symlink_to(ROOT / "bench")
     venv_bin = str((ROOT / ".venv" / "bin").resolve())
     env = {
         key: value
@@ -212,6 +214,7 @@ def test_the_readme_commands_run_as_written_in_a_fresh_activated_shell(tmp_path)
 
     assert (tmp_path / "runs" / "toyworld" / "classes.json").is_file()  # the example writes under runs/ (ignored)
     assert (tmp_path / "runs" / "default" / "eval" / "metrics.json").is_file()
+    assert (tmp_path / "runs" / "bench" / "toyworld_methods.md").is_file()  # the bench ran, in its smoke form
     assert "mlflow ui answered /health" in out.stdout
     run_output = out.stdout.split("python pipeline.py run", 1)[1].split("\n+ ", 1)[0]
     assert "1 shots, seed 1" in run_output and "data runs/default/table" in run_output  # the summary says what ran

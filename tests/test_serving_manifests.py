@@ -144,3 +144,42 @@ def test_champion_env_is_one_line_per_key():
     assert serving.env_text(RESOLVED).splitlines() == [f"{k}={RESOLVED[k]}" for k in serving.KEYS]
     with pytest.raises(ValueError, match="'version' must be one non-empty line"):
         serving.env_text({**RESOLVED, "version": ""})
+
+
+def _committed_env(tmp_path: Path) -> Path:
+    """The committed champion.env in a git work tree of its own (as in a clone)."""
+    import subprocess
+
+    env = tmp_path / "champion.env"
+    shutil.copy(ROOT / "manifests" / "serving" / "champion" / "champion.env", env)
+    for command in (["init", "-q"], ["add", "champion.env"]):
+        subprocess.run(["git", *command], cwd=tmp_path, check=True)
+    return env
+
+
+def test_resolving_into_the_committed_champion_env_takes_force_and_keeps_its_header(tmp_path, capsys, caplog):
+    from unittest import mock
+
+    env = _committed_env(tmp_path)
+    before = env.read_text()
+    resolved = {**RESOLVED, "artifact-uri": "file:///home/me/mlartifacts/1/models/m-1/artifacts"}
+    argv = ["--tracking-uri", "http://127.0.0.1:9", "--out", str(env)]
+    with mock.patch.object(serving.tracking, "connect"), mock.patch.object(serving, "resolve", return_value=resolved):
+        assert serving.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "is tracked by git" in err and "--force" in err and len(err.strip().splitlines()) == 1
+        assert env.read_text() == before  # refused: nothing written
+        with caplog.at_level("INFO"):
+            assert serving.main([*argv, "--force"]) == 0
+    header = [line for line in before.splitlines() if line.startswith("#")]
+    assert env.read_text().splitlines() == [*header, *serving.env_text(resolved).splitlines()]
+    assert "is a path on this machine" in caplog.text  # a file:// URI: pods elsewhere cannot read it
+
+
+def test_serving_reads_the_store_every_command_defaults_to(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert serving.main(["--out", "-"]) == 2
+    err = capsys.readouterr().err
+    assert f"no MLflow store at {tmp_path / 'mlflow.db'}" in err and "--tracking-uri" in err, err
+    assert "pipeline parameter" not in err

@@ -141,6 +141,14 @@ class _ShardWriter:
 
 
 def shard_uris(table_uri: str) -> list[str]:
+    """The table's Parquet shards; a local folder that is not there is reported as missing (the highest missing
+    one: a mistyped ``--splits`` folder, not "no shards" in a split below it)."""
+    if not storage.is_s3(table_uri) and not Path(table_uri).exists():
+        missing = Path(table_uri)
+        while not missing.parent.exists() and missing.parent != missing:
+            missing = missing.parent
+        below = f" (looking for the table {table_uri})" if missing != Path(table_uri) else ""
+        raise FileNotFoundError(f"{missing}: no such folder{below}")
     shards = storage.list_files(table_uri, suffix=".parquet")
     if not shards:
         raise FileNotFoundError(f"{table_uri}: no Parquet shards (part-*.parquet) found")

@@ -8,10 +8,25 @@ from clipcite import storage
 from clipcite.metrics import aggregate
 from clipcite.steps.common import read_json
 
+# What evaluations averaged over seeds must share: the same method and recipe, evaluated the same way.
+SAME = ("method", "alpha", "template", "train_domains", "mean_over", "mean_domains")
 
-def aggregate_runs(metric_uris: list[str], out_uri: str) -> dict:
-    """Mean and std over seeds of the per-domain and mean metrics of several evaluate outputs."""
+
+def aggregate_runs(metric_uris: list[str], out_uri: str, *, allow_mixed: bool = False) -> dict:
+    """Mean and std over seeds of the per-domain and mean metrics of several evaluate outputs; evaluations of
+    different methods, settings or domains are refused unless ``allow_mixed`` (a mean of unrelated runs reads as a
+    seed average)."""
     runs = [read_json(u if u.endswith(".json") else storage.join(u, "metrics.json")) for u in metric_uris]
+    facts = {
+        key: [sorted(r["domains"]) if key == "domains" else r.get(key) for r in runs] for key in (*SAME, "domains")
+    }
+    differ = {key: values for key, values in facts.items() if len({str(v) for v in values}) > 1}
+    if differ and not allow_mixed:
+        detail = "; ".join(f"{key}: {', '.join(map(str, values))}" for key, values in differ.items())
+        raise ValueError(
+            f"these evaluations are not seeds of one run ({detail}, in the order given: {', '.join(metric_uris)}); "
+            "pass --allow-mixed to average them anyway"
+        )
     result = aggregate([{"domains": r["domains"], "mean": r["mean"]} for r in runs])
     result["runs"] = metric_uris
     storage.write_text(out_uri, json.dumps(result, indent=2))

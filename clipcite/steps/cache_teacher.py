@@ -109,9 +109,9 @@ def _run(splits_uri: str, out_uri: str, config: Config, expected_identity: str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = base_parser("Cache the frozen teacher's features for every class prompt and train crop.")
+    parser = base_parser("cache-teacher", "Cache the frozen teacher's features for every class prompt and train crop.")
     parser.add_argument("--splits", required=True, help="output folder of sample-splits")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", required=True, help="folder or s3:// prefix for the teacher cache")
     parser.add_argument("--store", default="", help="keep/reuse teacher caches by content under this folder or s3://")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)

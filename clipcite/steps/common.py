@@ -84,11 +84,13 @@ def add_overrides_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def base_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", help="YAML config (see configs/)")
+def base_parser(command: str, description: str) -> argparse.ArgumentParser:
+    """A step's parser, named as the user runs it (``usage: clipcite finetune ...``), with the flags every step
+    shares."""
+    parser = argparse.ArgumentParser(prog=f"clipcite {command}", description=description)
+    parser.add_argument("--config", help="YAML config: a file or a preset name (default, demo_cpu, paper_vitb16)")
     add_overrides_argument(parser)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
 

@@ -295,10 +295,10 @@ def _zeroshot_model(config: Config, meta: dict, model_uri: str, device: str) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = base_parser("Evaluate a fine-tuned model (and the zero-shot model) on the eval sets.")
+    parser = base_parser("evaluate", "Evaluate a fine-tuned model (and the zero-shot model) on the eval sets.")
     parser.add_argument("--model", required=True, help="output folder of finetune")
     parser.add_argument("--splits", required=True, help="output folder of sample-splits")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", required=True, help="folder or s3:// prefix for metrics.json, report.md and plots")
     parser.add_argument("--domain", action="append", default=[], help="only these domains (repeatable)")
     parser.add_argument(
         "--baseline-cache",

@@ -267,10 +267,10 @@ def _default_checkpoint_dir(out_uri: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = base_parser("Fine-tune CLIP on the few-shot train split (CLIP-CITE by default).")
+    parser = base_parser("finetune", "Fine-tune CLIP on the few-shot train split (CLIP-CITE by default).")
     parser.add_argument("--splits", required=True, help="output folder of sample-splits")
     parser.add_argument("--cache", help="output folder of cache-teacher (teacher.mode=cache)")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", required=True, help="folder or s3:// prefix for the model")
     parser.add_argument(
         "--checkpoint-dir", help="where epoch checkpoints go, a folder or s3:// prefix (default: <out>.checkpoints)"
     )

@@ -7,6 +7,7 @@ preempted pod that exhausted its retries) is never left RUNNING in MLflow.
 from __future__ import annotations
 
 import logging
+import os
 
 from clipcite import kfp_backend, tracking
 
@@ -21,8 +22,15 @@ def run(tracking_uri: str, experiment_name: str, kfp_run_id: str, state: str, er
     if uri is None:
         return {"run_id": "", "status": "tracking off"}
     kfp_backend.check_run_id(kfp_run_id)
+    failed_task = os.environ.get(kfp_backend.LOCAL_FAILED_TASK, "")  # set by `pipeline.py run` only
+    error = os.environ.get(kfp_backend.LOCAL_FAILED_ERROR, "") or error
     result = tracking.close_pipeline_run(
-        uri, experiment_name, kfp_run_id, succeeded=kfp_backend.run_succeeded(state), error=error
+        uri,
+        experiment_name,
+        kfp_run_id,
+        succeeded=kfp_backend.run_succeeded(state),
+        error=error,
+        failed_task=failed_task,
     )
     log.info("closed MLflow run %s: %s", result["run_id"] or "(none)", result["status"])
     return result

@@ -34,6 +34,8 @@ from clipcite.model_card import family_description, version_card
 from clipcite.report import markdown, plot_domains
 from clipcite.run_card import with_registration
 from clipcite.steps.common import base_parser, config_from, read_json, setup_logging
+from clipcite.tracking_uri import HELP as TRACKING_HELP
+from clipcite.tracking_uri import default_tracking_uri
 
 log = logging.getLogger(__name__)
 MODELS = ("zeroshot", "finetuned", "champion")
@@ -112,7 +114,12 @@ def run(
         entry = record["registry"]
         text += f"\nRegistered as version {entry['version']}: {entry['decision']} ({entry['reason']}).\n"
     storage.write_text(summary_uri, text)
-    log.info("recorded %s for %s", record_uri, registered_model_name)
+    if "registry" in record:
+        entry = record["registry"]
+        log.info("recorded %s; registered %s v%s", record_uri, registered_model_name, entry["version"])
+    else:
+        why = "tracking is off" if tracking_uri is None else "no pipeline MLflow run id"
+        log.info("recorded %s (files only): nothing registered in MLflow, %s", record_uri, why)
     return {**body, "registry": record.get("registry")}
 
 
@@ -254,21 +261,29 @@ def _trained_config(model_uri: str) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(
+        "register",
         "Merge evaluations and record the model with them. The gate's rules come from --config/--set, else from the "
-        "config the model was trained with (its clipcite.json)."
+        "config the model was trained with (its clipcite.json).",
     )
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", required=True, help="finetune's output folder (or s3:// prefix)")
     parser.add_argument("--report", action="append", required=True, help="evaluate output (repeatable)")
     parser.add_argument("--out", required=True, help="folder for registration.json and metrics.json")
     parser.add_argument("--summary", required=True, help="Markdown file to write")
     parser.add_argument("--name", default="clipcite", help="registered model name")
-    parser.add_argument("--tracking-uri", default="off", help="MLflow tracking URI ('off': files only)")
-    parser.add_argument("--mlflow-run-id", default="", help="the pipeline's MLflow run (from snapshot)")
+    parser.add_argument(
+        "--tracking-uri",
+        default="",
+        help=f"{TRACKING_HELP}, with --mlflow-run-id; without one, or 'off': files only, nothing registered",
+    )
+    parser.add_argument("--mlflow-run-id", default="", help="the pipeline's MLflow run (from snapshot): register")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
-    tracking_uri = tracking.resolve_uri(args.tracking_uri)
-    if tracking_uri is not None and not args.mlflow_run_id:
-        parser.error("registering with --tracking-uri needs --mlflow-run-id: the run `clipcite snapshot` opened")
+    if args.mlflow_run_id:
+        tracking_uri = tracking.resolve_uri(default_tracking_uri(args.tracking_uri))
+    else:
+        tracking_uri = tracking.resolve_uri(args.tracking_uri or "off")
+        if tracking_uri is not None:
+            parser.error("registering with --tracking-uri needs --mlflow-run-id: the run `clipcite snapshot` opened")
     config = config_from(args) if args.config or args.overrides else _trained_config(args.model)
     body = run(
         args.model,
@@ -281,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         mlflow_run_id=args.mlflow_run_id,
     )
     print(markdown(body, body["models"]))
+    if not args.mlflow_run_id:
+        log.info("to register the model, pass --mlflow-run-id (the run `clipcite snapshot` printed)")
     return 0
 
 

@@ -257,16 +257,26 @@ def _ids_digest(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
 
 
+def summary_line(manifest: dict, out: str) -> str:
+    """What sample-splits prints: the protocol and each set's size in one line (the ids' digests and everything
+    else stay in ``manifest.json``, which it names)."""
+    sets = ", ".join(f"{name} {entry['rows']}" for name, entry in manifest["sets"].items())
+    return (
+        f"{manifest['protocol']}, {manifest['shots']} shots, seed {manifest['seed']}: {sets} images "
+        f"(manifest: {storage.join(out, 'manifest.json')})"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = base_parser("Sample few-shot train/val splits and eval sets from an image table.")
+    parser = base_parser("sample-splits", "Sample few-shot train/val splits and eval sets from an image table.")
     parser.add_argument("--table", required=True, help="image table folder or s3:// prefix")
     parser.add_argument("--eval-table", action="append", default=[], help="more tables to evaluate on (repeatable)")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", required=True, help="folder or s3:// prefix for the splits and manifest.json")
     parser.add_argument("--config-out", default="", help="write the resolved config here (the later steps' --config)")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     manifest = run(args.table, args.out, config_from(args), tuple(args.eval_table), config_uri=args.config_out)
-    print(json.dumps({k: manifest[k] for k in ("protocol", "shots", "seed", "sets")}, indent=2))
+    print(summary_line(manifest, args.out))
     return 0
 
 

@@ -14,7 +14,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
 
-from clipcite import kfp_backend, run_card, storage, tracking
+from clipcite import kfp_backend, run_card, storage, tracking, tracking_uri
 from clipcite.config import Config, ModelConfig
 from clipcite.data.folder import is_table, read_settings, source_snapshot
 from clipcite.data.table import read_classes, sources_digest
@@ -161,11 +161,13 @@ def for_pipeline(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = base_parser("Fingerprint the data and open the pipeline's MLflow run (with --config: identify the model).")
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--eval-data", action="append", default=[])
-    parser.add_argument("--tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI; 'off' disables")
-    parser.add_argument("--experiment", default="clipcite")
+    parser = base_parser(
+        "snapshot", "Fingerprint the data and open the pipeline's MLflow run (with --config: identify the model)."
+    )
+    parser.add_argument("--data", required=True, help="image table folder, s3:// prefix or folder of images")
+    parser.add_argument("--eval-data", action="append", default=[], help="more tables to evaluate on (repeatable)")
+    parser.add_argument("--tracking-uri", default="", help=f"{tracking_uri.HELP}; 'off' disables tracking")
+    parser.add_argument("--experiment", default="clipcite", help="MLflow experiment of the pipeline's run")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     config = config_from(args) if args.config or args.overrides else None
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         tuple(args.eval_data),
         config=config,
         preset=args.config or "",
-        tracking_uri=args.tracking_uri,
+        tracking_uri=tracking_uri.default_tracking_uri(args.tracking_uri),
         experiment_name=args.experiment,
     )
     print(json.dumps(asdict(found)))

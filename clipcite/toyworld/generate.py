@@ -22,7 +22,7 @@ def write_world(
     counts = counts or DEFAULT_COUNTS
     classes = ClassList(tuple(classnames()), TEMPLATE, "toyworld", {"domains": list(domains), "seed": seed})
     result = write_table(iter_rows(seed, counts, domains), out_uri, classes)
-    log.info("wrote toy world %s: %s", out_uri, result)
+    log.debug("wrote toy world %s: %s", out_uri, result)  # the command prints it; pipeline.py run logs its own line
     return result
 
 
