@@ -103,7 +103,7 @@ def test_evaluate_scores_a_set_in_one_pass_per_view_with_unchanged_metrics(table
     for spec_set in manifest["eval_sets"]:
         set_uri = str(tmp_path / "splits" / "eval" / spec_set["name"])
         decodes.clear()
-        entry, cached = scoring.score_set(spec_set, set_uri)
+        entry, cached = scoring.score_set(spec_set, set_uri, set_uri)  # read and recorded at one local path
         rows, classes = read_split(set_uri)
         assert not cached and len(decodes) == 2 * len(rows)  # zero-shot and fine-tuned share a pass; champion its own
         _, prompts = class_prompts(classes, config)
