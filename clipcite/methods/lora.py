@@ -33,14 +33,17 @@ class LoRAAttention(torch.nn.Module):
     """``base`` (an ``nn.MultiheadAttention``, frozen) with LoRA on its q, k, v projections. Self-attention only,
     the way open_clip's encoder blocks call it: ``attn(x, x, x, need_weights=False, attn_mask=mask)``."""
 
-    def __init__(self, base: torch.nn.MultiheadAttention, rank: int, alpha: float, dropout: float):
+    def __init__(
+        self, base: torch.nn.MultiheadAttention, rank: int, alpha: float, dropout: float, generator: torch.Generator
+    ):
         super().__init__()
-        d = base.embed_dim
+        d, device = base.embed_dim, base.in_proj_weight.device
         self.base = base
-        self.lora_a = torch.nn.Parameter(torch.empty(3, rank, d, device=base.in_proj_weight.device))
-        self.lora_b = torch.nn.Parameter(torch.zeros(3, d, rank, device=base.in_proj_weight.device))
-        for a in self.lora_a:  # loralib's initialisation: A ~ Kaiming-uniform, B = 0 (the update starts at 0)
-            torch.nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        a = torch.empty(3, rank, d)
+        for part in a:  # loralib's initialisation: A ~ Kaiming-uniform, B = 0 (the update starts at 0)
+            torch.nn.init.kaiming_uniform_(part, a=math.sqrt(5), generator=generator)
+        self.lora_a = torch.nn.Parameter(a.to(device))
+        self.lora_b = torch.nn.Parameter(torch.zeros(3, d, rank, device=device))
         self.scaling = alpha / rank
         self.dropout = dropout
         self.generator: torch.Generator | None = None  # dropout masks from this (reseeded per batch) when set
@@ -109,13 +112,15 @@ def _has(model: torch.nn.Module, path: str) -> bool:
     return True
 
 
-def attach(model: torch.nn.Module, rank: int, alpha: float, dropout: float) -> dict[str, LoRAAttention]:
-    """Put a :class:`LoRAAttention` in place of every encoder block's attention and freeze every other weight.
-    Returns the adapters by the attention's path."""
-    adapters = {}
+def attach(
+    model: torch.nn.Module, rank: int, alpha: float, dropout: float, *, seed: int = 0
+) -> dict[str, LoRAAttention]:
+    """Put a :class:`LoRAAttention` in place of every encoder block's attention (A initialised from ``seed``) and
+    freeze every other weight. Returns the adapters by the attention's path."""
+    adapters, generator = {}, torch.Generator().manual_seed(seed)
     for path in attention_paths(model):
         parent, name = path.rsplit(".", 1)
-        adapters[path] = LoRAAttention(model.get_submodule(path), rank, alpha, dropout)
+        adapters[path] = LoRAAttention(model.get_submodule(path), rank, alpha, dropout, generator)
         setattr(model.get_submodule(parent), name, adapters[path])
     for name, p in model.named_parameters():
         p.requires_grad_(".lora_" in name)
@@ -186,7 +191,7 @@ def trainer(setup: Setup) -> Trainer:
     """Only the LoRA weights train (AdamW, ``train.lora.lr``/``weight_decay``) on cross-entropy over
     ``s * cos(image, class text)``, every class prompt re-encoded by the adapted text encoder at every step."""
     params, lora, model = setup.params, setup.params.lora, setup.student.model
-    adapters = attach(model, lora.rank, lora.alpha, lora.dropout)
+    adapters = attach(model, lora.rank, lora.alpha, lora.dropout, seed=setup.seed)
     generator = torch.Generator(device=setup.device)
     for adapter in adapters.values():
         adapter.generator = generator
