@@ -209,7 +209,7 @@ def test_method_runs_through_finetune_and_evaluate(splits, method, extra):
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["method"] == method and {"photo", "sketch"} <= set(metrics["domains"])
     if method == "linear_probe":  # base-to-new: the new classes keep their zero-shot weights
-        assert len(loaded.head) == 3
+        assert len(loaded.head) == 3 and "keeps its zero-shot text embedding" in meta["note"]
         for domain in ("photo", "sketch"):
             new = metrics["sets"][f"{domain}-new"]
             assert new["finetuned"]["top1"] == new["zeroshot"]["top1"]

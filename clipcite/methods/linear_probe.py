@@ -75,7 +75,12 @@ def trainer(setup: Setup) -> Trainer:
 
     def finish() -> Saved:
         trained = F.normalize(head.detach().float(), dim=-1).cpu()
-        info = {"class_head": {"file": HEAD_FILE, "classes": len(setup.prompts), "penalty": probe.penalty}}
+        info = {
+            "class_head": {"file": HEAD_FILE, "classes": len(setup.prompts), "penalty": probe.penalty},
+            "note": f"A linear probe (CLAP) on the frozen encoders: the {len(setup.prompts)} trained class prompts "
+            "use the probe's class weights; every other class (base-to-new's new classes, another template) keeps "
+            "its zero-shot text embedding.",
+        }
         return Saved(dict(setup.zeroshot_state), {HEAD_FILE: head_bytes(trained, setup.prompts)}, info)
 
     epochs = probe.epochs or params.epochs

@@ -214,7 +214,11 @@ def trainer(setup: Setup) -> Trainer:
         adapter = adapter_bytes(adapters, meta)
         detach(model, adapters)  # the student is a plain open_clip model again
         state = average_weights(merged, setup.zeroshot_state, lora.ensemble_alpha)
-        info = {"lora": {"rank": lora.rank, "alpha": lora.alpha, "file": ADAPTER_FILE, "merged": True}}
+        info = {
+            "lora": {"rank": lora.rank, "alpha": lora.alpha, "file": ADAPTER_FILE, "merged": True},
+            "note": f"CLIP-LoRA (rank {lora.rank} on q, k, v of both encoders), merged into the weights; the adapter "
+            f"alone is {ADAPTER_FILE}.",
+        }
         return Saved(state, {ADAPTER_FILE: adapter}, info)
 
     if lora.iters_per_shot:  # CLIP-LoRA: 500 x K iterations, however many epochs that takes
