@@ -58,11 +58,12 @@ def test_lora_starts_as_the_base_model_and_its_merge_is_exact(tiny):
     before = _logits(model, images, tokens)
     adapters = lora.attach(model, rank=2, alpha=1.0, dropout=0.25)
     assert len(adapters) == 4  # 2 blocks per encoder, both encoders
-    assert torch.allclose(_logits(model.eval(), images, tokens), before, atol=1e-6)  # B = 0: no change yet
+    assert not any(adapter.training for adapter in adapters.values())  # the model's eval mode: no dropout
+    assert torch.allclose(_logits(model, images, tokens), before, atol=1e-6)  # B = 0: no change yet
     with torch.no_grad():
         for adapter in adapters.values():
             adapter.lora_b.normal_(0, 0.5)  # a trained adapter
-    adapted = _logits(model.eval(), images, tokens)
+    adapted = _logits(model, images, tokens)
     assert (adapted - before).abs().max() > 1e-2
     plain = load_model("clipcite-tiny", "", init_seed=5).model.eval()
     plain.load_state_dict(lora.merged_state(model, adapters))

@@ -121,6 +121,7 @@ def attach(
     for path in attention_paths(model):
         parent, name = path.rsplit(".", 1)
         adapters[path] = LoRAAttention(model.get_submodule(path), rank, alpha, dropout, generator)
+        adapters[path].train(model.training)  # dropout follows the model's mode, as if it had always been there
         setattr(model.get_submodule(parent), name, adapters[path])
     for name, p in model.named_parameters():
         p.requires_grad_(".lora_" in name)
