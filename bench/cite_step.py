@@ -1,7 +1,7 @@
 """fit's CITE step on synthetic device tensors, for the throughput benches (bench/gpu_bench.py,
 bench/teacher_cache.py): batch_losses, the non-finite check, the gradient norm and AdamW, with the teacher's image
 features either looked up in a cache (``teacher.mode=cache``) or computed by the frozen teacher (``online``)
-through fit's own ``_teacher_images``."""
+through CITE's own ``teacher_images`` (clipcite/methods/cite.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from types import SimpleNamespace
 
 import torch
 
+from clipcite.methods.cite import batch_losses, param_groups, teacher_images
 from clipcite.models import LoadedModel
 from clipcite.precision import autocast
 from clipcite.recipe import FitParams
-from clipcite.train import _grad_norm, _param_groups, _teacher_images, adamw, batch_losses, nonfinite_terms
+from clipcite.train import _grad_norm, adamw, nonfinite_terms
 
 
 def input_side(loaded: LoadedModel) -> int:
@@ -41,7 +42,7 @@ def cite_step(
     dim = int(student.model_cfg["embed_dim"])
     teacher_text = torch.nn.functional.normalize(torch.randn(classes, dim, generator=generator), dim=-1).to(device)
     head = torch.nn.Parameter(teacher_text.clone())
-    optimizer = adamw(_param_groups(model, head, 0.1), 1e-5, device)
+    optimizer = adamw(param_groups(model, head, 0.1), 1e-5, device)
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
     params = FitParams(batch_size=batch, precision=precision, logit_scale=100.0)
     side = input_side(student)
@@ -56,7 +57,7 @@ def cite_step(
 
     def step() -> None:
         with context:
-            teacher_image = _teacher_images(cache, teacher, 0, index, images, device)
+            teacher_image = teacher_images(cache, teacher, 0, index, images)
             losses = batch_losses(model, images, labels, tokens, head, teacher_text, teacher_image, params, 100.0)
         optimizer.zero_grad(set_to_none=True)
         if nonfinite_terms(losses) is None:

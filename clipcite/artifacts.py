@@ -5,3 +5,5 @@ META_FILE = "clipcite.json"  # beside a saved model's open_clip files: identity,
 WEIGHTS_FILE = "open_clip_model.safetensors"  # a saved model is an open_clip local-dir folder: these two files
 OPENCLIP_CONFIG_FILE = "open_clip_config.json"
 MODEL_ARTIFACT = "model"  # the weights folder (a saved model's folder) among the served pyfunc model's artifacts
+HEAD_FILE = "class_head.safetensors"  # a linear probe's trained class weights, beside the (zero-shot) weights
+LORA_FILE = "lora_adapter.safetensors"  # a LoRA run's adapter alone (the weights file holds it merged)

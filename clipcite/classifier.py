@@ -15,7 +15,7 @@ from PIL import Image
 
 from clipcite.crops import eval_view
 from clipcite.data.images import decode_image
-from clipcite.models import encode_texts, load_saved
+from clipcite.models import class_features, load_saved
 from clipcite.prompts import prompts_for
 
 MAX_LABELS = 4096  # per call: every label is a prompt to encode (10,000 took 42 s with toyclip on 2 busy CPU cores)
@@ -54,9 +54,7 @@ class Classifier:
             )
         k = max(1, min(int(top_k), len(labels)))
         model, cfg = self.loaded.model, self.loaded.preprocess_cfg
-        text = encode_texts(
-            model, self.loaded.tokenizer, prompts_for(template or self.template, labels), 256, self.device
-        )
+        text = class_features(self.loaded, prompts_for(template or self.template, labels), 256, self.device)
         batch = torch.stack([eval_view(to_image(x, i), cfg) for i, x in enumerate(images)]).to(self.device)
         features = model.encode_image(batch, normalize=True).float()
         probs = (model.logit_scale.exp().float() * features @ text.T).softmax(dim=1).cpu()

@@ -1,7 +1,8 @@
 """Evaluation: batched open-vocabulary inference on image tables, metrics per eval set and domain, reports.
 
-Prompts are encoded by the model under evaluation (method.md "Weight-space ensemble": the head W is discarded);
-the prediction for an image is the argmax of cosine similarity over the eval set's classes.
+Prompts are encoded by the model under evaluation (method.md "Weight-space ensemble": the head W is discarded),
+except those a saved class head was trained for (a linear probe's, :func:`clipcite.models.class_features`); the
+prediction for an image is the argmax of cosine similarity over the eval set's classes.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from clipcite.data.loading import EvalDataset
 from clipcite.finite import require_finite, row_ids
 from clipcite.loaders import loader_options
 from clipcite.metrics import confusion_matrix, per_class_accuracy, top1
-from clipcite.models import LoadedModel, encode_texts
+from clipcite.models import LoadedModel, class_features
 from clipcite.precision import autocast as precision_autocast
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def _one_pass(
     for name, loaded in models.items():
         nets[name] = loaded.model.to(device).eval()
         of[name] = f" of the {name} model" if name else ""
-        texts[name] = encode_texts(nets[name], loaded.tokenizer, prompts, batch_size, device)
+        texts[name] = class_features(loaded, prompts, batch_size, device)
         require_finite(texts[name], f"{source}text features of the class prompts{of[name]}", list(prompts))
     cfg = next(iter(models.values())).preprocess_cfg  # the group's one view
     dataset = EvalDataset(rows, cfg, source)

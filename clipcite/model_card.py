@@ -67,6 +67,7 @@ def version_card(
         f"| seed | {_value(meta.get('seed'))} |",
         f"| epochs, learning rate, batch size | {_value(train.get('epochs'))}, {_value(train.get('lr'))}, "
         f"{_value(train.get('batch_size'))} |",
+        *(["", meta["note"]] if meta.get("note") else []),  # the method's own word on what it changed (methods/)
         "",
         "## Data",
         "",

@@ -7,7 +7,9 @@ tests; loaded through the same open_clip code path) or ``local-dir:<path>``, plu
 
 A saved model is an open_clip ``local-dir`` folder (``open_clip_config.json`` + ``open_clip_model.safetensors``), so
 ``open_clip.create_model("local-dir:<path>")`` loads it as it is, plus ``clipcite.json`` with what clipcite needs
-(class names, template, alpha, the base model's identity).
+(class names, template, alpha, the base model's identity). A linear probe's folder also holds
+``class_head.safetensors``: class weights that replace the text features of the prompts they were trained for
+(:func:`class_features`; every reader of a saved model, evaluate and the served classifier, goes through it).
 """
 
 from __future__ import annotations
@@ -15,15 +17,18 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import open_clip
 import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 from safetensors.torch import save_file
 
-from clipcite.artifacts import META_FILE, OPENCLIP_CONFIG_FILE, WEIGHTS_FILE
+from clipcite.artifacts import HEAD_FILE, META_FILE, OPENCLIP_CONFIG_FILE, WEIGHTS_FILE
 from clipcite.model_identity import PACKAGE_CONFIGS, arch_name, identity_of, looks_like_path, resolve_checkpoint
 
 log = logging.getLogger(__name__)
@@ -41,6 +46,7 @@ class LoadedModel:
     model_cfg: dict
     preprocess_cfg: dict
     identity: str  # what a cache or a report must match: "<arch>:<tag>", "sha256:<file hash>", "random:<seed>"
+    head: dict[str, torch.Tensor] | None = None  # prompt -> trained class weight [D] (a linear probe's), else None
 
 
 def resolve_arch(arch: str) -> str:
@@ -113,6 +119,33 @@ def encode_texts(
     return torch.cat(chunks)
 
 
+def class_features(loaded: LoadedModel, prompts: list[str], batch_size: int = 256, device: str = "cpu") -> torch.Tensor:
+    """The classifier's L2-normalised class weights [len(prompts), D]: the model's text features of ``prompts``,
+    except that a prompt the model's class head was trained for (a linear probe's) gets the head's row. A prompt
+    the head does not know (a new class, another template) keeps the text encoder's feature."""
+    text = encode_texts(loaded.model, loaded.tokenizer, prompts, batch_size, device)
+    if loaded.head:
+        for i, prompt in enumerate(prompts):
+            if prompt in loaded.head:
+                text[i] = loaded.head[prompt].to(text.device, text.dtype)
+    return text
+
+
+def head_bytes(weights: torch.Tensor, prompts: list[str]) -> bytes:
+    """A class head as safetensors bytes: ``weights`` [C, D] (normalised rows), the prompts in the metadata."""
+    if len(prompts) != len(weights):
+        raise ValueError(f"class head: {len(weights)} rows for {len(prompts)} prompts")
+    return save_tensors({"weights": weights.contiguous()}, metadata={"prompts": json.dumps(list(prompts))})
+
+
+def read_head(data: bytes) -> dict[str, torch.Tensor]:
+    """The class head of :func:`head_bytes`: prompt -> weight row."""
+    (size,) = struct.unpack("<Q", data[:8])
+    prompts = json.loads(json.loads(data[8 : 8 + size])["__metadata__"]["prompts"])
+    weights = load_tensors(data)["weights"].float()
+    return dict(zip(prompts, weights, strict=True))
+
+
 def average_weights(
     finetuned: dict[str, torch.Tensor], zeroshot: dict[str, torch.Tensor], alpha: float
 ) -> dict[str, torch.Tensor]:
@@ -162,6 +195,8 @@ def load_saved(model_dir: str | Path, device: str = "cpu") -> tuple[LoadedModel,
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path}: not a clipcite model folder (no {META_FILE})")
     loaded = load_model(f"local-dir:{folder}", device=device)
+    if (folder / HEAD_FILE).is_file():
+        loaded.head = read_head((folder / HEAD_FILE).read_bytes())
     meta = json.loads(meta_path.read_text())
     return loaded, meta
 

@@ -6,19 +6,43 @@ without paying for torch at start-up.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-METHODS = ("zeroshot", "ce", "flyp", "cite")
+# The methods by name; each has its module in clipcite/methods (``clipcite.methods.MODULES`` maps these names to them).
+METHODS = ("zeroshot", "ce", "flyp", "cite", "lora", "linear_probe")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop defaults (the paper states no other)
 DEFAULT_RATIO = (3 / 4, 4 / 3)
 
 
 @dataclass(frozen=True)
+class LoraParams:
+    """``train.method=lora``: CLIP-LoRA (Zanella & Ben Ayed 2024, docs/method.md "Added methods"), their defaults."""
+
+    rank: int = 2  # CLIP-LoRA: r
+    alpha: float = 1.0  # CLIP-LoRA: the LoRA scaling is alpha / r
+    dropout: float = 0.25  # CLIP-LoRA: dropout on the LoRA branch's input
+    lr: float = 2e-4  # CLIP-LoRA: AdamW (this method ignores train.lr and train.weight_decay)
+    weight_decay: float = 1e-2  # CLIP-LoRA
+    iters_per_shot: int = 500  # CLIP-LoRA: 500 x K optimiser steps (K shots per class); 0 = train.epochs epochs
+    ensemble_alpha: float = 1.0  # CLIP-LoRA has no weight-space ensemble (1.0 = off); 0.5 = CITE's average
+
+
+@dataclass(frozen=True)
+class ProbeParams:
+    """``train.method=linear_probe``: CLAP's class-adaptive linear probe (Silva-Rodriguez et al., CVPR 2024) on the
+    frozen image features (docs/method.md "Added methods")."""
+
+    penalty: float = 1.0  # CLAP: weight of sum_c lambda_c ||w_c - t_c||^2 (1 = CLAP; 0 = plain ZS-LP, no anchor)
+    lr: float = 1e-3  # decision: AdamW on the class weights (this method ignores train.lr and train.weight_decay)
+    epochs: int = 0  # passes over the cached crops; 0 = train.epochs (one pass per cached epoch of crops)
+
+
+@dataclass(frozen=True)
 class FitParams:
     """The training recipe. Defaults are the paper's (ViT-B/16) or method.md's marked decisions."""
 
-    method: str = "cite"  # zeroshot | ce | flyp | cite
+    method: str = "cite"  # zeroshot | ce | flyp | cite | lora | linear_probe
     epochs: int = 20  # paper
     batch_size: int = 32  # paper (16 for EuroSAT, 64 for ImageNet: see configs/paper_vitb16.yaml)
     lr: float = 5e-6  # paper
@@ -49,6 +73,8 @@ class FitParams:
     checkpoint_every_epochs: int = 1
     checkpoint_every_minutes: float = 0.0
     checkpoint_optimizer: bool = True
+    lora: LoraParams = field(default_factory=LoraParams)  # method lora's own settings
+    probe: ProbeParams = field(default_factory=ProbeParams)  # method linear_probe's own settings
 
     def validate(self) -> None:
         checks = {
@@ -67,10 +93,26 @@ class FitParams:
             "checkpoint_every_minutes": self.checkpoint_every_minutes >= 0,
             "logit_scale": self.logit_scale == "checkpoint"
             or (isinstance(self.logit_scale, int | float) and self.logit_scale > 0),
+            "lora.rank": self.lora.rank >= 1,
+            "lora.alpha": self.lora.alpha > 0,
+            "lora.dropout": 0.0 <= self.lora.dropout < 1.0,
+            "lora.lr": self.lora.lr > 0,
+            "lora.weight_decay": self.lora.weight_decay >= 0,
+            "lora.iters_per_shot": self.lora.iters_per_shot >= 0,
+            "lora.ensemble_alpha": 0.0 <= self.lora.ensemble_alpha <= 1.0,
+            "probe.penalty": self.probe.penalty >= 0,
+            "probe.lr": self.probe.lr > 0,
+            "probe.epochs": self.probe.epochs >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"invalid training setting(s): {', '.join(f'{b}={getattr(self, b)!r}' for b in bad)}")
+            raise ValueError(f"invalid training setting(s): {', '.join(f'{b}={self._value(b)!r}' for b in bad)}")
+
+    def _value(self, dotted: str) -> object:
+        value = self
+        for part in dotted.split("."):
+            value = getattr(value, part)
+        return value
 
     def loss_weights(self) -> dict[str, float]:
         """What each method trains with, term by term; a method or an ablation is a set of weights (0 = off)."""
@@ -79,12 +121,16 @@ class FitParams:
             "ce": {"dva": self.w_dva, "scl": 0.0, "vld": 0.0, "clip": 0.0},
             "flyp": {"dva": 0.0, "scl": 0.0, "vld": 0.0, "clip": self.w_clip},
             "cite": {"dva": self.w_dva, "scl": self.lam, "vld": self.eta, "clip": 0.0},
+            # the added methods have losses of their own (clipcite/methods): none of CITE's terms
+            "lora": {"dva": 0.0, "scl": 0.0, "vld": 0.0, "clip": 0.0},
+            "linear_probe": {"dva": 0.0, "scl": 0.0, "vld": 0.0, "clip": 0.0},
         }[self.method]
 
     def uses_text(self) -> bool:
-        """Whether a step encodes class prompts with the student (every term but L_DVA does)."""
+        """Whether a step encodes class prompts with the student (every term but L_DVA does; LoRA re-encodes all
+        class prompts every step)."""
         weights = self.loss_weights()
-        return any(weights[term] for term in ("scl", "vld", "clip"))
+        return self.method == "lora" or any(weights[term] for term in ("scl", "vld", "clip"))
 
     def needs_teacher(self) -> bool:
         """Whether training needs the frozen teacher's image features (L_VLD on): a cache or the online teacher."""

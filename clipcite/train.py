@@ -1,9 +1,11 @@
-"""The fine-tuning loop: CLIP-CITE and its baselines in one readable function (method.md "Training recipe").
+"""The fine-tuning loop: every method in one readable function (method.md "Training recipe").
 
-Methods: ``zeroshot`` (no training), ``ce`` (L_DVA only), ``flyp`` (plain CLIP contrastive on class prompts),
-``cite`` (L_DVA + lam L_SCL + eta L_VLD). Randomness is derived from the seed alone: crops from (seed, id, epoch),
-batch order from (seed, epoch), so a run resumed from an epoch checkpoint ends with the same weights as one that
-was never interrupted.
+Methods (one module each in clipcite/methods): ``zeroshot`` (no training), ``ce`` (L_DVA only), ``flyp`` (plain
+CLIP contrastive on class prompts), ``cite`` (L_DVA + lam L_SCL + eta L_VLD), ``lora`` (CLIP-LoRA) and
+``linear_probe`` (CLAP on cached features). A method says what it trains, its loss per batch and what it saves; the
+loop here is the same for all. Randomness is derived from the seed alone: crops from (seed, id, epoch), batch order
+from (seed, epoch), so a run resumed from an epoch checkpoint ends with the same weights as one that was never
+interrupted.
 """
 
 from __future__ import annotations
@@ -11,22 +13,22 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from clipcite import distributed
+from clipcite import distributed, methods
 from clipcite.checkpoints import checkpoint_due, fingerprint_of, resume, save_checkpoint
 from clipcite.crops import model_input
 from clipcite.data.loading import CropDataset, crop_boxes, image_size
 from clipcite.finite import NonFiniteError
 from clipcite.loaders import EpochBatches, decode_all, loader_options
-from clipcite.losses import cite_loss, clip_loss, similarity_logits
-from clipcite.models import LoadedModel, average_weights, encode_texts
+from clipcite.methods.common import Batch, Setup
+from clipcite.models import LoadedModel, encode_texts
 from clipcite.precision import autocast as precision_autocast
 from clipcite.recipe import FitParams
 from clipcite.teacher import TeacherCache
@@ -36,12 +38,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FitResult:
-    state_dict: dict[str, torch.Tensor]  # alpha-averaged weights for inference
+    state_dict: dict[str, torch.Tensor]  # the inference weights (alpha-averaged for the methods that average)
     steps: int
     epochs: int
     images_per_second: float
     logit_scale: float  # the temperature the losses used
     skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient (train.on_nonfinite=skip)
+    files: dict[str, bytes] = field(default_factory=dict)  # written beside the weights (LoRA adapter, class head)
+    meta: dict = field(default_factory=dict)  # the method's entries for clipcite.json
+    trainable_parameters: int = 0  # what the optimiser updated
+    alpha: float = 1.0  # the weight-space ensemble the saved weights use (1.0 = none)
 
 
 LogFn = Callable[[dict[str, float], int], None]
@@ -62,7 +68,8 @@ def fit(
     log_fn: LogFn | None = None,
     source: str = "",
 ) -> FitResult:
-    """Fine-tune ``student`` on ``rows`` (train split: id, image/path, label) whose classes are ``prompts``.
+    """Train ``student`` on ``rows`` (train split: id, image/path, label) whose classes are ``prompts`` with the
+    method ``params.method`` names (clipcite/methods).
 
     At the epoch ends the checkpoint policy picks (``train.checkpoint_every_*``; default every epoch) the state goes
     to ``checkpoint_dir`` (and ``on_checkpoint(path)`` is called, e.g. to copy it somewhere durable); a run started
@@ -72,42 +79,44 @@ def fit(
     model = student.model.to(device)
     zeroshot_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     if params.method == "zeroshot" or params.epochs == 0:
-        return FitResult(zeroshot_state, 0, 0, 0.0, resolve_logit_scale(params.logit_scale, model))
+        return FitResult(zeroshot_state, 0, 0, 0.0, resolve_logit_scale(params.logit_scale, model), alpha=params.alpha)
     scale = resolve_logit_scale(params.logit_scale, model)
-    needs_teacher_images = params.needs_teacher()
-    if needs_teacher_images and cache is None and teacher is None:
+    if params.needs_teacher() and cache is None and teacher is None:
         raise ValueError("L_VLD needs the teacher: pass a teacher model or a teacher cache (or set eta=0)")
 
     teacher_text = _teacher_text(student, prompts, device, teacher, cache)
-    head = torch.nn.Parameter(teacher_text.clone(), requires_grad=params.train_head)  # W starts at the teacher's
     tokens = student.tokenizer(prompts).to(device)
     labels_all = torch.tensor([int(r["label"]) for r in rows])
     if int(labels_all.max()) >= len(prompts) or int(labels_all.min()) < 0:
         raise ValueError(f"{source}labels must lie in 0..{len(prompts) - 1} (one prompt per class)")
-    loader, batches = _train_loader(student, rows, params, seed, device, cache, source)
-    steps_per_epoch = len(batches)
-    total_steps = params.epochs * steps_per_epoch
-    optimizer = adamw(_param_groups(model, head, params.weight_decay), params.lr, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(params.warmup_steps, total_steps))
+    steps_per_epoch = len(EpochBatches(len(rows), params.batch_size, seed))
+    setup = Setup(
+        student, rows, prompts, tokens, teacher_text, labels_all, zeroshot_state, params, scale, steps_per_epoch,
+        seed, device, cache, teacher, source,
+    )  # fmt: skip
+    trainer = methods.MODULES[params.method].trainer(setup)
+    loader, batches = _train_loader(student, rows, params, trainer.epochs, seed, device, cache, source, trainer)
+    optimizer = adamw(trainer.groups, params.lr, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(params.warmup_steps, trainer.steps))
     fingerprint = fingerprint_of(student.identity, params, seed, [r["id"] for r in rows], prompts)
-    start_epoch = resume(checkpoint_dir, fingerprint, model, head, optimizer, scheduler)
+    start_epoch = resume(checkpoint_dir, fingerprint, trainer.state, trainer.head, optimizer, scheduler)
     autocast = precision_autocast(device, params.precision)
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
-    towers = distributed.data_parallel(model, uses_text=params.uses_text())
     step, seen, skipped, started = start_epoch * steps_per_epoch, 0, 0, time.perf_counter()
     last_save = started
 
-    for epoch in range(start_epoch, params.epochs):
+    for epoch in range(start_epoch, trainer.epochs):
         model.train()
         batches.epoch = epoch  # the sampler runs in this process: persistent workers get (epoch, i) items
-        for index, images, labels in tqdm(loader, desc=f"epoch {epoch + 1}/{params.epochs}", leave=False):
-            images, labels = model_input(images, student.preprocess_cfg, device), labels.to(device, non_blocking=True)
+        for index, images, labels in tqdm(loader, desc=f"epoch {epoch + 1}/{trainer.epochs}", leave=False):
+            if step >= trainer.steps:  # a method counting iterations (CLIP-LoRA) may stop inside an epoch
+                break
+            if images is not None:
+                images = model_input(images, student.preprocess_cfg, device)
+            labels = labels.to(device, non_blocking=True)
             with autocast:
-                teacher_image = None
-                if needs_teacher_images:
-                    teacher_image = _teacher_images(cache, teacher, epoch, index, images, device)
-                losses = batch_losses(towers, images, labels, tokens, head, teacher_text, teacher_image, params, scale)
-            where = f"{source}step {step + 1} (epoch {epoch + 1}/{params.epochs})"
+                losses = trainer.loss(Batch(epoch, index, images, labels))
+            where = f"{source}step {step + 1} (epoch {epoch + 1}/{trainer.epochs})"
             grad_norm, stepped = _optimizer_step(losses, optimizer, trainable, params, where, skipped)
             skipped += not stepped
             lr = scheduler.get_last_lr()[0]  # the rate this step used
@@ -125,15 +134,19 @@ def fit(
             continue
         last_save = time.perf_counter()
         optimizer_state = optimizer if params.checkpoint_optimizer else None
-        saved = save_checkpoint(checkpoint_dir, fingerprint, epoch + 1, model, head, optimizer_state, scheduler)
+        saved = save_checkpoint(
+            checkpoint_dir, fingerprint, epoch + 1, trainer.state, trainer.head, optimizer_state, scheduler
+        )
         if saved is not None and on_checkpoint is not None:
             on_checkpoint(saved)
 
     throughput = distributed.total(seen) / max(time.perf_counter() - started, 1e-9)
-    log.info("trained %d step(s) (%d epoch(s)), %.1f images/s", step, params.epochs, throughput)
-    final_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    weights_out = average_weights(final_state, zeroshot_state, params.alpha)
-    return FitResult(weights_out, step, params.epochs, throughput, scale, skipped)
+    log.info("trained %d step(s) (%d epoch(s)), %.1f images/s", step, trainer.epochs, throughput)
+    out = trainer.finish()
+    count = trainer.trainable_parameters()
+    return FitResult(
+        out.state_dict, step, trainer.epochs, throughput, scale, skipped, out.files, out.meta, count, trainer.alpha
+    )
 
 
 def _teacher_text(student: LoadedModel, prompts: list[str], device: str, teacher, cache) -> torch.Tensor:
@@ -145,25 +158,47 @@ def _teacher_text(student: LoadedModel, prompts: list[str], device: str, teacher
     return encode_texts(reference, student.tokenizer, prompts, device=device)
 
 
-def _train_loader(student: LoadedModel, rows, params: FitParams, seed: int, device: str, cache, source: str):
-    """The run's one DataLoader over replayable crops (the cache's boxes when there is a cache), with the images
-    decoded once when they fit ``train.decode_cache_mb``, and its epoch-ordered batch sampler."""
-    needs_sizes = cache is None or params.decode_cache_mb > 0  # one header read per image serves both
+def _train_loader(
+    student: LoadedModel, rows, params: FitParams, epochs: int, seed: int, device: str, cache, source: str, trainer
+):
+    """The run's one DataLoader over replayable crops (the cache's boxes when the cache covers the ``epochs``),
+    with the images decoded once when they fit ``train.decode_cache_mb``, and its epoch-ordered batch sampler. A
+    method that trains on cached features gets the sampler's batches without any image read."""
+    batches = EpochBatches(len(rows), params.batch_size, seed)
+    if not trainer.needs_images:
+        return _FeatureBatches(batches, torch.tensor([int(r["label"]) for r in rows])), batches
+    cached = cache is not None and cache.boxes.shape[0] >= epochs
+    needs_sizes = not cached or params.decode_cache_mb > 0  # one header read per image serves both
     sizes = [image_size(r, source) for r in rows] if needs_sizes else []
     boxes = (
         cache.boxes
-        if cache is not None
-        else crop_boxes(rows, seed, params.epochs, params.crop_scale, params.crop_ratio, source, sizes=sizes)
+        if cached
+        else crop_boxes(rows, seed, epochs, params.crop_scale, params.crop_ratio, source, sizes=sizes)
     )
     decoded = decode_all(rows, sizes, params.decode_cache_mb, source) if params.decode_cache_mb > 0 else None
     dataset = CropDataset(rows, student.preprocess_cfg, boxes, source, decoded=decoded)
-    batches = EpochBatches(len(rows), params.batch_size, seed)
     loader = DataLoader(
         dataset,
         batch_sampler=distributed.RankBatches(batches),
         **loader_options(params.num_workers, params.prefetch_factor, device),
     )
     return loader, batches
+
+
+class _FeatureBatches:
+    """(index, None, labels) per batch of the sampler's current epoch: batches without images (every rank takes
+    the whole batch; a feature method's step is cheap and the same on every rank)."""
+
+    def __init__(self, batches: EpochBatches, labels: torch.Tensor):
+        self.batches, self.labels = batches, labels
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, None, torch.Tensor]]:
+        for batch in self.batches:
+            index = torch.tensor([i for _, i in batch])
+            yield index, None, self.labels[index]
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def _optimizer_step(losses, optimizer, trainable, params: FitParams, where: str, skipped: int) -> tuple[float, bool]:
@@ -188,67 +223,6 @@ def _optimizer_step(losses, optimizer, trainable, params: FitParams, where: str,
     log.warning("%s: %s; step skipped (%d so far)", where, problem, skipped + 1)
     optimizer.zero_grad(set_to_none=True)
     return grad_norm, False
-
-
-def batch_losses(
-    model: torch.nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    tokens: torch.Tensor,
-    head: torch.Tensor,
-    teacher_text: torch.Tensor,
-    teacher_image: torch.Tensor | None,
-    params: FitParams,
-    scale: float,
-) -> dict[str, torch.Tensor]:
-    """Every loss term of one batch by name, with ``total`` (method.md "Loss terms"); FLYP is plain CLIP loss.
-
-    Text features are encoded once per class present in the batch (SCL pairs each image with its class prompt) or
-    for all C prompts when L_VLD's distributions run over the classes. Under several ranks (``model`` wrapped by
-    :func:`clipcite.distributed.data_parallel`) every term runs over the global batch: labels, image features and
-    teacher features are gathered from all ranks, the text features of the global batch's classes are encoded on
-    each rank, so each rank holds the one-process loss.
-    """
-    weights = params.loss_weights()
-    sizes = distributed.part_sizes(len(labels))
-    labels = distributed.gather(labels, sizes)
-    over_classes = params.vld_over == "classes" and bool(weights["vld"])
-    text_tokens = inverse = None
-    if params.uses_text():
-        classes, inverse = labels.unique(return_inverse=True)
-        text_tokens = tokens if over_classes else tokens[classes]
-    image_features, text_out = distributed.encode(model, images, text_tokens)
-    image_features = distributed.gather(image_features, sizes)
-    if teacher_image is not None:
-        teacher_image = distributed.gather(teacher_image, sizes)
-    all_text = text_out if over_classes else None
-    text_features = None if text_out is None else (text_out[labels] if over_classes else text_out[inverse])
-    terms: dict[str, torch.Tensor] = {}
-    if weights["dva"] or weights["scl"] or weights["vld"]:
-        teacher_logits = student_logits = None
-        if teacher_image is not None:
-            columns = teacher_text if all_text is not None else teacher_text[labels]
-            teacher_logits = similarity_logits(teacher_image, columns, scale)
-            if all_text is not None:
-                student_logits = similarity_logits(image_features, all_text, scale)
-        terms = cite_loss(
-            image_features,
-            labels,
-            class_weights=head if weights["dva"] else None,
-            text_features=text_features,
-            student_vld_logits=student_logits,
-            teacher_vld_logits=teacher_logits,
-            w_dva=weights["dva"],
-            lam=weights["scl"],
-            eta=weights["vld"],
-            logit_scale=scale,
-            vld_direction=params.vld_direction,
-        )
-    if weights["clip"]:  # FLYP's CLIP contrastive loss on the batch's class prompts, a weighted term like the others
-        terms["clip"] = clip_loss(image_features, text_features, scale)
-        weighted = weights["clip"] * terms["clip"]
-        terms["total"] = terms["total"] + weighted if "total" in terms else weighted
-    return terms
 
 
 def nonfinite_terms(losses: dict[str, torch.Tensor]) -> str | None:
@@ -280,26 +254,6 @@ def resolve_logit_scale(setting: float | str, model: torch.nn.Module) -> float:
     scale = float(learned.detach().float().exp())
     log.info("loss temperature: the checkpoint's own logit scale %.4g", scale)
     return scale
-
-
-def _teacher_images(cache, teacher, epoch, index, images, device) -> torch.Tensor:
-    if cache is not None:
-        return cache.image[epoch, index].to(device)
-    with torch.no_grad():
-        return teacher.model.eval().encode_image(images, normalize=True).float()
-
-
-def _param_groups(model: torch.nn.Module, head: torch.nn.Parameter, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only, not on gains, biases, embeddings' scale or logit_scale (open_clip's rule)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if name in ("logit_scale", "logit_bias"):
-            p.requires_grad_(False)  # fixed scale (decision)
-            continue
-        (decay if p.ndim >= 2 and "ln" not in name and "bn" not in name else no_decay).append(p)
-    if head.requires_grad:
-        decay.append(head)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def _cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:

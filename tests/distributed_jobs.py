@@ -89,7 +89,7 @@ GRADIENT_CASES = ("cite", "cite:classes", "flyp", "ce")  # method[:train.vld_ove
 def first_step_gradients(prompts, case: str) -> dict:
     """The gradient of every trainable tensor (the head W too) after one backward of a fixed batch of 5 images, of
     which this rank takes its part: under ranks, after DDP's average."""
-    from clipcite.train import _param_groups, batch_losses
+    from clipcite.methods.cite import batch_losses, param_groups
 
     generator = torch.Generator().manual_seed(0)
     images, labels = torch.randn(5, 3, 32, 32, generator=generator), torch.tensor([0, 1, 0, 2, 1])
@@ -97,7 +97,7 @@ def first_step_gradients(prompts, case: str) -> dict:
     loaded = load_model("clipcite-tiny", "")
     text = torch.nn.functional.normalize(torch.randn(len(prompts), 64, generator=generator), dim=-1)
     head = torch.nn.Parameter(text.clone())
-    _param_groups(loaded.model, head, 0.1)  # fixes logit_scale as fit does, before DDP registers its hooks
+    param_groups(loaded.model, head, 0.1)  # fixes logit_scale as fit does, before DDP registers its hooks
     method, _, over = case.partition(":")
     params = dataclasses.replace(CITE, method=method, vld_over=over or "batch")
     towers = distributed.data_parallel(loaded.model, uses_text=method != "ce")

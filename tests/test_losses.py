@@ -113,8 +113,9 @@ def test_cite_refuses_a_weighted_term_without_inputs():
 
 def test_flyp_is_a_weighted_term_like_the_others():
     """FLYP's CLIP loss is the term ``clip`` with weight ``w_clip`` (no special branch whose weights are all 0)."""
+    from clipcite.methods.cite import batch_losses
     from clipcite.models import load_model
-    from clipcite.train import FitParams, batch_losses
+    from clipcite.recipe import FitParams
 
     torch.manual_seed(0)
     tiny = load_model("clipcite-tiny", "", init_seed=0)

@@ -8,10 +8,10 @@ import dataclasses
 import pytest
 import torch
 
-from clipcite import train
 from clipcite.data.table import read_table
 from clipcite.evaluate import predict
 from clipcite.finite import NonFiniteError
+from clipcite.methods import cite
 from clipcite.models import load_model
 from clipcite.steps import finetune, sample_splits
 from clipcite.teacher import build_cache
@@ -40,7 +40,7 @@ def test_diverging_run_stops_and_writes_no_model(splits, tmp_path):
 
 def _poison_step(monkeypatch, bad_step: int):
     """batch_losses returns a NaN total on call ``bad_step`` (1-based), the real losses otherwise."""
-    real, calls = train.batch_losses, []
+    real, calls = cite.batch_losses, []
 
     def poisoned(*args, **kwargs):
         losses = real(*args, **kwargs)
@@ -50,7 +50,7 @@ def _poison_step(monkeypatch, bad_step: int):
             losses["total"] = losses["total"] + losses["scl"]
         return losses
 
-    monkeypatch.setattr(train, "batch_losses", poisoned)
+    monkeypatch.setattr(cite, "batch_losses", poisoned)
 
 
 def test_skip_mode_skips_the_bad_step_and_counts_it(splits, monkeypatch):

@@ -1,7 +1,9 @@
-"""Step 3, finetune: CLIP-CITE (or a baseline) on the few-shot train split, then the weight-space ensemble.
+"""Step 3, finetune: CLIP-CITE (or another method of clipcite/methods) on the few-shot train split.
 
-Output folder: the model (an open_clip ``local-dir`` folder plus ``clipcite.json``), ``curves.jsonl`` (every loss
-term and the learning rate per step) and ``train_summary.json``. Epoch checkpoints go to ``checkpoint_dir``, a
+Output folder: the model (an open_clip ``local-dir`` folder plus ``clipcite.json``, and the method's own files:
+``lora_adapter.safetensors`` for LoRA, ``class_head.safetensors`` for the linear probe), ``curves.jsonl`` (every loss
+term and the learning rate per step) and ``train_summary.json`` (with what the method trained and what it weighs:
+``trainable_parameters``, ``seconds``, ``artefact_bytes``). Epoch checkpoints go to ``checkpoint_dir``, a
 folder or an ``s3://`` prefix (default: beside a local output, ``<out>.checkpoints``; under the temp dir for an
 s3:// output); a rerun with the same inputs resumes from there, so on a cluster a durable ``s3://`` prefix lets a
 preempted or retried pod continue. They are removed once the model is written.
@@ -20,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from clipcite import distributed, kfp_backend, storage, tracking
+from clipcite.artifacts import WEIGHTS_FILE
 from clipcite.config import Config, dump_yaml, to_dict
 from clipcite.data.table import ClassList
 from clipcite.finite import NonFiniteError, nonfinite_weights
@@ -141,11 +144,15 @@ def _run(
         return summary  # rank 0 writes the model
     with storage.staged_dir(out_uri) as tmp:
         save_model(student, result.state_dict, tmp, meta)
+        for name, body in result.files.items():
+            (tmp / name).write_bytes(body)
+        summary |= _sizes(tmp, result)
         (tmp / "curves.jsonl").write_text("".join(json.dumps(c) + "\n" for c in curves))
         (tmp / "train_summary.json").write_text(json.dumps(summary, indent=2))
         step.log_artifacts(tmp / "curves.jsonl")
         step.log_artifacts(tmp / "train_summary.json")
-    step.log_metrics({k: summary[k] for k in ("images_per_second", "seconds", "steps", "epochs")})
+    logged = ("images_per_second", "seconds", "steps", "epochs", "trainable_parameters", "artefact_bytes")
+    step.log_metrics({k: summary[k] for k in logged})
     if not keep_checkpoint:  # the model is published: its checkpoints have done their job
         storage.remove_dir(ckpt)
     log.info("wrote model %s: %s", out_uri, summary)
@@ -198,7 +205,8 @@ def _train_summary(
         "skipped_steps": result.skipped_steps,
         "steps": result.steps,
         "epochs": result.epochs,
-        "alpha": params.alpha,
+        "alpha": result.alpha,
+        "trainable_parameters": result.trainable_parameters,
         "logit_scale": result.logit_scale,
         "batch_size": params.batch_size,
         "images": images,
@@ -213,7 +221,7 @@ def _model_meta(params: FitParams, classes: ClassList, template: str, config: Co
     """clipcite.json beside the saved weights: what evaluate, register and the served model need to know (no run
     ids: the pipeline hands its MLflow run to the steps that log, and the registry links a version to its run)."""
     return {
-        "alpha": params.alpha,
+        "alpha": result.alpha,
         "method": params.method,
         "classnames": list(classes.names),
         "template": template,
@@ -222,6 +230,20 @@ def _model_meta(params: FitParams, classes: ClassList, template: str, config: Co
         "steps": result.steps,
         "logit_scale": result.logit_scale,  # the loss temperature the run used (train.logit_scale resolved)
         "config": to_dict(config),
+        **result.meta,  # the method's own entries (lora: its rank and adapter file; linear_probe: its class head)
+    }
+
+
+def _sizes(folder: Path, result: FitResult) -> dict:
+    """What the run's model weighs: ``model_bytes`` (the folder as served) and ``artefact_bytes``, what the method
+    adds to the base model: its own files when it writes some (LoRA's adapter, the probe's class head), else the
+    full weights when it trained (a full fine-tune), else 0 (zero-shot)."""
+    weights = (folder / WEIGHTS_FILE).stat().st_size
+    extra = {name: (folder / name).stat().st_size for name in result.files}
+    return {
+        "model_bytes": sum(f.stat().st_size for f in folder.iterdir() if f.is_file()),
+        "artefact_bytes": sum(extra.values()) if extra else (weights if result.steps > 0 else 0),
+        "file_bytes": {WEIGHTS_FILE: weights, **extra},
     }
 
 
