@@ -6,6 +6,7 @@ keeps serving. (The load benchmark is ``bench/serve_load.py``.)"""
 import base64
 import io
 import itertools
+import json
 import os
 import shutil
 import struct
@@ -145,3 +146,15 @@ def test_labels_given_per_request_and_top_k_come_back_over_rest(served):
         )
     default = requests.post(served, json=_body(images), timeout=120).json()["predictions"]
     assert {r["label"] for r in default} <= {"cat", "dog"} and "top_labels" not in default[0]
+
+
+def test_the_load_bench_smoke_on_this_server(served, tmp_path, capsys):
+    """bench/serve_load.py's smoke form against this server (``--url``: nothing trained or started): a few
+    concurrent requests, then its malformed ones, each a 400 in one line, the server still serving."""
+    from bench import serve_load
+
+    assert serve_load.main(["--url", served, "--smoke", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "serve_load.json").read_text())
+    assert result["requests"] == 8 and result["errors"] == 0 and result["alive_after"], result
+    assert [r["status"] for r in result["malformed"]] == [400] * 5, result["malformed"]
+    assert all("\n" not in r["message"] and "object at 0x" not in r["message"] for r in result["malformed"])
