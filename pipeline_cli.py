@@ -85,8 +85,8 @@ def run_local(
         from clipcite.toyworld.generate import write_world
 
         data = out / "data" / "toyworld"
-        if not data.exists():
-            log.info("generating the toy world at %s", data)
+        if not data.exists():  # a line of the default output (no log file yet): the first run waits for it
+            print(f"toy world: generating {data} (first run only)", flush=True)
             write_world(str(data), seed=1)
         params = {**params, "data_uri": str(data.resolve())}
     if not params.get("baseline_cache"):  # a second `make run` evaluates the zero-shot model no more

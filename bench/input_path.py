@@ -201,7 +201,12 @@ def decode_compare(rows) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
+SMOKE = {"config": "default", "train_images": 4, "eval_images": 8, "epochs": 1, "archs": ["toyclip"],
+         "naive_images": 4, "workers": 0, "models": [2]}  # fmt: skip
+SMOKE_HELP = "seconds: 4 train and 8 eval images, 1 epoch, toyclip, no workers (the numbers mean nothing)"
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="paper_vitb16", help="preset whose workers and batch sizes are used")
     parser.add_argument("--train-images", type=int, default=96)
@@ -213,7 +218,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--models", type=int, nargs="+", default=[2, 3], help="models evaluate scores per set (fine-tuned, ...)"
     )
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args(argv)
+    if args.smoke:
+        vars(args).update(SMOKE)
     config = load_config(args.config)
     train_workers, eval_workers, eval_batch = config.train.num_workers, config.eval.num_workers, config.eval.batch_size
     if args.workers is not None:
@@ -256,6 +264,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{naive.cpu / batched.cpu:.2f}x CPU; predictions {same}", flush=True)  # fmt: skip
         for k in args.models:
             print(models_case(arch, rows, prompts, k, eval_batch, eval_workers), flush=True)
+    return 0
 
 
 def models_case(arch: str, rows, prompts, k: int, batch: int, workers: int) -> str:
@@ -281,4 +290,4 @@ def models_case(arch: str, rows, prompts, k: int, batch: int, workers: int) -> s
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

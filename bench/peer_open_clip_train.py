@@ -219,6 +219,31 @@ def run_seed(table: Path, out: Path, seed: int, extra: list[str], zeroshot: bool
     return result
 
 
+def peer_installed() -> bool:
+    """open_clip_train imports webdataset and braceexpand at start-up (bench/requirements-peer.txt)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) for name in ("webdataset", "braceexpand"))
+
+
+def clipcite_half(table: Path, out: Path, extra: list[str]) -> int:
+    """Without the peer's extras: the split, its CSV export, clipcite's training and evaluation, and the flags
+    open_clip_train would get, read by its own parser (``open_clip_train.params`` imports neither extra)."""
+    from open_clip_train.params import parse_args
+
+    from clipcite.steps import evaluate
+
+    splits, config = make_split(table, out, 1, extra)
+    csv = export_csv(splits, out / "csv", config)
+    ours = train_clipcite(splits, out / "clipcite-model", 1, extra, config.train.epochs)
+    flags = parse_args(peer_argv(csv, out / "peer-logs", "train", config, config.train.epochs))
+    scored = evaluate.run(str(out / "clipcite-model"), str(splits), str(out / "clipcite-eval"), config)
+    hm = scored["mean"]["finetuned"]["hm"]
+    print(f"clipcite: {ours['images_per_second']:.0f} images/s, mean HM {hm:.2f}; open_clip_train's flags parse: "
+          f"{flags.epochs} epoch(s), batch {flags.batch_size}, lr {flags.lr}")  # fmt: skip
+    return 0
+
+
 def accuracy(body: dict, model: str) -> dict:
     """Base/New/HM per domain and the mean over domains, from an evaluate output."""
     entry = {d: dict(v[model]) for d, v in body["domains"].items()}
@@ -286,7 +311,8 @@ def report(runs: list[dict], speeds: dict, seeds: list[int], command: str) -> st
         "Throughput, short runs alternating clipcite / open_clip_train (images/s): "
         + ", ".join(f"{a:.0f} / {b:.0f}" for a, b in zip(speeds["clipcite"], speeds["peer"], strict=True)),
         f"Throughput goal (clipcite >= open_clip_train): mean {ours:.0f} vs {theirs:.0f} img/s, ratio "
-        f"{ours / theirs:.3f} -> " + ("holds" if ours >= theirs else f"does not hold (short by {theirs - ours:.0f})"),
+        f"{ours / theirs if theirs else float('nan'):.3f} -> "
+        + ("holds" if ours >= theirs else f"does not hold (short by {theirs - ours:.0f})"),
         "",
         "Differences that remain:",
         *[f"- {d}" for d in PEER_DIFFERENCES],
@@ -298,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["TQDM_DISABLE"] = "1"  # before clipcite imports tqdm, which reads it then; the trainers inherit it
     import torch
 
+    from bench.smoke import SMOKE_COUNTS, SMOKE_HELP, SMOKE_OVERRIDES
     from clipcite.steps.common import add_overrides_argument
     from clipcite.toyworld.generate import write_world
 
@@ -308,7 +335,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speed-rounds", type=int, default=2, help="clipcite/open_clip_train pairs")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (note above)")
     add_overrides_argument(parser)  # applied to both trainers, e.g. --set train.logit_scale=100
+    parser.add_argument("--smoke", action="store_true", help=f"{SMOKE_HELP}; 1 speed round of 1 epoch")
     args = parser.parse_args(argv)
+    counts = None
+    if args.smoke:
+        args.seeds, args.speed_epochs, args.speed_rounds, counts = [1], 1, 1, SMOKE_COUNTS
+        # batch 8: open_clip_train drops the last incomplete batch, and 1 shot of 24 classes is 24 images
+        args.overrides = [*SMOKE_OVERRIDES, "train.batch_size=8", *args.overrides]
     os.environ.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     torch.set_num_threads(args.threads)  # evaluate runs in this process; the trainers inherit the environment
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
@@ -316,7 +349,11 @@ def main(argv: list[str] | None = None) -> int:
     out, started = Path(args.out), time.perf_counter()
     for stale in [out / "speed", *(out / f"seed{s}" for s in args.seeds)]:  # open_clip_train refuses old run names
         shutil.rmtree(stale, ignore_errors=True)
-    write_world(str(out / "table"), seed=1)  # always rewritten, as bench/toyworld_methods.py does
+    write_world(str(out / "table"), seed=1, counts=counts)  # always rewritten, as bench/toyworld_methods.py does
+    if args.smoke and not peer_installed():
+        print("open_clip_train's extras (bench/requirements-peer.txt) are not installed: the smoke run checks the "
+              "clipcite half and that open_clip_train accepts the flags it would get")  # fmt: skip
+        return clipcite_half(out / "table", out / f"seed{args.seeds[0]}", args.overrides)
     runs = [run_seed(out / "table", out / f"seed{s}", s, args.overrides, s == args.seeds[0]) for s in args.seeds]
     first = out / f"seed{args.seeds[0]}"
     speeds = speed_rounds(out / "speed", first, args.seeds[0], args.overrides, args.speed_epochs, args.speed_rounds)

@@ -182,11 +182,8 @@ def _mlflow_server(python: Path, backend: str, artifacts: Path, out: Path):
 def _fill(url: str, out: Path, tmp: Path, summary: dict) -> None:
     """Two pipeline runs register v1 and v2 through the register step; then what the registry holds."""
     import mlflow
-    from mlflow import MlflowClient
 
     import pipeline_cli
-    from clipcite import serving
-    from clipcite.cli import main as cli
     from clipcite.toyworld.generate import write_world
 
     os.environ["MLFLOW_TRACKING_URI"] = url
@@ -209,33 +206,48 @@ def _fill(url: str, out: Path, tmp: Path, summary: dict) -> None:
         decisions[name] = {k: record[k] for k in ("version", "decision", "reason")}
         decisions[name]["seconds"] = round(time.perf_counter() - t0, 1)
     summary["runs"] = decisions
+    registry_checks(url, NAME, decisions, summary)
+
+
+def registry_checks(url: str, name: str, decisions: dict, summary: dict) -> None:
+    """What the registry holds after the runs (``decisions``: each run's version, decision and reason, in order),
+    into ``summary["checks"]``; tests/test_mlflow_registry.py runs these on its own stack. The alias is moved away
+    (rollback) and back, and the moved version's gate tags restored."""
+    from mlflow import MlflowClient
+
+    from clipcite import serving
+    from clipcite.cli import main as cli
+
     client = MlflowClient(url)
-    versions = {v.version: v for v in client.search_model_versions(f"name = '{NAME}'")}
-    holder = client.get_model_version_by_alias(NAME, "champion").version
+    versions = {v.version: v for v in client.search_model_versions(f"name = '{name}'")}
+    holder = client.get_model_version_by_alias(name, "champion").version
     summary["champion"] = holder
-    checks = summary["checks"]
-    checks["two_versions_first_is_champion"] = (
-        sorted(map(int, versions)) == [1, 2] and decisions["first"]["decision"] == "champion"
+    checks = summary.setdefault("checks", {})
+    first = next(iter(decisions.values()))
+    checks["versions_first_is_champion"] = (
+        sorted(map(int, versions)) == list(range(1, len(decisions) + 1)) and first["decision"] == "champion"
     )
     checks["gate_tags"] = all(
         versions[str(d["version"])].tags.get("gate.reason") == d["reason"] for d in decisions.values()
     )
     checks["no_metric_tags"] = not [k for v in versions.values() for k in v.tags if k.startswith("metric.")]
     checks["model_cards"] = all("## Per-domain accuracy" in (v.description or "") for v in versions.values())
-    checks["model_description"] = "How versions are promoted" in (client.get_registered_model(NAME).description or "")
-    resolved = serving.resolve(client, NAME)
+    checks["model_description"] = "How versions are promoted" in (client.get_registered_model(name).description or "")
+    resolved = serving.resolve(client, name)
     checks["alias_resolves"] = resolved["version"] == str(holder) and resolved["artifact-uri"].startswith(
         "mlflow-artifacts:"
     )
     summary["resolved"] = resolved
-    other = "1" if holder == "2" else "2"
+    other = "1" if holder != "1" else "2"
     saved = {k: versions[other].tags[k] for k in ("gate.decision", "gate.reason")}  # the rollback retags it
-    moved = cli(["champion", NAME, "--set", other, "--reason", "bench rollback", "--tracking-uri", url]) == 0
-    moved = moved and client.get_model_version_by_alias(NAME, "champion").version == other
-    client.set_registered_model_alias(NAME, "champion", holder)  # back to the gate's choice for the browser half
+    card = versions[other].description or ""  # and notes the manual promotion on its card
+    moved = cli(["champion", name, "--promote", other, "--reason", "bench rollback", "--tracking-uri", url]) == 0
+    moved = moved and client.get_model_version_by_alias(name, "champion").version == other
+    client.set_registered_model_alias(name, "champion", holder)  # back to the gate's choice for the browser half
     for key, value in saved.items():
-        client.set_model_version_tag(NAME, other, key, value)
-    checks["rollback"] = moved and client.get_model_version_by_alias(NAME, "champion").version == holder
+        client.set_model_version_tag(name, other, key, value)
+    client.update_model_version(name, other, description=card)
+    checks["rollback"] = moved and client.get_model_version_by_alias(name, "champion").version == holder
 
 
 # ------------------------------------------------------------------------------------------------ the browser

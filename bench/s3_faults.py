@@ -39,7 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.2, 0.3])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--out", default=str(ROOT / "runs" / "s3-faults"))
+    parser.add_argument("--smoke", action="store_true", help="a minute: fraction 0.2, seed 1, a small photo world")
     args = parser.parse_args(argv)
+    counts, domains = {"train": 3, "val": 1, "test": 2}, ("photo", "sketch")
+    if args.smoke:
+        args.fractions, args.seeds, counts, domains = [0.2], [1], {"train": 2, "val": 1, "test": 1}, ("photo",)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -50,9 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, _, _ in runs:
             bucket = f"bench-{name.replace('.', '')}"
             client.create_bucket(Bucket=bucket)
-            write_world(
-                f"s3://{bucket}/table", seed=1, counts={"train": 3, "val": 1, "test": 2}, domains=("photo", "sketch")
-            )
+            write_world(f"s3://{bucket}/table", seed=1, counts=counts, domains=domains)
         run_chain("bench-clean", CONFIG)
         clean = bucket_contents(endpoint, "bench-clean", skip_prefix="table/")
         for name, fraction, seed in runs[1:]:

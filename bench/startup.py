@@ -39,13 +39,18 @@ def probe(module: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def main() -> None:
+SMOKE_MODULES = ["torch", "clipcite.steps.sample_splits"]  # --smoke: torch to compare with, one light step
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
-    runs: dict[str, list[dict]] = {m: [] for m in MODULES}
-    for _ in range(args.repeat):
-        for module in MODULES:
+    parser.add_argument("--smoke", action="store_true", help=f"seconds: one run of {', '.join(SMOKE_MODULES)}")
+    args = parser.parse_args(argv)
+    modules, repeat = (SMOKE_MODULES, 1) if args.smoke else (MODULES, args.repeat)
+    runs: dict[str, list[dict]] = {m: [] for m in modules}
+    for _ in range(repeat):
+        for module in modules:
             runs[module].append(probe(module))
     torch_s = statistics.median(r["s"] for r in runs["torch"])
     print(f"{'import':32} {'s (median)':>10} {'x torch':>8} {'peak RSS MB':>12}  heavy modules loaded")
@@ -54,7 +59,8 @@ def main() -> None:
         rss = statistics.median(r["rss"] for r in results)
         loaded = ", ".join(results[-1]["loaded"]) or "-"
         print(f"{module:32} {seconds:10.2f} {seconds / torch_s:8.2f} {rss:12.0f}  {loaded}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -48,7 +48,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=2, help="timed steps per mode and round")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--smoke", action="store_true", help="seconds: the tiny model, 1 round of 1 step, batch 2")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.arch, args.batch, args.classes, args.rounds, args.steps = "clipcite-tiny", 2, 4, 1, 1
 
     student = {mode: load_model(args.arch, "", init_seed=0, device=args.device) for mode in ("cache", "online")}
     teacher = load_model(args.arch, "", init_seed=0, device=args.device)

@@ -38,9 +38,11 @@ class Classifier:
         labels: Sequence[str] | None = None,
         template: str | None = None,
         top_k: int = 1,
+        item: str = "image {}",
     ) -> list[dict]:
         """One dict per image: ``label``, ``score`` (softmax probability over ``labels``), and with top_k > 1
-        ``top_labels``/``top_scores``."""
+        ``top_labels``/``top_scores``. ``item`` names the i-th image in errors (the served model: its row and
+        column)."""
         labels = list(labels) if labels else self.labels
         if not labels:
             raise ValueError("no labels: pass labels=[...] (the model has no trained class names)")
@@ -55,7 +57,7 @@ class Classifier:
         k = max(1, min(int(top_k), len(labels)))
         model, cfg = self.loaded.model, self.loaded.preprocess_cfg
         text = class_features(self.loaded, prompts_for(template or self.template, labels), 256, self.device)
-        batch = torch.stack([eval_view(to_image(x, i), cfg) for i, x in enumerate(images)]).to(self.device)
+        batch = torch.stack([eval_view(to_image(x, i, item), cfg) for i, x in enumerate(images)]).to(self.device)
         features = model.encode_image(batch, normalize=True).float()
         probs = (model.logit_scale.exp().float() * features @ text.T).softmax(dim=1).cpu()
         scores, index = probs.topk(k, dim=1)
@@ -69,16 +71,20 @@ class Classifier:
         return results
 
 
-def to_image(value: bytes | np.ndarray | Image.Image, index: int = 0) -> Image.Image:
-    """Encoded bytes (PNG, JPEG, ...), an HxWx3 / HxW uint8 array, or a PIL image, as an RGB image."""
+def to_image(value: bytes | np.ndarray | Image.Image, index: int = 0, item: str = "image {}") -> Image.Image:
+    """Encoded bytes (PNG, JPEG, ...), an HxWx3 / HxW uint8 array, or a PIL image, as an RGB image; errors name the
+    image as ``item.format(index)``."""
+    where = item.format(index)
     if isinstance(value, Image.Image):
         return value.convert("RGB")
     if isinstance(value, bytes | bytearray | memoryview):
-        return decode_image(bytes(value), f"image {index}")  # ImageDecodeError is a ValueError
+        return decode_image(bytes(value), where)  # ImageDecodeError is a ValueError
+    if not isinstance(value, np.ndarray | list | tuple):  # None, a number, a dict: say what it is, not its repr
+        raise ValueError(f"{where}: expected encoded image bytes or a uint8 array, got {type(value).__name__}")
     array = np.asarray(value)
     if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
         raise ValueError(
-            f"image {index}: expected encoded bytes or a uint8 array of shape HxW or HxWxC (C in 1, 3, 4), "
+            f"{where}: expected encoded bytes or a uint8 array of shape HxW or HxWxC (C in 1, 3, 4), "
             f"got dtype {array.dtype} shape {array.shape}"
         )
     if array.ndim == 3 and array.shape[2] == 1:

@@ -35,11 +35,12 @@ def predict(
     num_workers: int = 0,
     precision: str = "auto",
     source: str = "",
+    progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Predicted labels [N] and true labels [N] for ``rows`` among ``prompts`` (one per class, label order): the
     one-model case of :func:`predict_models`."""
     options = {"batch_size": batch_size, "device": device, "num_workers": num_workers, "precision": precision}
-    preds, target = predict_models({"": loaded}, rows, prompts, **options, source=source)
+    preds, target = predict_models({"": loaded}, rows, prompts, **options, source=source, progress=progress)
     return preds[""], target
 
 
@@ -54,6 +55,7 @@ def predict_models(
     num_workers: int = 0,
     precision: str = "auto",
     source: str = "",
+    progress: bool = True,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Predicted labels [N] per model name and true labels [N]: each image is decoded and transformed once for
     every model that sees the same eval view.
@@ -62,7 +64,8 @@ def predict_models(
     interpolation, resize mode, ...) share one pass over the images, each batch fed to each of them; a model with
     another view gets a pass of its own (a shared batch would feed it pixels it was not made for). A model's
     predictions are those it gets alone (the same batches, the same forward). Under several ranks each predicts its
-    share of the batches and every rank returns all N."""
+    share of the batches and every rank returns all N. ``progress=False`` draws no bar: for callers that draw one
+    bar of their own over many calls (``python -m clipcite.toyworld.zeroshot``)."""
     if not models:
         raise ValueError(f"{source}no model to evaluate")
     groups: dict[tuple, dict[str, LoadedModel]] = {}
@@ -79,7 +82,7 @@ def predict_models(
     targets = torch.zeros(len(rows), dtype=torch.long)
     options = {"batch_size": batch_size, "device": device, "num_workers": num_workers, "precision": precision}
     for group in groups.values():
-        _one_pass(group, rows, prompts, preds, targets, **options, source=source)
+        _one_pass(group, rows, prompts, preds, targets, **options, source=source, progress=progress)
     return {name: distributed.combine(p) for name, p in preds.items()}, distributed.combine(targets)
 
 
@@ -95,6 +98,7 @@ def _one_pass(
     num_workers: int,
     precision: str,
     source: str,
+    progress: bool,
 ) -> None:
     """One pass over this rank's batches of ``rows`` for models that share an eval view; fills ``preds`` (per model)
     and ``targets`` at the batches' indices."""
@@ -111,7 +115,7 @@ def _one_pass(
     # one pass per set and view: workers need not persist; pinned batches copy to the GPU asynchronously
     loader = DataLoader(dataset, batch_sampler=batches, **loader_options(num_workers, 2, device, persistent=False))
     desc = " ".join(["evaluating", source or "set", *[name for name in models if name]])
-    for index, pixels, labels in tqdm(loader, desc=desc, leave=False):
+    for index, pixels, labels in tqdm(loader, desc=desc, leave=False, disable=not progress):
         images = model_input(pixels, cfg, device)
         ids = row_ids(rows, index)
         for name, model in nets.items():

@@ -71,22 +71,51 @@ class ClassifierModel(mlflow.pyfunc.PythonModel):
                 labels=list(params["labels"]) if params.get("labels") is not None else None,
                 template=params.get("template") or None,
                 top_k=int(params.get("top_k") or 1),
+                item=f"row {{}} of column {IMAGE!r}",
             )
         except ValueError as e:  # the caller's input (an image, the labels, top_k): served as a 400 that says why
-            raise MlflowException.invalid_parameter_value(str(e)) from e
+            raise BadInput.invalid_parameter_value(str(e)) from e
         return pd.DataFrame(results)
+
+
+class BadInput(MlflowException):
+    """A request the model cannot answer: a 400 whose message is ours alone, short, naming the row and column.
+
+    MLflow's scoring server rewrites the message of any MlflowException the model raises to ``Failed to predict
+    data '<the whole input DataFrame>'. Error: ...`` (mlflow 3.17, ``pyfunc/scoring_server.invocations``), a pandas
+    dump of every image sent; this message is set once, by the constructor, and later rewrites are ignored."""
+
+    @property  # type: ignore[override]
+    def message(self) -> str:
+        return self._message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if not hasattr(self, "_message"):
+            self._message = value
+
+
+IMAGE = "image"  # the input column
+EXPECTED = f"expected a column {IMAGE!r} of images (encoded bytes: PNG, JPEG, ...; base64 strings over REST)"
 
 
 def _input_images(model_input) -> list:
     if isinstance(model_input, pd.DataFrame):
-        if "image" not in model_input.columns:
-            raise ValueError(f"input needs an 'image' column; got columns {list(model_input.columns)}")
-        values = list(model_input["image"])
-    elif isinstance(model_input, dict) and "image" in model_input:
-        values = list(model_input["image"])
+        if IMAGE not in model_input.columns:  # MLflow drops the columns the signature does not name
+            raise ValueError(f"no {IMAGE!r} column: {EXPECTED}")
+        values = list(model_input[IMAGE])
+    elif isinstance(model_input, dict) and IMAGE in model_input:
+        values = list(model_input[IMAGE])
     else:
         values = list(model_input)
-    return [base64.b64decode(v) if isinstance(v, str) else v for v in values]
+    return [_base64(v, i) if isinstance(v, str) else v for i, v in enumerate(values)]
+
+
+def _base64(value: str, row: int) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError as e:  # binascii.Error
+        raise ValueError(f"row {row} of column {IMAGE!r}: not base64 ({e}); expected a base64 image file") from e
 
 
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
@@ -98,7 +127,9 @@ def log_classifier(run: StepRun, model_dir: Path, *, example_images: list[bytes]
     labels = list(meta.get("classnames") or [])
     template = meta.get("template") or DEFAULT_TEMPLATE
     signature = ModelSignature(
-        inputs=Schema([ColSpec("binary", "image")]),
+        # Optional only so that a request without it reaches predict and gets a one-line 400 naming the column:
+        # MLflow's own check answers with two dumps of the input DataFrame. predict requires it.
+        inputs=Schema([ColSpec("binary", IMAGE, required=False)]),
         outputs=Schema([ColSpec("string", "label"), ColSpec("double", "score")]),
         params=ParamSchema(
             [

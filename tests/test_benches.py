@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -26,6 +27,14 @@ SMOKE = {
     "toyworld_lr": "test_toyworld_lr_smoke",
     "gpu_bench": "tests/test_gpu_bench.py (--tiny)",
     "scale": "tests/test_scale_bench.py",
+    "startup": "test_startup_smoke",
+    "teacher_cache": "test_teacher_cache_smoke",
+    "input_path": "test_input_path_smoke",
+    "s3_faults": "test_s3_faults_smoke",
+    "peer_open_clip_train": "test_peer_open_clip_train_smoke",
+    "serve_load": "tests/test_serving.py (--url of its server, --smoke)",
+    "registry_stack": "tests/test_mlflow_registry.py (its registry checks on that stack)",
+    "containers": "tests/containers (--smoke, the container tier: make test-containers)",
 }
 
 
@@ -36,6 +45,25 @@ def benches() -> list[str]:
 @pytest.mark.parametrize("name", benches())
 def test_every_bench_imports(name):
     importlib.import_module(f"bench.{name}")  # a name the library no longer has fails here, not by hand months later
+
+
+def test_every_bench_has_a_smoke_run():
+    missing = sorted(set(benches()) - set(SMOKE))
+    assert not missing, f"bench(es) without a smoke run: {missing}; give each a --smoke (seconds) and a test here"
+    for name, where in SMOKE.items():
+        if where.startswith("tests/"):
+            path = ROOT / where.split(" ")[0]
+            assert path.exists(), where
+            if path.is_file():  # the test file runs this bench: it names it
+                assert f"bench import {name}" in path.read_text() or f"bench/{name}.py" in path.read_text(), where
+        else:
+            assert where in globals(), where
+
+
+def test_every_bench_bench_readme_shows_exists_and_has_a_smoke_run():
+    shown = set(re.findall(r"bench/(\w+)\.py", (BENCH / "README.md").read_text()))
+    assert shown - set(benches()) - HELPERS == set(), "bench/README.md names a bench that is not in bench/"
+    assert shown & set(benches()) <= set(SMOKE)
 
 
 def test_toyworld_methods_smoke(tmp_path, capsys):
@@ -64,3 +92,52 @@ def test_toyworld_lr_smoke(tmp_path, capsys):
     assert toyworld_lr.main(["--smoke", "--out", str(tmp_path)]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if "rrc-default" in line]
     assert len(rows) == 1, rows  # one lr, one crop setting
+
+
+def test_startup_smoke(capsys):
+    from bench import startup
+
+    assert startup.main(["--smoke"]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [row.split()[0] for row in rows] == startup.SMOKE_MODULES
+    assert rows[1].split()[-1] == "-"  # sample-splits imports none of the heavy modules
+
+
+def test_teacher_cache_smoke(capsys):
+    from bench import teacher_cache
+
+    result = teacher_cache.main(["--smoke"])
+    assert result["ratio_cpu"] > 0 and set(result["wall"]) == {"cache", "online", "teacher forward"}
+    assert "step time ratio cache/online" in capsys.readouterr().out
+
+
+def test_input_path_smoke(capsys):
+    from bench import input_path
+
+    assert input_path.main(["--smoke"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("last batch identical") == 3 and "identical pixels 8/8" in out
+    assert out.count("predictions identical") == 2  # predict vs the naive loop, and the 2 models' one pass
+
+
+@pytest.mark.slow  # two runs of the S3 chain (clean and faulty): about a minute on 2 busy cores
+def test_s3_faults_smoke(tmp_path, capsys):
+    from bench import s3_faults
+
+    assert s3_faults.main(["--smoke", "--out", str(tmp_path)]) == 0  # 0: the faulty run wrote what the clean one did
+    (row,) = json.loads((tmp_path / "s3_faults.json").read_text())
+    assert row["identical"] and row["injected"] > 0 and row["retried"] == row["injected"], row
+
+
+@pytest.mark.slow  # trains and evaluates the toy CLIP on one shot: half a minute, a minute with open_clip_train
+def test_peer_open_clip_train_smoke(tmp_path, capsys):
+    """With bench/requirements-peer.txt installed, the whole bench on a smoke split; without it (as in make test's
+    venv), the clipcite half and open_clip_train's parser reading the flags the peer would get."""
+    from bench import peer_open_clip_train as peer
+
+    assert peer.main(["--smoke", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    if peer.peer_installed():
+        assert (tmp_path / "peer_open_clip_train.md").is_file() and "Throughput goal" in out
+    else:
+        assert "open_clip_train's flags parse: 1 epoch(s), batch 8" in out

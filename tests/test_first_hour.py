@@ -226,3 +226,19 @@ def test_a_missing_table_an_early_evaluate_and_a_wrong_domain_say_what_to_do(tab
     err = capsys.readouterr().err
     assert "in domains ['painting']" in err and "domains ['photo', 'sketch']" in err
     assert "--set splits.train_domains=[...]" in err
+
+
+def test_the_toy_world_line_is_a_plain_line_of_the_default_output(tmp_path, monkeypatch, capsys, caplog):
+    """``pipeline.py run`` without data writes the toy world first: one plain line says so (it takes seconds), not a
+    timestamped INFO record on stderr."""
+    from clipcite.toyworld import generate
+
+    written = []
+    monkeypatch.setattr(generate, "write_world", lambda uri, seed: written.append(uri))
+    monkeypatch.setattr(local_run, "run_dag", lambda *args, **kwargs: {})
+    with caplog.at_level("INFO"):
+        pipeline_cli.run_local({"tracking_uri": "off"}, tmp_path, quiet=True)
+    captured = capsys.readouterr()
+    assert written == [str(tmp_path / "data" / "toyworld")]
+    assert captured.out == f"toy world: generating {tmp_path / 'data' / 'toyworld'} (first run only)\n"
+    assert captured.err == "" and not [r for r in caplog.records if r.name == "pipeline"]

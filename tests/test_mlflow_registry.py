@@ -281,6 +281,7 @@ def test_rolling_back_the_champion_by_hand(stack, capsys):
 
     client = MlflowClient(stack["url"])
     uri = ["--tracking-uri", stack["url"]]  # not the process-wide URI an earlier test may have left
+    gate = {k: v for k, v in client.get_model_version(NAME, "1").tags.items() if k.startswith("gate.")}
     try:
         assert main(["champion", NAME, "--promote", "1", "--reason", "rollback after an incident", *uri]) == 0
         assert client.get_model_version_by_alias(NAME, "champion").version == "1"
@@ -289,5 +290,23 @@ def test_rolling_back_the_champion_by_hand(stack, capsys):
         assert listing[-1].startswith("* v1") and listing[0].startswith("v3")
         assert main(["champion", NAME, "--promote", "9", *uri]) == 2  # no such version: a clear error, nothing moved
         assert client.get_model_version_by_alias(NAME, "champion").version == "1"
-    finally:  # other tests expect the gate's champion
+    finally:  # other tests expect the gate's champion and its decisions
         client.set_registered_model_alias(NAME, "champion", "3")
+        for key, value in gate.items():
+            client.set_model_version_tag(NAME, "1", key, value)
+
+
+def test_the_registry_stack_benchs_checks_hold_on_this_stack(stack):
+    """bench/registry_stack.py's smoke form: its registry checks (versions, gate tags, cards, the alias resolved for
+    serving, a rollback by hand and back) on this stack, the same runs through a real ``mlflow server``. (The bench
+    itself adds PostgreSQL and Chromium; neither is needed here.)"""
+    from bench import registry_stack
+
+    decisions = {name: _registry(result) for name, result in stack["runs"].items()}
+    client = MlflowClient(stack["url"])
+    cards = {v.version: v.description for v in client.search_model_versions(f"name = '{NAME}'")}
+    summary: dict = {}
+    registry_stack.registry_checks(stack["url"], NAME, decisions, summary)
+    assert summary["checks"] == dict.fromkeys(summary["checks"], True) and len(summary["checks"]) == 7, summary
+    assert summary["champion"] == "3" and client.get_model_version_by_alias(NAME, "champion").version == "3"
+    assert {v.version: v.description for v in client.search_model_versions(f"name = '{NAME}'")} == cards

@@ -1,7 +1,10 @@
 """The whole DAG through kfp.local on tiny data; a bad input fails at its step, the fixed rerun reuses the cache,
 and weights replaced under the same path get a new teacher cache."""
 
+import json
+import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -30,7 +33,29 @@ def world(tmp_path_factory):
 
 
 def test_whole_dag_runs_locally_and_evaluates_every_domain(world, tmp_path):
-    result = pipeline_cli.run_local({"data_uri": str(world), "shots": 2, "overrides": FAST, **NO_TRACKING}, tmp_path)
+    """Run as a person runs it, ``python pipeline.py run`` without -v: the default output is one line per step (each
+    evaluate with its domain), then the summary and where things are; nothing else (warnings, libraries' INFO
+    lines) reaches the terminal, all of it goes to the log file."""
+    params = ["data_uri=" + str(world), "shots=2", "overrides=" + json.dumps(FAST), "tracking_uri=off"]
+    command = [sys.executable, "pipeline.py", "run", "--out", str(tmp_path), *[f"--param={p}" for p in params]]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.stderr == "", done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    steps = [re.sub(r"^\[\s*\d+s\] ", "", line) for line in lines if re.match(r"^\[\s*\d+s\] ", line)]
+    assert lines[: len(steps)] == [line for line in lines if line.startswith("[")]  # the step lines come first
+    tasks = ["snapshot", "sample-splits", "cache-teacher", "finetune", "evaluate photo", "evaluate sketch"]
+    tasks += ["register", "finish-run"]
+    assert sorted(steps) == sorted([f"{t} ..." for t in tasks] + [f"{t}: done" for t in tasks]), steps
+    rest = lines[len(steps) :]
+    assert rest[0].startswith("# clipcite: cite (alpha=0.5), 2 shots, seed 1, base2new, data ")
+    table = [line for line in rest if line.startswith("|")]
+    assert table[0] == "| domain | model | Base | New | HM |" and len(table) == 2 + 3 * 2  # photo, sketch, mean
+    where = [line for line in rest[1:] if line and not line.startswith("|")]
+    assert [line.split(":")[0] for line in where] == ["registration record", "report", "log"], where
+    record, summary, log = (ROOT / line.split(": ", 1)[1] for line in where)  # relative to the cwd, or absolute
+    assert "Executing task" in log.read_text()  # what the terminal did not get is in the log
+    result = {"metrics": json.loads((record / "metrics.json").read_text()), "record": record, "summary": summary}
     metrics = result["metrics"]
     assert set(metrics["domains"]) == {"photo", "sketch"}
     for domain in ("photo", "sketch"):

@@ -1,6 +1,7 @@
 """The toy world: deterministic generation, full class/domain coverage, the shipped checkpoint and its checksum."""
 
 import io
+import re
 import shutil
 
 import numpy as np
@@ -21,7 +22,7 @@ from clipcite.toyworld.world import (
     render,
     shape_mask,
 )
-from clipcite.toyworld.zeroshot import ARCH, CHECKPOINT, zeroshot_accuracy
+from clipcite.toyworld.zeroshot import ARCH, CHECKPOINT, main, zeroshot_accuracy
 
 
 def test_generation_is_deterministic_and_seeded():
@@ -89,3 +90,24 @@ def test_zero_shot_accuracy_is_clearly_above_chance_and_far_from_perfect():
     assert len(shifted) == len(DOMAINS) - 1 >= 3
     for domain in shifted:
         assert result[domain]["all"] < result["photo"]["all"], f"{domain} is not harder than photo"
+
+
+def progress_bars(stderr: str) -> list[str]:
+    """The description of each progress bar tqdm drew on ``stderr``: a bar starts where a line shows 0 done."""
+    starts, previous = [], None
+    for line in re.split(r"[\r\n]", stderr):
+        bar = re.match(r"(.*?):\s+\d+%\|.*?\| (\d+)/(\d+)", line)
+        if not bar:
+            continue
+        desc, done, total = bar.groups()
+        if done == "0" and previous != (desc, "0", total):
+            starts.append(desc)
+        previous = (desc, done, total)
+    return starts
+
+
+def test_zeroshot_draws_one_progress_bar_for_the_whole_job(capsys):
+    assert main(["--per-class", "1"]) == 0
+    captured = capsys.readouterr()
+    assert progress_bars(captured.err) == ["zero-shot"]  # not one per domain and set (12)
+    assert len([line for line in captured.out.splitlines() if line.split()[0] in DOMAINS]) == len(DOMAINS)

@@ -5,6 +5,7 @@ it is found."""
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -29,8 +30,17 @@ def opened(data: bytes, where: str) -> Iterator[Image.Image]:
         raise ImageDecodeError(f"{where}: refused, too many pixels ({e})") from e
     except (MemoryError, RecursionError):  # the machine's fault, not the image's: not a bad-image error
         raise
+    except Image.UnidentifiedImageError as e:  # PIL's message is "cannot identify image file <_io.BytesIO ...>"
+        what = "empty: 0 bytes" if not data else f"{len(data)} bytes in no format PIL reads: expected PNG, JPEG, ..."
+        raise ImageDecodeError(f"{where}: corrupt or unreadable image ({what})") from e
     except Exception as e:
-        raise ImageDecodeError(f"{where}: corrupt or unreadable image ({type(e).__name__}: {e})") from e
+        detail = _OBJECT_REPR.sub("the image", str(e))
+        raise ImageDecodeError(f"{where}: corrupt or unreadable image ({type(e).__name__}: {detail})") from e
+
+
+_OBJECT_REPR = re.compile(
+    r"<[\w.]+ object at 0x[0-9a-fA-F]+>"
+)  # e.g. <_io.BytesIO object at 0x7f...>: no use to anyone
 
 
 def decode_image(data: bytes, where: str) -> Image.Image:

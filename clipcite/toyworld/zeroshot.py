@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from tqdm import tqdm
+
 from clipcite.evaluate import predict
 from clipcite.metrics import top1
 from clipcite.models import load_model
@@ -18,16 +20,25 @@ ARCH = "toyclip"
 
 
 def zeroshot_accuracy(
-    checkpoint: str = CHECKPOINT, *, seed: int = 1, per_class: int = 20, domains: tuple[str, ...] = DOMAINS
+    checkpoint: str = CHECKPOINT,
+    *,
+    seed: int = 1,
+    per_class: int = 20,
+    domains: tuple[str, ...] = DOMAINS,
+    progress: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Top-1 over all 48 classes per domain, plus base and new halves (each among its own classes)."""
+    """Top-1 over all 48 classes per domain, plus base and new halves (each among its own classes). One progress
+    bar for the whole job (a step per domain and set), none per set."""
     loaded = load_model(ARCH, checkpoint)
     names = classnames()
     base, new = base_new_classes(range(len(names)))
     result = {}
+    bar = tqdm(total=3 * len(domains), desc="zero-shot", unit="set", disable=not progress)
     for domain in domains:
+        bar.set_postfix(domain=domain)
         rows = list(iter_rows(seed, {"test": per_class}, (domain,)))
-        pred, target = predict(loaded, rows, prompts_for(TEMPLATE, names))
+        pred, target = predict(loaded, rows, prompts_for(TEMPLATE, names), progress=False)
+        bar.update()
         class_acc = [float((pred[target == c] == c).float().mean()) * 100 for c in range(len(names))]
         entry = {
             "all": top1(pred, target),
@@ -37,9 +48,11 @@ def zeroshot_accuracy(
         for half, keep in (("base", base), ("new", new)):
             sub = [r for r in rows if r["label"] in keep]
             sub = [{**r, "label": keep.index(r["label"])} for r in sub]
-            p, t = predict(loaded, sub, prompts_for(TEMPLATE, [names[c] for c in keep]))
+            p, t = predict(loaded, sub, prompts_for(TEMPLATE, [names[c] for c in keep]), progress=False)
+            bar.update()
             entry[half] = top1(p, t)
         result[domain] = entry
+    bar.close()
     return result
 
 
