@@ -82,6 +82,23 @@ def test_the_first_run_takes_champion_a_worse_does_not_a_better_does(stack):
     assert tags["gate.decision"] == "challenger" and tags["gate.reason"] == worse["reason"]
 
 
+def test_the_registry_stack_benchs_checks_hold_on_this_stack(stack):
+    """bench/registry_stack.py's smoke form: its registry checks (versions, gate tags, cards, the alias resolved for
+    serving, a rollback by hand and back) on this stack, the same runs through a real ``mlflow server``. (The bench
+    itself adds PostgreSQL and Chromium; neither is needed here.) Before the tests below that re-register, roll back
+    and move the alias: the bench checks the registry as the pipeline runs left it."""
+    from bench import registry_stack
+
+    decisions = {name: _registry(result) for name, result in stack["runs"].items()}
+    client = MlflowClient(stack["url"])
+    cards = {v.version: v.description for v in client.search_model_versions(f"name = '{NAME}'")}
+    summary: dict = {}
+    registry_stack.registry_checks(stack["url"], NAME, decisions, summary)
+    assert summary["checks"] == dict.fromkeys(summary["checks"], True) and len(summary["checks"]) == 7, summary
+    assert summary["champion"] == "3" and client.get_model_version_by_alias(NAME, "champion").version == "3"
+    assert {v.version: v.description for v in client.search_model_versions(f"name = '{NAME}'")} == cards
+
+
 def test_versions_carry_filter_tags_and_a_model_card_and_the_model_says_how_versions_are_promoted(stack):
     client = MlflowClient(stack["url"])
     version = client.get_model_version(NAME, "3")
@@ -294,19 +311,3 @@ def test_rolling_back_the_champion_by_hand(stack, capsys):
         client.set_registered_model_alias(NAME, "champion", "3")
         for key, value in gate.items():
             client.set_model_version_tag(NAME, "1", key, value)
-
-
-def test_the_registry_stack_benchs_checks_hold_on_this_stack(stack):
-    """bench/registry_stack.py's smoke form: its registry checks (versions, gate tags, cards, the alias resolved for
-    serving, a rollback by hand and back) on this stack, the same runs through a real ``mlflow server``. (The bench
-    itself adds PostgreSQL and Chromium; neither is needed here.)"""
-    from bench import registry_stack
-
-    decisions = {name: _registry(result) for name, result in stack["runs"].items()}
-    client = MlflowClient(stack["url"])
-    cards = {v.version: v.description for v in client.search_model_versions(f"name = '{NAME}'")}
-    summary: dict = {}
-    registry_stack.registry_checks(stack["url"], NAME, decisions, summary)
-    assert summary["checks"] == dict.fromkeys(summary["checks"], True) and len(summary["checks"]) == 7, summary
-    assert summary["champion"] == "3" and client.get_model_version_by_alias(NAME, "champion").version == "3"
-    assert {v.version: v.description for v in client.search_model_versions(f"name = '{NAME}'")} == cards
