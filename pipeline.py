@@ -7,6 +7,9 @@ cluster settings applied to its tasks ``pipeline_settings.py``.
     python pipeline.py schedule --host URL --cron "0 0 3 * * 1" [--max-concurrency N] [--no-catchup]
 
 DAG: snapshot -> sample_splits -> cache_teacher -> finetune -> ParallelFor(domain: evaluate) -> register.
+With several methods (ClusterSettings.methods, --methods cite,lora,linear_probe), one finetune and validate per
+method share the teacher cache, and select picks the one that goes on to evaluate and register:
+    cache_teacher -> {finetune-<m> -> validate-<m>} for each m -> select -> ParallelFor(evaluate) -> register.
 Cluster settings (GPU count, requests, /dev/shm, tolerations, node selector, images) are read when the pipeline is
 built, from the environment (see ClusterSettings) or the compile/submit flags.
 """
@@ -22,7 +25,9 @@ from components.finetune import finetune
 from components.finish_run import finish_run
 from components.register import register
 from components.sample_splits import sample_splits
+from components.select import select
 from components.snapshot import snapshot
+from components.validate import validate
 from pipeline_settings import ClusterSettings, cpu_task, gpu_task
 
 PIPELINE_NAME = "clipcite"
@@ -97,19 +102,46 @@ def build_pipeline(settings: ClusterSettings | None = None):
                 teacher_store=teacher_store,  # "" = off; a rerun with other train.* settings reuses it by content
             )
             gpu_task(teacher, settings, cache=True, retry_backoff="60s")
-            model = finetune(
-                splits=splits.outputs["splits"],
-                run_config=run_config,
-                teacher=teacher.outputs["teacher"],
-                mlflow_run=mlflow_run,
-                tracking_uri=tracking_uri,
-                checkpoint_root=checkpoint_root,  # "" = in the pod; s3://... survives preemption and retries
-                kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-            )
-            gpu_task(model, settings, cache=False, retry_backoff="60s")  # a retry resumes from its checkpoint
+            # One method (settings.methods empty: the run's train.method; or one name), or several candidates: a
+            # finetune and a validate task per method, unrolled here at compile time (finetune's retries need tasks
+            # outside a ParallelFor), then select, which sees validation scores only and passes the winner's model on.
+            candidates = {}
+            for method in settings.methods or ("",):
+                trained = finetune(
+                    splits=splits.outputs["splits"],
+                    run_config=run_config,
+                    teacher=teacher.outputs["teacher"],
+                    mlflow_run=mlflow_run,
+                    tracking_uri=tracking_uri,
+                    checkpoint_root=checkpoint_root,  # "" = in the pod; s3://... survives preemption and retries
+                    kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                    **({"method": method} if method else {}),  # "" = the config's train.method (today's DAG)
+                )
+                gpu_task(trained, settings, cache=False, retry_backoff="60s")  # a retry resumes from its checkpoint
+                if len(settings.methods) > 1:
+                    trained.set_display_name(f"finetune-{method}")
+                candidates[method] = trained.outputs["model"]
+            selection = None
+            if len(candidates) > 1:
+                scored = {}
+                for method, candidate in candidates.items():
+                    scoring = validate(
+                        model=candidate,
+                        splits=splits.outputs["splits"],
+                        run_config=run_config,
+                        mlflow_run=mlflow_run,
+                        tracking_uri=tracking_uri,
+                    ).set_display_name(f"validate-{method}")
+                    gpu_task(scoring, settings, cache=False, retry_backoff="60s")
+                    scored[f"{method}_model"], scored[f"{method}_scores"] = candidate, scoring.outputs["scores"]
+                chosen = select(mlflow_run=mlflow_run, tracking_uri=tracking_uri, **scored)
+                cpu_task(chosen, settings, cache=False, retry_backoff="30s")
+                model_out, selection = chosen.outputs["model"], chosen.outputs["choice"]
+            else:
+                (model_out,) = candidates.values()
             with dsl.ParallelFor(splits.outputs["Output"], name="eval-domains") as domain:
                 evaluation = evaluate(
-                    model=model.outputs["model"],
+                    model=model_out,
                     splits=splits.outputs["splits"],
                     run_config=run_config,
                     mlflow_run=mlflow_run,
@@ -123,13 +155,14 @@ def build_pipeline(settings: ClusterSettings | None = None):
                 )
                 gpu_task(evaluation, settings, cache=False)
             registered = register(
-                model=model.outputs["model"],
+                model=model_out,
                 reports=dsl.Collected(evaluation.outputs["report"]),
                 run_config=run_config,
                 mlflow_run=mlflow_run,
                 registered_model_name=registered_model_name,
                 experiment_name=experiment_name,
                 tracking_uri=tracking_uri,
+                **({"selection": selection} if selection is not None else {}),  # the candidates, for the card
             )
             cpu_task(registered, settings, cache=False)
         # No pipeline outputs: KFP allows them only outside the exit handler; register's record and summary are

@@ -72,13 +72,22 @@ def check_params(params: dict, inputs: dict):
 
 
 def run_local(
-    params: dict, out: Path, *, caching: bool = True, quiet: bool = False, runner: str = "subprocess"
+    params: dict,
+    out: Path,
+    *,
+    caching: bool = True,
+    quiet: bool = False,
+    runner: str = "subprocess",
+    methods: tuple[str, ...] | None = None,
 ) -> dict:
     """Run the DAG through kfp.local (subprocesses in this Python environment) after checking its parameters;
-    returns the merged metrics, the resolved config and where the outputs are (see ``local_run.run_dag``)."""
+    returns the merged metrics, the resolved config and where the outputs are (see ``local_run.run_dag``).
+    ``methods``: the candidate methods (None = ``ClusterSettings.from_env()``'s)."""
     import local_run
 
     settings = dataclasses.replace(ClusterSettings.from_env(), retries=0)  # retries are for clusters' hiccups
+    if methods is not None:
+        settings = dataclasses.replace(settings, methods=methods)
     pipeline_func = build_pipeline(settings)
     config = check_params(params, pipeline_func.component_spec.inputs)
     if not params.get("data_uri"):
@@ -173,7 +182,7 @@ def durable_roots(params: dict, pipeline_root: str | None) -> dict:
 def submit(args: argparse.Namespace, params: dict):
     client = make_client(args.host, args.namespace, args.token)
     params = durable_roots(params, args.pipeline_root)
-    package = compile_pipeline(Path(args.workdir) / "pipeline.yaml")
+    package = compile_pipeline(Path(args.workdir) / "pipeline.yaml", args.settings)
     return client.create_run_from_pipeline_package(
         str(package),
         arguments=params,
@@ -189,7 +198,7 @@ def schedule(args: argparse.Namespace, params: dict):
     """A recurring run: each run snapshots the data source as it is then, so new few-shot data is picked up."""
     client = make_client(args.host, args.namespace, args.token)
     params = durable_roots(params, args.pipeline_root)
-    package = compile_pipeline(Path(args.workdir) / "pipeline.yaml")
+    package = compile_pipeline(Path(args.workdir) / "pipeline.yaml", args.settings)
     experiment = client.create_experiment(args.experiment, namespace=args.namespace)
     return client.create_recurring_run(
         experiment_id=experiment.experiment_id,
@@ -213,13 +222,32 @@ def run(args: argparse.Namespace, params: dict) -> int:
     setup_logging()
     try:
         result = run_local(
-            params, Path(args.out), caching=not args.no_cache, quiet=not args.verbose, runner=args.runner
+            params,
+            Path(args.out),
+            caching=not args.no_cache,
+            quiet=not args.verbose,
+            runner=args.runner,
+            methods=args.settings.methods,
         )
     except RuntimeError as e:
         print(f"pipeline.py run: error: {e}", file=sys.stderr)
         return 1
     local_run.print_summary(result, params["tracking_uri"])
     return 0
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _add_methods_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--methods",
+        default=None,
+        metavar="M1,M2,...",
+        help="candidate methods, e.g. cite,lora,linear_probe: one finetune and validate each, the winner on "
+        "validation is evaluated and registered (default: $CLIPCITE_METHODS, else the run's train.method)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("-v", "--verbose", action="store_true", help="print kfp.local's whole log, not one line a task")
     compile_p = commands.add_parser("compile", help="write the pipeline spec")
     compile_p.add_argument("--output", default=str(ROOT / "pipeline.yaml"), help="where to write the spec (YAML)")
+    for p in (run_p, compile_p):
+        _add_methods_argument(p)
     for name in ("submit", "schedule"):
         p = commands.add_parser(name, help=f"{name} on a Kubeflow Pipelines server")
         p.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
@@ -275,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     sched.add_argument("--job-name", default="clipcite-retrain", help="the recurring run's name")
     sched.add_argument("--max-concurrency", type=int, default=1, help="runs of this schedule at once")
     sched.add_argument("--no-catchup", action="store_true", help="skip the runs missed while paused")
+    for p in (commands.choices["submit"], sched):
+        _add_methods_argument(p)
     for p in (run_p, commands.choices["submit"], sched):
         p.add_argument(
             "--param",
@@ -287,9 +319,15 @@ def main(argv: list[str] | None = None) -> int:
             "<root>/teachers; run: baseline_cache and teacher_store default to <out>/baselines, <out>/teachers)",
         )
     args = parser.parse_args(argv)
+    try:
+        args.settings = ClusterSettings.from_env()
+        if args.methods is not None:
+            args.settings = dataclasses.replace(args.settings, methods=_names(args.methods))
+    except ValueError as e:
+        parser.error(str(e))
 
     if args.command == "compile":
-        print(compile_pipeline(args.output))
+        print(compile_pipeline(args.output, args.settings))
         return 0
     try:
         inputs = build_pipeline(ClusterSettings()).component_spec.inputs

@@ -7,6 +7,8 @@ import os
 
 from kfp import dsl, kubernetes
 
+from clipcite.recipe import METHODS
+
 
 @dataclasses.dataclass(frozen=True)
 class ClusterSettings:
@@ -22,6 +24,18 @@ class ClusterSettings:
     tolerations: tuple[str, ...] = ()  # CLIPCITE_TOLERATIONS: "key=value:Effect" or "key:Effect", comma-separated
     node_selector: tuple[str, ...] = ()  # CLIPCITE_NODE_SELECTOR: "label=value", comma-separated
     retries: int = 2  # CLIPCITE_RETRIES: for steps that can fail transiently (storage, preemption)
+    # CLIPCITE_METHODS (or pipeline.py --methods): candidate methods, comma-separated; two or more: one finetune and
+    # validate each, select registers the winner (docs/cluster.md "Several methods"). Empty: the run's train.method
+    # (today's DAG); one name: that method, the same DAG.
+    methods: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or len(set(self.methods)) != len(self.methods):
+            raise ValueError(
+                f"methods {list(self.methods)}: each one of {', '.join(METHODS)}, at most once "
+                "(CLIPCITE_METHODS / pipeline.py --methods)"
+            )
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "ClusterSettings":

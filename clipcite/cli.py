@@ -22,6 +22,8 @@ STEPS = {
     "sample-splits": "clipcite.steps.sample_splits",
     "cache-teacher": "clipcite.steps.cache_teacher",
     "finetune": "clipcite.steps.finetune",
+    "validate": "clipcite.steps.validate",
+    "select": "clipcite.steps.select",
     "evaluate": "clipcite.steps.evaluate",
     "register": "clipcite.steps.register",
 }
@@ -154,6 +156,8 @@ SUMMARIES = {
     "sample-splits": "sample the few-shot train/val splits and the eval sets from an image table",
     "cache-teacher": "cache the frozen teacher's features for every class prompt and train crop",
     "finetune": "fine-tune CLIP on the few-shot split (CLIP-CITE by default)",
+    "validate": "score a fine-tuned model on the validation split (one candidate of several methods)",
+    "select": "pick one of several candidate models by their validation scores (docs/cluster.md)",
     "evaluate": "evaluate the fine-tuned and the zero-shot model on the eval sets",
     "register": "merge the evaluations, record the model; with an MLflow run, register it and apply the gate",
     "aggregate": "mean and std over seeds of several evaluate outputs",

@@ -28,7 +28,9 @@ class ConfigError(ValueError):
 class SplitsConfig:
     protocol: str = "base2new"  # base2new | fewshot (method.md "Evaluation protocols")
     shots: int = 16  # paper: 16 shots for base-to-new and DG
-    val_shots: int = 4  # CoOp: min(K, 4) validation images per class
+    # validation images per class (what picks among several methods, docs/cluster.md "Several methods"); 0 = K, up
+    # to K where the data has fewer; a number > 0 is required (an error names it unless allow_fewer). CoOp: 4
+    val_shots: int = 0
     allow_fewer: bool = False  # a class with fewer than K images is an error unless true
     train_split: str = "train"
     val_split: str = "val"
@@ -162,6 +164,8 @@ def _finish(data: dict, overrides, where: str) -> Config:
         config.train.validate()
     except ValueError as e:  # one error type for every config problem, whatever check found it
         raise ConfigError(f"{where}: train: {e}") from e
+    if config.splits.val_shots < 0:
+        raise ConfigError(f"{where}: splits: val_shots must be >= 0 (0 = the shots, K), got {config.splits.val_shots}")
     if config.eval.mean_over not in ("ood", "all"):
         raise ConfigError(f"{where}: eval: mean_over must be 'ood' or 'all', got {config.eval.mean_over!r}")
     return config

@@ -24,13 +24,15 @@ def version_card(
     decision: dict,
     code_version: str,
     data_digest: str = "",
+    selection: dict | None = None,
 ) -> str:
     """The model card of ``name`` version ``version``.
 
     ``meta``: the model folder's ``clipcite.json`` (arch, base identity, method, alpha, seed, dataset, class names,
     resolved config); ``body``: the merged evaluation (per-domain metrics of ``zeroshot``/``finetuned``/``champion``);
     ``decision``: ``role`` (champion | challenger) and ``reason`` from the gate; ``data_digest``: the data snapshot's
-    digest (the pipeline run's ``data.sources_digest``)."""
+    digest (the pipeline run's ``data.sources_digest``); ``selection``: the select step's ``selection.json`` when
+    this method won among several candidates (one row each, and the rule)."""
     config = meta.get("config") or {}
     train, splits, model = config.get("train", {}), config.get("splits", {}), config.get("model", {})
     classnames = list(meta.get("classnames") or [])
@@ -69,6 +71,7 @@ def version_card(
         f"{_value(train.get('batch_size'))} |",
         *(["", meta["note"]] if meta.get("note") else []),  # the method's own word on what it changed (methods/)
         "",
+        *(selection_section(selection) if selection else []),
         "## Data",
         "",
         "| | |",
@@ -105,6 +108,33 @@ def version_card(
         "",
     ]
     return "\n".join(lines)
+
+
+SELECTION_HEADING = "## Selection among candidates"
+
+
+def selection_section(selection: dict) -> list[str]:
+    """The card's lines on how this method was chosen: every candidate's validation score and costs, and the rule.
+    Only the winner is evaluated on the eval (test) sets: its numbers are the per-domain table's."""
+    lines = [
+        SELECTION_HEADING,
+        "",
+        "| method | validation top-1 | validation images | trainable parameters | training time (s) | artefact bytes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in selection["candidates"]:
+        method = f"**{row['method']}** (selected)" if row["selected"] else row["method"]
+        lines.append(
+            f"| {method} | {row['val_top1']:.2f} | {row['val_images']} | {row['trainable_parameters']:,} | "
+            f"{row['seconds']:.1f} | {row['artefact_bytes']:,} |"
+        )
+    lines += [
+        "",
+        f"Rule: {selection['rule']}. Scored on the validation split only; the selected method alone was then "
+        "evaluated on the eval sets (below).",
+        "",
+    ]
+    return lines
 
 
 def headline(meta: dict, body: dict) -> str:

@@ -32,33 +32,40 @@ def sample_few_shot(
     allow_fewer: bool = False,
     classnames: Sequence[str] | None = None,
     what: str = "train",
+    skip: int = 0,
+    flag: str = "shots",
 ) -> list[int]:
     """Indices of K images per class (all of a class's images if it has fewer and ``allow_fewer``).
 
-    Returned in label order, then rank order. ``classnames`` only improves the error message.
+    Returned in label order, then rank order. ``skip`` > 0 passes over each class's first ``skip`` images in rank
+    order: with ``skip`` = the training K, the next K images are held out (disjoint from the training shots of the
+    same seed). ``classnames`` only improves the error message; ``flag`` is the setting it tells the user to lower.
     """
     if k < 1:
-        raise ValueError(f"shots must be >= 1, got {k}")
+        raise ValueError(f"{flag} must be >= 1, got {k}")
     by_class: dict[int, list[int]] = defaultdict(list)
     for index, label in enumerate(labels):
         by_class[int(label)].append(index)
     chosen: list[int] = []
     for label in sorted(by_class):
-        members = sorted(by_class[label], key=lambda i: (_rank(seed, ids[i]), ids[i]))
+        members = sorted(by_class[label], key=lambda i: (_rank(seed, ids[i]), ids[i]))[skip:]
         if len(members) < k and not allow_fewer:
             name = f"{classnames[label]!r} (label {label})" if classnames else f"label {label}"
+            beyond = f" beyond the {skip} training shots" if skip else ""
             raise NotEnoughShotsError(
-                f"class {name} has {len(members)} {what} image(s), fewer than shots={k}; "
-                "lower the shots or allow fewer: --set splits.allow_fewer=true (pipeline.py: --param "
+                f"class {name} has {len(members)} {what} image(s){beyond}, fewer than {flag}={k}; "
+                f"lower the {flag} or allow fewer: --set splits.allow_fewer=true (pipeline.py: --param "
                 "'overrides={\"splits.allow_fewer\": true}')"
             )
         chosen.extend(members[:k])
     return chosen
 
 
-def val_shots(k: int, cap: int = 4) -> int:
-    """CoOp's few-shot validation size: min(K, 4) per class."""
-    return min(k, cap)
+def val_shots(k: int, requested: int = 0) -> int:
+    """Validation images per class: ``splits.val_shots``, or K (the training shots) when it is 0."""
+    if requested < 0:
+        raise ValueError(f"splits.val_shots must be >= 0 (0 = the shots, K), got {requested}")
+    return requested or k
 
 
 def base_new_classes(labels: Sequence[int]) -> tuple[list[int], list[int]]:

@@ -16,7 +16,9 @@ def finetune(
     kfp_run_id: str,
     model: dsl.Output[dsl.Model],
     curves: dsl.Output[dsl.Metrics],
+    method: str = "",
 ):
+    """``method``: "" trains the config's ``train.method``; a name trains that candidate (pipeline.py's methods)."""
     from clipcite.steps.common import read_config, read_mlflow_run
     from clipcite.steps.finetune import checkpoint_uri, run
 
@@ -27,8 +29,9 @@ def finetune(
         cache_uri=teacher.path,
         tracking_uri=tracking_uri,
         mlflow_run_id=read_mlflow_run(mlflow_run.path),
-        checkpoint_dir=checkpoint_uri(checkpoint_root, kfp_run_id),
+        checkpoint_dir=checkpoint_uri(checkpoint_root, kfp_run_id, method),
         splits_ref=splits.uri,  # read at .path (in the pod), recorded by .uri (where the artifact lives)
+        method=method,
     )
     model.metadata.update(summary)
     for key in ("steps", "epochs", "images_per_second"):

@@ -22,7 +22,9 @@ def register(
     tracking_uri: str,
     summary: dsl.Output[dsl.Markdown],
     record: dsl.Output[dsl.Artifact],
+    selection: dsl.Input[dsl.Artifact] = None,
 ):
+    """``selection``: select's choice when the model won among candidate methods (absent with one method)."""
     from clipcite.steps.common import read_config, read_mlflow_run
     from clipcite.steps.register import run
 
@@ -37,6 +39,7 @@ def register(
         tracking_uri=tracking_uri,
         mlflow_run_id=read_mlflow_run(mlflow_run.path),
         model_ref=model.uri,  # read at .path (in the pod), recorded by .uri (where the artifact lives)
+        selection_uri=selection.path if selection is not None else "",
     )
     registry = body["registry"] or {}
     record.metadata.update(

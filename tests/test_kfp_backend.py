@@ -26,6 +26,8 @@ from tests.conftest import tiny_config
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import pipeline  # noqa: E402
+import pipeline_settings  # noqa: E402
 from components.evaluate import evaluate  # noqa: E402
 from components.finetune import finetune  # noqa: E402
 from components.finish_run import finish_run  # noqa: E402
@@ -361,6 +363,21 @@ def test_the_compiled_spec_passes_the_oldest_supported_backends_protos():
     assert (OLDEST_PROTOS / "kfp/pipeline_spec/pipeline_spec_pb2.py").is_file(), "run `make setup` (it installs them)"
     checked = subprocess.run(
         [sys.executable, str(ROOT / "tests/kfp_upload_check.py"), str(ROOT / "pipeline.yaml"), str(OLDEST_PROTOS)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert checked.returncode == 0 and checked.stdout.strip() == "ok", checked.stdout + checked.stderr
+
+
+def test_the_several_methods_spec_passes_the_upload_checks_of_today_and_the_oldest_backend(tmp_path):
+    """The candidates' DAG (docs/cluster.md "Several methods"): its optional select inputs, per-method finetune
+    tasks and display names as the API server and the oldest supported one read them."""
+    settings = pipeline_settings.ClusterSettings(methods=("cite", "lora", "linear_probe"))
+    path = pipeline.compile_pipeline(tmp_path / "methods.yaml", settings)
+    assert check_spec(path.read_text(), *installed_protos()) == []
+    checked = subprocess.run(
+        [sys.executable, str(ROOT / "tests/kfp_upload_check.py"), str(path), str(OLDEST_PROTOS)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -173,3 +173,37 @@ def test_a_manual_promotion_leaves_one_champion_in_the_list_and_says_so_on_the_c
     # the old spelling still works, with a word about the new one
     assert main(["champion", "pets", "--set", "1", "--reason", "back", "--tracking-uri", uri]) == 0
     assert str(client.get_model_version_by_alias("pets", "champion").version) == "1"
+
+
+def test_a_selected_method_shows_every_candidate_and_the_rule_a_single_one_none():
+    from clipcite.selection import Candidate, pick, rule, table
+
+    candidates = [
+        Candidate("cite", 80.0, 48, 150_000_000, 61.5, 598_000_000),
+        Candidate("lora", 79.95, 48, 184_320, 40.2, 737_280),
+        Candidate("linear_probe", 75.0, 48, 12_288, 1.3, 49_152),
+    ]
+    selection = {"rule": rule(), "winner": "lora", "candidates": table(candidates, pick(candidates))}
+    card = version_card(
+        name="clipcite",
+        version=4,
+        meta={**META, "method": "lora"},
+        body=BODY,
+        decision={},
+        code_version="abc",
+        selection=selection,
+    )
+    section = card.split("## Selection among candidates")[1].split("## Data")[0]
+    assert "| **lora** (selected) | 79.95 | 48 | 184,320 | 40.2 | 737,280 |" in section
+    assert "| cite | 80.00 | 48 | 150,000,000 | 61.5 | 598,000,000 |" in section
+    assert "| linear_probe | 75.00 |" in section and "within 0.1 points" in section
+    single = version_card(name="clipcite", version=4, meta=META, body=BODY, decision={}, code_version="abc")
+    assert "Selection among candidates" not in single
+
+
+def test_each_candidate_keeps_its_own_checkpoints():
+    from clipcite.steps.finetune import checkpoint_uri, step_name
+
+    assert checkpoint_uri("s3://b/ckpt", "0b1c") == "s3://b/ckpt/0b1c/finetune"  # one method: as before
+    assert checkpoint_uri("s3://b/ckpt", "0b1c", "lora") == "s3://b/ckpt/0b1c/finetune-lora"
+    assert step_name("linear_probe") == "finetune-linear_probe"

@@ -294,3 +294,134 @@ def test_in_cluster_service_account_token_is_used(tmp_path, monkeypatch):
     credentials = client_cls.call_args.kwargs["credentials"]
     assert credentials._token_path == str(token)  # kfp reads the token from this file on every request
     assert credentials._get_token() == "sa"
+
+
+def structure(root: dict) -> dict:
+    """Every task of a compiled spec: (its group, display name, dependencies, where each artifact input comes from)."""
+    found = {}
+
+    def walk(dag: dict, group: str) -> None:
+        for name, task in dag["tasks"].items():
+            sources = {}
+            for key, source in task.get("inputs", {}).get("artifacts", {}).items():
+                made = source.get("taskOutputArtifact") or {}
+                sources[key] = f"{made.get('producerTask')}.{made.get('outputArtifactKey')}" if made else "channel"
+            deps = tuple(sorted(task.get("dependentTasks", [])))
+            found[name] = (group, task["taskInfo"]["name"], deps, dict(sorted(sources.items())))
+            component = root["components"][task["componentRef"]["name"]]
+            if "dag" in component:
+                walk(component["dag"], name)
+
+    walk(root["root"]["dag"], "root")
+    return found
+
+
+RUN, SPLITS, CONFIG = "snapshot.mlflow_run", "sample-splits.splits", "sample-splits.run_config"
+# The DAG as it compiled before candidate methods existed (pipeline.yaml of commit cbfc91f), task by task.
+TODAY = {
+    "cache-teacher": (
+        "exit-handler-1",
+        "cache-teacher",
+        ("sample-splits", "snapshot"),
+        {"run_config": CONFIG, "splits": SPLITS},
+    ),
+    "evaluate": (
+        "for-loop-2",
+        "evaluate",
+        (),
+        dict.fromkeys(("mlflow_run", "model", "run_config", "splits"), "channel"),
+    ),
+    "exit-handler-1": ("root", "clipcite-run", (), {}),
+    "finetune": (
+        "exit-handler-1",
+        "finetune",
+        ("cache-teacher", "sample-splits", "snapshot"),
+        {"mlflow_run": RUN, "run_config": CONFIG, "splits": SPLITS, "teacher": "cache-teacher.teacher"},
+    ),
+    "finish-run": ("root", "finish-run", ("exit-handler-1",), {}),
+    "for-loop-2": (
+        "exit-handler-1",
+        "eval-domains",
+        ("finetune", "sample-splits", "snapshot"),
+        {
+            "pipelinechannel--finetune-model": "finetune.model",
+            "pipelinechannel--sample-splits-run_config": CONFIG,
+            "pipelinechannel--sample-splits-splits": SPLITS,
+            "pipelinechannel--snapshot-mlflow_run": RUN,
+        },
+    ),
+    "register": (
+        "exit-handler-1",
+        "register",
+        ("finetune", "for-loop-2", "sample-splits", "snapshot"),
+        {
+            "mlflow_run": RUN,
+            "model": "finetune.model",
+            "reports": "for-loop-2.pipelinechannel--evaluate-report",
+            "run_config": CONFIG,
+        },
+    ),
+    "sample-splits": ("exit-handler-1", "sample-splits", ("snapshot",), {}),
+    "snapshot": ("exit-handler-1", "snapshot", (), {}),
+}
+
+
+def _compiled(tmp_path, methods: tuple[str, ...]) -> dict:
+    settings = pipeline_settings.ClusterSettings(methods=methods)
+    path = pipeline.compile_pipeline(tmp_path / f"{len(methods)}.yaml", settings)
+    return next(yaml.safe_load_all(path.read_text()))
+
+
+@pytest.mark.parametrize("methods", [(), ("cite",)])
+def test_one_method_compiles_to_todays_dag(tmp_path, methods):
+    root = _compiled(tmp_path, methods)
+    assert structure(root) == TODAY
+    finetune = root["root"]["dag"]["tasks"]["exit-handler-1"]
+    method = all_tasks(root)["finetune"]["inputs"]["parameters"].get("method")
+    assert (method or {}).get("runtimeValue", {}).get("constant") == (methods[0] if methods else None)
+    assert finetune  # the exit handler holds the steps, as before
+
+
+def test_several_methods_fan_out_share_the_teacher_and_select_feeds_evaluate_and_register(tmp_path):
+    root = _compiled(tmp_path, ("cite", "lora", "linear_probe"))
+    shape = structure(root)
+    names = {display: task for task, (_, display, _, _) in shape.items()}
+    for method in ("cite", "lora", "linear_probe"):
+        trained, scored = names[f"finetune-{method}"], names[f"validate-{method}"]
+        assert shape[trained][3]["teacher"] == "cache-teacher.teacher"  # one teacher cache for every candidate
+        assert all_tasks(root)[trained]["inputs"]["parameters"]["method"]["runtimeValue"]["constant"] == method
+        assert shape[scored][3] == {
+            "mlflow_run": RUN,
+            "model": f"{trained}.model",
+            "run_config": CONFIG,
+            "splits": SPLITS,
+        }
+        assert shape["select"][3][f"{method}_model"] == f"{trained}.model"
+        assert shape["select"][3][f"{method}_scores"] == f"{scored}.scores"
+    # select sees models and validation scores only: no splits, no config, nothing of the eval sets
+    assert set(shape["select"][3]) == {"mlflow_run"} | {
+        f"{m}_{k}" for m in ("cite", "lora", "linear_probe") for k in ("model", "scores")
+    }
+    loop = next(task for task, (_, display, _, _) in shape.items() if display == "eval-domains")
+    assert shape[loop][3]["pipelinechannel--select-model"] == "select.model"
+    assert shape["register"][3]["model"] == "select.model" and shape["register"][3]["selection"] == "select.choice"
+
+
+def test_methods_come_from_the_environment_and_a_wrong_name_is_named():
+    settings = pipeline_settings.ClusterSettings.from_env({"CLIPCITE_METHODS": "cite, lora,linear_probe"})
+    assert settings.methods == ("cite", "lora", "linear_probe")
+    with pytest.raises(ValueError, match=r"\['cite', 'lorra'\]: each one of .*lora"):
+        pipeline_settings.ClusterSettings(methods=("cite", "lorra"))
+    with pytest.raises(ValueError, match="at most once"):
+        pipeline_settings.ClusterSettings(methods=("cite", "cite"))
+
+
+def test_the_methods_flag_compiles_the_candidates_and_names_a_wrong_one(tmp_path, capsys):
+    out = tmp_path / "p.yaml"
+    assert pipeline_cli.main(["compile", "--output", str(out), "--methods", "cite,lora"]) == 0
+    assert {"finetune-cite", "finetune-lora", "select"} <= {
+        d for _, d, _, _ in structure(next(yaml.safe_load_all(out.read_text()))).values()
+    }
+    with pytest.raises(SystemExit):
+        pipeline_cli.main(["compile", "--output", str(out), "--methods", "cite,nope"])
+    assert "['cite', 'nope']: each one of" in capsys.readouterr().err

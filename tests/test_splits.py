@@ -48,8 +48,9 @@ def test_too_few_images_names_the_class_unless_allowed():
     assert [sum(1 for i in picked if labels[i] == c) for c in range(5)] == [8, 8, 8, 6, 8]
 
 
-def test_val_shots_is_min_k_4():
-    assert [val_shots(k) for k in (1, 2, 4, 8, 16)] == [1, 2, 4, 4, 4]
+def test_val_shots_is_k_unless_set():
+    assert [val_shots(k) for k in (1, 2, 4, 8, 16)] == [1, 2, 4, 8, 16]
+    assert [val_shots(k, 4) for k in (1, 16)] == [4, 4]
 
 
 def test_base_new_rule_sorted_labels_first_half_rounded_up():

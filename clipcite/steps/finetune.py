@@ -55,26 +55,34 @@ def run(
     tracking_uri: str | None = None,
     mlflow_run_id: str = "",
     splits_ref: str = "",
+    method: str = "",
 ) -> dict:
     """Fine-tune, save the model to ``out_uri``; with ``tracking_uri`` and ``mlflow_run_id`` (the pipeline's run)
     also log params, datasets, every loss term per step, throughput and the outputs to a nested run.
     ``splits_ref`` is the splits' address to record (KFP's ``.uri``) when ``splits_uri`` is a pod-local path.
+    ``method`` ("" = ``train.method``) trains one candidate of several (docs/cluster.md "Several methods"): that
+    method, in a nested run ``finetune-<method>``; the pipeline's run keeps the shared config's params.
 
     ``CLIPCITE_NPROC_PER_NODE`` > 1 runs it in that many torchrun ranks (data parallel; rank 0 writes and logs)."""
     ranks = distributed.requested_ranks()
     if ranks > 1:
         options = {"cache_uri": cache_uri, "checkpoint_dir": checkpoint_dir, "keep_checkpoint": keep_checkpoint}
         # log_fn cannot cross processes: each rank logs through its own client
-        options.update(tracking_uri=tracking_uri, mlflow_run_id=mlflow_run_id, splits_ref=splits_ref)
+        options.update(tracking_uri=tracking_uri, mlflow_run_id=mlflow_run_id, splits_ref=splits_ref, method=method)
         return distributed.launch(run, splits_uri, out_uri, config, nproc=ranks, **options)
+    shared = config
+    if method:
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, method=method))
+        config.train.validate()
     with distributed.process_group(resolve_device(config.device)):
         run_id = mlflow_run_id if distributed.is_main() else ""  # rank 0 alone logs to MLflow
-        with tracking.step_run(tracking_uri, run_id, "finetune") as step:
+        with tracking.step_run(tracking_uri, run_id, step_name(method)) as step:
             summary = _run(
                 splits_uri,
                 out_uri,
                 config,
                 step,
+                shared=shared,
                 cache_uri=cache_uri,
                 checkpoint_dir=checkpoint_dir,
                 log_fn=log_fn,
@@ -91,6 +99,7 @@ def _run(
     config: Config,
     step: tracking.StepRun,
     *,
+    shared: Config,
     cache_uri: str | None,
     checkpoint_dir: str | None,
     log_fn: Callable[[dict, int], None] | None,
@@ -115,7 +124,7 @@ def _run(
         if log_fn is not None:
             log_fn(metrics, index)
 
-    _log_inputs(step, splits_uri, splits_ref, config, classes)
+    _log_inputs(step, splits_uri, splits_ref, config, classes, shared)
 
     ckpt = checkpoint_dir or str(_default_checkpoint_dir(out_uri))
     started = time.perf_counter()
@@ -247,17 +256,23 @@ def _sizes(folder: Path, result: FitResult) -> dict:
     }
 
 
-def _log_inputs(step: tracking.StepRun, splits_uri: str, splits_ref: str, config: Config, classes: ClassList) -> None:
-    """The resolved config and data identity (source digest, split id digests) as params; the splits as inputs."""
+def step_name(method: str = "") -> str:
+    """The step's name (its nested run, its checkpoint folder): ``finetune``, or ``finetune-<method>`` for one
+    candidate of several."""
+    return f"finetune-{method}" if method else "finetune"
+
+
+def _log_inputs(
+    step: tracking.StepRun, splits_uri: str, splits_ref: str, config: Config, classes: ClassList, shared: Config
+) -> None:
+    """The resolved config and data identity (source digest, split id digests) as params; the splits as inputs.
+    The pipeline's run gets the ``shared`` config (every candidate's the same: MLflow params cannot change)."""
     if not step.enabled:
         return
     manifest = read_json(storage.join(splits_uri, "manifest.json"))
-    params = {
-        "config": to_dict(config),
-        "data": {"sources_digest": manifest["sources_digest"], "splits_uri": splits_ref},
-    }
-    step.log_params(params)
-    step.log_params(params, parent=True)
+    data = {"sources_digest": manifest["sources_digest"], "splits_uri": splits_ref}
+    step.log_params({"config": to_dict(config), "data": data})
+    step.log_params({"config": to_dict(shared), "data": data}, parent=True)
     step.log_text(dump_yaml(config), "config.yaml")
     for name in ("train", "val"):
         info = manifest["sets"].get(name)
@@ -273,11 +288,12 @@ def _log_inputs(step: tracking.StepRun, splits_uri: str, splits_ref: str, config
             )
 
 
-def checkpoint_uri(root: str, kfp_run_id: str) -> str | None:
+def checkpoint_uri(root: str, kfp_run_id: str, method: str = "") -> str | None:
     """Where a pipeline run's finetune keeps its checkpoints: ``<root>/<KFP run id>/finetune`` (one per run, so a
-    retried or preempted pod of the same run resumes and another run never does), or None (in the pod) without a
-    root. A literal placeholder for the run id is refused (it would be every run's folder)."""
-    return storage.join(root, kfp_backend.check_run_id(kfp_run_id) or "local", "finetune") if root else None
+    retried or preempted pod of the same run resumes and another run never does; ``finetune-<method>`` for each
+    candidate of several), or None (in the pod) without a root. A literal placeholder for the run id is refused (it
+    would be every run's folder)."""
+    return storage.join(root, kfp_backend.check_run_id(kfp_run_id) or "local", step_name(method)) if root else None
 
 
 def _default_checkpoint_dir(out_uri: str) -> Path:

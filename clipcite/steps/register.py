@@ -30,10 +30,11 @@ from clipcite.artifacts import META_FILE
 from clipcite.config import Config, config_from_yaml
 from clipcite.gate import decide_promotion
 from clipcite.metrics import summarise
-from clipcite.model_card import family_description, version_card
+from clipcite.model_card import family_description, selection_section, version_card
 from clipcite.report import markdown, plot_domains
 from clipcite.run_card import with_registration
 from clipcite.steps.common import base_parser, config_from, read_json, setup_logging
+from clipcite.steps.select import SELECTION_FILE
 from clipcite.tracking_uri import HELP as TRACKING_HELP
 from clipcite.tracking_uri import default_tracking_uri
 
@@ -76,11 +77,15 @@ def run(
     tracking_uri: str | None = None,
     mlflow_run_id: str = "",
     model_ref: str = "",
+    selection_uri: str = "",
 ) -> dict:
     """Merge the evaluations, record them, and with tracking register the model and apply the gate. The model is
     read at ``model_uri``; ``model_ref`` is its address to record (KFP's ``.uri``, ``s3://...``) when that is a
-    pod-local path (its ``.path``, ``/s3/...``, which is gone with the pod)."""
+    pod-local path (its ``.path``, ``/s3/...``, which is gone with the pod). ``selection_uri``: the select step's
+    output when the model won among candidate methods ("" = one method): its table goes into the record, the
+    summary and the model card."""
     body = merge_reports(report_uris)
+    selection = read_json(storage.join(selection_uri, SELECTION_FILE)) if selection_uri else None
     meta = json.loads(storage.read_text(storage.join(model_uri, META_FILE)))  # not the weights
     record = {
         "registered_model_name": registered_model_name,
@@ -92,13 +97,22 @@ def run(
         "alpha": meta.get("alpha"),
         "domains": body["domains"],
         "mean": body["mean"],
+        **({"selection": selection} if selection else {}),
     }
     if tracking_uri is not None:
         tracking_uri = tracking.resolve_uri(tracking_uri)  # "off" from a pipeline parameter: files only
     if tracking_uri is not None and mlflow_run_id:
         try:
             record["registry"] = _register(
-                model_uri, meta, body, config, registered_model_name, tracking_uri, mlflow_run_id, report_uris
+                model_uri,
+                meta,
+                body,
+                config,
+                registered_model_name,
+                tracking_uri,
+                mlflow_run_id,
+                report_uris,
+                selection,
             )
         except Exception:
             with contextlib.suppress(Exception):  # MLflow may be the thing that failed
@@ -110,6 +124,8 @@ def run(
         (tmp / "metrics.json").write_text(json.dumps(body, indent=2))
     title = f"{registered_model_name}: {body['method']} (alpha={body['alpha']}, seed={body['seed']})"
     text = markdown(body, body["models"], title=title)
+    if selection:
+        text += "\n" + "\n".join(selection_section(selection))
     if "registry" in record:
         entry = record["registry"]
         text += f"\nRegistered as version {entry['version']}: {entry['decision']} ({entry['reason']}).\n"
@@ -132,6 +148,7 @@ def _register(
     uri: str,
     pipeline_run: str,
     report_uris: list[str],
+    selection: dict | None = None,
 ) -> dict:
     """Log + register the model (once per pipeline run), apply the gate (``config.gate``), describe the version
     (its model card) and the registered model, and put the plots on the pipeline's run. Returns what the registry
@@ -172,6 +189,7 @@ def _register(
             decision={"role": role, "reason": decision["reason"]},
             code_version=tracking.code_version(),
             data_digest=digest,
+            selection=selection,
         )
         registry.describe_version(client, name, number, card)
         registry.describe_model(client, name, family_description(name, dataclasses.asdict(config.gate)))

@@ -1,7 +1,8 @@
 """Step 1, sample-splits: few-shot train/val splits and eval sets per domain from image tables.
 
 Output folder: ``train/`` and ``val/`` (tables; the training classes in ``classes.json``, relabelled to the base
-classes under base-to-new), ``eval/<set>/`` one table per eval set (``<domain>``, or ``<domain>-base`` and
+classes under base-to-new; validation comes from the data's val split, else from the train images beyond the K
+shots, never from the eval split), ``eval/<set>/`` one table per eval set (``<domain>``, or ``<domain>-base`` and
 ``<domain>-new``), and ``manifest.json`` (protocol, shots, seed, source digests, per-set counts and id digests).
 """
 
@@ -105,13 +106,14 @@ def _sample(
 
     train_ids = _few_shot_ids(meta, cfg.train_split, cfg.shots, keep, config, classes, "train")
     val_k = val_shots(cfg.shots, cfg.val_shots)
-    val_ids = _few_shot_ids(meta, cfg.val_split, val_k, keep, config, classes, "val", optional=True)
+    val_ids, val_source = _val_ids(meta, val_k, keep, config, classes)
 
     manifest: dict = {
         "protocol": cfg.protocol,
         "shots": cfg.shots,
         "seed": config.seed,
         "val_shots": val_k,
+        "val_source": val_source,  # the split the validation images came from ("" = none: no val split, no spare)
         "sources": sources,
         "sources_digest": digest,
         "train_classes": list(train_classes.names),
@@ -163,6 +165,7 @@ def _few_shot_ids(
     classes: ClassList,
     what: str,
     optional: bool = False,
+    skip: int = 0,
 ) -> list[str]:
     cfg = config.splits
     mask = pc.and_(pc.equal(meta["split"], split), pc.is_in(meta["label"], value_set=pa.array(keep, pa.int64())))
@@ -171,7 +174,6 @@ def _few_shot_ids(
     rows = meta.filter(pc.fill_null(mask, False))
     if not rows.num_rows:
         if optional:
-            log.warning("no %r rows: the %s split is left empty", split, what)
             return []
         splits = sorted(pc.unique(meta["split"]).to_pylist())
         domains = sorted(pc.unique(meta.filter(pc.equal(meta["split"], split))["domain"]).to_pylist())
@@ -188,11 +190,31 @@ def _few_shot_ids(
         rows["label"].to_pylist(),
         k,
         config.seed,
-        allow_fewer=cfg.allow_fewer or optional,  # validation only monitors: take what there is
+        # validation at the default size (val_shots=0: up to K) takes what there is; an explicit size is required
+        allow_fewer=cfg.allow_fewer or (optional and not cfg.val_shots),
         classnames=classes.names,
         what=f"{split!r}",
+        skip=skip,
+        flag="splits.val_shots" if optional else "shots",
     )
     return [ids[i] for i in picked]
+
+
+def _val_ids(meta: pa.Table, k: int, keep: list[int], config: Config, classes: ClassList) -> tuple[list[str], str]:
+    """The validation images (base classes only under base-to-new: ``keep``, the trained classes) and the split
+    they came from: the data's ``splits.val_split`` when it has rows for the trained classes and domains, else the
+    train images ranked after the K training shots (the same seeded ranking, so disjoint from them). Never the eval
+    split. An explicit ``splits.val_shots`` a class cannot fill is an error naming that setting."""
+    cfg = config.splits
+    if ids := _few_shot_ids(meta, cfg.val_split, k, keep, config, classes, "val", optional=True):
+        return ids, cfg.val_split
+    log.info(
+        "no %r rows: validation comes from the %r images beyond the %d shots", cfg.val_split, cfg.train_split, cfg.shots
+    )
+    ids = _few_shot_ids(meta, cfg.train_split, k, keep, config, classes, "val", optional=True, skip=cfg.shots)
+    if not ids:
+        log.warning("no validation images (no %r split, no %r images beyond the shots)", cfg.val_split, cfg.train_split)
+    return ids, cfg.train_split if ids else ""
 
 
 def _eval_sets(

@@ -1,0 +1,61 @@
+"""Which candidate method a run registers: the rule, as pure functions (docs/cluster.md "Several methods").
+
+A candidate is described by its validation score and what it costs, nothing else: the rule cannot see a test
+label, because no test metric is among its inputs. The score is the gate's metric as far as validation can give it:
+top-1 (points) on the validation split, which holds the trained classes only (base classes under base-to-new, so
+the gate's harmonic mean with the new classes has no validation counterpart).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+TIE_POINTS = 0.1  # decision: validation top-1 within 0.1 points of the best is a tie (a few-shot val set is small)
+RULE = (
+    "the highest validation top-1 (trained classes) wins; candidates within {tie} points of the best are a tie, "
+    "won by the fewest trainable parameters (then the higher score, then the method's name)"
+)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One trained method as the selection sees it: its validation score and costs, and no test metric."""
+
+    method: str
+    val_top1: float  # points on the validation split
+    val_images: int
+    trainable_parameters: int
+    seconds: float  # training time
+    artefact_bytes: int  # what the method adds to the base model
+
+
+def rule(tie_points: float = TIE_POINTS) -> str:
+    """The rule in words, as the model card and the tracking store state it."""
+    return RULE.format(tie=tie_points)
+
+
+def pick(candidates: Sequence[Candidate], tie_points: float = TIE_POINTS) -> Candidate:
+    """The winner under :func:`rule`: among candidates scoring within ``tie_points`` of the best validation
+    top-1, the one with the fewest trainable parameters; remaining ties by score, then by name (so the choice never
+    depends on the order the candidates come in)."""
+    if not candidates:
+        raise ValueError("no candidates to select from")
+    names = [c.method for c in candidates]
+    if len(set(names)) != len(names):
+        raise ValueError(f"each method may be a candidate once, got {names}")
+    if any(c.val_images < 1 for c in candidates):
+        empty = [c.method for c in candidates if c.val_images < 1]
+        raise ValueError(
+            f"no validation images to score {empty} on: give the data a val split or more train images than the "
+            "shots (splits.val_shots), or run one method"
+        )
+    best = max(c.val_top1 for c in candidates)
+    tied = [c for c in candidates if c.val_top1 >= best - tie_points - 1e-9]
+    return min(tied, key=lambda c: (c.trainable_parameters, -c.val_top1, c.method))
+
+
+def table(candidates: Sequence[Candidate], winner: Candidate) -> list[dict]:
+    """One row per candidate (best validation score first), marking the winner: what the card and MLflow show."""
+    rows = [{**asdict(c), "selected": c.method == winner.method} for c in candidates]
+    return sorted(rows, key=lambda r: (-r["val_top1"], r["method"]))

@@ -1,0 +1,109 @@
+"""Step select: pick the candidate method to test and register, by :func:`clipcite.selection.pick`.
+
+Inputs: each candidate's model folder and ``validate`` output (``validation.json``), nothing else: no split, no eval
+set, no test label. Outputs: ``model``, a copy of the winner's folder (what evaluate and register then read, as for a
+single method), and ``choice``: ``selection.json`` (the rule, the winner, one row per candidate) and
+``selection.png``. With tracking, the pipeline's run gets the table (``selection_table.json``), the chart and a
+``selection.winner`` tag; each candidate's own numbers are in its ``validate-<method>`` run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+from clipcite import storage, tracking
+from clipcite.report import pyplot
+from clipcite.selection import TIE_POINTS, Candidate, pick, rule, table
+from clipcite.steps.common import read_json, setup_logging
+from clipcite.steps.validate import VALIDATION_FILE
+
+log = logging.getLogger(__name__)
+SELECTION_FILE = "selection.json"
+SELECTION_TABLE = "selection_table.json"  # on the pipeline's run
+
+
+def run(
+    candidates: dict[str, tuple[str, str]],
+    model_out: str,
+    choice_out: str,
+    *,
+    tracking_uri: str | None = None,
+    mlflow_run_id: str = "",
+    tie_points: float = TIE_POINTS,
+) -> dict:
+    """``candidates``: method -> (model folder, validate output folder). Picks, copies the winner's model folder to
+    ``model_out`` and writes the choice to ``choice_out``; returns the choice."""
+    scored = [_candidate(method, validation) for method, (_, validation) in candidates.items()]
+    winner = pick(scored, tie_points)
+    choice = {"rule": rule(tie_points), "tie_points": tie_points, "winner": winner.method}
+    choice["candidates"] = table(scored, winner)
+    with storage.local_dir(candidates[winner.method][0]) as folder, storage.staged_dir(model_out) as tmp:
+        shutil.copytree(folder, tmp, dirs_exist_ok=True)
+    with storage.staged_dir(choice_out) as tmp:
+        (tmp / SELECTION_FILE).write_text(json.dumps(choice, indent=2))
+        plot_selection(choice, tmp / "selection.png")
+        with tracking.step_run(tracking_uri, mlflow_run_id, "select", system_metrics=False) as step:
+            step.log_text(json.dumps(choice, indent=2), SELECTION_FILE, parent=True)
+            columns = {key: [row[key] for row in choice["candidates"]] for key in choice["candidates"][0]}
+            step.log_table(columns, SELECTION_TABLE, parent=True)
+            step.log_image(tmp / "selection.png", "selection", parent=True)
+            step.set_tags({"selection.winner": winner.method, "selection.rule": choice["rule"]}, parent=True)
+    log.info("selected %s of %s (%s)", winner.method, sorted(candidates), choice["rule"])
+    return choice
+
+
+def _candidate(method: str, validation_uri: str) -> Candidate:
+    values = read_json(storage.join(validation_uri, VALIDATION_FILE))
+    if values.get("method") != method:
+        raise ValueError(f"{validation_uri}: scores method {values.get('method')!r}, wired as the {method!r} candidate")
+    return Candidate(**values)
+
+
+def plot_selection(choice: dict, path: Path) -> None:
+    """Validation top-1 per candidate, the winner highlighted, trainable parameters under each bar."""
+    rows = choice["candidates"]
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(rows) + 2), 3.4))
+    colours = ["tab:green" if r["selected"] else "tab:gray" for r in rows]
+    bars = ax.bar([r["method"] for r in rows], [r["val_top1"] for r in rows], color=colours)
+    ax.bar_label(bars, labels=[f"{r['val_top1']:.1f}\n{r['trainable_parameters']:,} p" for r in rows], fontsize=7)
+    ax.set_ylabel("validation top-1 (%)")
+    ax.set_ylim(0, 115)
+    ax.set_title(f"Candidates (selected: {choice['winner']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="clipcite select", description="Pick one of several candidate models.")
+    parser.add_argument(
+        "--candidate",
+        action="append",
+        required=True,
+        metavar="MODEL_DIR=VALIDATION_DIR",
+        help="a finetune output and its validate output (repeatable)",
+    )
+    parser.add_argument("--model-out", required=True, help="where the winner's model folder is copied")
+    parser.add_argument("--out", required=True, help="folder for selection.json and selection.png")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    candidates = {}
+    for item in args.candidate:
+        model, sep, validation = item.partition("=")
+        if not sep:
+            parser.error(f"--candidate {item!r}: expected MODEL_DIR=VALIDATION_DIR")
+        candidates[read_json(storage.join(validation, VALIDATION_FILE))["method"]] = (model, validation)
+    print(json.dumps(run(candidates, args.model_out, args.out), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
