@@ -11,7 +11,12 @@ from clipcite.model_identity import checkpoint_identity
 
 from .conftest import TINY
 
-CPU_ONLY = ["clipcite.steps.snapshot", "clipcite.steps.sample_splits", "clipcite.steps.register"]
+CPU_ONLY = [
+    "clipcite.steps.snapshot",
+    "clipcite.steps.sample_splits",
+    "clipcite.steps.register",
+    "clipcite.steps.select",
+]
 
 
 @pytest.mark.parametrize("module", CPU_ONLY)

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from clipcite import registry, served_model, storage, tracking
-from clipcite.artifacts import META_FILE
+from clipcite.artifacts import META_FILE, SELECTION_FILE
 from clipcite.config import Config, config_from_yaml
 from clipcite.gate import decide_promotion
 from clipcite.metrics import summarise
@@ -34,7 +34,6 @@ from clipcite.model_card import family_description, selection_section, version_c
 from clipcite.report import markdown, plot_domains
 from clipcite.run_card import with_registration
 from clipcite.steps.common import base_parser, config_from, read_json, setup_logging
-from clipcite.steps.select import SELECTION_FILE
 from clipcite.tracking_uri import HELP as TRACKING_HELP
 from clipcite.tracking_uri import default_tracking_uri
 

@@ -16,13 +16,12 @@ import sys
 from pathlib import Path
 
 from clipcite import storage, tracking
+from clipcite.artifacts import SELECTION_FILE, VALIDATION_FILE
 from clipcite.report import pyplot
 from clipcite.selection import TIE_POINTS, Candidate, pick, rule, table
 from clipcite.steps.common import read_json, setup_logging
-from clipcite.steps.validate import VALIDATION_FILE
 
 log = logging.getLogger(__name__)
-SELECTION_FILE = "selection.json"
 SELECTION_TABLE = "selection_table.json"  # on the pipeline's run
 
 

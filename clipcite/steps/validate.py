@@ -14,6 +14,7 @@ import logging
 import sys
 
 from clipcite import storage, tracking
+from clipcite.artifacts import VALIDATION_FILE
 from clipcite.config import Config
 from clipcite.evaluate import predict_models
 from clipcite.metrics import top1
@@ -30,7 +31,6 @@ from clipcite.steps.common import (
 )
 
 log = logging.getLogger(__name__)
-VALIDATION_FILE = "validation.json"
 
 
 def run(
