@@ -48,6 +48,7 @@ class FitResult:
     meta: dict = field(default_factory=dict)  # the method's entries for clipcite.json
     trainable_parameters: int = 0  # what the optimiser updated
     alpha: float = 1.0  # the weight-space ensemble the saved weights use (1.0 = none)
+    zeroshot_state: dict[str, torch.Tensor] = field(default_factory=dict)  # the weights before any step (CPU)
 
 
 LogFn = Callable[[dict[str, float], int], None]
@@ -79,7 +80,8 @@ def fit(
     model = student.model.to(device)
     zeroshot_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     if params.method == "zeroshot" or params.epochs == 0:
-        return FitResult(zeroshot_state, 0, 0, 0.0, resolve_logit_scale(params.logit_scale, model), alpha=params.alpha)
+        scale = resolve_logit_scale(params.logit_scale, model)
+        return FitResult(zeroshot_state, 0, 0, 0.0, scale, alpha=params.alpha, zeroshot_state=zeroshot_state)
     scale = resolve_logit_scale(params.logit_scale, model)
     if params.needs_teacher() and cache is None and teacher is None:
         raise ValueError("L_VLD needs the teacher: pass a teacher model or a teacher cache (or set eta=0)")
@@ -105,10 +107,13 @@ def fit(
     step, seen, skipped, started = start_epoch * steps_per_epoch, 0, 0, time.perf_counter()
     last_save = started
 
+    # one bar for the run: CLIP-LoRA's 500 x K iterations are hundreds of short epochs
+    progress = tqdm(total=trainer.steps, initial=step, desc="training", unit="step", leave=False)
     for epoch in range(start_epoch, trainer.epochs):
         model.train()
         batches.epoch = epoch  # the sampler runs in this process: persistent workers get (epoch, i) items
-        for index, images, labels in tqdm(loader, desc=f"epoch {epoch + 1}/{trainer.epochs}", leave=False):
+        progress.set_postfix_str(f"epoch {epoch + 1}/{trainer.epochs}")
+        for index, images, labels in loader:
             if step >= trainer.steps:  # a method counting iterations (CLIP-LoRA) may stop inside an epoch
                 break
             if images is not None:
@@ -123,6 +128,7 @@ def fit(
             scheduler.step()
             step += 1
             seen += len(index)
+            progress.update()
             if log_fn is not None:
                 metrics = {k: float(v.detach()) for k, v in losses.items()}
                 log_fn({**metrics, "grad_norm": grad_norm, "lr": lr, "epoch": epoch + 1}, step)
@@ -140,13 +146,15 @@ def fit(
         if saved is not None and on_checkpoint is not None:
             on_checkpoint(saved)
 
+    progress.close()
     throughput = distributed.total(seen) / max(time.perf_counter() - started, 1e-9)
     log.info("trained %d step(s) (%d epoch(s)), %.1f images/s", step, trainer.epochs, throughput)
     out = trainer.finish()
     count = trainer.trainable_parameters()
     return FitResult(
-        out.state_dict, step, trainer.epochs, throughput, scale, skipped, out.files, out.meta, count, trainer.alpha
-    )
+        out.state_dict, step, trainer.epochs, throughput, scale, skipped, out.files, out.meta, count, trainer.alpha,
+        zeroshot_state,
+    )  # fmt: skip
 
 
 def _teacher_text(student: LoadedModel, prompts: list[str], device: str, teacher, cache) -> torch.Tensor:
