@@ -62,7 +62,8 @@ def version_card(
         "| setting | value |",
         "|---|---|",
         f"| method | {meta.get('method', '?')} |",
-        f"| alpha (weight-space ensemble with the zero-shot weights) | {_value(meta.get('alpha'))} |",
+        f"| alpha (weight-space ensemble with the zero-shot weights) | {_value(meta.get('alpha'))}"
+        f"{_alpha_grid(meta.get('alpha_grid'))} |",
         f"| lambda (weight of L_SCL) | {_value(train.get('lam'))} |",
         f"| eta (weight of L_VLD) | {_value(train.get('eta'))} |",
         f"| shots per class | {_value(splits.get('shots'))} |",
@@ -212,3 +213,11 @@ def _value(value) -> str:
 def _names(classnames: list[str], shown: int = 12) -> str:
     listed = ", ".join(classnames[:shown])
     return listed + (f", ... ({len(classnames) - shown} more)" if len(classnames) > shown else "")
+
+
+def _alpha_grid(grid: dict | None) -> str:
+    """``train.alpha_grid``'s choice in the alpha row: every alpha's validation top-1."""
+    if not grid:
+        return ""
+    scores = ", ".join(f"{a:g}: {v:.1f}" for a, v in zip(grid["alphas"], grid["val_top1"], strict=True))
+    return f", chosen on validation (top-1 {scores}; {grid['val_images']} images)"

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 
 # The methods by name; each has its module in clipcite/methods (``clipcite.methods.MODULES`` maps these names to them).
 METHODS = ("zeroshot", "ce", "flyp", "cite", "lora", "linear_probe")
+# The methods whose saved weights are a weight-space ensemble with the zero-shot weights (train.alpha; LoRA's
+# train.lora.ensemble_alpha): the ones train.alpha_grid can choose alpha for.
+ENSEMBLE_METHODS = ("ce", "flyp", "cite", "lora")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop defaults (the paper states no other)
 DEFAULT_RATIO = (3 / 4, 4 / 3)
@@ -53,6 +56,10 @@ class FitParams:
     eta: float = 0.1  # paper: weight of L_VLD
     w_clip: float = 1.0  # weight of FLYP's CLIP contrastive loss on class prompts (method flyp)
     alpha: float = 0.5  # paper: weight-space ensemble; 1.0 = no ensemble
+    # decision: off, the paper fixes alpha. A grid, e.g. [0.3, 0.5, 0.7, 1.0], chooses the ensemble's alpha on the
+    # validation split after one training run (clipcite.selection.pick_alpha); it replaces train.alpha (and
+    # train.lora.ensemble_alpha for lora); a method without an ensemble (linear_probe) ignores it
+    alpha_grid: tuple[float, ...] = ()
     # decision: the temperature of every loss, fixed (not trained); "checkpoint" = the base model's own
     # exp(logit_scale) (100 for OpenAI's weights, the paper's s), or a number
     logit_scale: float | str = "checkpoint"
@@ -84,6 +91,8 @@ class FitParams:
             "precision": self.precision in PRECISIONS,
             "on_nonfinite": self.on_nonfinite in ("stop", "skip"),
             "alpha": 0.0 <= self.alpha <= 1.0,
+            "alpha_grid": all(0.0 <= a <= 1.0 for a in self.alpha_grid)
+            and len(set(self.alpha_grid)) == len(self.alpha_grid),
             "epochs": self.epochs >= 0,
             "batch_size": self.batch_size >= 1,
             "num_workers": self.num_workers >= 0,

@@ -26,8 +26,8 @@ from clipcite.artifacts import WEIGHTS_FILE
 from clipcite.config import Config, dump_yaml, to_dict
 from clipcite.data.table import ClassList
 from clipcite.finite import NonFiniteError, nonfinite_weights
-from clipcite.models import LoadedModel, load_model, save_model
-from clipcite.recipe import FitParams
+from clipcite.models import LoadedModel, average_weights, load_model, save_model
+from clipcite.recipe import ENSEMBLE_METHODS, FitParams
 from clipcite.steps.common import (
     base_parser,
     class_prompts,
@@ -37,6 +37,7 @@ from clipcite.steps.common import (
     resolve_device,
     setup_logging,
 )
+from clipcite.steps.validate import choose_alpha
 from clipcite.teacher import TeacherCache, check_cache, load_cache
 from clipcite.train import FitResult, fit
 
@@ -127,13 +128,14 @@ def _run(
     _log_inputs(step, splits_uri, splits_ref, config, classes, shared)
 
     ckpt = checkpoint_dir or str(_default_checkpoint_dir(out_uri))
+    fit_params = _fit_params(params)
     started = time.perf_counter()
     with storage.mirrored_dir(ckpt) as (local_ckpt, save_durably):
         result = fit(
             student,
             rows,
             prompts,
-            params,
+            fit_params,
             seed=config.seed,
             device=device,
             teacher=teacher,
@@ -146,11 +148,25 @@ def _run(
     broken = nonfinite_weights(result.state_dict)
     if broken:  # the loop's guard should have stopped first; never save such weights
         raise NonFiniteError(f"{out_uri}: not written: the trained weights hold NaN/inf in {broken[:5]}")
-    summary = _train_summary(params, result, len(rows), len(prompts), time.perf_counter() - started, device)
-    summary["teacher"] = "cache" if cache is not None else ("online" if teacher else "none")
-    meta = _model_meta(params, classes, template, config, result)
+    seconds = time.perf_counter() - started
     if not distributed.is_main():
-        return summary  # rank 0 writes the model
+        return _train_summary(params, result, len(rows), len(prompts), seconds, device)  # rank 0 writes the model
+    grid = None
+    if fit_params is not params:  # train.alpha_grid: the ensemble's alpha chosen on validation
+        alpha, grid = choose_alpha(
+            student, result.state_dict, result.zeroshot_state, params.alpha_grid, splits_uri, config, device
+        )
+        result = dataclasses.replace(
+            result, state_dict=average_weights(result.state_dict, result.zeroshot_state, alpha), alpha=alpha
+        )
+        for a, score in zip(grid["alphas"], grid["val_top1"], strict=True):  # a chart of val top-1 over alpha x 100
+            step.log_metrics({"alpha_grid/val_top1": score}, round(a * 100))
+        step.log_metrics({"alpha_grid/chosen": alpha})
+    summary = _train_summary(params, result, len(rows), len(prompts), seconds, device)
+    summary["teacher"] = "cache" if cache is not None else ("online" if teacher else "none")
+    if grid is not None:
+        summary["alpha_grid"] = grid
+    meta = _model_meta(params, classes, template, config, result) | ({"alpha_grid": grid} if grid else {})
     with storage.staged_dir(out_uri) as tmp:
         save_model(student, result.state_dict, tmp, meta)
         for name, body in result.files.items():
@@ -166,6 +182,18 @@ def _run(
         storage.remove_dir(ckpt)
     log.info("wrote model %s: %s", out_uri, summary)
     return summary
+
+
+def _fit_params(params: FitParams) -> FitParams:
+    """What fit trains with: ``params``, or with ``train.alpha_grid`` set the same recipe without the ensemble
+    (alpha 1, chosen afterwards on validation). A method without an ensemble ignores the grid, and says so."""
+    if not params.alpha_grid:
+        return params
+    if params.method not in ENSEMBLE_METHODS:
+        log.warning("train.alpha_grid ignored: %s saves no weight-space ensemble", params.method)
+        return params
+    lora = dataclasses.replace(params.lora, ensemble_alpha=1.0)
+    return dataclasses.replace(params, alpha=1.0, lora=lora)
 
 
 def _teacher_inputs(

@@ -12,14 +12,17 @@ import dataclasses
 import json
 import logging
 import sys
+from collections.abc import Sequence
+
+import torch
 
 from clipcite import storage, tracking
 from clipcite.artifacts import VALIDATION_FILE
 from clipcite.config import Config
 from clipcite.evaluate import predict_models
 from clipcite.metrics import top1
-from clipcite.models import load_saved
-from clipcite.selection import Candidate
+from clipcite.models import LoadedModel, average_weights, load_saved
+from clipcite.selection import Candidate, alpha_rule, pick_alpha
 from clipcite.steps.common import (
     base_parser,
     class_prompts,
@@ -59,32 +62,72 @@ def score(model_uri: str, splits_uri: str, config: Config) -> Candidate:
     """The candidate as the selection sees it (an empty validation split scores 0 on 0 images: ``select`` says
     so)."""
     device = resolve_device(config.device)
-    rows, classes = read_split(storage.join(splits_uri, "val"))
     summary = read_json(storage.join(model_uri, "train_summary.json"))
     with storage.local_dir(model_uri) as folder:
         model, meta = load_saved(folder, device=device)
-    accuracy = 0.0
-    if len(rows):
-        _, prompts = class_prompts(classes, config)
-        preds, target = predict_models(
-            {"candidate": model},
-            rows,
-            prompts,
-            batch_size=config.eval.batch_size,
-            device=device,
-            num_workers=config.eval.num_workers,
-            precision=config.train.precision,
-            source=f"{splits_uri}/val: ",
-        )
-        accuracy = top1(preds["candidate"], target)
+    accuracy, images = val_top1(model, splits_uri, config, device)
     return Candidate(
         method=meta["method"],
         val_top1=float(accuracy),
-        val_images=len(rows),
+        val_images=images,
         trainable_parameters=int(summary["trainable_parameters"]),
         seconds=float(summary["seconds"]),
         artefact_bytes=int(summary["artefact_bytes"]),
     )
+
+
+def val_top1(model: LoadedModel, splits_uri: str, config: Config, device: str) -> tuple[float, int]:
+    """(top-1 in points, images) of ``model`` on ``<splits_uri>/val``; (0.0, 0) for an empty validation split."""
+    rows, classes = read_split(storage.join(splits_uri, "val"))
+    if not len(rows):
+        return 0.0, 0
+    _, prompts = class_prompts(classes, config)
+    preds, target = predict_models(
+        {"candidate": model},
+        rows,
+        prompts,
+        batch_size=config.eval.batch_size,
+        device=device,
+        num_workers=config.eval.num_workers,
+        precision=config.train.precision,
+        source=f"{splits_uri}/val: ",
+    )
+    return float(top1(preds["candidate"], target)), len(rows)
+
+
+def choose_alpha(
+    student: LoadedModel,
+    finetuned: dict[str, torch.Tensor],
+    zeroshot: dict[str, torch.Tensor],
+    grid: Sequence[float],
+    splits_uri: str,
+    config: Config,
+    device: str,
+) -> tuple[float, dict]:
+    """``train.alpha_grid``: the weight-space ensemble's alpha chosen on the validation split (clipcite.selection's
+    rule). Each alpha is only an average of two weight sets, so the grid costs one validation pass per alpha, not a
+    training run. Leaves ``student`` at the chosen weights; returns (alpha, the record train_summary.json keeps)."""
+    scores: dict[float, float] = {}
+    images = 0
+    for alpha in grid:
+        student.model.load_state_dict(average_weights(finetuned, zeroshot, alpha))
+        scores[alpha], images = val_top1(student, splits_uri, config, device)
+        log.info("alpha %.2f: validation top-1 %.2f on %d images", alpha, scores[alpha], images)
+    if not images:
+        raise ValueError(
+            f"{splits_uri}/val: no validation images to choose train.alpha_grid on: give the data a val split or "
+            "more train images than the shots (splits.val_shots), or leave train.alpha_grid empty"
+        )
+    chosen = pick_alpha(scores)
+    student.model.load_state_dict(average_weights(finetuned, zeroshot, chosen))
+    record = {
+        "alphas": list(scores),
+        "val_top1": list(scores.values()),
+        "val_images": images,
+        "chosen": chosen,
+        "rule": alpha_rule(),
+    }
+    return chosen, record
 
 
 def main(argv: list[str] | None = None) -> int:
