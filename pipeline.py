@@ -9,7 +9,8 @@ cluster settings applied to its tasks ``pipeline_settings.py``.
 DAG: snapshot -> sample_splits -> cache_teacher -> finetune -> ParallelFor(domain: evaluate) -> register.
 With several methods (ClusterSettings.methods, --methods cite,lora,linear_probe), one finetune and validate per
 method share the teacher cache, and select picks the one that goes on to evaluate and register:
-    cache_teacher -> {finetune-<m> -> validate-<m>} for each m -> select -> ParallelFor(evaluate) -> register.
+    cache_teacher -> {finetune-<m> -> validate-<m>} for each m -> select -> ParallelFor(evaluate) -> register;
+evaluate also scores every candidate beside the winner (the card's test column; select never sees it).
 Cluster settings (GPU count, requests, /dev/shm, tolerations, node selector, images) are read when the pipeline is
 built, from the environment (see ClusterSettings) or the compile/submit flags.
 """
@@ -152,6 +153,8 @@ def build_pipeline(settings: ClusterSettings | None = None):
                     # The step retries itself: backends ignore set_retry inside a ParallelFor (kubeflow/pipelines
                     # #12389), so this task has no retry policy of its own.
                     attempts=settings.retries + 1,
+                    # several methods: every candidate scored beside the winner, for the card (select chose already)
+                    **({f"{m}_model": c for m, c in candidates.items()} if len(candidates) > 1 else {}),
                 )
                 gpu_task(evaluation, settings, cache=False)
             registered = register(

@@ -115,26 +115,32 @@ SELECTION_HEADING = "## Selection among candidates"
 
 
 def selection_section(selection: dict) -> list[str]:
-    """The card's lines on how this method was chosen: every candidate's validation score and costs, and the rule.
-    Only the winner is evaluated on the eval (test) sets: its numbers are the per-domain table's."""
+    """The card's lines on how this method was chosen: every candidate's validation score and costs, the rule, and
+    (where evaluate scored the candidates beside the selected one) each one's test number, which the choice never
+    saw."""
+    tested = "test_metric" in selection
+    test_head = f" test {selection['test_metric']} |" if tested else ""
     lines = [
         SELECTION_HEADING,
         "",
-        "| method | validation top-1 | validation images | trainable parameters | training time (s) | artefact bytes |",
-        "|---|---|---|---|---|---|",
+        "| method | validation top-1 | validation images | trainable parameters | training time (s) | artefact bytes |"
+        + test_head,
+        "|---|---|---|---|---|---|" + ("---|" if tested else ""),
     ]
     for row in selection["candidates"]:
         method = f"**{row['method']}** (selected)" if row["selected"] else row["method"]
+        test = (f" {row['test']:.2f} |" if row.get("test") is not None else " - |") if tested else ""
         lines.append(
             f"| {method} | {row['val_top1']:.2f} | {row['val_images']} | {row['trainable_parameters']:,} | "
-            f"{row['seconds']:.1f} | {row['artefact_bytes']:,} |"
+            f"{row['seconds']:.1f} | {row['artefact_bytes']:,} |{test}"
         )
-    lines += [
-        "",
-        f"Rule: {selection['rule']}. Scored on the validation split only; the selected method alone was then "
-        "evaluated on the eval sets (below).",
-        "",
-    ]
+    after = (
+        "every candidate was then scored on the eval sets for this record (the test column); the choice did not see "
+        "those numbers"
+        if tested
+        else "the selected method alone was then evaluated on the eval sets (below)"
+    )
+    lines += ["", f"Rule: {selection['rule']}. Scored on the validation split only; {after}.", ""]
     return lines
 
 

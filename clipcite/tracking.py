@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 DISABLED = ("off", "none", "disabled", "false")
 KFP_RUN_TAG = "clipcite.kfp_run_id"
+STEP_TAG = "clipcite.step"  # a nested run's step name (finetune-lora, validate-lora, evaluate-photo, ...)
 KFP_MLFLOW_RUN_TAG = "clipcite.kfp_mlflow_run_id"  # the task run KFP's MLflow integration made, if on
 # Evaluation metrics (accuracies in percent) as logged: 0.01 points, what the reports, model cards and the gate's
 # reasons print; more digits are noise in the UI's charts and tables (the files keep full precision).
@@ -199,7 +200,7 @@ def close_pipeline_run(
     failed, errors, seen = [], [], set()
     children = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
     for child in sorted(children, key=lambda r: r.info.start_time or 0):
-        step = child.data.tags.get("clipcite.step", child.info.run_name)
+        step = child.data.tags.get(STEP_TAG, child.info.run_name)
         seen.add(step.split("-")[0] if step.startswith("evaluate-") else step)
         if child.info.status in ("RUNNING", "SCHEDULED"):
             client.set_terminated(child.info.run_id, "FAILED")
@@ -375,7 +376,7 @@ def step_run(uri: str | None, parent_run_id: str, name: str, *, system_metrics: 
     try:
         # Created by id, then started by id: ``mlflow.start_run()`` without one would resume the ``MLFLOW_RUN_ID``
         # that KFP's MLflow integration injects (its own run of this task) instead of nesting under ours.
-        tags = {"clipcite.step": name, "clipcite.version": code_version(), "clipcite.image": _image()}
+        tags = {STEP_TAG: name, "clipcite.version": code_version(), "clipcite.image": _image()}
         created = client.create_run(experiment_id, run_name=name, tags={"mlflow.parentRunId": parent_run_id, **tags})
         with _fluent_run(created.info.run_id, log_system_metrics=system_metrics) as active:
             run = StepRun(client, active.info.run_id, parent_run_id)

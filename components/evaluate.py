@@ -1,4 +1,7 @@
-"""Component evaluate: one eval domain, fine-tuned and zero-shot (GPU; one task per domain; never cached)."""
+"""Component evaluate: one eval domain, fine-tuned and zero-shot (GPU; one task per domain; never cached).
+
+With several methods, every candidate's model comes in too (optional inputs per method, as select has them).
+"""
 
 from kfp import dsl
 
@@ -18,9 +21,24 @@ def evaluate(
     attempts: int,
     report: dsl.Output[dsl.Artifact],
     metrics: dsl.Output[dsl.Metrics],
+    cite_model: dsl.Input[dsl.Model] = None,
+    lora_model: dsl.Input[dsl.Model] = None,
+    linear_probe_model: dsl.Input[dsl.Model] = None,
+    ce_model: dsl.Input[dsl.Model] = None,
+    flyp_model: dsl.Input[dsl.Model] = None,
+    zeroshot_model: dsl.Input[dsl.Model] = None,
 ):
     from clipcite.steps.common import read_config, read_mlflow_run
     from clipcite.steps.evaluate import run
+
+    wired = {  # several methods: every candidate, scored beside the selected one for the record (see select)
+        "cite": cite_model,
+        "lora": lora_model,
+        "linear_probe": linear_probe_model,
+        "ce": ce_model,
+        "flyp": flyp_model,
+        "zeroshot": zeroshot_model,
+    }
 
     body = run(
         model.path,
@@ -35,6 +53,7 @@ def evaluate(
         model_ref=model.uri,  # read at .path (in the pod), recorded by .uri (where the artifact lives)
         splits_ref=splits.uri,
         attempts=attempts,
+        candidates={method: m.path for method, m in wired.items() if m is not None},
     )
     for model_name, values in body["domains"][domain].items():
         for key, value in values.items():

@@ -207,3 +207,35 @@ def test_each_candidate_keeps_its_own_checkpoints():
     assert checkpoint_uri("s3://b/ckpt", "0b1c") == "s3://b/ckpt/0b1c/finetune"  # one method: as before
     assert checkpoint_uri("s3://b/ckpt", "0b1c", "lora") == "s3://b/ckpt/0b1c/finetune-lora"
     assert step_name("linear_probe") == "finetune-linear_probe"
+
+
+def test_every_candidates_test_number_joins_the_selection_after_the_choice(tmp_path):
+    """evaluate scores the losers as candidate-<method>; register keeps them through the merge of the domains'
+    reports and puts each one's gate metric beside its validation score on the card."""
+    import json
+
+    from clipcite.selection import Candidate, pick, rule, table
+    from clipcite.steps.register import merge_reports, with_test_numbers
+
+    candidates = [Candidate("cite", 80.0, 48, 150_000_000, 61.5, 598_000_000), Candidate("lora", 79.0, 48, 9, 4, 7)]
+    selection = {"rule": rule(), "winner": "cite", "candidates": table(candidates, pick(candidates))}
+    scored = {"finetuned": {"top1": 58.0}, "zeroshot": {"top1": 50.0}, "candidate-lora": {"top1": 61.0}}
+    reports = []
+    for domain in ("photo", "sketch"):
+        report = tmp_path / domain
+        report.mkdir()
+        entry = {"domain": domain, "subset": "all", "template": "", **scored}
+        body = {"sets": {domain: entry}, "train_domains": ["photo"], "mean_over": "ood", "method": "cite"}
+        (report / "metrics.json").write_text(json.dumps(body))
+        reports.append(str(report))
+    body = merge_reports(reports)
+    assert body["models"] == ["zeroshot", "finetuned", "candidate-lora"]
+    joined = with_test_numbers(selection, body, "top1")
+    assert [(r["method"], r["test"]) for r in joined["candidates"]] == [("cite", 58.0), ("lora", 61.0)]
+    assert joined["test_metric"] == "top1 (mean of sketch)" and joined["test_key"] == "test_top1"
+    card = version_card(name="m", version=1, meta=META, body=body, decision={}, code_version="x", selection=joined)
+    section = card.split("## Selection among candidates")[1].split("## Data")[0]
+    assert "| test top1 (mean of sketch) |" in section
+    assert "| **cite** (selected) | 80.00 | 48 | 150,000,000 | 61.5 | 598,000,000 | 58.00 |" in section
+    assert "| lora | 79.00 | 48 | 9 | 4.0 | 7 | 61.00 |" in section and "did not see those numbers" in section
+    assert "candidate-lora" not in card.split(CARD_HEADING)[1].split("## Gate")[0]  # the per-domain table: this model

@@ -55,6 +55,13 @@ def test_every_candidate_is_scored_and_the_rule_picks_from_validation(run):
     registered = json.loads((result["record"] / "registration.json").read_text())
     assert registered["method"] == choice["winner"]  # the winner went on to evaluate and register
     assert registered["selection"]["winner"] == choice["winner"]
+    # every candidate's test number is in the record, scored beside the winner after the choice
+    tested = {row["method"]: row["test"] for row in registered["selection"]["candidates"]}
+    assert set(tested) == set(METHODS) and all(isinstance(v, float) for v in tested.values())
+    assert registered["selection"]["test_metric"].startswith("hm (mean of sketch")  # the gate's metric
+    assert tested[choice["winner"]] == registered["mean"]["finetuned"]["hm"]
+    for method in set(METHODS) - {choice["winner"]}:
+        assert tested[method] == registered["mean"][f"candidate-{method}"]["hm"]
 
 
 def test_selection_never_reads_test_labels(run, tmp_path):
@@ -106,5 +113,8 @@ def test_the_tracking_store_and_the_model_card_hold_every_candidate(run):
     assert "## Selection among candidates" in card and f"**{winner}** (selected)" in card
     for method in METHODS:
         assert f"| {method} |" in card or f"| **{method}** (selected) |" in card
+    assert "| test hm (mean of sketch) |" in card
+    for method in METHODS:  # MLflow's comparison of the validate-<m> runs: validation beside test
+        assert "test_hm" in children[f"validate-{method}"].data.metrics
     version = client.get_model_version("clipcite", parent.data.tags["registered_version"])
     assert version.tags["method"] == winner

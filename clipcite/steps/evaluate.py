@@ -24,6 +24,7 @@ from clipcite.models import LoadedModel, load_model, load_saved
 from clipcite.precision import resolve_precision
 from clipcite.report import markdown, plot_confusion, plot_domains
 from clipcite.retry import with_retries
+from clipcite.selection import candidate_model
 from clipcite.steps.common import (
     base_parser,
     class_prompts,
@@ -51,6 +52,7 @@ def run(
     model_ref: str = "",
     splits_ref: str = "",
     attempts: int = 1,
+    candidates: dict[str, str] | None = None,
 ) -> dict:
     """Evaluate on the eval sets of ``domains`` (all when empty). With tracking, the registered model's current
     ``champion`` is evaluated beside the new one (for the promotion gate) and everything is logged to a nested run.
@@ -61,6 +63,9 @@ def run(
     artifacts' addresses to record (KFP's ``.uri``, e.g. ``s3://...``) where the folders read are pod-local paths
     (its ``.path``, ``/s3/...``); by default the paths read are recorded. ``attempts`` > 1 retries the work after
     a transient failure (:mod:`clipcite.retry`: KFP ignores a retry policy inside a ParallelFor), in one process.
+    ``candidates`` ({method: model folder}, several methods in one run): every candidate but the selected one is
+    scored beside it as ``candidate-<method>``, in the same pass over the images, so the record and the model card
+    hold every candidate's test numbers; the selection was made before, on validation, and never sees them.
     """
     ranks = distributed.requested_ranks()
     if ranks > 1:
@@ -68,6 +73,7 @@ def run(
         options["registered_model_name"] = registered_model_name
         options["baseline_cache"] = baseline_cache
         options.update(model_ref=model_ref, splits_ref=splits_ref, attempts=1)  # ranks do not retry alone
+        options["candidates"] = candidates
         return distributed.launch(run, model_uri, splits_uri, out_uri, config, domains, nproc=ranks, **options)
     if not storage.exists(storage.join(model_uri, META_FILE)):
         raise FileNotFoundError(
@@ -96,6 +102,7 @@ def run(
                     baseline_cache=baseline_cache,
                     model_ref=model_ref or model_uri,
                     splits_ref=splits_ref or splits_uri,
+                    candidates=candidates or {},
                 )
 
             tries = attempts if distributed.world_size() == 1 else 1  # ranks must fail and retry together
@@ -199,6 +206,7 @@ def _run(
     baseline_cache: str,
     model_ref: str,
     splits_ref: str,
+    candidates: dict[str, str],
 ) -> dict:
     device = resolve_device(config.device)
     manifest = read_json(storage.join(splits_uri, "manifest.json"))
@@ -207,6 +215,10 @@ def _run(
         finetuned, meta = load_saved(folder, device=device)
     models: dict[str, LoadedModel | None] = {"zeroshot": None} if config.eval.zeroshot_baseline else {}
     models |= {"finetuned": finetuned, **({"champion": champion[1]} if champion else {})}
+    for method, uri in sorted(candidates.items()):
+        if method != meta.get("method"):  # the selected candidate is the one evaluated as "finetuned"
+            with storage.local_dir(uri) as folder:
+                models[candidate_model(method)] = load_saved(folder, device=device)[0]
     evaluation = _Evaluation(config, device, manifest, meta, model_uri, models, baseline_cache)
 
     results: dict[str, dict] = {}

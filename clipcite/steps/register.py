@@ -28,11 +28,12 @@ from PIL import Image
 from clipcite import registry, served_model, storage, tracking
 from clipcite.artifacts import META_FILE, SELECTION_FILE
 from clipcite.config import Config, config_from_yaml
-from clipcite.gate import decide_promotion
+from clipcite.gate import decide_promotion, primary_metric
 from clipcite.metrics import summarise
 from clipcite.model_card import family_description, selection_section, version_card
 from clipcite.report import markdown, plot_domains
 from clipcite.run_card import with_registration
+from clipcite.selection import CANDIDATE_PREFIX, candidate_model
 from clipcite.steps.common import base_parser, config_from, read_json, setup_logging
 from clipcite.tracking_uri import HELP as TRACKING_HELP
 from clipcite.tracking_uri import default_tracking_uri
@@ -57,7 +58,9 @@ def merge_reports(report_uris: list[str]) -> dict:
     champions = {b.get("champion_version") for b in bodies}
     if len(champions) > 1:  # the alias moved while the domains were being evaluated
         raise ValueError(f"the evaluations compared against different champion versions {sorted(map(str, champions))}")
-    models = [m for m in MODELS if all(m in entry for entry in sets.values())]
+    evaluated = [m for m in MODELS if all(m in entry for entry in sets.values())]
+    losers = sorted({m for entry in sets.values() for m in entry if m.startswith(CANDIDATE_PREFIX)})
+    models = evaluated + [m for m in losers if all(m in entry for entry in sets.values())]
     keys = ("model", "method", "alpha", "seed", "template", "champion_version", "train_domains", "mean_over")
     merged = {k: bodies[0].get(k) for k in keys}
     summary = summarise(sets, models, merged["train_domains"] or (), merged["mean_over"] or "ood")
@@ -85,6 +88,8 @@ def run(
     summary and the model card."""
     body = merge_reports(report_uris)
     selection = read_json(storage.join(selection_uri, SELECTION_FILE)) if selection_uri else None
+    if selection:
+        selection = with_test_numbers(selection, body, primary_metric(config.gate, body))
     meta = json.loads(storage.read_text(storage.join(model_uri, META_FILE)))  # not the weights
     record = {
         "registered_model_name": registered_model_name,
@@ -196,6 +201,8 @@ def _register(
             step.log_text(card, "model_card.md", parent=on_parent)
         step.log_metrics({"mean": body["mean"]}, parent=True, digits=tracking.METRIC_DIGITS)
         step.log_table(metrics_table(body), METRICS_TABLE, parent=True)
+        if selection and "test_key" in selection:
+            _log_test_numbers(client, pipeline_run, selection)
         if not rerun:  # a rerun's run already holds them
             _log_plots(step, body, report_uris)
         note = client.get_run(pipeline_run).data.tags.get(NOTE, "")
@@ -212,6 +219,31 @@ def _register(
         "mlflow_run_id": pipeline_run,
         "champion_before": evaluated,
     }
+
+
+def with_test_numbers(selection: dict, body: dict, metric: str) -> dict:
+    """The select step's table with each candidate's test number (the gate's ``metric`` over the eval sets' mean):
+    the selected one's is ``finetuned``'s, the others' were scored beside it by evaluate. Added after the choice,
+    for the record: the choice was made on validation alone."""
+    mean = body["mean"]
+    rows = []
+    for row in selection["candidates"]:
+        model = "finetuned" if row["selected"] else candidate_model(row["method"])
+        rows.append({**row, "test": mean.get(model, {}).get(metric)})
+    label = f"{metric} (mean of {', '.join(body.get('mean_domains') or body['domains'])})"
+    return {**selection, "candidates": rows, "test_metric": label, "test_key": f"test_{metric}"}
+
+
+def _log_test_numbers(client, pipeline_run: str, selection: dict) -> None:
+    """Each candidate's test number on its ``validate-<method>`` run, beside its validation score, so MLflow's run
+    comparison of those runs charts validation against test."""
+    experiment = client.get_run(pipeline_run).info.experiment_id
+    children = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{pipeline_run}'")
+    by_step = {run.data.tags.get(tracking.STEP_TAG): run.info.run_id for run in children}
+    for row in selection["candidates"]:
+        run_id = by_step.get(f"validate-{row['method']}")
+        if run_id and row.get("test") is not None:
+            client.log_metric(run_id, selection["test_key"], round(float(row["test"]), tracking.METRIC_DIGITS))
 
 
 def metrics_table(body: dict) -> dict[str, list]:
