@@ -1,14 +1,22 @@
-"""The method table on the toy world: base-to-new and cross-domain, 7 methods x 3 seeds (run by hand).
+"""The method table on the toy world: base-to-new and cross-domain, 9 methods x 3 seeds (run by hand).
 
-    python bench/toyworld_methods.py --out runs/bench            # the full table (about 19 min on 2 cores)
+    python bench/toyworld_methods.py --out runs/bench            # the full table
     python bench/toyworld_methods.py --out runs/bench --quick    # one seed, 5 epochs: a fast look
     python bench/toyworld_methods.py --out runs/bench --smoke    # seconds, a tiny world: every path runs (tests)
+    python bench/toyworld_methods.py --out runs/bench --methods lora linear_probe   # some rows only
 
 Base-to-new: 16 shots of the 24 base classes of the main domain (photo); Base / New / HM on photo.
 Cross-domain: 16 shots of all 48 classes of photo; top-1 on every domain (photo is in-domain).
 Every method runs the same steps as the CLI (sample-splits, cache-teacher, finetune, evaluate) with the same
 hyperparameters (configs/default.yaml); only the method's own switches differ. ``ce`` and ``flyp`` are plain
-fine-tuning (alpha = 1), as they are published; ``cite`` uses the paper's alpha = 0.5.
+fine-tuning (alpha = 1), as they are published; ``cite`` uses the paper's alpha = 0.5; ``lora`` (CLIP-LoRA) and
+``linear_probe`` (CLAP) run with their own published settings (``train.lora.*``, ``train.probe.*``).
+
+Beside the test numbers every trained model is scored as the pipeline's ``validate`` step scores a candidate (top-1
+on the validation split, the trained classes only) with its training time, trainable parameters and artefact size,
+and the selection rule (``clipcite.selection.pick``) is applied per seed and protocol to two candidate sets: the
+pick on validation is compared with the best candidate on test by the gate's metric (HM under base-to-new, the
+shifted domains' mean cross-domain), so the table shows whether picking on validation finds the best on test.
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ from smoke import SMOKE_COUNTS, SMOKE_HELP, SMOKE_OVERRIDES
 from clipcite.config import load_config
 from clipcite.metrics import aggregate
 from clipcite.report import pyplot
-from clipcite.steps import cache_teacher, evaluate, finetune, sample_splits
+from clipcite.selection import Candidate, pick
+from clipcite.steps import cache_teacher, evaluate, finetune, sample_splits, validate
 from clipcite.steps.common import add_overrides_argument
 from clipcite.toyworld.generate import write_world
 from clipcite.toyworld.world import DOMAINS
@@ -42,12 +51,21 @@ METHODS = {
     "cite alpha=1": ["train.alpha=1.0"],
     "cite w/o VLD": ["train.eta=0.0"],
     "cite w/o SCL": ["train.lam=0.0"],
+    "lora": ["train.method=lora"],
+    "linear_probe": ["train.method=linear_probe"],
 }
+# What selection chooses among (pipeline method names; the ablations are not methods a user fans out over): CITE
+# and its cheaper alternatives (the issue's question), and every method the pipeline's ``methods`` can list.
+CANDIDATE_SETS = {
+    "cite, lora, linear_probe": ("cite", "lora", "linear_probe"),
+    "all methods": ("zero-shot", "ce", "flyp", "cite", "lora", "linear_probe"),
+}
+SHIFTED = tuple(d for d in DOMAINS if d != "photo")  # cross-domain: trained on photo, the gate's mean leaves it out
 PROTOCOLS = {
     "b2n": ["splits.protocol=base2new", "splits.train_domains=[photo]", "splits.eval_domains=[photo]"],
     "xd": ["splits.protocol=fewshot", "splits.train_domains=[photo]"],
 }
-SMOKE_METHODS = ("zero-shot", "cite")  # --smoke: the two ends of the table (the other rows only switch losses)
+SMOKE_METHODS = ("zero-shot", "cite", "lora", "linear_probe")  # --smoke: one of each method module
 
 
 def prepare(table: Path, out: Path, protocol: str, seed: int, extra: list[str]) -> tuple[list[str], Path, Path]:
@@ -61,11 +79,36 @@ def prepare(table: Path, out: Path, protocol: str, seed: int, extra: list[str]) 
 
 
 def evaluate_model(model: Path, splits: Path, metrics: Path, config, protocol: str) -> dict:
-    """Evaluate a saved model; b2n: photo Base/New/HM, xd: top-1 per domain."""
+    """Evaluate a saved model; b2n: photo Base/New/HM, xd: top-1 per domain and the shifted domains' mean; both
+    with the validation score and the costs the selection sees (``val``: clipcite.selection.Candidate's fields)."""
     entry = evaluate.run(str(model), str(splits), str(metrics), config)["domains"]
     if protocol == "b2n":
-        return {k: entry["photo"]["finetuned"][k] for k in ("base", "new", "hm")}
-    return {d: entry[d]["finetuned"]["top1"] for d in DOMAINS}
+        result = {k: entry["photo"]["finetuned"][k] for k in ("base", "new", "hm")}
+    else:
+        result = {d: entry[d]["finetuned"]["top1"] for d in DOMAINS}
+        result["shifted"] = sum(result[d] for d in SHIFTED) / len(SHIFTED)
+    candidate = validate.score(str(model), str(splits), config)
+    result["val"] = {k: v for k, v in candidate.__dict__.items() if k != "method"}
+    return result
+
+
+def test_metric(result: dict, protocol: str) -> float:
+    """The gate's metric on test: HM under base-to-new, the mean over the domains not trained on cross-domain."""
+    return result["hm"] if protocol == "b2n" else result["shifted"]
+
+
+def selection(run: dict, protocol: str, candidates: tuple[str, ...]) -> dict:
+    """The rule's pick on validation among ``candidates`` (one seed, one protocol), and the best on test."""
+    entries = {m: run[m][protocol] for m in candidates if protocol in run.get(m, {})}
+    winner = pick([Candidate(method=m, **e["val"]) for m, e in entries.items()])
+    best = max(entries, key=lambda m: test_metric(entries[m], protocol))
+    return {
+        "picked": winner.method,
+        "test_best": best,
+        "picked_test": test_metric(entries[winner.method], protocol),
+        "best_test": test_metric(entries[best], protocol),
+        "val": {m: e["val"]["val_top1"] for m, e in entries.items()},
+    }
 
 
 def run_one(
@@ -75,12 +118,18 @@ def run_one(
     extra: list[str],
     protocols: tuple[str, ...] = tuple(PROTOCOLS),
     methods: tuple[str, ...] = tuple(METHODS),
+    done: dict | None = None,
+    save=None,
 ) -> dict:
-    """``methods`` of ``protocols`` for one seed; returns {method: {"b2n": {...}, "xd": {...}}}."""
-    results: dict = {m: {} for m in methods}
+    """``methods`` of ``protocols`` for one seed; returns {method: {"b2n": {...}, "xd": {...}}}. Entries already in
+    ``done`` (an earlier, interrupted or partial run's) are kept; ``save(results)`` is called after every model."""
+    results: dict = {m: dict((done or {}).get(m, {})) for m in methods}
     for protocol in protocols:
+        todo = [m for m in methods if protocol not in results[m]]
+        if not todo:
+            continue
         base, splits, cache = prepare(table, out, protocol, seed, extra)
-        for method in methods:
+        for method in todo:
             switches = METHODS[method]
             method_config = load_config("configs/default.yaml", [*base, *switches])
             slug = method.replace(" ", "_").replace("/", "").replace("=", "")
@@ -96,27 +145,36 @@ def run_one(
                 time.perf_counter() - started,
                 json.dumps(results[method][protocol], default=lambda v: round(v, 1)),
             )
+            if save is not None:
+                save({**(done or {}), **results})
     return results
 
 
 def seed_results(
     table: Path, out: Path, seed: int, extra: list[str], protocols: tuple[str, ...], methods: tuple[str, ...]
 ) -> dict:
-    """One seed's results: read from ``out/results.json`` when a finished earlier run left them there (the machine
-    is shared and a full run takes long; delete the file to measure again), else measured and written there."""
+    """One seed's results. What an earlier run left in ``out/results.json`` is reused method by method and
+    protocol by protocol (the machine is shared and a full run takes long; delete the file to measure again), the
+    rest is measured, and the file is rewritten (via a temp file) after every model, so an interrupted run resumes."""
     saved = out / "results.json"
-    if saved.exists():
-        results = json.loads(saved.read_text())
-        if all(p in entry for entry in results.values() for p in protocols) and set(results) == set(methods):
-            log.info("seed %d: reusing %s", seed, saved)
-            return results
-    results = run_one(table, out, seed, extra, tuple(protocols), methods)
-    saved.write_text(json.dumps(results, indent=1))
+    done = json.loads(saved.read_text()) if saved.exists() else {}
+    reused = sorted(m for m in methods if all(p in done.get(m, {}) for p in protocols))
+    if reused:
+        log.info("seed %d: reusing %s for %s", seed, saved, ", ".join(reused))
+
+    def save(results: dict) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = saved.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(results, indent=1))
+        tmp.replace(saved)
+
+    results = run_one(table, out, seed, extra, tuple(protocols), methods, done, save)
+    save({**done, **results})
     return results
 
 
 def table_markdown(summary: dict, seeds: list[int], command: str) -> str:
-    cols = ["Base", "New", "HM", *DOMAINS]
+    cols = ["Base", "New", "HM", *DOMAINS, "shifted"]
     lines = [
         f"Toy world, {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); top-1 %, mean ± std.",
         "",
@@ -127,15 +185,66 @@ def table_markdown(summary: dict, seeds: list[int], command: str) -> str:
     ]
     for method, entry in summary.items():
         b2n, xd = entry.get("b2n", {}), entry.get("xd", {})
-        cells = [b2n.get(k) for k in ("base", "new", "hm")] + [xd.get(d) for d in DOMAINS]
+        cells = [b2n.get(k) for k in ("base", "new", "hm")] + [xd.get(d) for d in (*DOMAINS, "shifted")]
         lines.append(
             f"| {method} | " + " | ".join(f"{c['mean']:.1f} ± {c['std']:.1f}" if c else "-" for c in cells) + " |"
         )
     lines += [
         "",
         "Base/New/HM: base-to-new on photo (16 shots of 24 base classes). Domain columns: cross-domain "
-        "(16 shots of all 48 photo classes, tested on each domain; photo is in-domain). HM over seeds: "
+        "(16 shots of all 48 photo classes, tested on each domain; photo is in-domain; shifted: the mean of the other "
+        "three). HM over seeds: "
         "HM(mean Base, mean New), ± the spread of the per-seed HMs.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _size(n: float) -> str:
+    return "-" if not n else f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def costs_markdown(summary: dict) -> str:
+    """What each method costs (mean over seeds): training time, trainable parameters, what it adds to the base
+    model, and the validation score the selection sees."""
+    lines = [
+        "| method | train s (b2n) | train s (xd) | trainable parameters | artefact | val top-1 b2n | val top-1 xd |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method, entry in summary.items():
+        val = {p: entry.get(p, {}).get("val") for p in PROTOCOLS}
+        if not any(val.values()):
+            continue
+        some = next(v for v in val.values() if v)
+        secs = [f"{v['seconds']['mean']:.0f}" if v else "-" for v in val.values()]
+        tops = [f"{v['val_top1']['mean']:.1f} ± {v['val_top1']['std']:.1f}" if v else "-" for v in val.values()]
+        params = int(some["trainable_parameters"]["mean"])
+        lines.append(
+            f"| {method} | {secs[0]} | {secs[1]} | {params:,} | {_size(some['artefact_bytes']['mean'])} | "
+            + " | ".join(tops)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def selection_markdown(picks: dict) -> str:
+    """Per candidate set, protocol and seed: the pick on validation, the best on test, and what the pick lost."""
+    lines = [
+        "| candidates | protocol | seed | picked on val | best on test | test metric picked / best | match |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, by_protocol in picks.items():
+        for protocol, by_seed in by_protocol.items():
+            for seed, p in by_seed.items():
+                match = "yes" if p["picked"] == p["test_best"] else "no"
+                lines.append(
+                    f"| {name} | {protocol} | {seed} | {p['picked']} | {p['test_best']} | "
+                    f"{p['picked_test']:.2f} / {p['best_test']:.2f} | {match} |"
+                )
+    lines += [
+        "",
+        "Test metric: HM (b2n) or the mean of sketch, noisy and painting (xd), the gate's metric. Picked by "
+        "clipcite.selection (best validation top-1 on the trained classes; within 0.1 points, fewer trainable "
+        "parameters).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -168,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS), help="protocols to run"
     )
+    parser.add_argument(
+        "--methods", nargs="+", choices=list(METHODS), metavar="METHOD", help="rows to run (default: every row)"
+    )
     add_overrides_argument(parser)  # applied to every run
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
@@ -179,19 +291,31 @@ def main(argv: list[str] | None = None) -> int:
     table = out / "table"
     # always rewritten (seconds): a table left by an older version of the world would silently skew the numbers
     write_world(str(table), seed=1, counts=SMOKE_COUNTS if args.smoke else None)
-    methods = SMOKE_METHODS if args.smoke else tuple(METHODS)
+    methods = tuple(args.methods or (SMOKE_METHODS if args.smoke else METHODS))
     runs = [seed_results(table, out / f"seed{seed}", seed, extra, args.protocols, methods) for seed in seeds]
     summary = {m: aggregate([r[m] for r in runs]) for m in methods}
+    picks = {
+        name: {
+            p: {seed: selection(run, p, present) for seed, run in zip(seeds, runs, strict=True)} for p in args.protocols
+        }
+        for name, wanted in CANDIDATE_SETS.items()
+        if len(present := tuple(m for m in wanted if m in methods)) > 1
+    }
     command = (
         "python bench/toyworld_methods.py"
         + (" --quick" if args.quick else "")
         + (" --smoke" if args.smoke else "")
         + (f" --seeds {' '.join(map(str, seeds))}" if seeds != [1, 2, 3] and not (args.quick or args.smoke) else "")
         + (f" --protocols {' '.join(args.protocols)}" if args.protocols != list(PROTOCOLS) else "")
+        + (f" --methods {' '.join(args.methods)}" if args.methods else "")
     )
-    text = table_markdown(summary, seeds, command)
+    text = table_markdown(summary, seeds, command) + "\n" + costs_markdown(summary)
+    if picks:
+        text += "\n" + selection_markdown(picks)
     (out / "toyworld_methods.md").write_text(text)
-    (out / "toyworld_methods.json").write_text(json.dumps({"seeds": seeds, "runs": runs, "summary": summary}, indent=1))
+    (out / "toyworld_methods.json").write_text(
+        json.dumps({"seeds": seeds, "runs": runs, "summary": summary, "selection": picks}, indent=1)
+    )
     plot(summary, out / "toyworld_methods.png")
     print(text)
     print(f"total {time.perf_counter() - started:.0f}s; wrote {out}/toyworld_methods.{{md,json,png}}")

@@ -74,7 +74,12 @@ def test_toyworld_methods_smoke(tmp_path, capsys):
     assert result["seeds"] == [1] and set(result["summary"]) == set(toyworld_methods.SMOKE_METHODS)
     assert set(result["summary"]["cite"]) == {"b2n", "xd"}
     assert (tmp_path / "toyworld_methods.png").stat().st_size > 0
-    assert "Command: `python bench/toyworld_methods.py --quick --smoke`" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Command: `python bench/toyworld_methods.py --quick --smoke`" in out
+    assert "| method | train s (b2n) | train s (xd) | trainable parameters | artefact |" in out  # what each costs
+    for candidates in ("cite, lora, linear_probe", "all methods"):  # the rule's pick per protocol beside test's best
+        picks = result["selection"][candidates]
+        assert set(picks) == {"b2n", "xd"} and {p["picked"] for p in picks["b2n"].values()} <= set(result["summary"])
 
 
 def test_toyworld_vld_smoke(tmp_path):
