@@ -246,7 +246,8 @@ def _add_methods_argument(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="M1,M2,...",
         help="candidate methods, e.g. cite,lora,linear_probe: one finetune and validate each, the winner on "
-        "validation is evaluated and registered (default: $CLIPCITE_METHODS, else the run's train.method)",
+        "validation is registered, every candidate's test numbers go on its card (default: $CLIPCITE_METHODS, "
+        "else the run's train.method)",
     )
 
 
