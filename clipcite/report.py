@@ -95,3 +95,28 @@ def plot_confusion(confusion: list[list[int]], classnames: list[str], title: str
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_selection(choice: dict, path: Path) -> None:
+    """Validation top-1 per candidate, the winner highlighted, trainable parameters under each bar; where the rows
+    carry test numbers (register adds them after the choice), each candidate's test number beside it."""
+    rows = choice["candidates"]
+    tested = all(r.get("test") is not None for r in rows)
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(4, (2.0 if tested else 1.3) * len(rows) + 2), 3.4))
+    width = 0.4 if tested else 0.8
+    xs = [i - width / 2 if tested else i for i in range(len(rows))]
+    colours = ["tab:green" if r["selected"] else "tab:gray" for r in rows]
+    bars = ax.bar(xs, [r["val_top1"] for r in rows], width, color=colours, label="validation top-1")
+    ax.bar_label(bars, labels=[f"{r['val_top1']:.1f}\n{r['trainable_parameters']:,} p" for r in rows], fontsize=7)
+    if tested:
+        test = ax.bar([x + width for x in xs], [r["test"] for r in rows], width, color="tab:blue", label="test")
+        ax.bar_label(test, labels=[f"{r['test']:.1f}" for r in rows], fontsize=7)
+        ax.legend(fontsize=7, loc="lower right", title=f"test: {choice.get('test_metric', '')}", title_fontsize=7)
+    ax.set_xticks(range(len(rows)), [r["method"] for r in rows])
+    ax.set_ylabel("validation top-1 / test (%)" if tested else "validation top-1 (%)")
+    ax.set_ylim(0, 115)
+    ax.set_title(f"Candidates (selected: {choice['winner']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -239,3 +239,7 @@ def test_every_candidates_test_number_joins_the_selection_after_the_choice(tmp_p
     assert "| **cite** (selected) | 80.00 | 48 | 150,000,000 | 61.5 | 598,000,000 | 58.00 |" in section
     assert "| lora | 79.00 | 48 | 9 | 4.0 | 7 | 61.00 |" in section and "did not see those numbers" in section
     assert "candidate-lora" not in card.split(CARD_HEADING)[1].split("## Gate")[0]  # the per-domain table: this model
+    from clipcite.report import plot_selection
+
+    plot_selection(joined, tmp_path / "selection.png")  # validation and test bars side by side
+    assert (tmp_path / "selection.png").stat().st_size > 0

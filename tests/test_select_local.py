@@ -114,6 +114,8 @@ def test_the_tracking_store_and_the_model_card_hold_every_candidate(run):
     for method in METHODS:
         assert f"| {method} |" in card or f"| **{method}** (selected) |" in card
     assert "| test hm (mean of sketch) |" in card
+    images = [a.path for a in client.list_artifacts(parent.info.run_id, "images")]
+    assert any(path.startswith("images/selection-test") for path in images), images  # validation beside test
     for method in METHODS:  # MLflow's comparison of the validate-<m> runs: validation beside test
         assert "test_hm" in children[f"validate-{method}"].data.metrics
     version = client.get_model_version("clipcite", parent.data.tags["registered_version"])

@@ -31,7 +31,7 @@ from clipcite.config import Config, config_from_yaml
 from clipcite.gate import decide_promotion, primary_metric
 from clipcite.metrics import summarise
 from clipcite.model_card import family_description, selection_section, version_card
-from clipcite.report import markdown, plot_domains
+from clipcite.report import markdown, plot_domains, plot_selection
 from clipcite.run_card import with_registration
 from clipcite.selection import CANDIDATE_PREFIX, candidate_model
 from clipcite.steps.common import base_parser, config_from, read_json, setup_logging
@@ -203,6 +203,9 @@ def _register(
         step.log_table(metrics_table(body), METRICS_TABLE, parent=True)
         if selection and "test_key" in selection:
             _log_test_numbers(client, pipeline_run, selection)
+            with tempfile.TemporaryDirectory() as tmp:
+                plot_selection(selection, Path(tmp) / "selection.png")
+                step.log_image(Path(tmp) / "selection.png", "selection-test", parent=True)
         if not rerun:  # a rerun's run already holds them
             _log_plots(step, body, report_uris)
         note = client.get_run(pipeline_run).data.tags.get(NOTE, "")

@@ -13,11 +13,10 @@ import json
 import logging
 import shutil
 import sys
-from pathlib import Path
 
 from clipcite import storage, tracking
 from clipcite.artifacts import SELECTION_FILE, VALIDATION_FILE
-from clipcite.report import pyplot
+from clipcite.report import plot_selection
 from clipcite.selection import TIE_POINTS, Candidate, pick, rule, table
 from clipcite.steps.common import read_json, setup_logging
 
@@ -60,22 +59,6 @@ def _candidate(method: str, validation_uri: str) -> Candidate:
     if values.get("method") != method:
         raise ValueError(f"{validation_uri}: scores method {values.get('method')!r}, wired as the {method!r} candidate")
     return Candidate(**values)
-
-
-def plot_selection(choice: dict, path: Path) -> None:
-    """Validation top-1 per candidate, the winner highlighted, trainable parameters under each bar."""
-    rows = choice["candidates"]
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(rows) + 2), 3.4))
-    colours = ["tab:green" if r["selected"] else "tab:gray" for r in rows]
-    bars = ax.bar([r["method"] for r in rows], [r["val_top1"] for r in rows], color=colours)
-    ax.bar_label(bars, labels=[f"{r['val_top1']:.1f}\n{r['trainable_parameters']:,} p" for r in rows], fontsize=7)
-    ax.set_ylabel("validation top-1 (%)")
-    ax.set_ylim(0, 115)
-    ax.set_title(f"Candidates (selected: {choice['winner']})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
