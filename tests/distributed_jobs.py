@@ -38,6 +38,9 @@ class Interrupt(Exception):
     """Stands for the pod being killed."""
 
 
+GRID = "train.alpha_grid=[0.0, 0.5, 1.0]"  # the steps' finetune chooses alpha on validation (scored over the ranks)
+
+
 def step_config(*overrides: str):
     batches = ["train.batch_size=5", "teacher.batch_size=5", "eval.batch_size=4"]  # several batches per rank
     return load_config(overrides=[*TINY, "train.epochs=1", *batches, *overrides])
@@ -129,6 +132,6 @@ def rank_jobs(rows, prompts, cache, work: str) -> dict:
         out["predict"] = predict(load_model("clipcite-tiny", ""), rows, prompts, batch_size=5)
         splits, steps = str(work_dir / "splits"), work_dir / "two"
         cache_teacher.run(splits, str(steps / "teacher"), step_config())
-        finetune.run(splits, str(steps / "model"), step_config(), cache_uri=str(steps / "teacher"))
+        finetune.run(splits, str(steps / "model"), step_config(GRID), cache_uri=str(steps / "teacher"))
         evaluate.run(str(steps / "model"), splits, str(steps / "eval"), step_config())
     return out

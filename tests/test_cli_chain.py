@@ -350,3 +350,15 @@ def test_a_missing_splits_folder_is_reported_as_missing(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'nope'}: no such folder" in err and "no Parquet shards" not in err, err
+
+
+def test_aggregate_takes_seeds_that_chose_different_alphas_from_one_grid(tmp_path, capsys):
+    runs = [_metrics_file(tmp_path / "a", 80.0, 60.0), _metrics_file(tmp_path / "b", 76.0, 50.0)]
+    for folder, alpha, grid in zip(runs, (0.5, 0.7), ([0.5, 0.7], [0.5, 0.7]), strict=True):
+        path = tmp_path / folder / "metrics.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "alpha": alpha, "alpha_grid": grid}))
+    assert main(["aggregate", *runs, "--out", str(tmp_path / "agg.json")]) == 0  # one recipe: alpha from one grid
+    path = tmp_path / runs[1] / "metrics.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "alpha_grid": [0.5, 1.0]}))
+    assert main(["aggregate", *runs, "--out", str(tmp_path / "agg2.json")]) == 2
+    assert "alpha: {'alpha_grid': [0.5, 0.7]}, {'alpha_grid': [0.5, 1.0]}" in capsys.readouterr().err

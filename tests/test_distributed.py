@@ -73,7 +73,7 @@ def _one_process(rows, prompts, cache, work) -> dict:
     one["predict"] = predict(load_model("clipcite-tiny", ""), rows, prompts, batch_size=5)
     splits, steps = str(work / "splits"), work / "one"
     cache_teacher.run(splits, str(steps / "teacher"), jobs.step_config())
-    finetune.run(splits, str(steps / "model"), jobs.step_config(), cache_uri=str(steps / "teacher"))
+    finetune.run(splits, str(steps / "model"), jobs.step_config(jobs.GRID), cache_uri=str(steps / "teacher"))
     evaluate.run(str(steps / "model"), splits, str(steps / "eval"), jobs.step_config())
     return one
 
@@ -142,6 +142,8 @@ def test_steps_under_two_ranks_write_what_one_process_writes(runs):
     assert_same_weights(model_one, load_file(str(next((two / "model").glob("*.safetensors")))))
     summary = [json.loads((d / "model" / "train_summary.json").read_text()) for d in (one, two)]
     assert summary[0]["steps"] == summary[1]["steps"] == 3 and summary[0]["images"] == 12
+    assert summary[0]["alpha_grid"] == summary[1]["alpha_grid"]  # the grid's validation passes, shared over ranks
+    assert summary[0]["alpha_grid"]["val_images"] == 12  # 3 base classes x 2 val images x 2 domains
     metrics = [json.loads((d / "eval" / "metrics.json").read_text()) for d in (one, two)]
     for m in metrics:
         del m["model"]  # the folder it read

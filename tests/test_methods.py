@@ -101,6 +101,11 @@ def test_lora_weight_space_ensemble_is_off_by_default_and_switchable(train_rows)
     key = "visual.transformer.resblocks.0.attn.in_proj_weight"
     half_delta, full_delta = half.state_dict[key] - zeroshot[key], full.state_dict[key] - zeroshot[key]
     assert full_delta.abs().max() > 1e-5 and torch.allclose(half_delta, 0.5 * full_delta, atol=1e-7)
+    # the adapter file is the update as trained; applied at the ensemble's alpha it gives the saved model
+    reloaded = load_model("clipcite-tiny", "").model.eval()
+    adapters = lora.load_adapter(reloaded, half.files[lora.ADAPTER_FILE], ensemble_alpha=0.5)
+    rebuilt = lora.merged_state(reloaded, adapters)
+    assert all(torch.allclose(rebuilt[k], half.state_dict[k], atol=1e-6) for k in half.state_dict)
 
 
 def test_resumed_lora_run_ends_with_the_same_weights(train_rows, tmp_path):

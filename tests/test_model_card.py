@@ -214,6 +214,7 @@ def test_every_candidates_test_number_joins_the_selection_after_the_choice(tmp_p
     reports and puts each one's gate metric beside its validation score on the card."""
     import json
 
+    from clipcite.config import GateConfig
     from clipcite.selection import Candidate, pick, rule, table
     from clipcite.steps.register import merge_reports, with_test_numbers
 
@@ -230,9 +231,13 @@ def test_every_candidates_test_number_joins_the_selection_after_the_choice(tmp_p
         reports.append(str(report))
     body = merge_reports(reports)
     assert body["models"] == ["zeroshot", "finetuned", "candidate-lora"]
-    joined = with_test_numbers(selection, body, "top1")
+    joined = with_test_numbers(selection, body, GateConfig())
     assert [(r["method"], r["test"]) for r in joined["candidates"]] == [("cite", 58.0), ("lora", 61.0)]
     assert joined["test_metric"] == "top1 (mean of sketch)" and joined["test_key"] == "test_top1"
+    on_photo = with_test_numbers(selection, body, GateConfig(domain="photo"))  # where the gate reads its metric
+    assert on_photo["test_metric"] == "top1 (photo)" and on_photo["candidates"][1]["test"] == 61.0
+    without = {**body, "mean": {k: v for k, v in body["mean"].items() if k != "candidate-lora"}}
+    assert with_test_numbers(selection, without, GateConfig()) == selection  # no other candidate scored: no column
     card = version_card(name="m", version=1, meta=META, body=body, decision={}, code_version="x", selection=joined)
     section = card.split("## Selection among candidates")[1].split("## Data")[0]
     assert "| test top1 (mean of sketch) |" in section

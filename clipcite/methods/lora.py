@@ -159,11 +159,14 @@ def adapter_bytes(adapters: dict[str, LoRAAttention], meta: dict[str, str]) -> b
     return save_tensors(tensors, metadata=meta)
 
 
-def load_adapter(model: torch.nn.Module, data: bytes) -> dict[str, LoRAAttention]:
-    """Attach a saved adapter (the bytes of ``lora_adapter.safetensors``) to a base model; dropout off."""
+def load_adapter(model: torch.nn.Module, data: bytes, ensemble_alpha: float = 1.0) -> dict[str, LoRAAttention]:
+    """Attach a saved adapter (the bytes of ``lora_adapter.safetensors``, the update as trained) to a base model;
+    dropout off. The saved model is the base with the update at the weight-space ensemble's alpha (its
+    ``clipcite.json`` ``alpha``: W + alpha * (lora.alpha / r) * B A, exactly), so ``ensemble_alpha`` = that alpha
+    reproduces it; 1.0 (default) is the adapter as trained."""
     tensors = load_tensors(data)
     meta = _metadata(data)
-    adapters = attach(model, int(meta["rank"]), float(meta["alpha"]), 0.0)
+    adapters = attach(model, int(meta["rank"]), float(meta["alpha"]) * ensemble_alpha, 0.0)
     if set(tensors) != {f"{p}.lora_{x}" for p in adapters for x in "ab"}:
         raise ValueError("LoRA adapter does not match this model's blocks")
     with torch.no_grad():

@@ -17,9 +17,7 @@ def aggregate_runs(metric_uris: list[str], out_uri: str, *, allow_mixed: bool = 
     different methods, settings or domains are refused unless ``allow_mixed`` (a mean of unrelated runs reads as a
     seed average)."""
     runs = [read_json(u if u.endswith(".json") else storage.join(u, "metrics.json")) for u in metric_uris]
-    facts = {
-        key: [sorted(r["domains"]) if key == "domains" else r.get(key) for r in runs] for key in (*SAME, "domains")
-    }
+    facts = {key: [_fact(r, key) for r in runs] for key in (*SAME, "domains")}
     differ = {key: values for key, values in facts.items() if len({str(v) for v in values}) > 1}
     if differ and not allow_mixed:
         detail = "; ".join(f"{key}: {', '.join(map(str, values))}" for key, values in differ.items())
@@ -31,3 +29,13 @@ def aggregate_runs(metric_uris: list[str], out_uri: str, *, allow_mixed: bool = 
     result["runs"] = metric_uris
     storage.write_text(out_uri, json.dumps(result, indent=2))
     return result
+
+
+def _fact(run: dict, key: str):
+    """What must agree across seeds: the domains evaluated; alpha, or the grid it was chosen from (seeds of one
+    recipe may choose different alphas on their own validation images)."""
+    if key == "domains":
+        return sorted(run["domains"])
+    if key == "alpha" and run.get("alpha_grid"):
+        return {"alpha_grid": run["alpha_grid"]}
+    return run.get(key)

@@ -240,6 +240,7 @@ def _run(
         "model": model_ref,
         "method": meta.get("method"),
         "alpha": meta.get("alpha"),
+        "alpha_grid": (meta.get("alpha_grid") or {}).get("alphas"),  # set: alpha was chosen from these on validation
         "seed": meta.get("seed"),
         "template": config.model.template,  # "" = each eval set's own (sets.<name>.template)
         "train_domains": train_domains,

@@ -37,7 +37,7 @@ from clipcite.steps.common import (
     resolve_device,
     setup_logging,
 )
-from clipcite.steps.validate import choose_alpha
+from clipcite.steps.validate import choose_alpha, require_validation
 from clipcite.teacher import TeacherCache, check_cache, load_cache
 from clipcite.train import FitResult, fit
 
@@ -75,6 +75,8 @@ def run(
     if method:
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, method=method))
         config.train.validate()
+        # select needs validation scores: fail now, not after training every candidate
+        require_validation(splits_uri, "select among the candidate methods on", "run one method")
     with distributed.process_group(resolve_device(config.device)):
         run_id = mlflow_run_id if distributed.is_main() else ""  # rank 0 alone logs to MLflow
         with tracking.step_run(tracking_uri, run_id, step_name(method)) as step:
@@ -129,6 +131,8 @@ def _run(
 
     ckpt = checkpoint_dir or str(_default_checkpoint_dir(out_uri))
     fit_params = _fit_params(params)
+    if fit_params is not params:  # before hours of training: the grid needs validation images
+        require_validation(splits_uri, "choose train.alpha_grid on", "leave train.alpha_grid empty")
     started = time.perf_counter()
     with storage.mirrored_dir(ckpt) as (local_ckpt, save_durably):
         result = fit(
@@ -148,20 +152,21 @@ def _run(
     broken = nonfinite_weights(result.state_dict)
     if broken:  # the loop's guard should have stopped first; never save such weights
         raise NonFiniteError(f"{out_uri}: not written: the trained weights hold NaN/inf in {broken[:5]}")
-    seconds = time.perf_counter() - started
-    if not distributed.is_main():
-        return _train_summary(params, result, len(rows), len(prompts), seconds, device)  # rank 0 writes the model
     grid = None
-    if fit_params is not params:  # train.alpha_grid: the ensemble's alpha chosen on validation
+    if fit_params is not params:  # train.alpha_grid, on every rank: scoring shares the images out over the ranks
         alpha, grid = choose_alpha(
             student, result.state_dict, result.zeroshot_state, params.alpha_grid, splits_uri, config, device
         )
         result = dataclasses.replace(
             result, state_dict=average_weights(result.state_dict, result.zeroshot_state, alpha), alpha=alpha
         )
+    seconds = time.perf_counter() - started  # training, and the grid's validation passes: what the method costs
+    if not distributed.is_main():
+        return _train_summary(params, result, len(rows), len(prompts), seconds, device)  # rank 0 writes the model
+    if grid is not None:
         for a, score in zip(grid["alphas"], grid["val_top1"], strict=True):  # a chart of val top-1 over alpha x 100
             step.log_metrics({"alpha_grid/val_top1": score}, round(a * 100))
-        step.log_metrics({"alpha_grid/chosen": alpha})
+        step.log_metrics({"alpha_grid/chosen": grid["chosen"]})
     summary = _train_summary(params, result, len(rows), len(prompts), seconds, device)
     summary["teacher"] = "cache" if cache is not None else ("online" if teacher else "none")
     if grid is not None:
@@ -193,7 +198,8 @@ def _fit_params(params: FitParams) -> FitParams:
         log.warning("train.alpha_grid ignored: %s saves no weight-space ensemble", params.method)
         return params
     lora = dataclasses.replace(params.lora, ensemble_alpha=1.0)
-    return dataclasses.replace(params, alpha=1.0, lora=lora)
+    # the grid leaves training as it is: a changed grid still resumes from the same checkpoint
+    return dataclasses.replace(params, alpha=1.0, lora=lora, alpha_grid=())
 
 
 def _teacher_inputs(

@@ -27,7 +27,7 @@ from PIL import Image
 
 from clipcite import registry, served_model, storage, tracking
 from clipcite.artifacts import META_FILE, SELECTION_FILE
-from clipcite.config import Config, config_from_yaml
+from clipcite.config import Config, GateConfig, config_from_yaml
 from clipcite.gate import decide_promotion, primary_metric
 from clipcite.metrics import summarise
 from clipcite.model_card import family_description, selection_section, version_card
@@ -60,8 +60,12 @@ def merge_reports(report_uris: list[str]) -> dict:
         raise ValueError(f"the evaluations compared against different champion versions {sorted(map(str, champions))}")
     evaluated = [m for m in MODELS if all(m in entry for entry in sets.values())]
     losers = sorted({m for entry in sets.values() for m in entry if m.startswith(CANDIDATE_PREFIX)})
-    models = evaluated + [m for m in losers if all(m in entry for entry in sets.values())]
-    keys = ("model", "method", "alpha", "seed", "template", "champion_version", "train_domains", "mean_over")
+    partial = [m for m in losers if not all(m in entry for entry in sets.values())]
+    if partial:  # a domain's evaluate that was not wired the candidates: their mean would cover other domains
+        log.warning("%s not scored on every eval set: left out of the record", ", ".join(partial))
+    models = evaluated + [m for m in losers if m not in partial]
+    keys = ("model", "method", "alpha", "alpha_grid", "seed", "template", "champion_version", "train_domains")
+    keys += ("mean_over",)
     merged = {k: bodies[0].get(k) for k in keys}
     summary = summarise(sets, models, merged["train_domains"] or (), merged["mean_over"] or "ood")
     return {**merged, **summary, "sets": sets, "models": models}
@@ -89,7 +93,7 @@ def run(
     body = merge_reports(report_uris)
     selection = read_json(storage.join(selection_uri, SELECTION_FILE)) if selection_uri else None
     if selection:
-        selection = with_test_numbers(selection, body, primary_metric(config.gate, body))
+        selection = with_test_numbers(selection, body, config.gate)
     meta = json.loads(storage.read_text(storage.join(model_uri, META_FILE)))  # not the weights
     record = {
         "registered_model_name": registered_model_name,
@@ -201,13 +205,13 @@ def _register(
             step.log_text(card, "model_card.md", parent=on_parent)
         step.log_metrics({"mean": body["mean"]}, parent=True, digits=tracking.METRIC_DIGITS)
         step.log_table(metrics_table(body), METRICS_TABLE, parent=True)
-        if selection and "test_key" in selection:
-            _log_test_numbers(client, pipeline_run, selection)
-            with tempfile.TemporaryDirectory() as tmp:
-                plot_selection(selection, Path(tmp) / "selection.png")
-                step.log_image(Path(tmp) / "selection.png", "selection-test", parent=True)
         if not rerun:  # a rerun's run already holds them
             _log_plots(step, body, report_uris)
+            if selection and "test_key" in selection:
+                _log_test_numbers(client, pipeline_run, selection)
+                with tempfile.TemporaryDirectory() as tmp:
+                    plot_selection(selection, Path(tmp) / "selection.png")
+                    step.log_image(Path(tmp) / "selection.png", "selection-test", parent=True)
         note = client.get_run(pipeline_run).data.tags.get(NOTE, "")
         tags = {"registered_version": number, "gate.decision": role}
         tags[NOTE] = with_registration(note, name, number, role, decision["reason"])
@@ -224,25 +228,35 @@ def _register(
     }
 
 
-def with_test_numbers(selection: dict, body: dict, metric: str) -> dict:
-    """The select step's table with each candidate's test number (the gate's ``metric`` over the eval sets' mean):
-    the selected one's is ``finetuned``'s, the others' were scored beside it by evaluate. Added after the choice,
-    for the record: the choice was made on validation alone."""
-    mean = body["mean"]
+def with_test_numbers(selection: dict, body: dict, gate: GateConfig) -> dict:
+    """The select step's table with each candidate's test number, the gate's metric where the gate reads it (one
+    domain, or the eval sets' mean): the selected one's is ``finetuned``'s, the others' were scored beside it by
+    evaluate. Added after the choice, for the record: the choice was made on validation alone. Without any other
+    candidate's numbers (an evaluate not wired them) the table stays as select wrote it."""
+    metric = primary_metric(gate, body)
+    source = body["domains"].get(gate.domain, {}) if gate.domain else body["mean"]
     rows = []
     for row in selection["candidates"]:
         model = "finetuned" if row["selected"] else candidate_model(row["method"])
-        rows.append({**row, "test": mean.get(model, {}).get(metric)})
-    label = f"{metric} (mean of {', '.join(body.get('mean_domains') or body['domains'])})"
-    return {**selection, "candidates": rows, "test_metric": label, "test_key": f"test_{metric}"}
+        rows.append({**row, "test": source.get(model, {}).get(metric)})
+    if not any(r["test"] is not None for r in rows if not r["selected"]):
+        return selection
+    where = gate.domain or f"mean of {', '.join(body.get('mean_domains') or body['domains'])}"
+    return {**selection, "candidates": rows, "test_metric": f"{metric} ({where})", "test_key": f"test_{metric}"}
 
 
 def _log_test_numbers(client, pipeline_run: str, selection: dict) -> None:
-    """Each candidate's test number on its ``validate-<method>`` run, beside its validation score, so MLflow's run
-    comparison of those runs charts validation against test."""
+    """Each candidate's test number on its ``validate-<method>`` run (the newest finished one, where a retry left
+    several), beside its validation score, so MLflow's run comparison of those runs charts validation against test."""
     experiment = client.get_run(pipeline_run).info.experiment_id
-    children = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{pipeline_run}'")
-    by_step = {run.data.tags.get(tracking.STEP_TAG): run.info.run_id for run in children}
+    children = client.search_runs(
+        [experiment],
+        filter_string=f"tags.`mlflow.parentRunId` = '{pipeline_run}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+    )
+    by_step: dict[str, str] = {}
+    for run in children:
+        by_step.setdefault(run.data.tags.get(tracking.STEP_TAG, ""), run.info.run_id)
     for row in selection["candidates"]:
         run_id = by_step.get(f"validate-{row['method']}")
         if run_id and row.get("test") is not None:

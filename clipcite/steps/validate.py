@@ -95,6 +95,19 @@ def val_top1(model: LoadedModel, splits_uri: str, config: Config, device: str) -
     return float(top1(preds["candidate"], target)), len(rows)
 
 
+def require_validation(splits_uri: str, purpose: str, otherwise: str, rows: int | None = None) -> None:
+    """Fail, saying what to change, when the splits hold no validation images (``rows``: counted already; else the
+    manifest's count, so a run fails before it trains)."""
+    if rows is None:
+        manifest = read_json(storage.join(splits_uri, "manifest.json"))
+        rows = int(manifest.get("sets", {}).get("val", {}).get("rows") or 0)
+    if not rows:
+        raise ValueError(
+            f"{splits_uri}/val: no validation images to {purpose}: give the data a val split or more train images "
+            f"than the shots (splits.val_shots), or {otherwise}"
+        )
+
+
 def choose_alpha(
     student: LoadedModel,
     finetuned: dict[str, torch.Tensor],
@@ -114,10 +127,7 @@ def choose_alpha(
         scores[alpha], images = val_top1(student, splits_uri, config, device)
         log.info("alpha %.2f: validation top-1 %.2f on %d images", alpha, scores[alpha], images)
     if not images:
-        raise ValueError(
-            f"{splits_uri}/val: no validation images to choose train.alpha_grid on: give the data a val split or "
-            "more train images than the shots (splits.val_shots), or leave train.alpha_grid empty"
-        )
+        require_validation(splits_uri, "choose train.alpha_grid on", "leave train.alpha_grid empty", rows=0)
     chosen = pick_alpha(scores)
     student.model.load_state_dict(average_weights(finetuned, zeroshot, chosen))
     record = {
