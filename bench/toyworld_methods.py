@@ -153,11 +153,17 @@ def run_one(
 def seed_results(
     table: Path, out: Path, seed: int, extra: list[str], protocols: tuple[str, ...], methods: tuple[str, ...]
 ) -> dict:
-    """One seed's results. What an earlier run left in ``out/results.json`` is reused method by method and
-    protocol by protocol (the machine is shared and a full run takes long; delete the file to measure again), the
-    rest is measured, and the file is rewritten (via a temp file) after every model, so an interrupted run resumes."""
+    """One seed's results. What an earlier run with the same settings (``extra``: --quick, --smoke, --set) left in
+    ``out/results.json`` is reused method by method and protocol by protocol (the machine is shared and a full run
+    takes long; delete the file to measure again), the rest is measured, and the file is rewritten (via a temp
+    file) after every model, so an interrupted run resumes."""
     saved = out / "results.json"
-    done = json.loads(saved.read_text()) if saved.exists() else {}
+    stored = json.loads(saved.read_text()) if saved.exists() else {}
+    done: dict = {}
+    if stored.get("settings") == extra:  # entries without a validation score predate the selection columns
+        done = {m: {p: e for p, e in entry.items() if "val" in e} for m, entry in stored["results"].items()}
+    elif stored:
+        log.info("seed %d: %s holds other settings (%s); measuring again", seed, saved, stored.get("settings"))
     reused = sorted(m for m in methods if all(p in done.get(m, {}) for p in protocols))
     if reused:
         log.info("seed %d: reusing %s for %s", seed, saved, ", ".join(reused))
@@ -165,7 +171,7 @@ def seed_results(
     def save(results: dict) -> None:
         out.mkdir(parents=True, exist_ok=True)
         tmp = saved.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(results, indent=1))
+        tmp.write_text(json.dumps({"settings": extra, "results": results}, indent=1))
         tmp.replace(saved)
 
     results = run_one(table, out, seed, extra, tuple(protocols), methods, done, save)
@@ -204,8 +210,9 @@ def _size(n: float) -> str:
 
 
 def costs_markdown(summary: dict) -> str:
-    """What each method costs (mean over seeds): training time, trainable parameters, what it adds to the base
-    model, and the validation score the selection sees."""
+    """What each method costs (mean over seeds): training time (finetune's; the shared teacher cache, which the
+    probe trains on, is not in it), trainable parameters (b2n's), what it adds to the base model (b2n / xd where
+    they differ), and the validation score the selection sees."""
     lines = [
         "| method | train s (b2n) | train s (xd) | trainable parameters | artefact | val top-1 b2n | val top-1 xd |",
         "|---|---|---|---|---|---|---|",
@@ -218,10 +225,9 @@ def costs_markdown(summary: dict) -> str:
         secs = [f"{v['seconds']['mean']:.0f}" if v else "-" for v in val.values()]
         tops = [f"{v['val_top1']['mean']:.1f} ± {v['val_top1']['std']:.1f}" if v else "-" for v in val.values()]
         params = int(some["trainable_parameters"]["mean"])
+        sizes = list(dict.fromkeys(_size(v["artefact_bytes"]["mean"]) for v in val.values() if v))  # b2n / xd
         lines.append(
-            f"| {method} | {secs[0]} | {secs[1]} | {params:,} | {_size(some['artefact_bytes']['mean'])} | "
-            + " | ".join(tops)
-            + " |"
+            f"| {method} | {secs[0]} | {secs[1]} | {params:,} | {' / '.join(sizes)} | " + " | ".join(tops) + " |"
         )
     return "\n".join(lines) + "\n"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import re
 import sys
 from pathlib import Path
@@ -18,6 +19,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(BENCH))  # the toy-world benches import each other by bare name, as when run as scripts
+
+from smoke import SMOKE_OVERRIDES  # noqa: E402
 
 HELPERS = {"cite_step", "synthetic", "smoke"}  # modules the benches share, not benches
 # bench -> this file's smoke test, or the test file that runs the bench's smoke form
@@ -66,7 +69,7 @@ def test_every_bench_bench_readme_shows_exists_and_has_a_smoke_run():
     assert shown & set(benches()) <= set(SMOKE)
 
 
-def test_toyworld_methods_smoke(tmp_path, capsys):
+def test_toyworld_methods_smoke(tmp_path, capsys, caplog):
     from bench import toyworld_methods
 
     assert toyworld_methods.main(["--quick", "--smoke", "--out", str(tmp_path)]) == 0  # the README's command
@@ -80,6 +83,13 @@ def test_toyworld_methods_smoke(tmp_path, capsys):
     for candidates in ("cite, lora, linear_probe", "all methods"):  # the rule's pick per protocol beside test's best
         picks = result["selection"][candidates]
         assert set(picks) == {"b2n", "xd"} and {p["picked"] for p in picks["b2n"].values()} <= set(result["summary"])
+    saved = json.loads((tmp_path / "seed1" / "results.json").read_text())
+    assert saved["settings"] == ["train.epochs=5", *SMOKE_OVERRIDES]  # reused only by a run with these settings
+    assert set(saved["results"]) == set(toyworld_methods.SMOKE_METHODS)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="bench"):
+        assert toyworld_methods.main(["--quick", "--smoke", "--out", str(tmp_path)]) == 0
+    assert "seed 1: reusing" in caplog.text and "seed 1 b2n" not in caplog.text  # nothing trained again
 
 
 def test_toyworld_vld_smoke(tmp_path):
