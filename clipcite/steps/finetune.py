@@ -26,7 +26,7 @@ from clipcite.artifacts import WEIGHTS_FILE
 from clipcite.config import Config, dump_yaml, to_dict
 from clipcite.data.table import ClassList
 from clipcite.finite import NonFiniteError, nonfinite_weights
-from clipcite.models import LoadedModel, average_weights, load_model, save_model
+from clipcite.models import LoadedModel, load_model, save_model
 from clipcite.recipe import ENSEMBLE_METHODS, FitParams
 from clipcite.steps.common import (
     base_parser,
@@ -154,12 +154,10 @@ def _run(
         raise NonFiniteError(f"{out_uri}: not written: the trained weights hold NaN/inf in {broken[:5]}")
     grid = None
     if fit_params is not params:  # train.alpha_grid, on every rank: scoring shares the images out over the ranks
-        alpha, grid = choose_alpha(
+        state, grid = choose_alpha(
             student, result.state_dict, result.zeroshot_state, params.alpha_grid, splits_uri, config, device
         )
-        result = dataclasses.replace(
-            result, state_dict=average_weights(result.state_dict, result.zeroshot_state, alpha), alpha=alpha
-        )
+        result = dataclasses.replace(result, state_dict=state, alpha=grid["chosen"])
     seconds = time.perf_counter() - started  # training, and the grid's validation passes: what the method costs
     if not distributed.is_main():
         return _train_summary(params, result, len(rows), len(prompts), seconds, device)  # rank 0 writes the model

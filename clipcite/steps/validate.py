@@ -78,10 +78,19 @@ def score(model_uri: str, splits_uri: str, config: Config) -> Candidate:
 
 def val_top1(model: LoadedModel, splits_uri: str, config: Config, device: str) -> tuple[float, int]:
     """(top-1 in points, images) of ``model`` on ``<splits_uri>/val``; (0.0, 0) for an empty validation split."""
+    rows, prompts = _val_set(splits_uri, config)
+    return _top1(model, rows, prompts, splits_uri, config, device), len(rows)
+
+
+def _val_set(splits_uri: str, config: Config):
+    """The validation split's rows and its classes' prompts."""
     rows, classes = read_split(storage.join(splits_uri, "val"))
+    return rows, class_prompts(classes, config)[1]
+
+
+def _top1(model: LoadedModel, rows, prompts: list[str], splits_uri: str, config: Config, device: str) -> float:
     if not len(rows):
-        return 0.0, 0
-    _, prompts = class_prompts(classes, config)
+        return 0.0
     preds, target = predict_models(
         {"candidate": model},
         rows,
@@ -92,7 +101,7 @@ def val_top1(model: LoadedModel, splits_uri: str, config: Config, device: str) -
         precision=config.train.precision,
         source=f"{splits_uri}/val: ",
     )
-    return float(top1(preds["candidate"], target)), len(rows)
+    return float(top1(preds["candidate"], target))
 
 
 def require_validation(splits_uri: str, purpose: str, otherwise: str, rows: int | None = None) -> None:
@@ -116,28 +125,28 @@ def choose_alpha(
     splits_uri: str,
     config: Config,
     device: str,
-) -> tuple[float, dict]:
+) -> tuple[dict[str, torch.Tensor], dict]:
     """``train.alpha_grid``: the weight-space ensemble's alpha chosen on the validation split (clipcite.selection's
     rule). Each alpha is only an average of two weight sets, so the grid costs one validation pass per alpha, not a
-    training run. Leaves ``student`` at the chosen weights; returns (alpha, the record train_summary.json keeps)."""
+    training run. Leaves ``student`` at the chosen weights; returns (them, the record train_summary.json keeps)."""
+    rows, prompts = _val_set(splits_uri, config)  # read once for every alpha
+    require_validation(splits_uri, "choose train.alpha_grid on", "leave train.alpha_grid empty", rows=len(rows))
     scores: dict[float, float] = {}
-    images = 0
     for alpha in grid:
         student.model.load_state_dict(average_weights(finetuned, zeroshot, alpha))
-        scores[alpha], images = val_top1(student, splits_uri, config, device)
-        log.info("alpha %.2f: validation top-1 %.2f on %d images", alpha, scores[alpha], images)
-    if not images:
-        require_validation(splits_uri, "choose train.alpha_grid on", "leave train.alpha_grid empty", rows=0)
+        scores[alpha] = _top1(student, rows, prompts, splits_uri, config, device)
+        log.info("alpha %.2f: validation top-1 %.2f on %d images", alpha, scores[alpha], len(rows))
     chosen = pick_alpha(scores)
-    student.model.load_state_dict(average_weights(finetuned, zeroshot, chosen))
+    state = average_weights(finetuned, zeroshot, chosen)
+    student.model.load_state_dict(state)
     record = {
         "alphas": list(scores),
         "val_top1": list(scores.values()),
-        "val_images": images,
+        "val_images": len(rows),
         "chosen": chosen,
         "rule": alpha_rule(),
     }
-    return chosen, record
+    return state, record
 
 
 def main(argv: list[str] | None = None) -> int:
