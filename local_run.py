@@ -9,6 +9,7 @@ task printed, so a failed run ends with what went wrong.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import logging
@@ -128,8 +129,12 @@ class TaskLog:
 
 @contextlib.contextmanager
 def captured(path: Path, *, echo: bool) -> Iterator[TaskLog]:
-    """Send this process's stdout, stderr and root log records to a ``TaskLog`` for the duration."""
-    terminal = sys.stdout
+    """Send this process's stdout, stderr and root log records to a ``TaskLog`` for the duration.
+
+    Also puts back ``print``: kfp.local indents a task's streamed lines by swapping ``builtins.print`` for the task's
+    duration, and two ParallelFor iterations that overlap restore each other's swap, so after a run with parallel
+    evaluate tasks ``print`` could stay indented and the summary printed after it start with four spaces."""
+    terminal, plain_print = sys.stdout, builtins.print
     log = TaskLog(path, terminal, echo=echo)
     handler = logging.StreamHandler(log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -141,6 +146,7 @@ def captured(path: Path, *, echo: bool) -> Iterator[TaskLog]:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             yield log
     finally:
+        builtins.print = plain_print
         root.handlers, level = saved
         root.setLevel(level)
         log.close()

@@ -139,6 +139,22 @@ def test_the_quiet_log_names_the_domain_of_each_evaluate_task(tmp_path):
     ]
 
 
+def test_overlapping_parallel_tasks_do_not_leave_print_indented_after_the_run(tmp_path, capsys):
+    """kfp.local swaps ``builtins.print`` for an indenting one while a task runs; two evaluate iterations that overlap
+    (start A, start B, end A, end B) leave B's "original", A's indenting print, in place. CI printed the summary
+    with four spaces before it that way; ``captured`` puts the plain print back."""
+    from kfp.local import logging_utils
+
+    with local_run.captured(tmp_path / "run.log", echo=False):
+        first, second = logging_utils.indented_print(), logging_utils.indented_print()
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)
+        second.__exit__(None, None, None)
+    print("# clipcite: the summary")
+    assert capsys.readouterr().out == "# clipcite: the summary\n"
+
+
 def test_champion_without_a_store_says_where_it_looked_and_which_flag_to_use(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
