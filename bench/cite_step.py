@@ -1,7 +1,7 @@
 """fit's CITE step on synthetic device tensors, for the throughput benches (bench/gpu_bench.py,
 bench/teacher_cache.py): batch_losses, the non-finite check, the gradient norm and AdamW, with the teacher's image
 features either looked up in a cache (``teacher.mode=cache``) or computed by the frozen teacher (``online``)
-through CITE's own ``teacher_images`` (clipcite/methods/cite.py)."""
+through CITE's own ``teacher_images`` (clipcite/training/methods/cite.py)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from types import SimpleNamespace
 
 import torch
 
-from clipcite.methods.cite import batch_losses, param_groups, teacher_images
-from clipcite.models import LoadedModel
-from clipcite.precision import autocast
-from clipcite.recipe import FitParams
-from clipcite.train import _grad_norm, adamw, nonfinite_terms
+from clipcite.model.clip import LoadedModel
+from clipcite.model.precision import autocast
+from clipcite.train_params import FitParams
+from clipcite.training.loop import _grad_norm, adamw, nonfinite_terms
+from clipcite.training.methods.cite import batch_losses, param_groups, teacher_images
 
 
 def input_side(loaded: LoadedModel) -> int:

@@ -9,33 +9,33 @@ peak (790 TFLOP/s bf16 dense for an H200) at the issue's 158 GFLOPs per training
 FLOPs counted in one step (torch's FlopCounterMode; for the tiny model only this one means anything). The step is
 fit's: batch_losses, the non-finite check, the gradient norm, AdamW (fused on CUDA). Images are device-resident
 tensors, so the number is the step's, not the loader's. Then evaluation at batch 256: on pre-decoded device tensors
-(the model alone), through the real input path (clipcite.evaluate.predict over synthetic 500x375 JPEGs: PIL decode,
-open_clip's eval transform, collate, pinned copies, ``--workers`` processes), and that input path alone.
+(the model alone), through the real input path (clipcite.evaluation.predict.predict over synthetic 500x375 JPEGs: PIL
+decode, open_clip's eval transform, collate, pinned copies, ``--workers`` processes), and that input path alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.cite_step import cite_step, input_side, synthetic_prompts
+from bench.synthetic import jpeg_rows
+from clipcite.data.crops import model_input
+from clipcite.data.loading import (
+    EvalDataset,
+    loader_options,
+)
+from clipcite.evaluation.predict import predict
+from clipcite.model.clip import load_model
+from clipcite.model.precision import autocast
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from bench.cite_step import cite_step, input_side, synthetic_prompts  # noqa: E402
-from bench.synthetic import jpeg_rows  # noqa: E402
-from clipcite.crops import model_input  # noqa: E402
-from clipcite.data.loading import EvalDataset  # noqa: E402
-from clipcite.evaluate import predict  # noqa: E402
-from clipcite.loaders import loader_options  # noqa: E402
-from clipcite.models import load_model  # noqa: E402
-from clipcite.precision import autocast  # noqa: E402
 
 TRAIN_GFLOPS = 158.0  # per training image, CITE step (issue 11)
 EVAL_GFLOPS = 35.1  # per eval image, ViT-B/16 at 224 px

@@ -12,12 +12,12 @@
    literally); the batches are checked equal.
 2. The model's own images/s on the same machine: toyclip and ViT-B-16-quickgelu (random init), the eval forward and
    fit's CITE step (cached teacher; bench/cite_step.py).
-3. evaluate's images/s (clipcite.evaluate.predict: batches, workers) against a naive loop: per image, PIL decode,
-   the same eval transform, a batch-of-1 forward and argmax. The predictions are checked equal. Then the evaluate
-   step's case: it scores K models on each set (fine-tuned, zero-shot, champion; here K random inits of the same
-   arch, so one eval view) with clipcite.evaluate.predict_models, one pass over the images for all K, against the
-   naive loop run once per model and against predict once per model (what evaluate did before). images/s there
-   counts the set's images (each scored by K models). For the small archs the eval set is 4,096 images by default:
+3. evaluate's images/s (clipcite.evaluation.predict.predict: batches, workers) against a naive loop: per image, PIL
+decode,    the same eval transform, a batch-of-1 forward and argmax. The predictions are checked equal. Then the
+evaluate    step's case: it scores K models on each set (fine-tuned, zero-shot, champion; here K random inits of the
+same    arch, so one eval view) with clipcite.evaluation.predict.predict_models, one pass over the images for all K,
+against    the naive loop run once per model and against predict once per model (what evaluate did before). images/s
+there    counts the set's images (each scored by K models). For the small archs the eval set is 4,096 images by default:
    16 batches of the preset's 256, so the workers reach the steady state an ImageNet-size set (50,000 images) runs
    in; a set of one batch keeps one worker busy and the others idle (``--eval-images 256`` shows that case).
    ViT-B-16-quickgelu's comparisons use ``--naive-images`` (48) images: one partial batch, as its CPU forward is slow.
@@ -30,12 +30,10 @@ import argparse
 import io
 import os
 import resource
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -45,12 +43,19 @@ from torch.utils.data import DataLoader  # noqa: E402
 from bench.cite_step import cite_step, input_side, synthetic_prompts  # noqa: E402
 from bench.synthetic import jpeg_rows  # noqa: E402
 from clipcite.config import load_config  # noqa: E402
-from clipcite.crops import eval_view, model_input  # noqa: E402
+from clipcite.data.crops import eval_view, model_input  # noqa: E402
 from clipcite.data.images import decode_image  # noqa: E402
-from clipcite.data.loading import CropDataset, EvalDataset, crop_boxes, image_size  # noqa: E402
-from clipcite.evaluate import predict, predict_models  # noqa: E402
-from clipcite.loaders import EpochBatches, decode_all, loader_options  # noqa: E402
-from clipcite.models import load_model  # noqa: E402
+from clipcite.data.loading import (  # noqa: E402  # noqa: E402
+    CropDataset,
+    EpochBatches,
+    EvalDataset,
+    crop_boxes,
+    decode_all,
+    image_size,
+    loader_options,
+)
+from clipcite.evaluation.predict import predict, predict_models  # noqa: E402
+from clipcite.model.clip import load_model  # noqa: E402
 
 
 class Clock:

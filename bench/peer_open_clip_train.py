@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 MODEL_CONFIGS = ROOT / "clipcite" / "model_configs"
 CONFIG = ROOT / "configs" / "default.yaml"
 SPLITS = ["splits.protocol=base2new", "splits.train_domains=[photo]"]  # every domain is evaluated
@@ -70,8 +69,8 @@ def export_csv(splits: Path, folder: Path, config) -> Path:
     """The train split as open_clip_train's CSV: ``filepath<TAB>caption``, the caption being the class prompt."""
     import pandas as pd
 
-    from clipcite.data.table import image_bytes
-    from clipcite.steps.common import class_prompts, read_split
+    from clipcite.data.rows import image_bytes
+    from clipcite.steps.artifact_io import class_prompts, read_split
 
     rows, classes = read_split(str(splits / "train"))
     _, prompts = class_prompts(classes, config)
@@ -92,7 +91,7 @@ def export_csv(splits: Path, folder: Path, config) -> Path:
 
 def peer_argv(csv: Path, logs: Path, name: str, config, epochs: int) -> list[str]:
     """open_clip_train's flags for clipcite's recipe (configs/default.yaml through ``config.train``)."""
-    from clipcite.model_identity import resolve_checkpoint
+    from clipcite.model.identity import resolve_checkpoint
 
     t = config.train
     return [
@@ -172,8 +171,8 @@ def convert_peer(checkpoint: Path, out: Path, config, splits: Path) -> float:
     import torch
 
     from clipcite.config import to_dict
-    from clipcite.models import load_model, save_model
-    from clipcite.steps.common import class_prompts, read_split
+    from clipcite.model.clip import load_model, save_model
+    from clipcite.steps.artifact_io import class_prompts, read_split
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     weights = {k.removeprefix("module."): v for k, v in state["state_dict"].items()}
@@ -267,7 +266,7 @@ def speed_rounds(out: Path, seed_dir: Path, seed: int, extra: list[str], epochs:
 
 
 def report(runs: list[dict], speeds: dict, seeds: list[int], command: str) -> str:
-    from clipcite.metrics import aggregate
+    from clipcite.evaluation.metrics import aggregate
     from clipcite.toyworld.world import DOMAINS
 
     rows = {"zero-shot": "zero-shot", "clipcite": "clipcite `flyp`", "peer": "open_clip_train"}
@@ -325,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from bench.smoke import SMOKE_COUNTS, SMOKE_HELP, SMOKE_OVERRIDES
-    from clipcite.steps.common import add_overrides_argument
+    from clipcite.steps.command_line import add_overrides_argument
     from clipcite.toyworld.generate import write_world
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

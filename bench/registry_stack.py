@@ -9,15 +9,15 @@ through the register step, the alias resolved for serving, a rollback; then the 
 
 Checks (the script exits 1 when one fails, printing which): both runs register a version (v1 takes ``champion``,
 v2's gate decision and reason are tags); PostgreSQL's own tables hold the versions and the alias; every version has
-its model card and the registered model its description; no ``metric.*`` version tags; ``python -m clipcite.serving``
-resolves the alias to the champion's artifact URI; ``clipcite champion --set`` moves the alias (rollback) and back.
-Browser: the registered model page and the champion's version page, rendered by Chromium (``--dump-dom`` after a
-virtual-time budget, so the React app has drawn), show the ``champion`` alias and the model card's table; screenshots
-go to ``<out>/screenshots/``, the DOMs and a summary to ``<out>/``.
+its model card and the registered model its description; no ``metric.*`` version tags; ``python -m
+clipcite.tracking.champion_env`` resolves the alias to the champion's artifact URI; ``clipcite champion --set`` moves
+the alias (rollback) and back. Browser: the registered model page and the champion's version page, rendered by Chromium
+(``--dump-dom`` after a virtual-time budget, so the React app has drawn), show the ``champion`` alias and the model
+card's table; screenshots go to ``<out>/screenshots/``, the DOMs and a summary to ``<out>/``.
 
 Why a bench and not a test: PostgreSQL, a second venv for the server (psycopg2) and two DAG runs take minutes, and
-the browser needs Debian's Chromium; the suite keeps MLflow on sqlite (tests/test_mlflow_registry.py) and checks the
-card's content and the tags there.
+the browser needs Debian's Chromium; the suite keeps MLflow on sqlite (tests/integration/test_mlflow_registry.py) and
+checks the card's content and the tags there.
 """
 
 from __future__ import annotations
@@ -37,8 +37,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 NAME = "clipcite-stack"
 RUNS = {"first": {"train.epochs": 1, "train.lr": 1e-6}, "second": {"train.epochs": 1, "train.lr": 1e-4}}
@@ -121,7 +119,7 @@ def _as_postgres(command: list[str], **kwargs) -> subprocess.CompletedProcess:
 @contextmanager
 def _postgres(data: Path):
     """initdb in a temp dir, a server on 127.0.0.1 (a free port, socket in the data dir), user and database mlflow."""
-    from servers import free_port
+    from tests.support.servers import free_port
 
     pg = _pg_bin()
     data.mkdir()
@@ -157,7 +155,7 @@ def _postgres_tables(data: Path) -> dict:
 
 @contextmanager
 def _mlflow_server(python: Path, backend: str, artifacts: Path, out: Path):
-    from servers import _serving
+    from tests.support.servers import _serving
 
     mlflow = python.parent / "mlflow"
 
@@ -183,7 +181,7 @@ def _fill(url: str, out: Path, tmp: Path, summary: dict) -> None:
     """Two pipeline runs register v1 and v2 through the register step; then what the registry holds."""
     import mlflow
 
-    import pipeline_cli
+    from clipcite.pipeline import cli
     from clipcite.toyworld.generate import write_world
 
     os.environ["MLFLOW_TRACKING_URI"] = url
@@ -201,7 +199,7 @@ def _fill(url: str, out: Path, tmp: Path, summary: dict) -> None:
             "tracking_uri": url,
         }
         t0 = time.perf_counter()
-        result = pipeline_cli.run_local(params, out / "pipeline" / name, quiet=True)
+        result = cli.run_local(params, out / "pipeline" / name, quiet=True)
         record = json.loads((result["record"] / "registration.json").read_text())["registry"]
         decisions[name] = {k: record[k] for k in ("version", "decision", "reason")}
         decisions[name]["seconds"] = round(time.perf_counter() - t0, 1)
@@ -211,12 +209,13 @@ def _fill(url: str, out: Path, tmp: Path, summary: dict) -> None:
 
 def registry_checks(url: str, name: str, decisions: dict, summary: dict) -> None:
     """What the registry holds after the runs (``decisions``: each run's version, decision and reason, in order),
-    into ``summary["checks"]``; tests/test_mlflow_registry.py runs these on its own stack. The alias is moved away
+    into ``summary["checks"]``; tests/integration/test_mlflow_registry.py runs these on its own stack. The alias is
+    moved away
     (rollback) and back, and the moved version's gate tags restored."""
     from mlflow import MlflowClient
 
-    from clipcite import serving
     from clipcite.cli import main as cli
+    from clipcite.tracking import champion_env
 
     client = MlflowClient(url)
     versions = {v.version: v for v in client.search_model_versions(f"name = '{name}'")}
@@ -233,7 +232,7 @@ def registry_checks(url: str, name: str, decisions: dict, summary: dict) -> None
     checks["no_metric_tags"] = not [k for v in versions.values() for k in v.tags if k.startswith("metric.")]
     checks["model_cards"] = all("## Per-domain accuracy" in (v.description or "") for v in versions.values())
     checks["model_description"] = "How versions are promoted" in (client.get_registered_model(name).description or "")
-    resolved = serving.resolve(client, name)
+    resolved = champion_env.resolve(client, name)
     checks["alias_resolves"] = resolved["version"] == str(holder) and resolved["artifact-uri"].startswith(
         "mlflow-artifacts:"
     )

@@ -1,6 +1,6 @@
 """The chain's S3 paths under heavier S3 faults than the test's: sample-splits -> cache-teacher -> finetune ->
-evaluate on ``s3://`` URIs through ``tests/faultproxy.py`` in front of ``moto_server``, at several fault fractions
-and seeds, each compared object by object with a clean run.
+evaluate on ``s3://`` URIs through ``tests/support/faultproxy.py`` in front of ``moto_server``, at several fault
+fractions and seeds, each compared object by object with a clean run.
 
     python bench/s3_faults.py                                  # fractions 0.1 0.2 0.3, seeds 1 2
     python bench/s3_faults.py --fractions 0.3 --seeds 1 2 3 4
@@ -22,13 +22,12 @@ from pathlib import Path
 import boto3
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from clipcite.config import load_config  # noqa: E402
 from clipcite.toyworld.generate import write_world  # noqa: E402
-from tests.faultproxy import FaultProxy  # noqa: E402
-from tests.s3_chain import bucket_contents, run_chain  # noqa: E402
-from tests.servers import moto_server, s3_environment  # noqa: E402
+from tests.support.faultproxy import FaultProxy  # noqa: E402
+from tests.support.s3_chain import bucket_contents, run_chain  # noqa: E402
+from tests.support.servers import moto_server, s3_environment  # noqa: E402
 
 TINY = ["model.arch=clipcite-tiny", "model.pretrained=", "device=cpu", "splits.shots=2", "train.epochs=1"]
 CONFIG = load_config(overrides=[*TINY, "train.batch_size=8"])

@@ -35,19 +35,18 @@ import requests
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 NAME = "serve-bench"
 
 
 def champion(out: Path, tracking_uri: str) -> str:
     """``models:/serve-bench@champion`` in ``tracking_uri``, trained and registered first if it is not there."""
-    from clipcite import registry, served_model, tracking
     from clipcite.config import load_config
     from clipcite.steps import cache_teacher, finetune, sample_splits
     from clipcite.toyworld.generate import write_world
+    from clipcite.tracking import registry, runs, served_model
 
-    client = tracking.connect(tracking_uri)
+    client = runs.connect(tracking_uri)
     if registry.champion(client, NAME) is not None:
         return f"models:/{NAME}@champion"
     config = load_config("default", ["splits.shots=2", "train.epochs=1", "device=cpu"])
@@ -56,8 +55,8 @@ def champion(out: Path, tracking_uri: str) -> str:
     sample_splits.run(str(data / "table"), str(data / "splits"), config)
     cache_teacher.run(str(data / "splits"), str(data / "teacher"), config)
     finetune.run(str(data / "splits"), str(data / "model"), config, cache_uri=str(data / "teacher"))
-    run_id = tracking.open_pipeline_run(tracking_uri, "serve-bench", run_name="serve-bench")
-    with tracking.step_run(tracking_uri, run_id, "register", system_metrics=False) as step:
+    run_id = runs.open_pipeline_run(tracking_uri, "serve-bench", run_name="serve-bench")
+    with runs.step_run(tracking_uri, run_id, "register", system_metrics=False) as step:
         logged = served_model.log_classifier(step, data / "model", example_images=[png(pool(1)[0])])
         version = registry.register_version(client, NAME, logged, run_id=step.run_id, pipeline_run_id=run_id, tags={})
     registry.set_champion(client, NAME, version.version)
@@ -229,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     tracking_uri = args.tracking_uri or f"sqlite:///{out.absolute() / 'mlflow.db'}"
     from clipcite.toyworld.world import classnames
-    from tests.servers import free_port
+    from tests.support.servers import free_port
 
     process, url, labels = None, args.url, None
     if not url:

@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
 from bench.cite_step import cite_step, input_side  # noqa: E402
-from clipcite.models import load_model  # noqa: E402
+from clipcite.model.clip import load_model  # noqa: E402
 
 TARGET = 0.82
 

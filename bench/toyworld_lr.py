@@ -12,22 +12,18 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from smoke import SMOKE_COUNTS, SMOKE_HELP, SMOKE_OVERRIDES
-
+from bench.smoke import SMOKE_COUNTS, SMOKE_HELP, SMOKE_OVERRIDES
 from clipcite.config import load_config
-from clipcite.evaluate import predict
-from clipcite.metrics import top1
-from clipcite.models import load_model, load_saved
-from clipcite.prompts import prompts_for
+from clipcite.data.prompts import prompts_for
+from clipcite.evaluation.metrics import top1
+from clipcite.evaluation.predict import predict
+from clipcite.model.clip import load_model, load_saved
 from clipcite.steps import finetune, sample_splits
-from clipcite.steps.common import add_overrides_argument, read_split
+from clipcite.steps.artifact_io import read_split
+from clipcite.steps.command_line import add_overrides_argument
 from clipcite.toyworld.generate import write_world
 
 # torchvision's RandomResizedCrop defaults, and square near-full crops (aspect jitter squashes a square into a

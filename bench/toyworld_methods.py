@@ -14,8 +14,8 @@ fine-tuning (alpha = 1), as they are published; ``cite`` uses the paper's alpha 
 
 Beside the test numbers every trained model is scored as the pipeline's ``validate`` step scores a candidate (top-1
 on the validation split, the trained classes only) with its training time, trainable parameters and artefact size,
-and the selection rule (``clipcite.selection.pick``) is applied per seed and protocol to two candidate sets: the
-pick on validation is compared with the best candidate on test by the gate's metric (HM under base-to-new, the
+and the selection rule (``clipcite.evaluation.selection.pick``) is applied per seed and protocol to two candidate sets:
+the pick on validation is compared with the best candidate on test by the gate's metric (HM under base-to-new, the
 shifted domains' mean cross-domain), so the table shows whether picking on validation finds the best on test.
 """
 
@@ -24,21 +24,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from smoke import SMOKE_COUNTS, SMOKE_HELP, SMOKE_OVERRIDES
-
+from bench.smoke import SMOKE_COUNTS, SMOKE_HELP, SMOKE_OVERRIDES
 from clipcite.config import load_config
-from clipcite.metrics import aggregate
-from clipcite.report import pyplot
-from clipcite.selection import Candidate, pick
+from clipcite.evaluation.metrics import aggregate
+from clipcite.evaluation.report import pyplot
+from clipcite.evaluation.selection import Candidate, pick
 from clipcite.steps import cache_teacher, evaluate, finetune, sample_splits, validate
-from clipcite.steps.common import add_overrides_argument
+from clipcite.steps.command_line import add_overrides_argument
 from clipcite.toyworld.generate import write_world
 from clipcite.toyworld.world import DOMAINS
 
@@ -80,7 +75,8 @@ def prepare(table: Path, out: Path, protocol: str, seed: int, extra: list[str]) 
 
 def evaluate_model(model: Path, splits: Path, metrics: Path, config, protocol: str) -> dict:
     """Evaluate a saved model; b2n: photo Base/New/HM, xd: top-1 per domain and the shifted domains' mean; both
-    with the validation score and the costs the selection sees (``val``: clipcite.selection.Candidate's fields)."""
+    with the validation score and the costs the selection sees (``val``: clipcite.evaluation.selection.Candidate's
+    fields)."""
     entry = evaluate.run(str(model), str(splits), str(metrics), config)["domains"]
     if protocol == "b2n":
         result = {k: entry["photo"]["finetuned"][k] for k in ("base", "new", "hm")}
@@ -249,8 +245,8 @@ def selection_markdown(picks: dict) -> str:
     lines += [
         "",
         "Test metric: HM (b2n) or the mean of sketch, noisy and painting (xd), the gate's metric. Picked by "
-        "clipcite.selection (best validation top-1 on the trained classes; within 0.1 points, fewer trainable "
-        "parameters).",
+        "clipcite.evaluation.selection (best validation top-1 on the trained classes; within 0.1 points, fewer "
+        "trainable parameters).",
     ]
     return "\n".join(lines) + "\n"
 

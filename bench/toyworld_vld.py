@@ -8,11 +8,11 @@
 The protocols are bench/toyworld_methods.py's (base-to-new on photo: Base/New/HM; cross-domain from photo: top-1
 per domain), with the same splits, teacher cache and recipe (configs/default.yaml, the default loss temperature).
 For each (train.vld_over, train.eta) CLIP-CITE is fine-tuned once with alpha = 1; the alpha = 0.5 model is that
-model averaged with the zero-shot weights by ``clipcite.models.average_weights``, the very tensors finetune saves
+model averaged with the zero-shot weights by ``clipcite.model.clip.average_weights``, the very tensors finetune saves
 with ``train.alpha=0.5``. eta = 0 has no L_VLD, so it is trained once and shown under both settings.
 
 Every model is scored in one pass over the test images (decoded once per protocol; the prediction is
-clipcite.evaluate.predict's argmax, and the zero-shot model's top-1 is checked against ``clipcite evaluate``).
+clipcite.evaluation.predict.predict's argmax, and the zero-shot model's top-1 is checked against ``clipcite evaluate``).
 Besides accuracy, each model's image-text similarities are compared with the zero-shot model's (the teacher's):
 mean KL(teacher || model) of the softmax over the eval set's class prompts at the loss temperature. That is the
 distance L_VLD penalises, measured on test images and the eval set's classes instead of training batches.
@@ -25,28 +25,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from smoke import SMOKE_COUNTS, SMOKE_HELP, SMOKE_OVERRIDES
-from toyworld_methods import PROTOCOLS, evaluate_model, prepare
-
+from bench.smoke import SMOKE_COUNTS, SMOKE_HELP, SMOKE_OVERRIDES
+from bench.toyworld_methods import PROTOCOLS, evaluate_model, prepare
 from clipcite.config import load_config
-from clipcite.crops import model_input
+from clipcite.data.crops import model_input
 from clipcite.data.loading import EvalDataset
-from clipcite.metrics import aggregate, harmonic_mean, top1
-from clipcite.models import LoadedModel, average_weights, encode_texts, load_saved
-from clipcite.prompts import prompts_for
-from clipcite.report import pyplot
+from clipcite.data.prompts import prompts_for
+from clipcite.evaluation.metrics import aggregate, harmonic_mean, top1
+from clipcite.evaluation.report import pyplot
+from clipcite.model.clip import LoadedModel, average_weights, encode_texts, load_saved
 from clipcite.steps import finetune
-from clipcite.steps.common import add_overrides_argument, read_json, read_split
+from clipcite.steps.artifact_io import read_json, read_split
+from clipcite.steps.command_line import add_overrides_argument
 from clipcite.toyworld.generate import write_world
 from clipcite.toyworld.world import DOMAINS
 
@@ -98,8 +94,8 @@ def load_sets(splits: Path, loaded: LoadedModel, template: str) -> list[dict]:
 def score(loaded: LoadedModel, sets: list[dict], scale: float) -> dict:
     """{set name: (log-softmax of scale * cos(image, class prompt) [N, C], predicted labels [N])}.
 
-    The prediction is clipcite.evaluate.predict's (argmax of cosine similarity over the set's prompts); the images
-    are decoded once per protocol instead of once per model (the zero-shot check in run_seed compares the two).
+    The prediction is clipcite.evaluation.predict.predict's (argmax of cosine similarity over the set's prompts); the
+    images are decoded once per protocol instead of once per model (the zero-shot check in run_seed compares the two).
     """
     model = loaded.model.eval()
     out = {}
@@ -168,7 +164,7 @@ def run_seed(table: Path, out: Path, seed: int, extra: list[str], args: argparse
             loaded, _ = load_saved(trained)
             ft_state = {k: v.clone() for k, v in loaded.model.state_dict().items()}
             for alpha in alphas:
-                # the weights finetune saves with train.alpha=alpha (clipcite.train.fit's last step)
+                # the weights finetune saves with train.alpha=alpha (clipcite.training.loop.fit's last step)
                 loaded.model.load_state_dict(average_weights(ft_state, zs_state, alpha))
                 entry[f"alpha={alpha:g}"] = metrics(sets, protocol, teacher, score(loaded, sets, scale))
             results.setdefault(key, {})[protocol] = entry

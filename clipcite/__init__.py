@@ -9,18 +9,18 @@ import importlib
 
 __version__ = "0.1.0"
 _EXPORTS = {
-    "FitParams": "clipcite.recipe",
-    "average_weights": "clipcite.models",
-    "base_new_classes": "clipcite.splits",
-    "cite_loss": "clipcite.losses",
-    "clip_loss": "clipcite.losses",
-    "dva_loss": "clipcite.losses",
-    "fit": "clipcite.train",
-    "load_model": "clipcite.models",
-    "load_saved": "clipcite.models",
-    "sample_few_shot": "clipcite.splits",
-    "scl_loss": "clipcite.losses",
-    "vld_loss": "clipcite.losses",
+    "FitParams": "clipcite.train_params",
+    "average_weights": "clipcite.model.clip",
+    "base_new_classes": "clipcite.data.splits",
+    "cite_loss": "clipcite.training.losses",
+    "clip_loss": "clipcite.training.losses",
+    "dva_loss": "clipcite.training.losses",
+    "fit": "clipcite.training.loop",
+    "load_model": "clipcite.model.clip",
+    "load_saved": "clipcite.model.clip",
+    "sample_few_shot": "clipcite.data.splits",
+    "scl_loss": "clipcite.training.losses",
+    "vld_loss": "clipcite.training.losses",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from clipcite import tracking_uri
+from clipcite.tracking import default_uri
 
 log = logging.getLogger("clipcite")
 
@@ -57,7 +57,7 @@ def ingest_main(argv: list[str]) -> int:
     if args.format == "coop" and not args.dataset:
         parser.error("coop needs --dataset")
     from clipcite.data.ingest import ingest_coop, ingest_imagefolder
-    from clipcite.steps.common import setup_logging
+    from clipcite.logs import setup_logging
 
     setup_logging(args.verbose)
     common = {"template": args.template, "verify": args.verify, "skip_bad_images": args.skip_bad_images}
@@ -87,8 +87,8 @@ def aggregate_main(argv: list[str]) -> int:
         "--allow-mixed", action="store_true", help="average evaluations of different methods, settings or domains"
     )
     args = parser.parse_args(argv)
+    from clipcite.logs import setup_logging
     from clipcite.steps.aggregate import aggregate_runs
-    from clipcite.steps.common import setup_logging
 
     setup_logging()
     result = aggregate_runs(args.metrics, args.out, allow_mixed=args.allow_mixed)
@@ -110,18 +110,18 @@ def champion_main(argv: list[str]) -> int:
         "--set", dest="old_version", type=int, metavar="VERSION", help="deprecated spelling of --promote"
     )
     parser.add_argument("--reason", default="set by hand", help="why, recorded on the version and its model card")
-    parser.add_argument("--tracking-uri", default="", help=tracking_uri.HELP)
+    parser.add_argument("--tracking-uri", default="", help=default_uri.HELP)
     args = parser.parse_args(argv)
     if args.old_version is not None:
         log.warning("champion --set VERSION is deprecated (--set KEY=VALUE elsewhere): use --promote VERSION")
         args.version = args.version if args.version is not None else args.old_version
-    uri = tracking_uri.default_tracking_uri(args.tracking_uri)
-    tracking_uri.require_store(uri)
-    from clipcite import registry, tracking
-    from clipcite.steps.common import setup_logging
+    uri = default_uri.default_tracking_uri(args.tracking_uri)
+    default_uri.require_store(uri)
+    from clipcite.logs import setup_logging
+    from clipcite.tracking import registry, runs
 
     setup_logging()
-    client = tracking.connect(uri)
+    client = runs.connect(uri)
     if args.version is not None:
         registry.promote_by_hand(client, args.name, args.version, args.reason)
     rows = registry.version_table(client, args.name)
@@ -173,7 +173,8 @@ RANKED = ("cache-teacher", "finetune", "evaluate")
 
 def take_nproc(argv: list[str]) -> list[str]:
     """``argv`` without ``--nproc-per-node N``, whose N goes to ``CLIPCITE_NPROC_PER_NODE``: the step's ``run()``
-    then relaunches itself in N ranks under ``torch.distributed.run --standalone`` (clipcite/distributed.py)."""
+    then relaunches itself in N ranks under ``torch.distributed.run --standalone``
+    (clipcite/training/distributed.py)."""
     out, value, rest = [], None, iter(argv)
     for arg in rest:
         if arg == "--nproc-per-node":
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             argv = take_nproc(argv)
             if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 alone prints the step's result
                 sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the rest of this rank's life)
-        with tracking_uri.named_by_flag():
+        with default_uri.named_by_flag():
             return COMMANDS[argv[0]](argv[1:])
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         # Bad input: one clear line naming the file/row/field, no traceback (the step's log has the detail).

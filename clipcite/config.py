@@ -16,8 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from clipcite.prompts import canonical_dataset
-from clipcite.recipe import FitParams
+from clipcite.data.prompts import canonical_dataset
+from clipcite.train_params import FitParams
 
 
 class ConfigError(ValueError):

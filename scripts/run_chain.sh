@@ -9,7 +9,7 @@ CONFIG=${2:-configs/default.yaml}
 CLI=${CLIPCITE:-clipcite}
 set -x
 if [ "$CONFIG" = configs/demo_cpu.yaml ]; then
-  python -m clipcite.demo --out "$OUT/images"
+  python -m clipcite.data.demo_folder --out "$OUT/images"
   $CLI ingest imagefolder --root "$OUT/images" --layout split/domain/class --dataset demo --out "$OUT/table"
 else
   python -m clipcite.toyworld.generate --out "$OUT/table"

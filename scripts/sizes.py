@@ -14,7 +14,7 @@ import ast
 import subprocess
 from pathlib import Path
 
-ROOTS = ("clipcite", "components", "pipeline.py", "local_run.py")
+ROOTS = ("clipcite", "components", "pipeline.py", "clipcite/pipeline/local_run.py")
 
 
 def sources(rev: str | None) -> dict[str, str]:

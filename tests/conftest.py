@@ -12,11 +12,11 @@ import mlflow.tracking._model_registry.utils as mlflow_registry_state
 import mlflow.tracking._tracking_service.utils as mlflow_tracking_state
 import pytest
 
-from clipcite import tracking
 from clipcite.config import load_config
+from clipcite.data.demo_folder import make_imagefolder
 from clipcite.data.ingest import ingest_imagefolder
-from clipcite.demo import make_imagefolder
-from clipcite.models import load_model
+from clipcite.model.clip import load_model
+from clipcite.tracking import runs
 
 TINY = ["model.arch=clipcite-tiny", "model.pretrained=", "device=cpu"]
 
@@ -29,11 +29,11 @@ def _quiet_open_clip():
 @contextlib.contextmanager
 def mlflow_state_restored() -> Iterator[None]:
     """MLflow keeps process-wide tracking and registry URIs (and copies them into ``MLFLOW_*`` environment variables
-    that kfp.local's step subprocesses inherit); ``tracking.connect`` sets them and remembers reachable servers.
+    that kfp.local's step subprocesses inherit); ``runs.connect`` sets them and remembers reachable servers.
     Put all of it back as it was, so no test inherits a deleted database or a stopped server's URI."""
     tracking_uri, registry_uri = mlflow_tracking_state._tracking_uri, mlflow_registry_state._registry_uri
     environment = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
-    reached = set(tracking._REACHED)
+    reached = set(runs._REACHED)
     try:
         yield
     finally:
@@ -43,8 +43,8 @@ def mlflow_state_restored() -> Iterator[None]:
         for key in [k for k in os.environ if k.startswith("MLFLOW_") and k not in environment]:
             del os.environ[key]
         os.environ.update(environment)
-        tracking._REACHED.clear()
-        tracking._REACHED.update(reached)
+        runs._REACHED.clear()
+        runs._REACHED.update(reached)
 
 
 @pytest.fixture(autouse=True)
@@ -77,8 +77,8 @@ def table(imagefolder, tmp_path_factory):
 @pytest.fixture(scope="module")
 def train_rows(table, tmp_path_factory):
     """A 4-shot train split of the demo table as rows, and one prompt per class in label order."""
+    from clipcite.data.prompts import prompts_for
     from clipcite.data.table import read_table
-    from clipcite.prompts import prompts_for
     from clipcite.steps.sample_splits import run as sample_splits
 
     out = tmp_path_factory.mktemp("splits") / "splits"

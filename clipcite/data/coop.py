@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipcite.data.files import FileEntry, is_image
-from clipcite.prompts import canonical_dataset
+from clipcite.data.prompts import canonical_dataset
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ import yaml
 from clipcite import storage
 from clipcite.data.files import IMAGE_SUFFIXES, FileEntry, SkipCounter, rows_from_files
 from clipcite.data.imagefolder import layout_entries
+from clipcite.data.prompts import template_for
 from clipcite.data.table import ClassList, snapshot, write_table
-from clipcite.prompts import template_for
 
 log = logging.getLogger(__name__)
 SOURCE_FILE = "clipcite-source.yaml"

@@ -7,8 +7,8 @@ import logging
 from clipcite.data.coop import scan_coop
 from clipcite.data.files import SkipCounter, rows_from_files
 from clipcite.data.imagefolder import scan_imagefolder
+from clipcite.data.prompts import template_for
 from clipcite.data.table import ClassList, write_table
-from clipcite.prompts import template_for
 
 log = logging.getLogger(__name__)
 

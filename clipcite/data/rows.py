@@ -1,7 +1,7 @@
 """A table's rows as metadata with images fetched on use: what the image-reading steps pass around.
 
 A row holds ``id``, ``label``, ``classname``, ``path`` and where its image lives (shard, row group, offset), never the
-image bytes, so a split of any size costs a few dozen bytes per row. :func:`clipcite.data.table.image_bytes` fetches
+image bytes, so a split of any size costs a few dozen bytes per row. :func:`image_bytes` fetches
 an image when a Dataset needs it, through a per-process LRU of :data:`ROW_GROUP_CACHE` row groups (setting:
 ``CLIPCITE_ROW_GROUP_CACHE``; each DataLoader worker has its own): readers that go in table order (evaluate, the
 teacher cache, crop boxes) read every row group once and hold at most that many.
@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from clipcite import storage
+from clipcite.data.images import ImageDecodeError
 from clipcite.data.table import TableError, iter_row_groups, open_shard, read_group
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,6 @@ class ImageRows(Sequence):
         """The same rows with every image copied, in one pass in table order, to a local file for random access.
         The file (the split's image bytes; in ``directory``, default the temp dir) goes when the result is
         garbage collected."""
-        from clipcite.data.table import image_bytes
-
         if self._blob:
             return self
         folder = tempfile.mkdtemp(prefix="clipcite-images-", dir=directory)
@@ -164,3 +163,20 @@ def _remove(folder: str, owner: int) -> None:
     for key in [k for k in _FDS if k[1].startswith(folder)]:
         os.close(_FDS.pop(key))
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def image_bytes(row: dict, source: str = "") -> bytes:
+    """The encoded bytes of a row's image: inline bytes, else those where a metadata row
+    (:class:`ImageRows`) says the table holds them, else read from ``path``."""
+    if row.get("image") is not None:
+        return row["image"]
+    if row.get("shard") or row.get("blob"):
+        data = fetch_image(row, source)
+        if data is not None:
+            return data
+    if row.get("path"):
+        try:
+            return storage.read_bytes(row["path"])
+        except (FileNotFoundError, OSError) as e:
+            raise ImageDecodeError(f"{source}row id={row['id']!r}: cannot read image file {row['path']}: {e}") from e
+    raise ImageDecodeError(f"{source}row id={row['id']!r}: neither 'image' bytes nor 'path' is set")

@@ -21,7 +21,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from clipcite import storage
-from clipcite.data.images import ImageDecodeError
 
 log = logging.getLogger(__name__)
 
@@ -289,25 +288,6 @@ def check_labels(rows: pa.Table, classes: ClassList, where: str) -> None:
 
 def _subschema(columns: list[str] | None) -> pa.Schema:
     return pa.schema([SCHEMA.field(c) for c in (columns or SCHEMA.names)])
-
-
-def image_bytes(row: dict, source: str = "") -> bytes:
-    """The encoded bytes of a row's image: inline bytes, else those where a metadata row
-    (:class:`clipcite.data.rows.ImageRows`) says the table holds them, else read from ``path``."""
-    if row.get("image") is not None:
-        return row["image"]
-    if row.get("shard") or row.get("blob"):
-        from clipcite.data.rows import fetch_image  # here: rows builds on this module
-
-        data = fetch_image(row, source)
-        if data is not None:
-            return data
-    if row.get("path"):
-        try:
-            return storage.read_bytes(row["path"])
-        except (FileNotFoundError, OSError) as e:
-            raise ImageDecodeError(f"{source}row id={row['id']!r}: cannot read image file {row['path']}: {e}") from e
-    raise ImageDecodeError(f"{source}row id={row['id']!r}: neither 'image' bytes nor 'path' is set")
 
 
 def snapshot(table_uri: str) -> dict:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from clipcite import storage
-from clipcite.metrics import aggregate
-from clipcite.steps.common import read_json
+from clipcite.evaluation.metrics import aggregate
+from clipcite.steps.artifact_io import read_json
 
 # What evaluations averaged over seeds must share: the same method and recipe, evaluated the same way.
 SAME = ("method", "alpha", "template", "train_domains", "mean_over", "mean_domains")

@@ -7,14 +7,18 @@ import json
 import logging
 import sys
 
-from clipcite import distributed, storage, teacher_store
+from clipcite import storage
+from clipcite.caches import teacher_store
 from clipcite.config import Config
 from clipcite.data.table import read_classes
-from clipcite.model_identity import checkpoint_identity
-from clipcite.models import load_model
-from clipcite.precision import resolve_precision
-from clipcite.steps.common import base_parser, class_prompts, config_from, read_split, resolve_device, setup_logging
-from clipcite.teacher import CacheMeta, build_cache, save_cache
+from clipcite.logs import setup_logging
+from clipcite.model.clip import load_model, resolve_device
+from clipcite.model.identity import checkpoint_identity
+from clipcite.model.precision import resolve_precision
+from clipcite.steps.artifact_io import class_prompts, read_split
+from clipcite.steps.command_line import base_parser, config_from
+from clipcite.training import distributed
+from clipcite.training.teacher_cache import CacheMeta, build_cache, save_cache
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +27,8 @@ def run(splits_uri: str, out_uri: str, config: Config, *, expected_identity: str
     """Build and write the cache; ``expected_identity`` (the pipeline's snapshot of the base model) must match the
     weights loaded here, checked before any teacher work. ``CLIPCITE_NPROC_PER_NODE`` > 1 shares the images out
     over that many torchrun ranks (rank 0 writes the same cache as one process). ``store`` (a folder or s3://
-    prefix; "" = off) keeps caches by content (clipcite/teacher_store.py): a run whose teacher inputs match a stored
+    prefix; "" = off) keeps caches by content (:mod:`clipcite.caches.teacher_store`): a run whose teacher inputs
+    match a stored
     one copies it instead of running the teacher."""
     key = content_key(splits_uri, config, expected_identity) if store else ""
     stored = teacher_store.restore(store, key, out_uri) if key else None

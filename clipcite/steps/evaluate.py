@@ -14,26 +14,22 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipcite import distributed, registry, storage, tracking
-from clipcite.artifacts import META_FILE
-from clipcite.baseline import baseline_key, read_baseline, write_baseline
+from clipcite import storage
+from clipcite.caches.baseline_cache import baseline_key, read_baseline, write_baseline
 from clipcite.config import Config
-from clipcite.evaluate import predict_models, set_metrics
-from clipcite.metrics import summarise
-from clipcite.models import LoadedModel, load_model, load_saved
-from clipcite.precision import resolve_precision
-from clipcite.report import markdown, plot_confusion, plot_domains
-from clipcite.retry import with_retries
-from clipcite.selection import candidate_model
-from clipcite.steps.common import (
-    base_parser,
-    class_prompts,
-    config_from,
-    read_json,
-    read_split,
-    resolve_device,
-    setup_logging,
-)
+from clipcite.evaluation.metrics import summarise
+from clipcite.evaluation.predict import predict_models, set_metrics
+from clipcite.evaluation.report import markdown, plot_confusion, plot_domains
+from clipcite.evaluation.selection import candidate_model
+from clipcite.logs import setup_logging
+from clipcite.model.clip import LoadedModel, load_model, load_saved, resolve_device
+from clipcite.model.precision import resolve_precision
+from clipcite.records import META_FILE
+from clipcite.steps.artifact_io import class_prompts, read_json, read_split
+from clipcite.steps.command_line import base_parser, config_from
+from clipcite.steps.retry import with_retries
+from clipcite.tracking import registry, runs
+from clipcite.training import distributed
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +54,11 @@ def run(
     ``champion`` is evaluated beside the new one (for the promotion gate) and everything is logged to a nested run.
     ``CLIPCITE_NPROC_PER_NODE`` > 1 shares each set's images out over that many torchrun ranks on this machine
     (rank 0 logs and writes the same metrics as one process). ``baseline_cache`` (a folder or s3:// prefix; ""
-    = off) keeps the zero-shot model's per-set metrics across runs (``clipcite.baseline``): a rerun that changes
-    only the training evaluates just the new model (and the champion). ``model_ref`` and ``splits_ref`` are the
+    = off) keeps the zero-shot model's per-set metrics across runs (``clipcite.caches.baseline_cache``): a rerun that
+    changes only the training evaluates just the new model (and the champion). ``model_ref`` and ``splits_ref`` are the
     artifacts' addresses to record (KFP's ``.uri``, e.g. ``s3://...``) where the folders read are pod-local paths
     (its ``.path``, ``/s3/...``); by default the paths read are recorded. ``attempts`` > 1 retries the work after
-    a transient failure (:mod:`clipcite.retry`: KFP ignores a retry policy inside a ParallelFor), in one process.
+    a transient failure (:mod:`clipcite.steps.retry`: KFP ignores a retry policy inside a ParallelFor), in one process.
     ``candidates`` ({method: model folder}, several methods in one run): every candidate but the selected one is
     scored beside it as ``candidate-<method>``, in the same pass over the images, so the record and the model card
     hold every candidate's test numbers; the selection was made before, on validation, and never sees them.
@@ -84,7 +80,7 @@ def run(
     device = resolve_device(config.device)
     with distributed.process_group(device):
         run_id = mlflow_run_id if distributed.is_main() else ""  # rank 0 alone logs to MLflow
-        with tracking.step_run(tracking_uri, run_id, name) as step, tempfile.TemporaryDirectory() as tmp:
+        with runs.step_run(tracking_uri, run_id, name) as step, tempfile.TemporaryDirectory() as tmp:
 
             def work() -> dict:
                 champion = None
@@ -131,7 +127,8 @@ def _champion(client, name: str, tmp: Path, device: str) -> tuple[int, LoadedMod
 class _Evaluation:
     """What every eval set of one evaluate run is scored with: the models by name (the zero-shot model is loaded
     only for a set whose baseline is not in ``baseline_cache``) and what the baseline's key needs. The models a set
-    needs score it together: each image is decoded once per eval view (:func:`clipcite.evaluate.predict_models`)."""
+    needs score it together: each image is decoded once per eval view
+    (:func:`clipcite.evaluation.predict.predict_models`)."""
 
     config: Config
     device: str
@@ -199,7 +196,7 @@ def _run(
     splits_uri: str,
     out_uri: str,
     config: Config,
-    step: tracking.StepRun,
+    step: runs.StepRun,
     *,
     domains: tuple[str, ...],
     champion: tuple[int, LoadedModel] | None,
@@ -256,7 +253,7 @@ def _run(
         _write_outputs(tmp, body, results, names)
         step.log_artifacts(tmp)
     # This domain's metrics on the step's run; register puts every domain's in one table on the pipeline's run.
-    step.log_metrics({"eval": summary["domains"]}, digits=tracking.METRIC_DIGITS)
+    step.log_metrics({"eval": summary["domains"]}, digits=runs.METRIC_DIGITS)
     return body
 
 

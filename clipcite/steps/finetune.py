@@ -1,4 +1,4 @@
-"""Step 3, finetune: CLIP-CITE (or another method of clipcite/methods) on the few-shot train split.
+"""Step 3, finetune: CLIP-CITE (or another method of clipcite/training/methods) on the few-shot train split.
 
 Output folder: the model (an open_clip ``local-dir`` folder plus ``clipcite.json``, and the method's own files:
 ``lora_adapter.safetensors`` for LoRA, ``class_head.safetensors`` for the linear probe), ``curves.jsonl`` (every loss
@@ -21,25 +21,22 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from clipcite import distributed, kfp_backend, storage, tracking
-from clipcite.artifacts import WEIGHTS_FILE
+from clipcite import storage
 from clipcite.config import Config, dump_yaml, to_dict
 from clipcite.data.table import ClassList
-from clipcite.finite import NonFiniteError, nonfinite_weights
-from clipcite.models import LoadedModel, load_model, save_model
-from clipcite.recipe import ENSEMBLE_METHODS, FitParams
-from clipcite.steps.common import (
-    base_parser,
-    class_prompts,
-    config_from,
-    read_json,
-    read_split,
-    resolve_device,
-    setup_logging,
-)
+from clipcite.logs import setup_logging
+from clipcite.model.clip import LoadedModel, load_model, resolve_device, save_model
+from clipcite.model.nonfinite import NonFiniteError, nonfinite_weights
+from clipcite.records import WEIGHTS_FILE
+from clipcite.steps import kfp_backend
+from clipcite.steps.artifact_io import class_prompts, read_json, read_split
+from clipcite.steps.command_line import base_parser, config_from
 from clipcite.steps.validate import choose_alpha, require_validation
-from clipcite.teacher import TeacherCache, check_cache, load_cache
-from clipcite.train import FitResult, fit
+from clipcite.tracking import runs
+from clipcite.train_params import ENSEMBLE_METHODS, FitParams
+from clipcite.training import distributed
+from clipcite.training.loop import FitResult, fit
+from clipcite.training.teacher_cache import TeacherCache, check_cache, load_cache
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +76,7 @@ def run(
         require_validation(splits_uri, "select among the candidate methods on", "run one method")
     with distributed.process_group(resolve_device(config.device)):
         run_id = mlflow_run_id if distributed.is_main() else ""  # rank 0 alone logs to MLflow
-        with tracking.step_run(tracking_uri, run_id, step_name(method)) as step:
+        with runs.step_run(tracking_uri, run_id, step_name(method)) as step:
             summary = _run(
                 splits_uri,
                 out_uri,
@@ -100,7 +97,7 @@ def _run(
     splits_uri: str,
     out_uri: str,
     config: Config,
-    step: tracking.StepRun,
+    step: runs.StepRun,
     *,
     shared: Config,
     cache_uri: str | None,
@@ -295,7 +292,7 @@ def step_name(method: str = "") -> str:
 
 
 def _log_inputs(
-    step: tracking.StepRun, splits_uri: str, splits_ref: str, config: Config, classes: ClassList, shared: Config
+    step: runs.StepRun, splits_uri: str, splits_ref: str, config: Config, classes: ClassList, shared: Config
 ) -> None:
     """The resolved config and data identity (source digest, split id digests) as params; the splits as inputs.
     The pipeline's run gets the ``shared`` config (every candidate's the same: MLflow params cannot change)."""

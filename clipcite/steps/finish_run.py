@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import os
 
-from clipcite import kfp_backend, tracking
+from clipcite.steps import kfp_backend
+from clipcite.tracking import runs
 
 log = logging.getLogger(__name__)
 
@@ -18,13 +19,13 @@ def run(tracking_uri: str, experiment_name: str, kfp_run_id: str, state: str, er
     """``state`` is the final state of the DAG the exit handler wraps, in the backend's words (``COMPLETE``,
     ``FAILED``, ``CANCELED``: ML Metadata's) or kfp.local's (``SUCCEEDED``, ``FAILED``); ``error`` is what KFP said
     about it (the backend always sends none)."""
-    uri = tracking.resolve_uri(tracking_uri)
+    uri = runs.resolve_uri(tracking_uri)
     if uri is None:
         return {"run_id": "", "status": "tracking off"}
     kfp_backend.check_run_id(kfp_run_id)
     failed_task = os.environ.get(kfp_backend.LOCAL_FAILED_TASK, "")  # set by `pipeline.py run` only
     error = os.environ.get(kfp_backend.LOCAL_FAILED_ERROR, "") or error
-    result = tracking.close_pipeline_run(
+    result = runs.close_pipeline_run(
         uri,
         experiment_name,
         kfp_run_id,

@@ -4,11 +4,11 @@ Files first (the pipeline keeps them as artifacts): ``record`` gets ``registrati
 identity, the merged metrics, the registry's answer) and ``metrics.json``, ``summary`` a Markdown report. With
 tracking on, the model is logged as an MLflow pyfunc in a nested run, registered as a new version of
 ``registered_model_name`` (once per pipeline run: a rerun finds its version), and the promotion gate
-(:mod:`clipcite.gate`) moves the ``champion`` alias to it or tags it ``challenger`` with the reason. The version
-belongs to the pipeline's run (the run page lists it); its description becomes its model card and the registered
-model's says how versions are promoted (:mod:`clipcite.model_card`). The pipeline's run gets the mean metrics, every
-domain's in one table (``metrics_table.json``), the card, the per-domain chart and confusion matrices as MLflow
-images, and a line in its Description naming the version.
+(:mod:`clipcite.tracking.promotion_gate`) moves the ``champion`` alias to it or tags it ``challenger`` with the reason.
+The version belongs to the pipeline's run (the run page lists it); its description becomes its model card and the
+registered model's says how versions are promoted (:mod:`clipcite.tracking.model_card`). The pipeline's run gets the
+mean metrics, every domain's in one table (``metrics_table.json``), the card, the per-domain chart and confusion
+matrices as MLflow images, and a line in its Description naming the version.
 """
 
 from __future__ import annotations
@@ -25,18 +25,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from clipcite import registry, served_model, storage, tracking
-from clipcite.artifacts import META_FILE, SELECTION_FILE
+from clipcite import storage
 from clipcite.config import Config, GateConfig, config_from_yaml
-from clipcite.gate import decide_promotion, primary_metric
-from clipcite.metrics import summarise
-from clipcite.model_card import family_description, selection_section, version_card
-from clipcite.report import markdown, plot_domains, plot_selection
-from clipcite.run_card import with_registration
-from clipcite.selection import CANDIDATE_PREFIX, candidate_model
-from clipcite.steps.common import base_parser, config_from, read_json, setup_logging
-from clipcite.tracking_uri import HELP as TRACKING_HELP
-from clipcite.tracking_uri import default_tracking_uri
+from clipcite.evaluation.metrics import summarise
+from clipcite.evaluation.report import markdown, plot_domains, plot_selection
+from clipcite.evaluation.selection import CANDIDATE_PREFIX, candidate_model
+from clipcite.logs import setup_logging
+from clipcite.records import META_FILE, SELECTION_FILE
+from clipcite.steps.artifact_io import read_json
+from clipcite.steps.command_line import base_parser, config_from
+from clipcite.tracking import registry, runs, served_model
+from clipcite.tracking.default_uri import HELP as TRACKING_HELP
+from clipcite.tracking.default_uri import default_tracking_uri
+from clipcite.tracking.model_card import family_description, selection_section, version_card
+from clipcite.tracking.promotion_gate import decide_promotion, primary_metric
+from clipcite.tracking.run_card import with_registration
 
 log = logging.getLogger(__name__)
 MODELS = ("zeroshot", "finetuned", "champion")
@@ -108,7 +111,7 @@ def run(
         **({"selection": selection} if selection else {}),
     }
     if tracking_uri is not None:
-        tracking_uri = tracking.resolve_uri(tracking_uri)  # "off" from a pipeline parameter: files only
+        tracking_uri = runs.resolve_uri(tracking_uri)  # "off" from a pipeline parameter: files only
     if tracking_uri is not None and mlflow_run_id:
         try:
             record["registry"] = _register(
@@ -124,9 +127,9 @@ def run(
             )
         except Exception:
             with contextlib.suppress(Exception):  # MLflow may be the thing that failed
-                tracking.finish_pipeline_run(tracking_uri, mlflow_run_id, "FAILED")
+                runs.finish_pipeline_run(tracking_uri, mlflow_run_id, "FAILED")
             raise
-        tracking.finish_pipeline_run(tracking_uri, mlflow_run_id)
+        runs.finish_pipeline_run(tracking_uri, mlflow_run_id)
     with storage.staged_dir(record_uri) as tmp:
         (tmp / "registration.json").write_text(json.dumps(record, indent=2))
         (tmp / "metrics.json").write_text(json.dumps(body, indent=2))
@@ -161,7 +164,7 @@ def _register(
     """Log + register the model (once per pipeline run), apply the gate (``config.gate``), describe the version
     (its model card) and the registered model, and put the plots on the pipeline's run. Returns what the registry
     did."""
-    with tracking.step_run(uri, pipeline_run, "register", system_metrics=False) as step:
+    with runs.step_run(uri, pipeline_run, "register", system_metrics=False) as step:
         client = step.client
         version = registry.find_version(client, name, pipeline_run)
         rerun = version is not None
@@ -195,7 +198,7 @@ def _register(
             meta=meta,
             body=body,
             decision={"role": role, "reason": decision["reason"]},
-            code_version=tracking.code_version(),
+            code_version=runs.code_version(),
             data_digest=digest,
             selection=selection,
         )
@@ -203,7 +206,7 @@ def _register(
         registry.describe_model(client, name, family_description(name, dataclasses.asdict(config.gate)))
         for on_parent in (False, True):
             step.log_text(card, "model_card.md", parent=on_parent)
-        step.log_metrics({"mean": body["mean"]}, parent=True, digits=tracking.METRIC_DIGITS)
+        step.log_metrics({"mean": body["mean"]}, parent=True, digits=runs.METRIC_DIGITS)
         step.log_table(metrics_table(body), METRICS_TABLE, parent=True)
         if not rerun:  # a rerun's run already holds them
             _log_plots(step, body, report_uris)
@@ -256,11 +259,11 @@ def _log_test_numbers(client, pipeline_run: str, selection: dict) -> None:
     )
     by_step: dict[str, str] = {}
     for run in children:
-        by_step.setdefault(run.data.tags.get(tracking.STEP_TAG, ""), run.info.run_id)
+        by_step.setdefault(run.data.tags.get(runs.STEP_TAG, ""), run.info.run_id)
     for row in selection["candidates"]:
         run_id = by_step.get(f"validate-{row['method']}")
         if run_id and row.get("test") is not None:
-            client.log_metric(run_id, selection["test_key"], round(float(row["test"]), tracking.METRIC_DIGITS))
+            client.log_metric(run_id, selection["test_key"], round(float(row["test"]), runs.METRIC_DIGITS))
 
 
 def metrics_table(body: dict) -> dict[str, list]:
@@ -278,7 +281,7 @@ def metrics_table(body: dict) -> dict[str, list]:
             columns["trained_on"].append(domain in trained)
             for key in keys:
                 value = entry.get(model, {}).get(key)
-                columns[key].append(None if value is None else round(float(value), tracking.METRIC_DIGITS))
+                columns[key].append(None if value is None else round(float(value), runs.METRIC_DIGITS))
     return columns
 
 
@@ -295,7 +298,7 @@ def _version_tags(meta: dict, config: Config) -> dict:
     }
 
 
-def _log_plots(step: tracking.StepRun, body: dict, report_uris: list[str]) -> None:
+def _log_plots(step: runs.StepRun, body: dict, report_uris: list[str]) -> None:
     """On the pipeline's run, as MLflow images with the same keys in every run (``domains``: every domain's bars,
     which the per-domain evaluate tasks cannot draw alone; ``confusion-<eval set>``: the evaluate step's matrices),
     so the UI previews them and its run comparison lines them up."""
@@ -345,9 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     if args.mlflow_run_id:
-        tracking_uri = tracking.resolve_uri(default_tracking_uri(args.tracking_uri))
+        tracking_uri = runs.resolve_uri(default_tracking_uri(args.tracking_uri))
     else:
-        tracking_uri = tracking.resolve_uri(args.tracking_uri or "off")
+        tracking_uri = runs.resolve_uri(args.tracking_uri or "off")
         if tracking_uri is not None:
             parser.error("registering with --tracking-uri needs --mlflow-run-id: the run `clipcite snapshot` opened")
     config = config_from(args) if args.config or args.overrides else _trained_config(args.model)

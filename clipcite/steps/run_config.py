@@ -6,8 +6,7 @@ preset, parameter value or override fails in seconds with the config's own messa
 
 from __future__ import annotations
 
-from clipcite.config import Config, ConfigError
-from clipcite.steps.common import pipeline_config
+from clipcite.config import Config, ConfigError, load_config
 
 CONFIG_PARAMETERS = {
     "shots": "splits.shots",
@@ -30,3 +29,10 @@ def run_config(config: str, overrides: dict, **parameters: object) -> Config:
         )
     chosen = {CONFIG_PARAMETERS[name]: value for name, value in parameters.items()}
     return pipeline_config(config, chosen, overrides)
+
+
+def pipeline_config(config: str, parameters: dict, overrides: dict) -> Config:
+    """A pipeline run's config: the preset, then its named parameters ("" keeps the preset's value), then the
+    free-form ``overrides`` (dotted keys), which win. Every component that needs the config resolves it here."""
+    chosen = [(key, value) for key, value in parameters.items() if value != ""]
+    return load_config(config, [*chosen, *overrides.items()])

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 from clipcite import storage
 from clipcite.config import Config, SplitsConfig
 from clipcite.data.folder import as_table, source_snapshot
+from clipcite.data.splits import base_new_classes, relabel, sample_few_shot, val_shots
 from clipcite.data.table import (
     ROW_GROUP_ROWS,
     ClassList,
@@ -32,8 +33,9 @@ from clipcite.data.table import (
     sources_digest,
     write_table,
 )
-from clipcite.splits import base_new_classes, relabel, sample_few_shot, val_shots
-from clipcite.steps.common import base_parser, config_from, setup_logging, write_config
+from clipcite.logs import setup_logging
+from clipcite.steps.artifact_io import write_config
+from clipcite.steps.command_line import base_parser, config_from
 from clipcite.steps.run_config import run_config
 
 log = logging.getLogger(__name__)

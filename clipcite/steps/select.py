@@ -1,4 +1,4 @@
-"""Step select: pick the candidate method to test and register, by :func:`clipcite.selection.pick`.
+"""Step select: pick the candidate method to test and register, by :func:`clipcite.evaluation.selection.pick`.
 
 Inputs: each candidate's model folder and ``validate`` output (``validation.json``), nothing else: no split, no eval
 set, no test label. Outputs: ``model``, a copy of the winner's folder (what evaluate and register then read, as for a
@@ -14,11 +14,13 @@ import logging
 import shutil
 import sys
 
-from clipcite import storage, tracking
-from clipcite.artifacts import SELECTION_FILE, VALIDATION_FILE
-from clipcite.report import plot_selection
-from clipcite.selection import TIE_POINTS, Candidate, pick, rule, table
-from clipcite.steps.common import read_json, setup_logging
+from clipcite import storage
+from clipcite.evaluation.report import plot_selection
+from clipcite.evaluation.selection import TIE_POINTS, Candidate, pick, rule, table
+from clipcite.logs import setup_logging
+from clipcite.records import SELECTION_FILE, VALIDATION_FILE
+from clipcite.steps.artifact_io import read_json
+from clipcite.tracking import runs
 
 log = logging.getLogger(__name__)
 SELECTION_TABLE = "selection_table.json"  # on the pipeline's run
@@ -44,7 +46,7 @@ def run(
     with storage.staged_dir(choice_out) as tmp:
         (tmp / SELECTION_FILE).write_text(json.dumps(choice, indent=2))
         plot_selection(choice, tmp / "selection.png")
-        with tracking.step_run(tracking_uri, mlflow_run_id, "select", system_metrics=False) as step:
+        with runs.step_run(tracking_uri, mlflow_run_id, "select", system_metrics=False) as step:
             step.log_text(json.dumps(choice, indent=2), SELECTION_FILE, parent=True)
             columns = {key: [row[key] for row in choice["candidates"]] for key in choice["candidates"][0]}
             step.log_table(columns, SELECTION_TABLE, parent=True)

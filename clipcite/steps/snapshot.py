@@ -2,7 +2,7 @@
 
 It runs first and is never cached, so everything that can be wrong about the environment (a missing bucket, wrong
 S3 credentials, an unreachable MLflow server) fails the run here, before any GPU time is spent. The run it opens is
-named and described by what is known now (method, base model, data: :mod:`clipcite.run_card`), so runs of two
+named and described by what is known now (method, base model, data: :mod:`clipcite.tracking.run_card`), so runs of two
 models or datasets look different in the MLflow UI.
 """
 
@@ -14,13 +14,17 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
 
-from clipcite import kfp_backend, run_card, storage, tracking, tracking_uri
+from clipcite import storage
 from clipcite.config import Config, ModelConfig
 from clipcite.data.folder import is_table, read_settings, source_snapshot
 from clipcite.data.table import read_classes, sources_digest
-from clipcite.model_identity import checkpoint_identity
-from clipcite.steps.common import base_parser, config_from, setup_logging, write_mlflow_run
+from clipcite.logs import setup_logging
+from clipcite.model.identity import checkpoint_identity
+from clipcite.steps import kfp_backend
+from clipcite.steps.artifact_io import write_mlflow_run
+from clipcite.steps.command_line import base_parser, config_from
 from clipcite.steps.run_config import run_config
+from clipcite.tracking import default_uri, run_card, runs
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +58,7 @@ def run(
     (a checkpoint file's SHA-256, or its open_clip tag) and recorded on the run with the method; ``run_name`` is
     KFP's name for the run (kept as a tag: the MLflow run is named by its content). ``run_uri`` (a file) receives
     the run id for the steps that log (:func:`write_mlflow_run`)."""
-    uri = tracking.resolve_uri(tracking_uri)  # a missing setting fails before anything else
+    uri = runs.resolve_uri(tracking_uri)  # a missing setting fails before anything else
     identity = model_identity(config.model) if config is not None else ""
     sources = []
     for source in (data_uri, *eval_data_uris):
@@ -67,19 +71,19 @@ def run(
         log.info("tracking is off (tracking_uri=off)")
     else:
         facts = _run_facts(data_uri, eval_data_uris, digest, config, identity, preset, overrides or {})
-        facts.update(kfp_run_id=kfp_run_id, kfp_run_name=run_name, code_version=tracking.code_version())
+        facts.update(kfp_run_id=kfp_run_id, kfp_run_name=run_name, code_version=runs.code_version())
         model = facts["model"]
         name = run_card.run_name(
             method=facts["method"], arch=model["arch"], pretrained=model["pretrained"], data=facts["data_name"]
         )
         tags = {"mlflow.note.content": run_card.run_description(**facts), "clipcite.kfp_run_name": run_name}
-        run_id = tracking.open_pipeline_run(uri, experiment_name, kfp_run_id=kfp_run_id, run_name=name, tags=tags)
-        with tracking.step_run(uri, run_id, "snapshot", system_metrics=False) as step:
+        run_id = runs.open_pipeline_run(uri, experiment_name, kfp_run_id=kfp_run_id, run_name=name, tags=tags)
+        with runs.step_run(uri, run_id, "snapshot", system_metrics=False) as step:
             params = {"data_uri": data_uri, "eval_data_uris": list(eval_data_uris), "data_digest": digest}
             if identity:
                 params["base_model_identity"] = identity
             step.log_params(params, parent=True)
-            step.log_params({"code_version": tracking.code_version()}, parent=True)
+            step.log_params({"code_version": runs.code_version()}, parent=True)
             step.log_text(json.dumps(sources, indent=2), "snapshot.json")  # every shard or image, for reproducibility
     if run_uri:
         write_mlflow_run(run_uri, run_id)
@@ -95,7 +99,7 @@ def _run_facts(
     preset: str,
     overrides: dict,
 ) -> dict:
-    """What the run's name and description say (:func:`clipcite.run_card.run_description`'s arguments)."""
+    """What the run's name and description say (:func:`clipcite.tracking.run_card.run_description`'s arguments)."""
     model = {"arch": "", "pretrained": "", "identity": identity}
     if config is not None:
         model.update(arch=config.model.arch, pretrained=config.model.pretrained)
@@ -124,7 +128,7 @@ def data_name(uri: str) -> str:
 
 
 def model_identity(model: ModelConfig) -> str:
-    """The base model's identity as cache-teacher will report it (without torch: :mod:`clipcite.model_identity`)."""
+    """The base model's identity as cache-teacher will report it (without torch: :mod:`clipcite.model.identity`)."""
     return checkpoint_identity(model.arch, model.pretrained, init_seed=model.init_seed)
 
 
@@ -166,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--data", required=True, help="image table folder, s3:// prefix or folder of images")
     parser.add_argument("--eval-data", action="append", default=[], help="more tables to evaluate on (repeatable)")
-    parser.add_argument("--tracking-uri", default="", help=f"{tracking_uri.HELP}; 'off' disables tracking")
+    parser.add_argument("--tracking-uri", default="", help=f"{default_uri.HELP}; 'off' disables tracking")
     parser.add_argument("--experiment", default="clipcite", help="MLflow experiment of the pipeline's run")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
@@ -176,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         tuple(args.eval_data),
         config=config,
         preset=args.config or "",
-        tracking_uri=tracking_uri.default_tracking_uri(args.tracking_uri),
+        tracking_uri=default_uri.default_tracking_uri(args.tracking_uri),
         experiment_name=args.experiment,
     )
     print(json.dumps(asdict(found)))

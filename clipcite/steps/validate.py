@@ -2,8 +2,8 @@
 
 Reads the model folder (its ``clipcite.json`` and ``train_summary.json``) and the splits' ``val/`` only: never an
 eval set, so what the selection sees cannot come from test labels. Output folder: ``validation.json``, the
-candidate as :class:`clipcite.selection.Candidate` holds it. With tracking, a nested run ``validate-<method>`` holds
-the same values, so MLflow's run comparison lines the candidates up.
+candidate as :class:`clipcite.evaluation.selection.Candidate` holds it. With tracking, a nested run
+``validate-<method>`` holds the same values, so MLflow's run comparison lines the candidates up.
 """
 
 from __future__ import annotations
@@ -16,22 +16,17 @@ from collections.abc import Sequence
 
 import torch
 
-from clipcite import storage, tracking
-from clipcite.artifacts import VALIDATION_FILE
+from clipcite import storage
 from clipcite.config import Config
-from clipcite.evaluate import predict_models
-from clipcite.metrics import top1
-from clipcite.models import LoadedModel, average_weights, load_saved
-from clipcite.selection import Candidate, alpha_rule, pick_alpha
-from clipcite.steps.common import (
-    base_parser,
-    class_prompts,
-    config_from,
-    read_json,
-    read_split,
-    resolve_device,
-    setup_logging,
-)
+from clipcite.evaluation.metrics import top1
+from clipcite.evaluation.predict import predict_models
+from clipcite.evaluation.selection import Candidate, alpha_rule, pick_alpha
+from clipcite.logs import setup_logging
+from clipcite.model.clip import LoadedModel, average_weights, load_saved, resolve_device
+from clipcite.records import VALIDATION_FILE
+from clipcite.steps.artifact_io import class_prompts, read_json, read_split
+from clipcite.steps.command_line import base_parser, config_from
+from clipcite.tracking import runs
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +44,9 @@ def run(
     (from its ``train_summary.json``); written to ``<out_uri>/validation.json`` and returned."""
     candidate = score(model_uri, splits_uri, config)
     body = dataclasses.asdict(candidate)
-    with tracking.step_run(tracking_uri, mlflow_run_id, f"validate-{candidate.method}") as step:
+    with runs.step_run(tracking_uri, mlflow_run_id, f"validate-{candidate.method}") as step:
         step.log_params({"method": candidate.method})
-        step.log_metrics({k: v for k, v in body.items() if k != "method"}, digits=tracking.METRIC_DIGITS)
+        step.log_metrics({k: v for k, v in body.items() if k != "method"}, digits=runs.METRIC_DIGITS)
     with storage.staged_dir(out_uri) as tmp:
         (tmp / VALIDATION_FILE).write_text(json.dumps(body, indent=2))
     log.info("%s: validation top-1 %.2f on %d images", candidate.method, candidate.val_top1, candidate.val_images)
@@ -126,9 +121,10 @@ def choose_alpha(
     config: Config,
     device: str,
 ) -> tuple[dict[str, torch.Tensor], dict]:
-    """``train.alpha_grid``: the weight-space ensemble's alpha chosen on the validation split (clipcite.selection's
-    rule). Each alpha is only an average of two weight sets, so the grid costs one validation pass per alpha, not a
-    training run. Leaves ``student`` at the chosen weights; returns (them, the record train_summary.json keeps)."""
+    """``train.alpha_grid``: the weight-space ensemble's alpha chosen on the validation split
+    (clipcite.evaluation.selection's rule). Each alpha is only an average of two weight sets, so the grid costs one
+    validation pass per alpha, not a training run. Leaves ``student`` at the chosen weights; returns (them, the record
+    train_summary.json keeps)."""
     rows, prompts = _val_set(splits_uri, config)  # read once for every alpha
     require_validation(splits_uri, "choose train.alpha_grid on", "leave train.alpha_grid empty", rows=len(rows))
     scores: dict[float, float] = {}

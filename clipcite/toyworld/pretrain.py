@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from clipcite.crops import to_tensor
-from clipcite.models import load_model
+from clipcite.data.crops import to_tensor
+from clipcite.model.clip import load_model
 from clipcite.toyworld.world import COLOURS, CORPUS_RADIUS, SHAPES, SHIFTED_CORPUS_RADIUS, classnames, render
 
 log = logging.getLogger(__name__)

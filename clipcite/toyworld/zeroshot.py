@@ -7,11 +7,11 @@ import logging
 
 from tqdm import tqdm
 
-from clipcite.evaluate import predict
-from clipcite.metrics import top1
-from clipcite.models import load_model
-from clipcite.prompts import prompts_for
-from clipcite.splits import base_new_classes
+from clipcite.data.prompts import prompts_for
+from clipcite.data.splits import base_new_classes
+from clipcite.evaluation.metrics import top1
+from clipcite.evaluation.predict import predict
+from clipcite.model.clip import load_model
 from clipcite.toyworld.generate import TEMPLATE
 from clipcite.toyworld.world import DOMAINS, classnames, iter_rows
 

@@ -4,7 +4,7 @@
 # the Makefile and the tests point CONTAINERS_CONF at, so the host's own configuration is left alone.
 #
 #   docker/podman/setup.sh OUT            e.g. .podman/containers.conf
-#   PODMAN_SETUP_INSTALL=0 ... OUT        only write the file (tests/test_docker.py)
+#   PODMAN_SETUP_INSTALL=0 ... OUT        only write the file (tests/integration/test_docker.py)
 #
 # What it sets, and why (each measured on a 2-core CI machine, podman 4.3.1):
 #   runtime = runc        crun fails there ("cgroups in hybrid mode not supported", setrlimit refused)

@@ -1,6 +1,6 @@
 """`pipeline.py run --runner docker`: the whole DAG through kfp.local's DockerRunner on podman's Docker API, in the
 images; the summary equals the subprocess run's, and a failed container fails its task (kfp's auto_remove race,
-local_docker.py). Runs bench/containers.py's smoke form."""
+clipcite/pipeline/local_docker.py). Runs bench/containers.py's smoke form."""
 
 from __future__ import annotations
 
@@ -57,9 +57,7 @@ def test_run_container_reads_a_failing_containers_exit_code_every_time(docker_ho
     before its exit code is read (podman: a 500, kfp's run dies; a 404: kfp returns 0). The replacement keeps the
     container until its code is read, then removes it."""
     import docker
-
-    sys.path.insert(0, str(ROOT))
-    import local_docker
+    from clipcite.pipeline import local_docker
 
     monkeypatch.setenv("DOCKER_HOST", docker_host)
     client = docker.from_env()

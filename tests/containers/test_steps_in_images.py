@@ -22,8 +22,8 @@ import boto3
 import pytest
 import yaml
 
-from tests.containers.kfp_driver import Driver, Result, Task
-from tests.servers import mlflow_server, s3_environment, s3_store
+from tests.support.kfp_driver import Driver, Result, Task
+from tests.support.servers import mlflow_server, s3_environment, s3_store
 
 pytestmark = pytest.mark.containers
 

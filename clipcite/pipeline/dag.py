@@ -1,0 +1,173 @@
+"""The clipcite Kubeflow pipeline (KFP v2): the DAG, as pure wiring. Its command line is
+:mod:`clipcite.pipeline.cli` (``python pipeline.py run|compile|submit|schedule``), the cluster settings applied to its
+tasks :mod:`clipcite.pipeline.settings`.
+
+DAG: snapshot -> sample_splits -> cache_teacher -> finetune -> ParallelFor(domain: evaluate) -> register.
+With several methods (ClusterSettings.methods, --methods cite,lora,linear_probe), one finetune and validate per
+method share the teacher cache, and select picks the one that goes on to evaluate and register:
+    cache_teacher -> {finetune-<m> -> validate-<m>} for each m -> select -> ParallelFor(evaluate) -> register;
+evaluate also scores every candidate beside the winner (the card's test column; select never sees it).
+Cluster settings (GPU count, requests, /dev/shm, tolerations, node selector, images) are read when the pipeline is
+built, from the environment (see ClusterSettings) or the compile/submit flags.
+"""
+
+from pathlib import Path
+
+from kfp import compiler, dsl
+
+from clipcite.pipeline.components.cache_teacher import cache_teacher
+from clipcite.pipeline.components.evaluate import evaluate
+from clipcite.pipeline.components.finetune import finetune
+from clipcite.pipeline.components.finish_run import finish_run
+from clipcite.pipeline.components.register import register
+from clipcite.pipeline.components.sample_splits import sample_splits
+from clipcite.pipeline.components.select import select
+from clipcite.pipeline.components.snapshot import snapshot
+from clipcite.pipeline.components.validate import validate
+from clipcite.pipeline.settings import ClusterSettings, cpu_task, gpu_task
+
+PIPELINE_NAME = "clipcite"
+
+
+def build_pipeline(settings: ClusterSettings | None = None):
+    """The pipeline function, with cluster settings applied to its tasks."""
+    settings = settings or ClusterSettings.from_env()
+
+    @dsl.pipeline(name=PIPELINE_NAME, description="Few-shot CLIP fine-tuning with CLIP-CITE, evaluated per domain")
+    def clipcite_pipeline(
+        data_uri: str,
+        eval_data_uris: list = [],  # noqa: B006  (KFP pipeline defaults are literals)
+        config: str = "default",
+        shots: int = 16,
+        seed: int = 1,
+        arch: str = "",
+        pretrained: str = "",
+        method: str = "",
+        overrides: dict = {},  # noqa: B006
+        experiment_name: str = "clipcite",
+        registered_model_name: str = "clipcite",
+        tracking_uri: str = "",
+        checkpoint_root: str = "",
+        baseline_cache: str = "",
+        teacher_store: str = "",
+    ):
+        # Runs whatever happens inside: the MLflow run ends FINISHED, or FAILED naming the failed step.
+        closing = finish_run(
+            tracking_uri=tracking_uri, experiment_name=experiment_name, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        )
+        cpu_task(closing, settings, cache=False)
+        with dsl.ExitHandler(closing, name="clipcite-run"):
+            snap = snapshot(
+                data_uri=data_uri,
+                eval_data_uris=eval_data_uris,
+                tracking_uri=tracking_uri,
+                experiment_name=experiment_name,
+                kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                config=config,
+                shots=shots,
+                seed=seed,
+                arch=arch,
+                pretrained=pretrained,
+                method=method,
+                overrides=overrides,
+            )
+            cpu_task(snap, settings, cache=False, retry_backoff="30s")
+            # The MLflow run crosses as a small artifact, not a string: kfp.local (2.17) hands a task inside a
+            # ParallelFor the loop item in place of an upstream task's string output; artifacts resolve right there.
+            mlflow_run = snap.outputs["mlflow_run"]
+            splits = sample_splits(
+                data_uri=data_uri,
+                eval_data_uris=eval_data_uris,
+                data_digest=snap.outputs["digest"],
+                config=config,
+                shots=shots,
+                seed=seed,
+                arch=arch,
+                pretrained=pretrained,
+                method=method,
+                overrides=overrides,
+            )
+            cpu_task(splits, settings, cache=True, retry_backoff="30s")
+            run_config = splits.outputs["run_config"]  # the resolved config (YAML) every later step reads
+            teacher = cache_teacher(
+                splits=splits.outputs["splits"],
+                run_config=run_config,
+                model_identity=snap.outputs["model_identity"],
+                teacher_store=teacher_store,  # "" = off; a rerun with other train.* settings reuses it by content
+            )
+            gpu_task(teacher, settings, cache=True, retry_backoff="60s")
+            # One method (settings.methods empty: the run's train.method; or one name), or several candidates: a
+            # finetune and a validate task per method, unrolled here at compile time (finetune's retries need tasks
+            # outside a ParallelFor), then select, which sees validation scores only and passes the winner's model on.
+            candidates = {}
+            for method in settings.methods or ("",):
+                trained = finetune(
+                    splits=splits.outputs["splits"],
+                    run_config=run_config,
+                    teacher=teacher.outputs["teacher"],
+                    mlflow_run=mlflow_run,
+                    tracking_uri=tracking_uri,
+                    checkpoint_root=checkpoint_root,  # "" = in the pod; s3://... survives preemption and retries
+                    kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                    **({"method": method} if method else {}),  # "" = the config's train.method (today's DAG)
+                )
+                gpu_task(trained, settings, cache=False, retry_backoff="60s")  # a retry resumes from its checkpoint
+                if len(settings.methods) > 1:
+                    trained.set_display_name(f"finetune-{method}")
+                candidates[method] = trained.outputs["model"]
+            selection = None
+            if len(candidates) > 1:
+                scored = {}
+                for method, candidate in candidates.items():
+                    scoring = validate(
+                        model=candidate,
+                        splits=splits.outputs["splits"],
+                        run_config=run_config,
+                        mlflow_run=mlflow_run,
+                        tracking_uri=tracking_uri,
+                    ).set_display_name(f"validate-{method}")
+                    gpu_task(scoring, settings, cache=False, retry_backoff="60s")
+                    scored[f"{method}_model"], scored[f"{method}_scores"] = candidate, scoring.outputs["scores"]
+                chosen = select(mlflow_run=mlflow_run, tracking_uri=tracking_uri, **scored)
+                cpu_task(chosen, settings, cache=False, retry_backoff="30s")
+                model_out, selection = chosen.outputs["model"], chosen.outputs["choice"]
+            else:
+                (model_out,) = candidates.values()
+            with dsl.ParallelFor(splits.outputs["Output"], name="eval-domains") as domain:
+                evaluation = evaluate(
+                    model=model_out,
+                    splits=splits.outputs["splits"],
+                    run_config=run_config,
+                    mlflow_run=mlflow_run,
+                    domain=domain,
+                    tracking_uri=tracking_uri,
+                    registered_model_name=registered_model_name,
+                    baseline_cache=baseline_cache,  # "" = off; zero-shot metrics reused across runs
+                    # The step retries itself: backends ignore set_retry inside a ParallelFor (kubeflow/pipelines
+                    # #12389), so this task has no retry policy of its own.
+                    attempts=settings.retries + 1,
+                    # several methods: every candidate scored beside the winner, for the card (select chose already)
+                    **({f"{m}_model": c for m, c in candidates.items()} if len(candidates) > 1 else {}),
+                )
+                gpu_task(evaluation, settings, cache=False)
+            registered = register(
+                model=model_out,
+                reports=dsl.Collected(evaluation.outputs["report"]),
+                run_config=run_config,
+                mlflow_run=mlflow_run,
+                registered_model_name=registered_model_name,
+                experiment_name=experiment_name,
+                tracking_uri=tracking_uri,
+                **({"selection": selection} if selection is not None else {}),  # the candidates, for the card
+            )
+            cpu_task(registered, settings, cache=False)
+        # No pipeline outputs: KFP allows them only outside the exit handler; register's record and summary are
+        # its artifacts (local runs find them under the run's root).
+
+    return clipcite_pipeline
+
+
+def compile_pipeline(output: str | Path, settings: ClusterSettings | None = None) -> Path:
+    compiler.Compiler().compile(build_pipeline(settings), str(output))
+    return Path(output)

@@ -1,0 +1,226 @@
+"""``python pipeline.py run``'s output: kfp.local's whole log to a file, one line per task, the failed task's error.
+
+kfp.local prints every task's executor input, streamed logs and outputs (about 1,500 lines for the default run) and
+ends a failure with only the failed task's name ("Inner task failed: 'snapshot'"), the step's own message buried
+above. ``TaskLog`` reads that stream as it is written: it keeps all of it in a log file (and on the terminal with
+``-v``), prints a line when a task starts, finishes or comes from the cache, and remembers the last exception line a
+task printed, so a failed run ends with what went wrong.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import logging
+import os
+import re
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
+
+from clipcite.steps import kfp_backend
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+STARTED = re.compile(r"Executing task '([^']+)'")
+FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
+CACHED = re.compile(r"Task '?([\w-]+)'? cache hit")
+FAILED_TASK = re.compile(r"Inner task failed: '([^']+)'")
+# A ParallelFor's iterations all carry the task's name; the loop item is in the executor input kfp.local prints
+# after "Executing task" (``"domain": "photo",``) and in the outputs after "finished" (``metadata={'domain': ...}``).
+LOOP_TASKS = {"evaluate": "domain"}
+LOOP_INPUT = re.compile(r'^\s*"(\w+)": "([^"]*)",?$')
+LOOP_OUTPUT = re.compile(r"metadata=\{'(\w+)': '([^']*)'\}")
+# The last line of a Python traceback: "ValueError: ...", "clipcite.config.ConfigError: ...".
+RAISED = re.compile(r"^\s*(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt))(?::\s*(.*))?$")
+
+
+class TaskLog:
+    """A text stream for kfp.local's output (stdout, stderr and log records go here during a run)."""
+
+    def __init__(self, path: Path, terminal: TextIO, *, echo: bool) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.file = path.open("w", encoding="utf-8")
+        self.terminal = terminal
+        self.echo = echo
+        self.started = time.monotonic()
+        self.last_error = ""
+        self._pending = ""
+        self._starting: dict[str, int] = {}  # loop task -> starts not yet printed (waiting for the loop item)
+        self._finishing: dict[str, str] = {}  # loop task -> the status of a finish waiting for its loop item
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self.file.write(text)
+            if self.echo:
+                self.terminal.write(text)
+            *lines, self._pending = (self._pending + text).split("\n")
+            for line in lines:
+                self._read(ANSI.sub("", line))
+        return len(text)
+
+    def flush(self) -> None:
+        self.file.flush()
+        self.terminal.flush()
+
+    def close(self) -> None:
+        """Close the log file and take back the failed-task variables this log set for the exit task."""
+        self.file.close()
+        for variable in (kfp_backend.LOCAL_FAILED_TASK, kfp_backend.LOCAL_FAILED_ERROR):
+            os.environ.pop(variable, None)
+
+    def _read(self, line: str) -> None:
+        raised = RAISED.match(line)
+        if raised:
+            self.last_error = f"{raised[1]}: {raised[2]}" if raised[2] else raised[1]
+        elif started := STARTED.search(line):
+            if started[1] in LOOP_TASKS:
+                self._starting[started[1]] = self._starting.get(started[1], 0) + 1
+            else:
+                self._progress(f"{started[1]} ...")
+        elif finished := FINISHED.search(line):
+            self._finished(finished[1], finished[2])
+        elif cached := CACHED.search(line):
+            self._progress(f"{cached[1]}: reused from the cache")
+        else:
+            self._loop_item(line)
+
+    def _loop_item(self, line: str) -> None:
+        """A loop task's start or finish line, once its loop item (the domain) shows in kfp.local's output."""
+        if found := LOOP_INPUT.match(line):
+            for task, key in LOOP_TASKS.items():
+                if key == found[1] and self._starting.get(task):
+                    self._starting[task] -= 1
+                    self._progress(f"{task} {found[2]} ...")
+        elif found := LOOP_OUTPUT.search(line):
+            for task, key in LOOP_TASKS.items():
+                if key == found[1] and task in self._finishing:
+                    self._progress(f"{task} {found[2]}: {_outcome(self._finishing.pop(task))}")
+
+    def _finished(self, task: str, status: str) -> None:
+        if task in self._finishing:  # an earlier iteration's finish whose item never showed
+            self._progress(f"{task}: {_outcome(self._finishing.pop(task))}")
+        if task in LOOP_TASKS and status == "SUCCESS":  # outputs (with the item) follow; a failure prints none
+            self._finishing[task] = status
+        else:
+            self._progress(f"{task}: {_outcome(status)}")
+        if status != "SUCCESS" and kfp_backend.LOCAL_FAILED_TASK not in os.environ:
+            # for the exit task, started after this line: kfp.local's final status names no task
+            os.environ[kfp_backend.LOCAL_FAILED_TASK] = task
+            os.environ[kfp_backend.LOCAL_FAILED_ERROR] = self.last_error
+
+    def _progress(self, message: str) -> None:
+        if not self.echo:
+            self.terminal.write(f"[{time.monotonic() - self.started:5.0f}s] {message}\n")
+            self.terminal.flush()
+
+    def failure(self, error: Exception) -> str:
+        """What a failed run ends with: the failed task and the last exception line printed before it failed."""
+        found = FAILED_TASK.search(ANSI.sub("", str(error)))
+        task = f"task {found[1]!r} failed" if found else ANSI.sub("", str(error))
+        return f"{task}: {self.last_error}" if self.last_error else task
+
+
+@contextlib.contextmanager
+def captured(path: Path, *, echo: bool) -> Iterator[TaskLog]:
+    """Send this process's stdout, stderr and root log records to a ``TaskLog`` for the duration.
+
+    Also puts back ``print``: kfp.local indents a task's streamed lines by swapping ``builtins.print`` for the task's
+    duration, and two ParallelFor iterations that overlap restore each other's swap, so after a run with parallel
+    evaluate tasks ``print`` could stay indented and the summary printed after it start with four spaces."""
+    terminal, plain_print = sys.stdout, builtins.print
+    log = TaskLog(path, terminal, echo=echo)
+    handler = logging.StreamHandler(log)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    root.handlers = [handler]
+    root.setLevel(logging.INFO)  # kfp.local's cache hits are INFO records outside its own logging context
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            yield log
+    finally:
+        builtins.print = plain_print
+        root.handlers, level = saved
+        root.setLevel(level)
+        log.close()
+
+
+def run_dag(pipeline_func, params: dict, out: Path, *, caching: bool, quiet: bool, runner: str = "subprocess") -> dict:
+    """Run ``pipeline_func(**params)`` through kfp.local with its pipeline root and cache under ``out``, each step a
+    subprocess here or (``runner="docker"``) a container of its image (:mod:`clipcite.pipeline.local_docker`).
+    kfp.local's output goes to
+    ``out/logs/run-<time>.log`` (and to the terminal unless ``quiet``); a failed task raises RuntimeError with that
+    task's own exception message."""
+    from kfp import local
+
+    if runner == "docker":
+        from clipcite.pipeline import local_docker
+
+        task_runner = local_docker.docker_runner(params, out)
+    else:
+        task_runner = local.SubprocessRunner(use_venv=False)
+    local.init(
+        runner=task_runner,
+        pipeline_root=str(out / "root"),
+        enable_caching=caching,
+        cache_root=str(out / "cache"),
+    )
+    log_path = out / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    before = set((out / "root").glob("*"))
+    with captured(log_path, echo=not quiet) as task_log, warnings.catch_warnings():
+        # kfp.local warns on every task that the cluster's image and resource requests do not apply locally.
+        warnings.filterwarnings("ignore", message=r".*(have no effect in the current local runner|non-Python base)")
+        try:
+            pipeline_func(**params)
+        except RuntimeError as e:
+            raise RuntimeError(f"{task_log.failure(e)}\n(the whole log: {_short(log_path)})") from e
+    (run_root,) = set((out / "root").glob("*")) - before  # this run's folder: kfp.local names it by the time
+    register = next(run_root.rglob("register"))
+    record = register / "record"
+    return {
+        "metrics": json.loads((record / "metrics.json").read_text()),
+        "record": record,
+        "summary": register / "summary",
+        "data_uri": params["data_uri"],
+        "log": log_path,
+    }
+
+
+def print_summary(result: dict, tracking_uri: str) -> None:
+    """The table, then where everything is: what a person reads after ``pipeline.py run``."""
+    from clipcite.evaluation.report import markdown
+
+    metrics, config = result["metrics"], result["config"]
+    title = (
+        f"clipcite: {config.train.method} (alpha={config.train.alpha}), {config.splits.shots} shots, "
+        f"seed {config.seed}, {config.splits.protocol}, data {_short(result['data_uri'])}"
+    )
+    print(markdown(metrics, metrics["models"], title=title))
+    print(f"registration record: {_short(result['record'])}\nreport: {_short(result['summary'])}")
+    registry = json.loads((result["record"] / "registration.json").read_text()).get("registry")
+    if registry:
+        print(f"registered {registry['name']} v{registry['version']}: {registry['decision']} ({registry['reason']})")
+    print(f"log: {_short(result['log'])}")
+    if tracking_uri.startswith("sqlite:"):
+        mlflow_cli = _short(Path(sys.prefix) / "bin" / "mlflow")
+        print(f"MLflow UI: {mlflow_cli} ui --backend-store-uri {tracking_uri}  (then open http://127.0.0.1:5000)")
+    elif tracking_uri.lower() not in ("off", "none", "disabled", "false"):
+        print(f"MLflow: {tracking_uri}")
+
+
+def _outcome(status: str) -> str:
+    return "done" if status == "SUCCESS" else "failed"
+
+
+def _short(path: str | Path) -> str:
+    """A local path relative to the working directory when it is below it (what a person would type)."""
+    with contextlib.suppress(ValueError):
+        return str(Path(os.path.abspath(path)).relative_to(Path.cwd()))
+    return str(path)

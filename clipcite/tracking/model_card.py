@@ -1,0 +1,229 @@
+"""The registry's words: a model card for every registered version and a description of the registered model.
+
+Pure functions (plain data in, Markdown out): the register step gathers the data and sets the text, so what a person
+browsing the MLflow registry reads is the same whichever store or server holds it. Metrics live here and in the
+pipeline's run; version tags stay few, for filtering. A card's first line is a plain one-line summary (what the
+registry's versions table shows); the version's page renders the whole card.
+"""
+
+from __future__ import annotations
+
+import re
+
+from clipcite.evaluation.report import table
+
+CARD_HEADING = "## Per-domain accuracy"  # a browser check looks for the table under it
+
+
+def version_card(
+    *,
+    name: str,
+    version: int,
+    meta: dict,
+    body: dict,
+    decision: dict,
+    code_version: str,
+    data_digest: str = "",
+    selection: dict | None = None,
+) -> str:
+    """The model card of ``name`` version ``version``.
+
+    ``meta``: the model folder's ``clipcite.json`` (arch, base identity, method, alpha, seed, dataset, class names,
+    resolved config); ``body``: the merged evaluation (per-domain metrics of ``zeroshot``/``finetuned``/``champion``);
+    ``decision``: ``role`` (champion | challenger) and ``reason`` from the gate; ``data_digest``: the data snapshot's
+    digest (the pipeline run's ``data.sources_digest``); ``selection``: the select step's ``selection.json`` when
+    this method won among several candidates (one row each, and the rule)."""
+    config = meta.get("config") or {}
+    train, splits, model = config.get("train", {}), config.get("splits", {}), config.get("model", {})
+    classnames = list(meta.get("classnames") or [])
+    evaluated = body.get("champion_version")
+    role = decision.get("role", "challenger")
+    models = [m for m in ("finetuned", "zeroshot", "champion") if m in body.get("models", [])]
+    names = {"finetuned": f"**v{version}** (this)", "zeroshot": "zero-shot", "champion": f"champion v{evaluated}"}
+    eval_domains = list(body.get("domains") or {})
+    lines = [
+        headline(meta, body),  # the registry's versions table shows this line alone, cut at 32 characters
+        "",
+        f"# {name} v{version}: {meta.get('method', '?')} on {meta.get('dataset') or '?'}",
+        "",
+        f"CLIP fine-tuned few-shot ({splits.get('shots', '?')} shots per class, seed {meta.get('seed', '?')}). "
+        f"Gate: **{role}**: {decision.get('reason', '')}.",
+        "",
+        "## Base model",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| architecture | `{meta.get('arch', model.get('arch', '?'))}` |",
+        f"| weights | `{model.get('pretrained') or '(random init)'}` |",
+        f"| identity | `{meta.get('base_identity') or '?'}` |",
+        "",
+        "## Method",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        f"| method | {meta.get('method', '?')} |",
+        f"| alpha (weight-space ensemble with the zero-shot weights) | {_value(meta.get('alpha'))}"
+        f"{_alpha_grid(meta.get('alpha_grid'))} |",
+        f"| lambda (weight of L_SCL) | {_value(train.get('lam'))} |",
+        f"| eta (weight of L_VLD) | {_value(train.get('eta'))} |",
+        f"| shots per class | {_value(splits.get('shots'))} |",
+        f"| seed | {_value(meta.get('seed'))} |",
+        f"| epochs, learning rate, batch size | {_value(train.get('epochs'))}, {_value(train.get('lr'))}, "
+        f"{_value(train.get('batch_size'))} |",
+        *(["", meta["note"]] if meta.get("note") else []),  # the method's own word on what it changed (methods/)
+        "",
+        *(selection_section(selection) if selection else []),
+        "## Data",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| dataset | {meta.get('dataset') or '?'} |",
+        f"| data digest | `{data_digest or '?'}` |",
+        f"| protocol | {splits.get('protocol', '?')} |",
+        f"| classes | {len(classnames)}: {_names(classnames)} |",
+        f"| trained on domain(s) | {', '.join(body.get('train_domains') or []) or 'every train domain'} |",
+        f"| evaluated on domain(s) | {', '.join(eval_domains) or '-'} |",
+        "",
+        CARD_HEADING,
+        "",
+        table(body, models, names).rstrip("\n"),
+        "",
+        "## Gate",
+        "",
+        f"- decision: **{role}**",
+        f"- reason: {decision.get('reason', '')}",
+        f"- compared with: {f'champion v{evaluated}' if evaluated else 'no champion (none held the alias)'}",
+        "",
+        "## Code",
+        "",
+        f"clipcite `{code_version}`",
+        "",
+        "## Load and serve",
+        "",
+        "```",
+        f'model = mlflow.pyfunc.load_model("models:/{name}/{version}")  # or models:/{name}@champion',
+        'model.predict(pandas.DataFrame({"image": [png_bytes]}), params={"labels": ["cat", "dog"], "top_k": 2})',
+        f"mlflow models serve -m models:/{name}/{version} --env-manager local -p 5001  # POST base64 images to "
+        "/invocations",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+SELECTION_HEADING = "## Selection among candidates"
+
+
+def selection_section(selection: dict) -> list[str]:
+    """The card's lines on how this method was chosen: every candidate's validation score and costs, the rule, and
+    (where evaluate scored the candidates beside the selected one) each one's test number, which the choice never
+    saw."""
+    tested = "test_metric" in selection
+    test_head = f" test {selection['test_metric']} |" if tested else ""
+    lines = [
+        SELECTION_HEADING,
+        "",
+        "| method | validation top-1 | validation images | trainable parameters | training time (s) | artefact bytes |"
+        + test_head,
+        "|---|---|---|---|---|---|" + ("---|" if tested else ""),
+    ]
+    for row in selection["candidates"]:
+        method = f"**{row['method']}** (selected)" if row["selected"] else row["method"]
+        test = (f" {row['test']:.2f} |" if row.get("test") is not None else " - |") if tested else ""
+        lines.append(
+            f"| {method} | {row['val_top1']:.2f} | {row['val_images']} | {row['trainable_parameters']:,} | "
+            f"{row['seconds']:.1f} | {row['artefact_bytes']:,} |{test}"
+        )
+    after = (
+        "every candidate was then scored on the eval sets for this record (the test column); the choice did not see "
+        "those numbers"
+        if tested
+        else "the selected method alone was then evaluated on the eval sets (below)"
+    )
+    lines += ["", f"Rule: {selection['rule']}. Scored on the validation split only; {after}.", ""]
+    return lines
+
+
+def headline(meta: dict, body: dict) -> str:
+    """The card's first line, plain text, what tells versions apart first: ``cite on toyworld: HM 76.18`` (the
+    mean over the summary's domains of HM, or top-1 without a base/new split). The MLflow registry's versions
+    table shows a description's first line, cut at 32 characters, as raw text: no Markdown here."""
+    what = f"{meta.get('method') or '?'} on {meta.get('dataset') or '?'}"
+    mean = (body.get("mean") or {}).get("finetuned") or {}
+    for key, label in (("hm", "HM"), ("top1", "top-1")):
+        if key in mean:
+            return f"{what}: {label} {float(mean[key]):.2f}"
+    return what
+
+
+def promoted_by_hand(card: str, *, reason: str, previous: int | None) -> str:
+    """``card`` once its version took the ``champion`` alias by hand (``clipcite champion NAME --promote N``): the
+    summary line and the Gate section say so, with the reason, and keep what the gate had decided, so a card never
+    says "challenger" on the version that holds the alias. A card in another shape gets a section at the end."""
+    replaced = f", replacing v{previous}" if previous is not None else ""
+    now = f"**champion** by manual promotion{replaced}: {reason}"
+    card, summary = re.subn(
+        r"Gate: \*\*(\w+)\*\*: (.*)\.$",
+        lambda m: f"Now {now} (the gate had said **{m[1]}**: {m[2]}).",
+        card,
+        count=1,
+        flags=re.M,
+    )
+    card, section = re.subn(
+        r"^- decision: \*\*(\w+)\*\*$",
+        lambda m: f"- decision: {now} (the gate had said **{m[1]}**)",
+        card,
+        count=1,
+        flags=re.M,
+    )
+    if not (summary and section):
+        card = card.rstrip("\n") + f"\n\n## Manual promotion\n\n- decision: {now}\n"
+    return card
+
+
+def family_description(name: str, gate: dict) -> str:
+    """What the registered model ``name`` is and how a version becomes ``champion`` (``gate``: GateConfig fields)."""
+    metric = gate.get("metric", "auto")
+    metric = "HM of base and new accuracy (top-1 without a base/new split)" if metric == "auto" else metric
+    where = f"on domain {gate['domain']}" if gate.get("domain") else "averaged over the evaluated domains"
+    kept = ", ".join(gate.get("kept_domains") or ()) or "every evaluated domain"
+    return "\n".join(
+        [
+            f"# {name}",
+            "",
+            "CLIP image classifiers fine-tuned from a few labelled images per class with CLIP-CITE (clipcite's "
+            "Kubeflow pipeline). Each version is one pipeline run; its description is its model card (base model, "
+            "method settings, data, per-domain accuracy, the gate's decision). Serve it as an MLflow pyfunc: base64 "
+            "images in, labels out, any label list at call time (`labels`, `top_k`).",
+            "",
+            "## How versions are promoted",
+            "",
+            "The `champion` alias marks the version to serve. A new version is evaluated beside the current champion "
+            f"on the same eval sets and takes the alias when its {metric} {where} gains (a tie never promotes; at "
+            f"least {float(gate.get('min_improvement', 0.0)):.2f} points) and no kept domain ({kept}) loses more than "
+            f"{float(gate.get('max_domain_drop', 1.0)):.2f} points; otherwise it stays a `challenger` and its tag "
+            "`gate.reason` says why. The first version takes the alias. Roll back with "
+            f"`clipcite champion {name} --promote N --reason ...`.",
+            "",
+            "Version tags for filtering: `method`, `dataset`, `shots`, `protocol`, `seed`, `base_model`, "
+            "`gate.decision`.",
+            "",
+        ]
+    )
+
+
+def _value(value) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def _names(classnames: list[str], shown: int = 12) -> str:
+    listed = ", ".join(classnames[:shown])
+    return listed + (f", ... ({len(classnames) - shown} more)" if len(classnames) > shown else "")
+
+
+def _alpha_grid(grid: dict | None) -> str:
+    """``train.alpha_grid``'s choice in the alpha row: every alpha's validation top-1."""
+    if not grid:
+        return ""
+    scores = ", ".join(f"{a:g}: {v:.1f}" for a, v in zip(grid["alphas"], grid["val_top1"], strict=True))
+    return f", chosen on validation (top-1 {scores}; {grid['val_images']} images)"
