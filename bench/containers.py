@@ -2,8 +2,8 @@
 (`pipeline.py run --runner docker`, kfp.local's DockerRunner on podman's Docker API); prints both summary tables'
 agreement and the wall-time ratio containers / subprocesses.
 
-    python bench/containers.py --out runs/bench-containers            # make run's DAG (the toy world default)
-    python bench/containers.py --out runs/bench-containers --smoke    # seconds-to-minutes: 2 shots, 1 epoch
+    python -m bench.containers --out runs/bench-containers            # make run's DAG (the toy world default)
+    python -m bench.containers --out runs/bench-containers --smoke    # seconds-to-minutes: 2 shots, 1 epoch
 
 Needs the images (`make images CONTAINER_ENGINE=podman ...`, or `make test-containers`, which builds them) and
 podman (started here as a Docker API on a socket under --out) unless DOCKER_HOST already names an engine.

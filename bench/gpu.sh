@@ -13,4 +13,4 @@ df -h /dev/shm || true  # DataLoader workers hand batches over through it
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 WORKERS="${WORKERS:-$(($(nproc) > 3 ? $(nproc) - 2 : 1))}"
-timeout 470 "$PY" bench/gpu_bench.py --workers "$WORKERS" --json "$OUT_DIR/gpu_bench.json" "$@"
+timeout 470 "$PY" -m bench.gpu_bench --workers "$WORKERS" --json "$OUT_DIR/gpu_bench.json" "$@"

@@ -1,7 +1,7 @@
 """GPU throughput of the CITE step and of evaluation (issue 11 goal 8); what ``bench/gpu.sh`` runs.
 
-    python bench/gpu_bench.py                       # ViT-B-16-quickgelu, random init, bf16, on cuda
-    python bench/gpu_bench.py --tiny                # the same code on CPU with the tiny model (what the test runs)
+    python -m bench.gpu_bench                       # ViT-B-16-quickgelu, random init, bf16, on cuda
+    python -m bench.gpu_bench --tiny                # the same code on CPU with the tiny model (what the test runs)
 
 Prints, per training batch size: the CITE step's images/s with the cached teacher (the teacher's features are a
 lookup, as in training with ``teacher.mode=cache``: no teacher forward), peak GPU memory, MFU against the given

@@ -1,7 +1,7 @@
 """The input path beside the model (issue 11 goal 4), on synthetic 500x375 JPEGs, CPU.
 
-    OMP_NUM_THREADS=1 python bench/input_path.py                   # the paper_vitb16 preset's workers (8 and 8)
-    OMP_NUM_THREADS=1 python bench/input_path.py --config default  # the toy world's (0 and 0)
+    OMP_NUM_THREADS=1 python -m bench.input_path                   # the paper_vitb16 preset's workers (8 and 8)
+    OMP_NUM_THREADS=1 python -m bench.input_path --config default  # the toy world's (0 and 0)
 
 1. The training and the eval input paths alone (decode, crop, normalise, collate through the run's one DataLoader,
    with the preset's workers): images/s and images per CPU-second ("per core": this process's and its workers' CPU

@@ -1,7 +1,7 @@
 """Peer bench: clipcite's ``flyp`` against open_clip's own trainer, ``open_clip_train``, on one split (run by hand).
 
-    python bench/peer_open_clip_train.py --out runs/peer             # 3 seeds + 2 speed rounds: 12 min, 5 min CPU
-    python bench/peer_open_clip_train.py --out runs/peer --seeds 1   # one seed: a fast look
+    python -m bench.peer_open_clip_train --out runs/peer             # 3 seeds + 2 speed rounds: 12 min, 5 min CPU
+    python -m bench.peer_open_clip_train --out runs/peer --seeds 1   # one seed: a fast look
 
 Per seed: the toy world's base-to-new split (16 shots of the 24 base photo classes, as bench/toyworld_methods.py
 makes it, but evaluated on all 4 domains), exported to open_clip_train's CSV format (one PNG per image, a
@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = [run_seed(out / "table", out / f"seed{s}", s, args.overrides, s == args.seeds[0]) for s in args.seeds]
     first = out / f"seed{args.seeds[0]}"
     speeds = speed_rounds(out / "speed", first, args.seeds[0], args.overrides, args.speed_epochs, args.speed_rounds)
-    command = "python bench/peer_open_clip_train.py " + " ".join(sys.argv[1:])
+    command = "python -m bench.peer_open_clip_train " + " ".join(sys.argv[1:])
     text = report(runs, speeds, args.seeds, command.strip())
     (out / "peer_open_clip_train.md").write_text(text)
     body = {"seeds": args.seeds, "runs": runs, "speeds": speeds, "speed_epochs": args.speed_epochs}

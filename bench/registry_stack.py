@@ -3,9 +3,9 @@ server`` with docker/Dockerfile.mlflow's requirements on 127.0.0.1, two pipeline
 through the register step, the alias resolved for serving, a rollback; then the MLflow UI in headless Chromium.
 
     apt-get install -y postgresql chromium                      # Debian's packages (root)
-    python bench/registry_stack.py                              # PostgreSQL backend + browser, ~6 min on 2 cores
-    python bench/registry_stack.py --backend sqlite             # the browser half on a sqlite store
-    python bench/registry_stack.py --server-venv runs/registry_stack/server-venv   # reuse the server's venv
+    python -m bench.registry_stack                              # PostgreSQL backend + browser, ~6 min on 2 cores
+    python -m bench.registry_stack --backend sqlite             # the browser half on a sqlite store
+    python -m bench.registry_stack --server-venv runs/registry_stack/server-venv   # reuse the server's venv
 
 Checks (the script exits 1 when one fails, printing which): both runs register a version (v1 takes ``champion``,
 v2's gate decision and reason are tags); PostgreSQL's own tables hold the versions and the alias; every version has

@@ -2,8 +2,8 @@
 evaluate on ``s3://`` URIs through ``tests/support/faultproxy.py`` in front of ``moto_server``, at several fault
 fractions and seeds, each compared object by object with a clean run.
 
-    python bench/s3_faults.py                                  # fractions 0.1 0.2 0.3, seeds 1 2
-    python bench/s3_faults.py --fractions 0.3 --seeds 1 2 3 4
+    python -m bench.s3_faults                                  # fractions 0.1 0.2 0.3, seeds 1 2
+    python -m bench.s3_faults --fractions 0.3 --seeds 1 2 3 4
 
 Tiny random-weight model and the toy world (photo, sketch), as in the tests. Prints one row per run: requests,
 faults injected by kind, faulted requests retried, whether every output object equals the clean run's (timings in

@@ -13,8 +13,8 @@ bytes and decode cost are those of real photos; the pixels repeat). ``--code DIR
 ``PYTHONPATH=DIR`` (an older checkout, e.g. ``git worktree add /tmp/old <commit>``) on the data and models the last
 run left in ``--out``, for before/after numbers::
 
-    nice python bench/scale.py --out runs/scale          # 11 min (load 4) to 21 min (load 7-13) on 2 shared cores; 5 GB
-    nice python bench/scale.py --out runs/scale --code /tmp/old --steps sample-splits evaluate --label before
+    nice python -m bench.scale --out runs/scale          # 11 min (load 4) to 21 min (load 7-13) on 2 shared cores; 5 GB
+    nice python -m bench.scale --out runs/scale --code /tmp/old --steps sample-splits evaluate --label before
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Serving under load: the registered champion behind ``mlflow models serve`` on 127.0.0.1, a bounded load of
 concurrent clients, then malformed requests that must get a 4xx while the server keeps serving.
 
-    python bench/serve_load.py                                   # trains and registers a toy champion first
-    python bench/serve_load.py --model-uri models:/clipcite@champion --tracking-uri sqlite:///$PWD/mlflow.db
-    python bench/serve_load.py --requests 200 --clients 4        # a quick look
+    python -m bench.serve_load                                   # trains and registers a toy champion first
+    python -m bench.serve_load --model-uri models:/clipcite@champion --tracking-uri sqlite:///$PWD/mlflow.db
+    python -m bench.serve_load --requests 200 --clients 4        # a quick look
 
 Without ``--model-uri`` it fine-tunes the toy world's ``toyclip`` (2 shots, 1 epoch, photo domain) and registers it
 as ``serve-bench@champion`` in ``<out>/mlflow.db`` (reused on later runs). Each request carries 1-8 base64 PNGs

@@ -1,7 +1,7 @@
 """The teacher cache's worth on the real architecture (issue 11 goal 5): fit's CITE step time with the cached
 teacher vs the online teacher, ViT-B-16-quickgelu (random init, 224 px) on CPU, side by side in one process.
 
-    OMP_NUM_THREADS=1 python bench/teacher_cache.py            # 3 rounds x 2 timed steps per mode, batch 8
+    OMP_NUM_THREADS=1 python -m bench.teacher_cache            # 3 rounds x 2 timed steps per mode, batch 8
 
 Each round times both modes one after the other (the order flips every round, so drift on a shared machine hits
 both), and the teacher's image forward alone; the ratio is cached / online of the mean step times, by this

@@ -1,7 +1,7 @@
 """How the toy world's fine-tuning recipe was chosen: plain ``ce`` on base-class *validation* accuracy.
 
-    python bench/toyworld_lr.py --out runs/lr
-    python bench/toyworld_lr.py --out runs/lr --smoke    # seconds, a tiny world, one lr and crop: every path runs
+    python -m bench.toyworld_lr --out runs/lr
+    python -m bench.toyworld_lr --out runs/lr --smoke    # seconds, a tiny world, one lr and crop: every path runs
 
 The recipe (learning rate, crop scale) is picked for the baseline, not for CLIP-CITE, and then used for every
 method in bench/toyworld_methods.py. Test sets are never looked at here.

@@ -1,9 +1,9 @@
 """The method table on the toy world: base-to-new and cross-domain, 9 methods x 3 seeds (run by hand).
 
-    python bench/toyworld_methods.py --out runs/bench            # the full table
-    python bench/toyworld_methods.py --out runs/bench --quick    # one seed, 5 epochs: a fast look
-    python bench/toyworld_methods.py --out runs/bench --smoke    # seconds, a tiny world: every path runs (tests)
-    python bench/toyworld_methods.py --out runs/bench --methods lora linear_probe   # some rows only
+    python -m bench.toyworld_methods --out runs/bench            # the full table
+    python -m bench.toyworld_methods --out runs/bench --quick    # one seed, 5 epochs: a fast look
+    python -m bench.toyworld_methods --out runs/bench --smoke    # seconds, a tiny world: every path runs (tests)
+    python -m bench.toyworld_methods --out runs/bench --methods lora linear_probe   # some rows only
 
 Base-to-new: 16 shots of the 24 base classes of the main domain (photo); Base / New / HM on photo.
 Cross-domain: 16 shots of all 48 classes of photo; top-1 on every domain (photo is in-domain).
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(present := tuple(m for m in wanted if m in methods)) > 1
     }
     command = (
-        "python bench/toyworld_methods.py"
+        "python -m bench.toyworld_methods"
         + (" --quick" if args.quick else "")
         + (" --smoke" if args.smoke else "")
         + (f" --seeds {' '.join(map(str, seeds))}" if seeds != [1, 2, 3] and not (args.quick or args.smoke) else "")

@@ -1,9 +1,9 @@
 """Where does L_VLD matter? An eta sweep on the toy world, both ``vld_over`` settings, with and without the ensemble.
 
-    python bench/toyworld_vld.py --out runs/vld                  # seeds 1 2 3
-    python bench/toyworld_vld.py --out runs/vld --seeds 1        # one seed
-    python bench/toyworld_vld.py --out runs/vld --quick          # one seed, 5 epochs: a fast look
-    python bench/toyworld_vld.py --out runs/vld --smoke          # seconds, a tiny world: every path runs (tests)
+    python -m bench.toyworld_vld --out runs/vld                  # seeds 1 2 3
+    python -m bench.toyworld_vld --out runs/vld --seeds 1        # one seed
+    python -m bench.toyworld_vld --out runs/vld --quick          # one seed, 5 epochs: a fast look
+    python -m bench.toyworld_vld --out runs/vld --smoke          # seconds, a tiny world: every path runs (tests)
 
 The protocols are bench/toyworld_methods.py's (base-to-new on photo: Base/New/HM; cross-domain from photo: top-1
 per domain), with the same splits, teacher cache and recipe (configs/default.yaml, the default loss temperature).
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     write_world(str(table), seed=1, counts=SMOKE_COUNTS if args.smoke else None)  # always rewritten, as in methods
     default_etas = SMOKE_ETAS if args.smoke else ETAS
     command = (
-        "python bench/toyworld_vld.py"
+        "python -m bench.toyworld_vld"
         + (" --quick" if args.quick else "")
         + (" --smoke" if args.smoke else "")
         + (f" --seeds {' '.join(map(str, seeds))}" if seeds != [1, 2, 3] and not (args.quick or args.smoke) else "")

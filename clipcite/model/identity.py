@@ -15,7 +15,8 @@ from pathlib import Path
 
 from clipcite.records import WEIGHTS_FILE
 
-PACKAGE_CONFIGS = Path(__file__).parent / "model_configs"  # clipcite's tiny architectures, open_clip names too
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the clipcite package: it ships these files
+PACKAGE_CONFIGS = PACKAGE_ROOT / "model_configs"  # clipcite's tiny architectures, open_clip names too
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 
@@ -44,7 +45,7 @@ def verified_sha256(path: Path) -> str:
 def resolve_checkpoint(pretrained: str) -> Path:
     """``clipcite:<path>`` names a checkpoint shipped inside the package (the toy world's); else a plain path."""
     if pretrained.startswith("clipcite:"):
-        return Path(__file__).parent / pretrained.removeprefix("clipcite:")
+        return PACKAGE_ROOT / pretrained.removeprefix("clipcite:")
     return Path(pretrained)
 
 

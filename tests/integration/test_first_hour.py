@@ -192,7 +192,7 @@ def test_one_default_tracking_store_and_errors_that_name_the_flag(tmp_path, monk
         runs.resolve_uri("")  # a command
     assert "--tracking-uri" in str(raised.value) and "pipeline parameter" not in str(raised.value)
     # one definition, used by every command that takes --tracking-uri
-    for path in [ROOT / "cli.py", *(ROOT / "clipcite").rglob("*.py")]:
+    for path in (ROOT / "clipcite").rglob("*.py"):
         text = path.read_text()
         assert path.name == "uri.py" or "def default_tracking_uri" not in text, path
         if '"--tracking-uri"' in text and path.name != "uri.py":

@@ -1,4 +1,4 @@
-"""bench/gpu_bench.py (what bench/gpu.sh runs on a GPU machine) runs end to end on CPU with the tiny model, so the
+"""bench.gpu_bench (what bench/gpu.sh runs on a GPU machine) runs end to end on CPU with the tiny model, so the
 GPU script cannot rot between the rare runs on a GPU (issue 11 goal 8)."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def test_gpu_bench_runs_on_cpu_with_the_tiny_model(tmp_path):
 
 def test_gpu_script_runs_the_bench_with_bounded_time():
     script = (ROOT / "bench" / "gpu.sh").read_text()
-    assert "bench/gpu_bench.py" in script and "timeout 470" in script  # under the 8 minutes it is given
+    assert "bench.gpu_bench" in script and "timeout 470" in script  # under the 8 minutes it is given
     defaults = gpu_bench.parse([])
     assert (defaults.arch, defaults.precision, defaults.train_batches, defaults.eval_batch) == (
         "ViT-B-16-quickgelu",

@@ -43,7 +43,7 @@ RUN = {
         "the chain's tiny table, 1 shot, 1 epoch, one evaluate task instead of the toy world, 8 shots, 5 epochs, four",
     ),
     "clipcite champion clipcite": ("", "as written: reads the ./mlflow.db the run above wrote"),
-    "python bench/toyworld_methods.py": ("--smoke", "the bench's smoke form: a tiny world, 1 shot, 1 epoch, 2 methods"),
+    "python -m bench.toyworld_methods": ("--smoke", "the bench's smoke form: a tiny world, 1 shot, 1 epoch, 2 methods"),
     "python pipeline.py compile": ("", "as written"),
     "python -m clipcite.data.demo_folder": ("", "as written: 288 small PNGs, seconds"),
     "clipcite ingest imagefolder": ("", "as written: the demo folder the command before it wrote"),
@@ -66,7 +66,7 @@ NOT_RUN = {
     "podman system service": "a daemon: tests/containers/test_dag_in_containers.py starts one (bench/containers.py)",
     "export DOCKER_HOST": "points at that daemon",
     "python pipeline.py run --runner docker": "needs the images and an engine: make test-containers runs it",
-    "python bench/containers.py": "needs the images and podman: make test-containers runs its --smoke form",
+    "python -m bench.containers": "needs the images and podman: make test-containers runs its --smoke form",
 }
 # Guides the README links ahead of their arrival (another change adds them); their links are not checked until then.
 PENDING: dict[str, str] = {}
