@@ -194,8 +194,8 @@ def test_one_default_tracking_store_and_errors_that_name_the_flag(tmp_path, monk
     # one definition, used by every command that takes --tracking-uri
     for path in (ROOT / "clipcite").rglob("*.py"):
         text = path.read_text()
-        assert path.name == "uri.py" or "def default_tracking_uri" not in text, path
-        if '"--tracking-uri"' in text and path.name != "uri.py":
+        assert path.name == "default_uri.py" or "def default_tracking_uri" not in text, path
+        if '"--tracking-uri"' in text and path.name != "default_uri.py":
             assert "default_tracking_uri" in text, f"{path} takes --tracking-uri without the shared default"
 
 

@@ -1,0 +1,67 @@
+"""The declared layers (pyproject.toml's import-linter contracts, run by `make lint`) hold for the tree, and an import
+that runs back up a layer or closes a circle fails them; tests and benches reach the KFP side without sys.path edits."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def lint(tree: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--config", str(tree / "pyproject.toml"), "--no-cache"],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tree)},
+    )
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """A copy of the package and its contracts, to plant imports in."""
+    shutil.copytree(
+        ROOT / "clipcite", tmp_path / "clipcite", ignore=shutil.ignore_patterns("__pycache__", "*.safetensors")
+    )
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    return tmp_path
+
+
+def test_the_tree_keeps_every_contract(tree):
+    done = lint(tree)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 kept, 0 broken" in done.stdout
+
+
+def test_an_upward_import_breaks_the_layers(tree):
+    prompts = tree / "clipcite" / "data" / "prompts.py"
+    prompts.write_text(prompts.read_text() + "\nfrom clipcite.steps import select  # noqa\n")
+    done = lint(tree)
+    assert done.returncode != 0
+    assert "layers: entry points, steps, the ML core, infrastructure BROKEN" in done.stdout
+    assert "clipcite.data.prompts -> clipcite.steps.select" in done.stdout
+
+
+def test_a_circle_between_two_modules_breaks_the_acyclic_contract(tree):
+    table = tree / "clipcite" / "data" / "table.py"
+    table.write_text(table.read_text() + "\nfrom clipcite.data import rows  # noqa\n")
+    done = lint(tree)
+    assert done.returncode != 0
+    assert "no import circles among the modules of any package BROKEN" in done.stdout
+
+
+def test_no_test_or_bench_edits_sys_path():
+    offenders = [
+        str(path.relative_to(ROOT))
+        for folder in ("tests", "bench")
+        for path in (ROOT / folder).rglob("*.py")
+        if "sys.path.insert(" in path.read_text() and path != Path(__file__)
+    ]
+    assert offenders == []
