@@ -151,11 +151,18 @@ base-image: $(ENGINE_DEPS)
 
 # The container tier (CI runs it after `make test`): podman, the base from Debian packages when it is not there yet,
 # the images, then every step in its image and the DAG through kfp.local's DockerRunner (tests/containers/).
+# No wait in it is unbounded (issue 38: a wait on an exited container hung it for 40 minutes): each test fails after
+# CONTAINER_TEST_TIMEOUT seconds (pytest-timeout, naming the test; the step tier's first test runs make run's DAG
+# twice, about 8 minutes), and each step's container after CLIPCITE_CONTAINER_TIMEOUT (local_docker.py: with its id,
+# state and last output lines).
 CONTAINER_TIER ?= CONTAINER_ENGINE=podman BASE_IMAGE=$(LOCAL_BASE_IMAGE) TORCH_INDEX=https://pypi.org/simple
+CONTAINER_TEST_TIMEOUT ?= 900
+CLIPCITE_CONTAINER_TIMEOUT ?= 600
 test-containers: setup
 	@$(MAKE) --no-print-directory $(CONTAINER_TIER) container-images
 	CONTAINERS_CONF=$(PODMAN_CONF) CONTAINER_ENGINE=podman PATH="$(CURDIR)/$(BIN):$$PATH" \
-		$(BIN)/python -m pytest -q --containers tests/containers
+		CLIPCITE_CONTAINER_TIMEOUT=$(CLIPCITE_CONTAINER_TIMEOUT) \
+		$(BIN)/python -m pytest -q --containers --timeout=$(CONTAINER_TEST_TIMEOUT) tests/containers
 
 container-images: $(ENGINE_DEPS)
 	@if [ "$(BASE_IMAGE)" = "$(LOCAL_BASE_IMAGE)" ] && ! $(ENGINE) image exists $(BASE_IMAGE); then \

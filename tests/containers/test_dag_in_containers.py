@@ -8,6 +8,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -52,17 +53,52 @@ def test_a_container_that_exits_non_zero_fails_the_run_and_names_its_step(docker
     assert f"{checkpoint}: cannot load checkpoint" in done.stderr  # the step's own error, from inside its container
 
 
-def test_run_container_reads_a_failing_containers_exit_code_every_time(docker_host, monkeypatch):
-    """Why local_docker.run_container exists: with kfp's auto_remove, the engine may have removed a failed container
-    before its exit code is read (podman: a 500, kfp's run dies; a 404: kfp returns 0). The replacement keeps the
-    container until its code is read, then removes it."""
+def _local_docker_and_image(docker_host, monkeypatch):
     import docker
     from clipcite.pipeline import local_docker
 
     monkeypatch.setenv("DOCKER_HOST", docker_host)
-    client = docker.from_env()
+    client = docker.from_env(timeout=30)
     image = next(i for i in (t for im in client.images.list() for t in im.tags) if "clipcite-cpu" in i)
+    return local_docker, client, image
+
+
+def test_run_container_reads_a_failing_containers_exit_code_every_time(docker_host, monkeypatch):
+    """Why local_docker.run_container exists: with kfp's auto_remove, the engine may have removed a failed container
+    before its exit code is read (podman: a 500, kfp's run dies; a 404: kfp returns 0). The replacement keeps the
+    container until its code is read, then removes it; and it reads the code from the container's state, with a
+    deadline, where a wait() on podman 4.3 hung the tier for 40 minutes on a container that sat Exited (issue 38)."""
+    local_docker, client, image = _local_docker_and_image(docker_host, monkeypatch)
     before = {c.id for c in client.containers.list(all=True)}
     for _ in range(3):
-        assert local_docker.run_container(client, image, ["sh", "-c", "echo failing; exit 3"], {}) == 3
+        start = time.monotonic()
+        assert local_docker.run_container(client, image, ["sh", "-c", "echo failing; exit 3"], {}, timeout=120) == 3
+        assert time.monotonic() - start < 60
     assert {c.id for c in client.containers.list(all=True)} == before  # each removed after its code was read
+
+
+def test_a_container_that_exited_before_the_wait_began_is_seen_in_seconds(docker_host, monkeypatch):
+    """The race on purpose: the container has exited (podman says Exited) before anything waits for it."""
+    local_docker, client, image = _local_docker_and_image(docker_host, monkeypatch)
+    container = client.containers.run(image, ["sh", "-c", "echo early; exit 4"], detach=True)
+    try:
+        for _ in range(600):
+            container.reload()
+            if container.status == "exited":
+                break
+            time.sleep(0.1)
+        assert container.status == "exited", container.status
+        start = time.monotonic()
+        assert local_docker.wait_for_exit(container, time.monotonic() + 60) == 4
+        assert time.monotonic() - start < 5
+    finally:
+        container.remove(force=True)
+
+
+def test_a_container_past_its_deadline_fails_with_its_id_and_last_lines_and_is_removed(docker_host, monkeypatch):
+    local_docker, client, image = _local_docker_and_image(docker_host, monkeypatch)
+    before = {c.id for c in client.containers.list(all=True)}
+    command = ["sh", "-c", "echo still here; sleep 600"]
+    with pytest.raises(local_docker.ContainerTimeout, match=r"still running after 3 s(.|\n)*still here"):
+        local_docker.run_container(client, image, command, {}, timeout=3)
+    assert {c.id for c in client.containers.list(all=True)} == before

@@ -16,17 +16,20 @@ from clipcite.pipeline import local_docker  # noqa: E402
 class FakeContainer:
     """An engine that forgets a container as soon as it is removed, the way podman forgets an auto-removed one."""
 
+    id = "0123456789abcdef"
+
     def __init__(self, code: int, log: list[str]) -> None:
         self.code, self.log, self.removed = code, log, False
+        self.attrs: dict = {}
 
     def logs(self, stream: bool, follow: bool):
         yield b"step output\n"
 
-    def wait(self) -> dict:
-        self.log.append("wait")
+    def reload(self) -> None:  # the exit code is read from the container's state
+        self.log.append("reload")
         if self.removed:
             raise docker.errors.APIError("no such container")  # podman's 500
-        return {"StatusCode": self.code}
+        self.attrs = {"State": {"Status": "exited", "ExitCode": self.code}}
 
     def remove(self, force: bool) -> None:
         self.log.append("remove")
@@ -55,7 +58,7 @@ class FakeClient:
 def test_the_exit_code_is_read_before_the_container_is_removed(code, capsys):
     client = FakeClient(code)
     assert local_docker.run_container(client, "img:1", ["sh"], {}, auto_remove=True) == code
-    assert client.log == ["wait", "remove"] and "auto_remove" not in client.run_args
+    assert client.log == ["reload", "remove"] and "auto_remove" not in client.run_args
     assert "step output" in capsys.readouterr().out
 
 
