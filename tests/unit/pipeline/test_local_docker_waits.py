@@ -6,7 +6,6 @@ against podman: tests/containers/test_dag_in_containers.py."""
 
 import contextlib
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -15,11 +14,7 @@ from pathlib import Path
 import pytest
 
 import docker
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import local_docker  # noqa: E402
+from clipcite.pipeline import local_docker
 
 FOREVER = threading.Event()  # never set: what podman 4.3's Docker API does on a missed exit
 
