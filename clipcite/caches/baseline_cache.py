@@ -15,6 +15,7 @@ from typing import Any
 
 from clipcite import storage
 from clipcite.caches.content_key import content_key
+from clipcite.records import SetDigest
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ def baseline_key(
     base_identity: str,
     sources_digest: str,
     set_name: str,
-    set_record: dict[str, Any],
+    set_record: SetDigest | None,
     prompts: list[str],
     precision: str,
 ) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from clipcite import storage
 from clipcite.caches.content_key import content_key
+from clipcite.records import SplitsManifest
 from clipcite.training.teacher_cache import META_FILE, TENSORS_FILE, CacheMeta, load_cache
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ KEY_FILE = "key.json"
 def teacher_key(
     *,
     identity: str,
-    manifest: dict,
+    manifest: SplitsManifest,
     prompts: list[str],
     seed: int,
     epochs: int,
@@ -40,10 +41,10 @@ def teacher_key(
     """The content key of a teacher cache. ``manifest`` is the splits' manifest: its ``sources_digest`` names the
     data the split was cut from and ``sets.train`` the chosen ids (their digest and count); ``precision`` is the
     resolved one (bf16 or fp32)."""
-    train = manifest.get("sets", {}).get("train", {})
     crops = [list(crop_scale), list(crop_ratio)]
     parts = [FORMAT, list(prompts), seed, epochs, *crops, dtype, precision]
-    return content_key(identity, manifest.get("sources_digest", ""), train, *parts, what="the teacher cache")
+    train = manifest.digest_of("train")
+    return content_key(identity, manifest.sources_digest, train, *parts, what="the teacher cache")
 
 
 def restore(store: str, key: str, out_uri: str) -> CacheMeta | None:

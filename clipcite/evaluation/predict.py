@@ -8,11 +8,13 @@ prediction for an image is the argmax of cosine similarity over the eval set's c
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from clipcite.config import Config
 from clipcite.data.crops import model_input, view_key
 from clipcite.data.loading import EvalDataset, loader_options
 from clipcite.evaluation.metrics import confusion_matrix, per_class_accuracy, top1
@@ -22,6 +24,7 @@ from clipcite.model.precision import autocast as precision_autocast
 from clipcite.training import distributed
 
 log = logging.getLogger(__name__)
+Scorer = Callable[[LoadedModel], float]
 
 
 def predict(
@@ -41,6 +44,38 @@ def predict(
     options = {"batch_size": batch_size, "device": device, "num_workers": num_workers, "precision": precision}
     preds, target = predict_models({"": loaded}, rows, prompts, **options, source=source, progress=progress)
     return preds[""], target
+
+
+def top1_points(
+    loaded: LoadedModel,
+    rows: list[dict],
+    prompts: list[str],
+    *,
+    batch_size: int = 256,
+    device: str = "cpu",
+    num_workers: int = 0,
+    precision: str = "auto",
+    source: str = "",
+) -> float:
+    """Top-1 in points of ``loaded`` on ``rows`` (0.0 for no rows: the caller says whether that is an error)."""
+    if not len(rows):
+        return 0.0
+    options = {"batch_size": batch_size, "device": device, "num_workers": num_workers, "precision": precision}
+    preds, target = predict(loaded, rows, prompts, **options, source=source)
+    return float(top1(preds, target))
+
+
+def scorer(rows: Sequence[dict], prompts: list[str], config: Config, device: str, source: str = "") -> Scorer:
+    """Top-1 (points) of a model on ``rows`` with the eval settings of ``config``: how validate scores a candidate
+    and train.alpha_grid an alpha."""
+
+    def top1_of(model: LoadedModel) -> float:
+        options = {"batch_size": config.eval.batch_size, "num_workers": config.eval.num_workers}
+        return top1_points(
+            model, rows, prompts, **options, device=device, precision=config.train.precision, source=source
+        )
+
+    return top1_of
 
 
 @torch.no_grad()

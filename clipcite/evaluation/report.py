@@ -4,33 +4,35 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from clipcite.records import EvalReport, Selection
+
 
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def markdown(summary: dict, models: list[str], title: str = "Evaluation") -> str:
+def markdown(summary: EvalReport, models: list[str], title: str = "Evaluation") -> str:
     """A heading, then :func:`table`."""
     return f"# {title}\n\n" + table(summary, models)
 
 
-def table(summary: dict, models: list[str], names: dict | None = None) -> str:
+def table(summary: EvalReport, models: list[str], names: dict | None = None) -> str:
     """One row per domain and model: top-1 or Base / New / HM, then the mean (the domains it covers named: by
     default those not trained on, which are marked). ``names`` relabels models in the rows (``champion`` ->
     ``champion v3``)."""
     keys = [
-        k for k in ("top1", "base", "new", "hm") if any(k in d[m] for d in summary["domains"].values() for m in models)
+        k for k in ("top1", "base", "new", "hm") if any(k in d[m] for d in summary.domains.values() for m in models)
     ]
     header = {"top1": "Top-1", "base": "Base", "new": "New", "hm": "HM"}
     lines = [
         "| domain | model | " + " | ".join(header[k] for k in keys) + " |",
         "|---|---|" + "---|" * len(keys),
     ]
-    covered = summary.get("mean_domains")
-    trained_on = set(summary.get("source_domains") or ()) - set(covered or ())  # marked where the mean leaves them out
+    covered = summary.mean_domains
+    trained_on = set(summary.source_domains) - set(covered)  # marked where the mean leaves them out
     rows = [
-        *((f"{d} (trained on)" if d in trained_on else d, e) for d, e in summary["domains"].items()),
-        (f"mean of {', '.join(covered)}" if covered else "mean", summary["mean"]),
+        *((f"{d} (trained on)" if d in trained_on else d, e) for d, e in summary.domains.items()),
+        (f"mean of {', '.join(covered)}" if covered else "mean", summary.mean),
     ]
     names = names or {}
     for domain, entry in rows:
@@ -51,14 +53,14 @@ def pyplot():
     return plt
 
 
-def plot_domains(summary: dict, models: list[str], path: Path) -> None:
+def plot_domains(summary: EvalReport, models: list[str], path: Path) -> None:
     """Grouped bars per domain: the headline number (HM for base-to-new, else top-1) of each model."""
-    domains = list(summary["domains"])
+    domains = list(summary.domains)
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4, 1.4 * len(domains) + 2), 3.6))
     width = 0.8 / len(models)
     for i, m in enumerate(models):
-        values = [_headline(summary["domains"][d][m]) for d in domains]
+        values = [_headline(summary.domains[d][m]) for d in domains]
         bars = ax.bar([x + i * width for x in range(len(domains))], values, width, label=m)
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
     ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(domains))], domains, rotation=20)
@@ -97,26 +99,26 @@ def plot_confusion(confusion: list[list[int]], classnames: list[str], title: str
     plt.close(fig)
 
 
-def plot_selection(choice: dict, path: Path) -> None:
+def plot_selection(choice: Selection, path: Path) -> None:
     """Validation top-1 per candidate, the winner highlighted, trainable parameters under each bar; where the rows
     carry test numbers (register adds them after the choice), each candidate's test number beside it."""
-    rows = choice["candidates"]
-    tested = all(r.get("test") is not None for r in rows)
+    rows = choice.candidates
+    tested = all(r.test is not None for r in rows)
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4, (2.0 if tested else 1.3) * len(rows) + 2), 3.4))
     width = 0.4 if tested else 0.8
     xs = [i - width / 2 if tested else i for i in range(len(rows))]
-    colours = ["tab:green" if r["selected"] else "tab:gray" for r in rows]
-    bars = ax.bar(xs, [r["val_top1"] for r in rows], width, color=colours, label="validation top-1")
-    ax.bar_label(bars, labels=[f"{r['val_top1']:.1f}\n{r['trainable_parameters']:,} p" for r in rows], fontsize=7)
+    colours = ["tab:green" if r.selected else "tab:gray" for r in rows]
+    bars = ax.bar(xs, [r.val_top1 for r in rows], width, color=colours, label="validation top-1")
+    ax.bar_label(bars, labels=[f"{r.val_top1:.1f}\n{r.trainable_parameters:,} p" for r in rows], fontsize=7)
     if tested:
-        test = ax.bar([x + width for x in xs], [r["test"] for r in rows], width, color="tab:blue", label="test")
-        ax.bar_label(test, labels=[f"{r['test']:.1f}" for r in rows], fontsize=7)
-        ax.legend(fontsize=7, loc="lower right", title=f"test: {choice.get('test_metric', '')}", title_fontsize=7)
-    ax.set_xticks(range(len(rows)), [r["method"] for r in rows])
+        test = ax.bar([x + width for x in xs], [r.test or 0.0 for r in rows], width, color="tab:blue", label="test")
+        ax.bar_label(test, labels=[f"{r.test or 0.0:.1f}" for r in rows], fontsize=7)
+        ax.legend(fontsize=7, loc="lower right", title=f"test: {choice.test_metric}", title_fontsize=7)
+    ax.set_xticks(range(len(rows)), [r.method for r in rows])
     ax.set_ylabel("validation top-1 / test (%)" if tested else "validation top-1 (%)")
     ax.set_ylim(0, 115)
-    ax.set_title(f"Candidates (selected: {choice['winner']})")
+    ax.set_title(f"Candidates (selected: {choice.winner})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

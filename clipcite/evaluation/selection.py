@@ -8,19 +8,15 @@ the gate's harmonic mean with the new classes has no validation counterpart).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict
+
+from clipcite.records import Candidate, SelectionRow
 
 TIE_POINTS = 0.1  # decision: validation top-1 within 0.1 points of the best is a tie (a few-shot val set is small)
 RULE = (
     "the highest validation top-1 (trained classes) wins; candidates within {tie} points of the best are a tie, "
     "won by the fewest trainable parameters (then the higher score, then the method's name)"
-)
-
-ALPHA_RULE = (
-    "the alpha with the highest validation top-1 (trained classes); alphas within {tie} points of the best are a "
-    "tie, won by the lowest alpha (the most zero-shot weight: validation cannot credit the new classes and other "
-    "domains the ensemble protects)"
 )
 
 CANDIDATE_PREFIX = "candidate-"  # evaluate's name for a candidate that lost the selection, scored for the record
@@ -29,18 +25,6 @@ CANDIDATE_PREFIX = "candidate-"  # evaluate's name for a candidate that lost the
 def candidate_model(method: str) -> str:
     """The model name under which evaluate scores a losing candidate beside the selected one (``finetuned``)."""
     return f"{CANDIDATE_PREFIX}{method}"
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One trained method as the selection sees it: its validation score and costs, and no test metric."""
-
-    method: str
-    val_top1: float  # points on the validation split
-    val_images: int
-    trainable_parameters: int
-    seconds: float  # training time
-    artefact_bytes: int  # what the method adds to the base model
 
 
 def rule(tie_points: float = TIE_POINTS) -> str:
@@ -68,20 +52,7 @@ def pick(candidates: Sequence[Candidate], tie_points: float = TIE_POINTS) -> Can
     return min(tied, key=lambda c: (c.trainable_parameters, -c.val_top1, c.method))
 
 
-def table(candidates: Sequence[Candidate], winner: Candidate) -> list[dict]:
+def table(candidates: Sequence[Candidate], winner: Candidate) -> tuple[SelectionRow, ...]:
     """One row per candidate (best validation score first), marking the winner: what the card and MLflow show."""
-    rows = [{**asdict(c), "selected": c.method == winner.method} for c in candidates]
-    return sorted(rows, key=lambda r: (-r["val_top1"], r["method"]))
-
-
-def alpha_rule(tie_points: float = TIE_POINTS) -> str:
-    """The alpha grid's rule in words (train_summary.json and the model card state it)."""
-    return ALPHA_RULE.format(tie=tie_points)
-
-
-def pick_alpha(scores: Mapping[float, float], tie_points: float = TIE_POINTS) -> float:
-    """The weight-space ensemble's alpha under :func:`alpha_rule`, from ``{alpha: validation top-1}``."""
-    if not scores:
-        raise ValueError("no alphas to choose from: train.alpha_grid is empty")
-    best = max(scores.values())
-    return min(alpha for alpha, score in scores.items() if score >= best - tie_points - 1e-9)
+    rows = [SelectionRow(**asdict(c), selected=c.method == winner.method) for c in candidates]
+    return tuple(sorted(rows, key=lambda r: (-r.val_top1, r.method)))

@@ -27,8 +27,8 @@ class Classifier:
     def __init__(self, model_dir: str | Path, device: str = "cpu"):
         self.loaded, self.meta = load_saved(model_dir, device=device)
         self.device = device
-        self.labels: list[str] = list(self.meta.get("classnames") or [])
-        self.template: str = self.meta.get("template") or "a photo of a {}."
+        self.labels: list[str] = list(self.meta.classnames)
+        self.template: str = self.meta.template or "a photo of a {}."
         self.loaded.model.eval()
 
     @torch.no_grad()

@@ -29,7 +29,7 @@ from safetensors.torch import save as save_tensors
 from safetensors.torch import save_file
 
 from clipcite.model.identity import PACKAGE_CONFIGS, arch_name, identity_of, looks_like_path, resolve_checkpoint
-from clipcite.records import HEAD_FILE, META_FILE, OPENCLIP_CONFIG_FILE, WEIGHTS_FILE
+from clipcite.records import HEAD_FILE, META_FILE, OPENCLIP_CONFIG_FILE, WEIGHTS_FILE, ModelMeta
 
 log = logging.getLogger(__name__)
 
@@ -177,18 +177,17 @@ def average_weights(
     return out
 
 
-def save_model(loaded: LoadedModel, state_dict: dict[str, torch.Tensor], out_dir: Path, meta: dict) -> None:
+def save_model(loaded: LoadedModel, state_dict: dict[str, torch.Tensor], out_dir: Path, meta: ModelMeta) -> None:
     """Write an open_clip local-dir folder plus clipcite.json into ``out_dir`` (a staged directory)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     save_file(tensors, str(out_dir / WEIGHTS_FILE))
     config = {"model_cfg": loaded.model_cfg, "preprocess_cfg": _jsonable(loaded.preprocess_cfg)}
     (out_dir / OPENCLIP_CONFIG_FILE).write_text(json.dumps(config, indent=2))
-    body = {"arch": loaded.name, "base_identity": loaded.identity, **meta}
-    (out_dir / META_FILE).write_text(json.dumps(body, indent=2))
+    meta.write(out_dir)
 
 
-def load_saved(model_dir: str | Path, device: str = "cpu") -> tuple[LoadedModel, dict]:
+def load_saved(model_dir: str | Path, device: str = "cpu") -> tuple[LoadedModel, ModelMeta]:
     """Load a model written by :func:`save_model`; returns it and its clipcite.json."""
     folder = Path(model_dir)
     meta_path = folder / META_FILE
@@ -197,8 +196,7 @@ def load_saved(model_dir: str | Path, device: str = "cpu") -> tuple[LoadedModel,
     loaded = load_model(f"local-dir:{folder}", device=device)
     if (folder / HEAD_FILE).is_file():
         loaded.head = read_head((folder / HEAD_FILE).read_bytes())
-    meta = json.loads(meta_path.read_text())
-    return loaded, meta
+    return loaded, ModelMeta.read(folder)
 
 
 def _jsonable(cfg: dict) -> dict:

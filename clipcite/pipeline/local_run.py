@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import json
 import logging
 import os
 import re
@@ -23,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
+from clipcite.records import EvalReport, Registration
 from clipcite.steps import kfp_backend
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -185,7 +185,8 @@ def run_dag(pipeline_func, params: dict, out: Path, *, caching: bool, quiet: boo
     register = next(run_root.rglob("register"))
     record = register / "record"
     return {
-        "metrics": json.loads((record / "metrics.json").read_text()),
+        "metrics": EvalReport.read(record),
+        "registration": Registration.read(record),
         "record": record,
         "summary": register / "summary",
         "data_uri": params["data_uri"],
@@ -202,11 +203,11 @@ def print_summary(result: dict, tracking_uri: str) -> None:
         f"clipcite: {config.train.method} (alpha={config.train.alpha}), {config.splits.shots} shots, "
         f"seed {config.seed}, {config.splits.protocol}, data {_short(result['data_uri'])}"
     )
-    print(markdown(metrics, metrics["models"], title=title))
+    print(markdown(metrics, list(metrics.models), title=title))
     print(f"registration record: {_short(result['record'])}\nreport: {_short(result['summary'])}")
-    registry = json.loads((result["record"] / "registration.json").read_text()).get("registry")
+    registry = result["registration"].registry
     if registry:
-        print(f"registered {registry['name']} v{registry['version']}: {registry['decision']} ({registry['reason']})")
+        print(f"registered {registry.name} v{registry.version}: {registry.decision} ({registry.reason})")
     print(f"log: {_short(result['log'])}")
     if tracking_uri.startswith("sqlite:"):
         mlflow_cli = _short(Path(sys.prefix) / "bin" / "mlflow")

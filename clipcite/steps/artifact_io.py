@@ -10,6 +10,7 @@ from clipcite.config import Config, config_from_yaml, dump_yaml
 from clipcite.data.prompts import prompts_for, template_for
 from clipcite.data.rows import ImageRows
 from clipcite.data.table import ClassList, read_classes
+from clipcite.records import SplitsManifest
 
 
 def read_split(table_uri: str) -> tuple[ImageRows, ClassList]:
@@ -22,6 +23,24 @@ def class_prompts(classes: ClassList, config: Config) -> tuple[str, list[str]]:
     """The template (config wins over classes.json) and one prompt per class in label order."""
     template = template_for(classes.dataset, config.model.template or classes.template)
     return template, prompts_for(template, classes.names)
+
+
+def read_val_split(splits_uri: str, config: Config) -> tuple[ImageRows, list[str]]:
+    """The validation split's rows and its classes' prompts (what validate and train.alpha_grid score on)."""
+    rows, classes = read_split(storage.join(splits_uri, "val"))
+    return rows, class_prompts(classes, config)[1]
+
+
+def require_validation(splits_uri: str, purpose: str, otherwise: str, rows: int | None = None) -> None:
+    """Fail, saying what to change, when the splits hold no validation images (``rows``: counted already; else the
+    manifest's count, so a run fails before it trains)."""
+    if rows is None:
+        rows = SplitsManifest.read(splits_uri).val_rows
+    if not rows:
+        raise ValueError(
+            f"{splits_uri}/val: no validation images to {purpose}: give the data a val split or more train images "
+            f"than the shots (splits.val_shots), or {otherwise}"
+        )
 
 
 def write_config(uri: str, config: Config) -> None:

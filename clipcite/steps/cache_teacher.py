@@ -15,6 +15,7 @@ from clipcite.logs import setup_logging
 from clipcite.model.clip import load_model, resolve_device
 from clipcite.model.identity import checkpoint_identity
 from clipcite.model.precision import resolve_precision
+from clipcite.records import SplitsManifest
 from clipcite.steps.artifact_io import class_prompts, read_split
 from clipcite.steps.command_line import base_parser, config_from
 from clipcite.training import distributed
@@ -47,7 +48,7 @@ def content_key(splits_uri: str, config: Config, expected_identity: str = "") ->
     model = config.model
     return teacher_store.teacher_key(
         identity=expected_identity or checkpoint_identity(model.arch, model.pretrained, init_seed=model.init_seed),
-        manifest=json.loads(storage.read_text(storage.join(splits_uri, "manifest.json"))),
+        manifest=SplitsManifest.read(splits_uri),
         prompts=prompts,
         seed=config.seed,
         epochs=config.train.epochs,

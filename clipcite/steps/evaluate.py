@@ -24,8 +24,8 @@ from clipcite.evaluation.selection import candidate_model
 from clipcite.logs import setup_logging
 from clipcite.model.clip import LoadedModel, load_model, load_saved, resolve_device
 from clipcite.model.precision import resolve_precision
-from clipcite.records import META_FILE
-from clipcite.steps.artifact_io import class_prompts, read_json, read_split
+from clipcite.records import META_FILE, EvalReport, EvalSet, ModelMeta, SplitsManifest
+from clipcite.steps.artifact_io import class_prompts, read_split
 from clipcite.steps.command_line import base_parser, config_from
 from clipcite.steps.retry import with_retries
 from clipcite.tracking import registry, runs
@@ -49,7 +49,7 @@ def run(
     splits_ref: str = "",
     attempts: int = 1,
     candidates: dict[str, str] | None = None,
-) -> dict:
+) -> EvalReport:
     """Evaluate on the eval sets of ``domains`` (all when empty). With tracking, the registered model's current
     ``champion`` is evaluated beside the new one (for the promotion gate) and everything is logged to a nested run.
     ``CLIPCITE_NPROC_PER_NODE`` > 1 shares each set's images out over that many torchrun ranks on this machine
@@ -82,7 +82,7 @@ def run(
         run_id = mlflow_run_id if distributed.is_main() else ""  # rank 0 alone logs to MLflow
         with runs.step_run(tracking_uri, run_id, name) as step, tempfile.TemporaryDirectory() as tmp:
 
-            def work() -> dict:
+            def work() -> EvalReport:
                 champion = None
                 with_champion = step.enabled and registered_model_name and config.gate.evaluate_champion
                 if distributed.broadcast(bool(with_champion)):
@@ -132,20 +132,20 @@ class _Evaluation:
 
     config: Config
     device: str
-    manifest: dict
-    meta: dict  # the fine-tuned model's clipcite.json
+    manifest: SplitsManifest
+    meta: ModelMeta  # the fine-tuned model's
     model_uri: str
     models: dict[str, LoadedModel | None]  # None: the zero-shot model, not loaded yet
     baseline_cache: str
 
-    def score_set(self, spec_set: dict, set_uri: str, set_ref: str) -> tuple[dict, bool]:
+    def score_set(self, spec_set: EvalSet, set_uri: str, set_ref: str) -> tuple[dict, bool]:
         """The set's entry (its description and one metrics dict per model) and whether the zero-shot metrics came
         from the baseline cache; ``set_ref`` is the set's address to record (``set_uri`` is where it is read)."""
         rows, classes = read_split(set_uri)
         template, prompts = class_prompts(classes, self.config)  # each set's own template unless model.template
-        entry = {"domain": spec_set["domain"], "subset": spec_set["subset"], "template": template}
+        entry = {"domain": spec_set.domain, "subset": spec_set.subset, "template": template}
         entry["classnames"] = list(classes.names)
-        key = self._baseline_key(spec_set["name"], prompts) if "zeroshot" in self.models else ""
+        key = self._baseline_key(spec_set.name, prompts) if "zeroshot" in self.models else ""
         metrics: dict[str, dict] = {}
         if key and (found := read_baseline(self.baseline_cache, key)) is not None:
             metrics["zeroshot"] = found
@@ -163,10 +163,10 @@ class _Evaluation:
             )
             metrics |= {name: set_metrics(preds[name], target, list(classes.names)) for name in pending}
         if key and not cached and distributed.is_main():
-            write_baseline(self.baseline_cache, key, metrics["zeroshot"], {"set": spec_set["name"], "uri": set_ref})
+            write_baseline(self.baseline_cache, key, metrics["zeroshot"], {"set": spec_set.name, "uri": set_ref})
         entry |= {name: metrics[name] for name in self.models}
         if cached:
-            log.info("%s: zero-shot baseline read from %s (not evaluated again)", spec_set["name"], self.baseline_cache)
+            log.info("%s: zero-shot baseline read from %s (not evaluated again)", spec_set.name, self.baseline_cache)
         entry["rows"], entry["classes"] = len(rows), len(prompts)
         return entry, cached
 
@@ -181,8 +181,8 @@ class _Evaluation:
         it needs)."""
         if not self.baseline_cache:
             return ""
-        record = self.manifest["sets"].get(f"eval/{set_name}", {})
-        identity, digest = self.meta.get("base_identity") or "", self.manifest.get("sources_digest") or ""
+        record = self.manifest.digest_of(f"eval/{set_name}")
+        identity, digest = self.meta.base_identity, self.manifest.sources_digest
         precision = resolve_precision(self.device, self.config.train.precision)
         try:
             return baseline_key(identity, digest, set_name, record, prompts, precision)
@@ -204,16 +204,16 @@ def _run(
     model_ref: str,
     splits_ref: str,
     candidates: dict[str, str],
-) -> dict:
+) -> EvalReport:
     device = resolve_device(config.device)
-    manifest = read_json(storage.join(splits_uri, "manifest.json"))
-    sets = _sets_of(manifest, domains, splits_uri)
+    manifest = SplitsManifest.read(splits_uri)
+    sets = manifest.eval_sets_of(domains, splits_uri)
     with storage.local_dir(model_uri) as folder:
         finetuned, meta = load_saved(folder, device=device)
     models: dict[str, LoadedModel | None] = {"zeroshot": None} if config.eval.zeroshot_baseline else {}
     models |= {"finetuned": finetuned, **({"champion": champion[1]} if champion else {})}
     for method, uri in sorted(candidates.items()):
-        if method != meta.get("method"):  # the selected candidate is the one evaluated as "finetuned"
+        if method != meta.method:  # the selected candidate is the one evaluated as "finetuned"
             with storage.local_dir(uri) as folder:
                 models[candidate_model(method)] = load_saved(folder, device=device)[0]
     evaluation = _Evaluation(config, device, manifest, meta, model_uri, models, baseline_cache)
@@ -221,49 +221,44 @@ def _run(
     results: dict[str, dict] = {}
     baselines_cached: list[str] = []  # eval sets whose zero-shot metrics came from baseline_cache
     for spec_set in sets:
-        set_uri, set_ref = (storage.join(root, "eval", spec_set["name"]) for root in (splits_uri, splits_ref))
+        set_uri, set_ref = (storage.join(root, "eval", spec_set.name) for root in (splits_uri, splits_ref))
         entry, cached = evaluation.score_set(spec_set, set_uri, set_ref)
-        results[spec_set["name"]] = entry
-        baselines_cached += [spec_set["name"]] if cached else []
-        ids = manifest["sets"].get(f"eval/{spec_set['name']}", {}).get("ids_sha256", "")
+        results[spec_set.name] = entry
+        baselines_cached += [spec_set.name] if cached else []
+        digest = manifest.digest_of(f"eval/{spec_set.name}")
+        ids = digest.ids_sha256 if digest else ""
         rows, classes = entry.pop("rows"), entry.pop("classes")
-        step.log_dataset(spec_set["name"], set_ref, ids, "evaluation", rows=rows, classes=classes, parent=True)
-        log.info("%s: %s", spec_set["name"], {m: round(entry[m]["top1"], 2) for m in models})
+        step.log_dataset(spec_set.name, set_ref, ids, "evaluation", rows=rows, classes=classes, parent=True)
+        log.info("%s: %s", spec_set.name, {m: round(entry[m]["top1"], 2) for m in models})
 
     names = list(models)
-    train_domains = manifest.get("train_domains", list(config.splits.train_domains))
+    train_domains = manifest.train_domains
     summary = summarise(results, names, train_domains, config.eval.mean_over)
-    body = {
-        "model": model_ref,
-        "method": meta.get("method"),
-        "alpha": meta.get("alpha"),
-        "alpha_grid": (meta.get("alpha_grid") or {}).get("alphas"),  # set: alpha was chosen from these on validation
-        "seed": meta.get("seed"),
-        "template": config.model.template,  # "" = each eval set's own (sets.<name>.template)
-        "train_domains": train_domains,
-        "mean_over": config.eval.mean_over,
-        "champion_version": champion[0] if champion else None,
-        "zeroshot_cached": baselines_cached,
-        **summary,
-        "sets": {k: _without_confusion(v, names) for k, v in results.items()},
-    }
+    body = EvalReport(
+        model=model_ref,
+        method=meta.method,
+        alpha=meta.alpha,
+        alpha_grid=meta.alpha_grid.alphas if meta.alpha_grid else None,
+        seed=meta.seed,
+        template=config.model.template,
+        train_domains=tuple(train_domains),
+        mean_over=config.eval.mean_over,
+        champion_version=champion[0] if champion else None,
+        zeroshot_cached=tuple(baselines_cached),
+        domains=summary["domains"],
+        mean=summary["mean"],
+        mean_domains=tuple(summary["mean_domains"]),
+        source_domains=tuple(summary["source_domains"]),
+        sets={k: _without_confusion(v, names) for k, v in results.items()},
+    )
     if not distributed.is_main():
         return body  # rank 0 writes and logs
     with storage.staged_dir(out_uri) as tmp:
         _write_outputs(tmp, body, results, names)
         step.log_artifacts(tmp)
     # This domain's metrics on the step's run; register puts every domain's in one table on the pipeline's run.
-    step.log_metrics({"eval": summary["domains"]}, digits=runs.METRIC_DIGITS)
+    step.log_metrics({"eval": body.domains}, digits=runs.METRIC_DIGITS)
     return body
-
-
-def _sets_of(manifest: dict, domains: tuple[str, ...], splits_uri: str) -> list[dict]:
-    """The manifest's eval sets of ``domains`` (all when empty); an unknown domain is an error naming the known."""
-    sets = [s for s in manifest["eval_sets"] if not domains or s["domain"] in domains]
-    if not sets:
-        known = sorted({s["domain"] for s in manifest["eval_sets"]})
-        raise ValueError(f"no eval set for domain(s) {list(domains)} in {splits_uri}; known domains: {known}")
-    return sets
 
 
 def _without_confusion(entry: dict, names: list[str]) -> dict:
@@ -272,10 +267,10 @@ def _without_confusion(entry: dict, names: list[str]) -> dict:
     return {**kept, "domain": entry["domain"], "subset": entry["subset"], "template": entry["template"]}
 
 
-def _write_outputs(folder: Path, body: dict, results: dict, names: list[str]) -> None:
-    (folder / "metrics.json").write_text(json.dumps(body, indent=2))
+def _write_outputs(folder: Path, body: EvalReport, results: dict, names: list[str]) -> None:
+    body.write(folder)
     (folder / "report.md").write_text(
-        markdown(body, names, title=f"Evaluation of {body['method']} (alpha={body['alpha']}, seed={body['seed']})")
+        markdown(body, names, title=f"Evaluation of {body.method} (alpha={body.alpha}, seed={body.seed})")
     )
     plot_domains(body, names, folder / "domains.png")
     (folder / "confusion").mkdir()
@@ -292,14 +287,14 @@ def _write_outputs(folder: Path, body: dict, results: dict, names: list[str]) ->
         )
 
 
-def _zeroshot_model(config: Config, meta: dict, model_uri: str, device: str) -> LoadedModel:
+def _zeroshot_model(config: Config, meta: ModelMeta, model_uri: str, device: str) -> LoadedModel:
     """The base model as the config names it; it must be the one the fine-tuned model started from."""
     spec = config.model
     loaded = load_model(spec.arch, spec.pretrained, init_seed=spec.init_seed, device=device)
-    if loaded.identity != meta.get("base_identity"):
+    if loaded.identity != meta.base_identity:
         raise ValueError(
             f"the zero-shot model {loaded.identity!r} is not the one {model_uri} was "
-            f"fine-tuned from ({meta.get('base_identity')!r}); pass the same model config"
+            f"fine-tuned from ({meta.base_identity!r}); pass the same model config"
         )
     return loaded
 
@@ -320,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     body = run(
         args.model, args.splits, args.out, config_from(args), tuple(args.domain), baseline_cache=args.baseline_cache
     )
-    print(markdown(body, [m for m in ("zeroshot", "finetuned") if m in body["mean"]]))
+    print(markdown(body, [m for m in ("zeroshot", "finetuned") if m in body.mean]))
     return 0
 
 

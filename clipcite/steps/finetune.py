@@ -17,25 +17,25 @@ import json
 import logging
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from clipcite import storage
 from clipcite.config import Config, dump_yaml, to_dict
 from clipcite.data.table import ClassList
+from clipcite.evaluation.predict import Scorer, scorer
 from clipcite.logs import setup_logging
 from clipcite.model.clip import LoadedModel, load_model, resolve_device, save_model
-from clipcite.model.nonfinite import NonFiniteError, nonfinite_weights
-from clipcite.records import WEIGHTS_FILE
+from clipcite.records import CURVES_FILE, WEIGHTS_FILE, ModelMeta, SplitsManifest, TrainSummary
 from clipcite.steps import kfp_backend
-from clipcite.steps.artifact_io import class_prompts, read_json, read_split
+from clipcite.steps.artifact_io import class_prompts, read_split, read_val_split, require_validation
 from clipcite.steps.command_line import base_parser, config_from
-from clipcite.steps.validate import choose_alpha, require_validation
 from clipcite.tracking import runs
-from clipcite.train_params import ENSEMBLE_METHODS, FitParams
+from clipcite.train_params import FitParams
 from clipcite.training import distributed
-from clipcite.training.loop import FitResult, fit
+from clipcite.training.alpha_grid import grid_fit_params
+from clipcite.training.candidate import Trained, train_candidate
+from clipcite.training.loop import FitResult
 from clipcite.training.teacher_cache import TeacherCache, check_cache, load_cache
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def run(
     mlflow_run_id: str = "",
     splits_ref: str = "",
     method: str = "",
-) -> dict:
+) -> TrainSummary:
     """Fine-tune, save the model to ``out_uri``; with ``tracking_uri`` and ``mlflow_run_id`` (the pipeline's run)
     also log params, datasets, every loss term per step, throughput and the outputs to a nested run.
     ``splits_ref`` is the splits' address to record (KFP's ``.uri``) when ``splits_uri`` is a pod-local path.
@@ -105,7 +105,7 @@ def _run(
     log_fn: Callable[[dict, int], None] | None,
     keep_checkpoint: bool,
     splits_ref: str,
-) -> dict:
+) -> TrainSummary:
     train_uri = storage.join(splits_uri, "train")
     rows, classes = read_split(train_uri)
     rows = rows.local(source=f"{train_uri}: ")  # shuffled batches: one local copy, then one read per image
@@ -115,28 +115,21 @@ def _run(
     spec = config.model
     student = load_model(spec.arch, spec.pretrained, init_seed=spec.init_seed, device=device)
     teacher, cache = _teacher_inputs(config, params, student, [r["id"] for r in rows], prompts, cache_uri, device)
-
-    curves: list[dict] = []
+    score, val_images = _alpha_grid_scorer(params, splits_uri, config, device)
 
     def record(metrics: dict, index: int) -> None:
-        curves.append({"step": index, **metrics})
         step.log_metrics({f"train/{k}": v for k, v in metrics.items()}, index)
         if log_fn is not None:
             log_fn(metrics, index)
 
     _log_inputs(step, splits_uri, splits_ref, config, classes, shared)
-
     ckpt = checkpoint_dir or str(_default_checkpoint_dir(out_uri))
-    fit_params = _fit_params(params)
-    if fit_params is not params:  # before hours of training: the grid needs validation images
-        require_validation(splits_uri, "choose train.alpha_grid on", "leave train.alpha_grid empty")
-    started = time.perf_counter()
     with storage.mirrored_dir(ckpt) as (local_ckpt, save_durably):
-        result = fit(
+        trained = train_candidate(
             student,
             rows,
             prompts,
-            fit_params,
+            params,
             seed=config.seed,
             device=device,
             teacher=teacher,
@@ -145,56 +138,57 @@ def _run(
             on_checkpoint=save_durably,
             log_fn=record,
             source=f"{train_uri}: ",
+            score_on_validation=score,
+            val_images=val_images,
         )
-    broken = nonfinite_weights(result.state_dict)
-    if broken:  # the loop's guard should have stopped first; never save such weights
-        raise NonFiniteError(f"{out_uri}: not written: the trained weights hold NaN/inf in {broken[:5]}")
-    grid = None
-    if fit_params is not params:  # train.alpha_grid, on every rank: scoring shares the images out over the ranks
-        state, grid = choose_alpha(
-            student, result.state_dict, result.zeroshot_state, params.alpha_grid, splits_uri, config, device
-        )
-        result = dataclasses.replace(result, state_dict=state, alpha=grid["chosen"])
-    seconds = time.perf_counter() - started  # training, and the grid's validation passes: what the method costs
+    teacher_kind = "cache" if cache is not None else ("online" if teacher else "none")
+    summary = trained.summary(len(rows), len(prompts), device, teacher_kind)
     if not distributed.is_main():
-        return _train_summary(params, result, len(rows), len(prompts), seconds, device)  # rank 0 writes the model
-    if grid is not None:
-        for a, score in zip(grid["alphas"], grid["val_top1"], strict=True):  # a chart of val top-1 over alpha x 100
-            step.log_metrics({"alpha_grid/val_top1": score}, round(a * 100))
-        step.log_metrics({"alpha_grid/chosen": grid["chosen"]})
-    summary = _train_summary(params, result, len(rows), len(prompts), seconds, device)
-    summary["teacher"] = "cache" if cache is not None else ("online" if teacher else "none")
-    if grid is not None:
-        summary["alpha_grid"] = grid
-    meta = _model_meta(params, classes, template, config, result) | ({"alpha_grid": grid} if grid else {})
-    with storage.staged_dir(out_uri) as tmp:
-        save_model(student, result.state_dict, tmp, meta)
-        for name, body in result.files.items():
-            (tmp / name).write_bytes(body)
-        summary |= _sizes(tmp, result)
-        (tmp / "curves.jsonl").write_text("".join(json.dumps(c) + "\n" for c in curves))
-        (tmp / "train_summary.json").write_text(json.dumps(summary, indent=2))
-        step.log_artifacts(tmp / "curves.jsonl")
-        step.log_artifacts(tmp / "train_summary.json")
-    logged = ("images_per_second", "seconds", "steps", "epochs", "trainable_parameters", "artefact_bytes")
-    step.log_metrics({k: summary[k] for k in logged})
+        return summary  # rank 0 writes the model
+    summary = _write_model(out_uri, student, trained, summary, trained.meta(student, classes, template, config), step)
+    _log_outputs(step, trained, summary)
     if not keep_checkpoint:  # the model is published: its checkpoints have done their job
         storage.remove_dir(ckpt)
     log.info("wrote model %s: %s", out_uri, summary)
     return summary
 
 
-def _fit_params(params: FitParams) -> FitParams:
-    """What fit trains with: ``params``, or with ``train.alpha_grid`` set the same recipe without the ensemble
-    (alpha 1, chosen afterwards on validation). A method without an ensemble ignores the grid, and says so."""
-    if not params.alpha_grid:
-        return params
-    if params.method not in ENSEMBLE_METHODS:
-        log.warning("train.alpha_grid ignored: %s saves no weight-space ensemble", params.method)
-        return params
-    lora = dataclasses.replace(params.lora, ensemble_alpha=1.0)
-    # the grid leaves training as it is: a changed grid still resumes from the same checkpoint
-    return dataclasses.replace(params, alpha=1.0, lora=lora, alpha_grid=())
+def _alpha_grid_scorer(params: FitParams, splits_uri: str, config: Config, device: str) -> tuple[Scorer | None, int]:
+    """With train.alpha_grid: (validation top-1 of a model, validation images), the split read once for every
+    alpha, and checked before hours of training (the grid needs validation images)."""
+    if grid_fit_params(params) is params:
+        return None, 0
+    require_validation(splits_uri, "choose train.alpha_grid on", "leave train.alpha_grid empty")
+    rows, prompts = read_val_split(splits_uri, config)
+    require_validation(splits_uri, "choose train.alpha_grid on", "leave train.alpha_grid empty", rows=len(rows))
+    return scorer(rows, prompts, config, device, source=f"{splits_uri}/val: "), len(rows)
+
+
+def _write_model(
+    out_uri: str, student: LoadedModel, trained: Trained, summary: TrainSummary, meta: ModelMeta, step: runs.StepRun
+) -> TrainSummary:
+    """The model folder (weights, clipcite.json, the method's files, curves, the train summary with the folder's
+    sizes), staged and published at once; the curves and summary also go on the step's run."""
+    with storage.staged_dir(out_uri) as tmp:
+        save_model(student, trained.result.state_dict, tmp, meta)
+        for name, body in trained.result.files.items():
+            (tmp / name).write_bytes(body)
+        summary = dataclasses.replace(summary, **_sizes(tmp, trained.result))
+        (tmp / CURVES_FILE).write_text("".join(json.dumps(c) + "\n" for c in trained.curves))
+        summary.write(tmp)
+        step.log_artifacts(tmp / CURVES_FILE)
+        step.log_artifacts(tmp / TrainSummary.FILE)
+    return summary
+
+
+def _log_outputs(step: runs.StepRun, trained: Trained, summary: TrainSummary) -> None:
+    grid = trained.alpha_grid
+    if grid is not None:
+        for a, score in zip(grid.alphas, grid.val_top1, strict=True):  # a chart of val top-1 over alpha x 100
+            step.log_metrics({"alpha_grid/val_top1": score}, round(a * 100))
+        step.log_metrics({"alpha_grid/chosen": grid.chosen})
+    logged = ("images_per_second", "seconds", "steps", "epochs", "trainable_parameters", "artefact_bytes")
+    step.log_metrics({k: getattr(summary, k) for k in logged})
 
 
 def _teacher_inputs(
@@ -234,44 +228,6 @@ def _teacher_inputs(
     return None, None
 
 
-def _train_summary(
-    params: FitParams, result: FitResult, images: int, classes: int, seconds: float, device: str
-) -> dict:
-    """train_summary.json: what ran and how fast."""
-    return {
-        "method": params.method,
-        "skipped_steps": result.skipped_steps,
-        "steps": result.steps,
-        "epochs": result.epochs,
-        "alpha": result.alpha,
-        "trainable_parameters": result.trainable_parameters,
-        "logit_scale": result.logit_scale,
-        "batch_size": params.batch_size,
-        "images": images,
-        "classes": classes,
-        "images_per_second": result.images_per_second,
-        "seconds": seconds,
-        "device": device,
-    }
-
-
-def _model_meta(params: FitParams, classes: ClassList, template: str, config: Config, result: FitResult) -> dict:
-    """clipcite.json beside the saved weights: what evaluate, register and the served model need to know (no run
-    ids: the pipeline hands its MLflow run to the steps that log, and the registry links a version to its run)."""
-    return {
-        "alpha": result.alpha,
-        "method": params.method,
-        "classnames": list(classes.names),
-        "template": template,
-        "dataset": classes.dataset,
-        "seed": config.seed,
-        "steps": result.steps,
-        "logit_scale": result.logit_scale,  # the loss temperature the run used (train.logit_scale resolved)
-        "config": to_dict(config),
-        **result.meta,  # the method's own entries (lora: its rank and adapter file; linear_probe: its class head)
-    }
-
-
 def _sizes(folder: Path, result: FitResult) -> dict:
     """What the run's model weighs: ``model_bytes`` (the folder as served) and ``artefact_bytes``, what the method
     adds to the base model: its own files when it writes some (LoRA's adapter, the probe's class head), else the
@@ -298,20 +254,20 @@ def _log_inputs(
     The pipeline's run gets the ``shared`` config (every candidate's the same: MLflow params cannot change)."""
     if not step.enabled:
         return
-    manifest = read_json(storage.join(splits_uri, "manifest.json"))
-    data = {"sources_digest": manifest["sources_digest"], "splits_uri": splits_ref}
+    manifest = SplitsManifest.read(splits_uri)
+    data = {"sources_digest": manifest.sources_digest, "splits_uri": splits_ref}
     step.log_params({"config": to_dict(config), "data": data})
     step.log_params({"config": to_dict(shared), "data": data}, parent=True)
     step.log_text(dump_yaml(config), "config.yaml")
     for name in ("train", "val"):
-        info = manifest["sets"].get(name)
-        if info and info["rows"]:
+        info = manifest.sets.get(name)
+        if info and info.rows:
             step.log_dataset(
                 f"{classes.dataset or 'data'}-{name}",
                 storage.join(splits_ref, name),
-                info["ids_sha256"],
+                info.ids_sha256,
                 "training" if name == "train" else "validation",
-                rows=info["rows"],
+                rows=info.rows,
                 classes=len(classes.names),
                 parent=True,
             )
@@ -352,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint_dir=args.checkpoint_dir,
         keep_checkpoint=args.keep_checkpoint,
     )
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(dataclasses.asdict(summary), indent=2))
     return 0
 
 

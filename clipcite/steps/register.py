@@ -31,8 +31,7 @@ from clipcite.evaluation.metrics import summarise
 from clipcite.evaluation.report import markdown, plot_domains, plot_selection
 from clipcite.evaluation.selection import CANDIDATE_PREFIX, candidate_model
 from clipcite.logs import setup_logging
-from clipcite.records import META_FILE, SELECTION_FILE
-from clipcite.steps.artifact_io import read_json
+from clipcite.records import EvalReport, ModelMeta, Registration, RegistryEntry, Selection
 from clipcite.steps.command_line import base_parser, config_from
 from clipcite.tracking import registry, runs, served_model
 from clipcite.tracking.default_uri import HELP as TRACKING_HELP
@@ -47,18 +46,18 @@ METRICS_TABLE = "metrics_table.json"  # on the pipeline's run: every domain x mo
 NOTE = "mlflow.note.content"  # a run's Description in the MLflow UI (snapshot writes it; register adds its version)
 
 
-def merge_reports(report_uris: list[str]) -> dict:
-    """Join evaluate outputs that each cover some domains into one metrics body (domains, mean, sets)."""
-    bodies = [read_json(storage.join(uri, "metrics.json")) for uri in report_uris]
+def merge_reports(report_uris: list[str]) -> EvalReport:
+    """Join evaluate outputs that each cover some domains into one report (domains, mean, sets, models)."""
+    bodies = [EvalReport.read(uri) for uri in report_uris]
     if not bodies:
         raise ValueError("no evaluation reports to register")
     sets: dict = {}
     for body in bodies:
-        overlap = set(sets) & set(body["sets"])
+        overlap = set(sets) & set(body.sets)
         if overlap:
             raise ValueError(f"eval set(s) {sorted(overlap)} appear in more than one report")
-        sets.update(body["sets"])
-    champions = {b.get("champion_version") for b in bodies}
+        sets.update(body.sets)
+    champions = {b.champion_version for b in bodies}
     if len(champions) > 1:  # the alias moved while the domains were being evaluated
         raise ValueError(f"the evaluations compared against different champion versions {sorted(map(str, champions))}")
     evaluated = [m for m in MODELS if all(m in entry for entry in sets.values())]
@@ -67,11 +66,18 @@ def merge_reports(report_uris: list[str]) -> dict:
     if partial:  # a domain's evaluate that was not wired the candidates: their mean would cover other domains
         log.warning("%s not scored on every eval set: left out of the record", ", ".join(partial))
     models = evaluated + [m for m in losers if m not in partial]
-    keys = ("model", "method", "alpha", "alpha_grid", "seed", "template", "champion_version", "train_domains")
-    keys += ("mean_over",)
-    merged = {k: bodies[0].get(k) for k in keys}
-    summary = summarise(sets, models, merged["train_domains"] or (), merged["mean_over"] or "ood")
-    return {**merged, **summary, "sets": sets, "models": models}
+    first = bodies[0]
+    summary = summarise(sets, models, first.train_domains, first.mean_over)
+    return dataclasses.replace(
+        first,
+        domains=summary["domains"],
+        mean=summary["mean"],
+        mean_domains=tuple(summary["mean_domains"]),
+        source_domains=tuple(summary["source_domains"]),
+        sets=sets,
+        zeroshot_cached=(),
+        models=tuple(models),
+    )
 
 
 def run(
@@ -87,34 +93,23 @@ def run(
     mlflow_run_id: str = "",
     model_ref: str = "",
     selection_uri: str = "",
-) -> dict:
+) -> Registration:
     """Merge the evaluations, record them, and with tracking register the model and apply the gate. The model is
     read at ``model_uri``; ``model_ref`` is its address to record (KFP's ``.uri``, ``s3://...``) when that is a
     pod-local path (its ``.path``, ``/s3/...``, which is gone with the pod). ``selection_uri``: the select step's
     output when the model won among candidate methods ("" = one method): its table goes into the record, the
     summary and the model card."""
     body = merge_reports(report_uris)
-    selection = read_json(storage.join(selection_uri, SELECTION_FILE)) if selection_uri else None
+    selection = Selection.read(selection_uri) if selection_uri else None
     if selection:
         selection = with_test_numbers(selection, body, config.gate)
-    meta = json.loads(storage.read_text(storage.join(model_uri, META_FILE)))  # not the weights
-    record = {
-        "registered_model_name": registered_model_name,
-        "experiment_name": experiment_name,
-        "model_uri": model_ref or model_uri,
-        "base_identity": meta.get("base_identity"),
-        "classnames": meta.get("classnames"),
-        "method": meta.get("method"),
-        "alpha": meta.get("alpha"),
-        "domains": body["domains"],
-        "mean": body["mean"],
-        **({"selection": selection} if selection else {}),
-    }
+    meta = ModelMeta.read(model_uri)  # not the weights
     if tracking_uri is not None:
         tracking_uri = runs.resolve_uri(tracking_uri)  # "off" from a pipeline parameter: files only
+    entry = None
     if tracking_uri is not None and mlflow_run_id:
         try:
-            record["registry"] = _register(
+            entry = _register(
                 model_uri,
                 meta,
                 body,
@@ -130,37 +125,52 @@ def run(
                 runs.finish_pipeline_run(tracking_uri, mlflow_run_id, "FAILED")
             raise
         runs.finish_pipeline_run(tracking_uri, mlflow_run_id)
+    record = Registration(
+        registered_model_name=registered_model_name,
+        experiment_name=experiment_name,
+        model_uri=model_ref or model_uri,
+        base_identity=meta.base_identity,
+        classnames=meta.classnames,
+        method=meta.method,
+        alpha=meta.alpha,
+        domains=body.domains,
+        mean=body.mean,
+        selection=selection,
+        registry=entry,
+    )
     with storage.staged_dir(record_uri) as tmp:
-        (tmp / "registration.json").write_text(json.dumps(record, indent=2))
-        (tmp / "metrics.json").write_text(json.dumps(body, indent=2))
-    title = f"{registered_model_name}: {body['method']} (alpha={body['alpha']}, seed={body['seed']})"
-    text = markdown(body, body["models"], title=title)
-    if selection:
-        text += "\n" + "\n".join(selection_section(selection))
-    if "registry" in record:
-        entry = record["registry"]
-        text += f"\nRegistered as version {entry['version']}: {entry['decision']} ({entry['reason']}).\n"
-    storage.write_text(summary_uri, text)
-    if "registry" in record:
-        entry = record["registry"]
-        log.info("recorded %s; registered %s v%s", record_uri, registered_model_name, entry["version"])
+        record.write(tmp)
+        body.write(tmp)
+    storage.write_text(summary_uri, summary_text(registered_model_name, body, selection, entry))
+    if entry is not None:
+        log.info("recorded %s; registered %s v%s", record_uri, registered_model_name, entry.version)
     else:
         why = "tracking is off" if tracking_uri is None else "no pipeline MLflow run id"
         log.info("recorded %s (files only): nothing registered in MLflow, %s", record_uri, why)
-    return {**body, "registry": record.get("registry")}
+    return record
+
+
+def summary_text(name: str, body: EvalReport, selection: Selection | None, entry: RegistryEntry | None) -> str:
+    """The run's Markdown summary: the merged table, the selection and what the registry did."""
+    text = markdown(body, list(body.models), title=f"{name}: {body.method} (alpha={body.alpha}, seed={body.seed})")
+    if selection:
+        text += "\n" + "\n".join(selection_section(selection))
+    if entry is not None:
+        text += f"\nRegistered as version {entry.version}: {entry.decision} ({entry.reason}).\n"
+    return text
 
 
 def _register(
     model_uri: str,
-    meta: dict,
-    body: dict,
+    meta: ModelMeta,
+    body: EvalReport,
     config: Config,
     name: str,
     uri: str,
     pipeline_run: str,
     report_uris: list[str],
-    selection: dict | None = None,
-) -> dict:
+    selection: Selection | None = None,
+) -> RegistryEntry:
     """Log + register the model (once per pipeline run), apply the gate (``config.gate``), describe the version
     (its model card) and the registered model, and put the plots on the pipeline's run. Returns what the registry
     did."""
@@ -184,7 +194,7 @@ def _register(
         number = int(version.version)
         current = registry.champion(client, name)
         holder = int(current.version) if current is not None else None
-        evaluated = body.get("champion_version")
+        evaluated = body.champion_version
         decision = decide_promotion(body, config.gate, version=number, holder=holder).as_dict()
         role = "champion" if decision["promote"] else "challenger"
         registry.set_version_tags(client, name, number, {"gate.decision": role, "gate.reason": decision["reason"]})
@@ -206,11 +216,11 @@ def _register(
         registry.describe_model(client, name, family_description(name, dataclasses.asdict(config.gate)))
         for on_parent in (False, True):
             step.log_text(card, "model_card.md", parent=on_parent)
-        step.log_metrics({"mean": body["mean"]}, parent=True, digits=runs.METRIC_DIGITS)
+        step.log_metrics({"mean": body.mean}, parent=True, digits=runs.METRIC_DIGITS)
         step.log_table(metrics_table(body), METRICS_TABLE, parent=True)
         if not rerun:  # a rerun's run already holds them
             _log_plots(step, body, report_uris)
-            if selection and "test_key" in selection:
+            if selection and selection.test_key:
                 _log_test_numbers(client, pipeline_run, selection)
                 with tempfile.TemporaryDirectory() as tmp:
                     plot_selection(selection, Path(tmp) / "selection.png")
@@ -220,35 +230,29 @@ def _register(
         tags[NOTE] = with_registration(note, name, number, role, decision["reason"])
         step.set_tags(tags, parent=True)
         step.log_text(json.dumps(decision, indent=2), "gate.json")
-    return {
-        "name": name,
-        "version": number,
-        "decision": role,
-        "reason": decision["reason"],
-        "gate": decision,
-        "mlflow_run_id": pipeline_run,
-        "champion_before": evaluated,
-    }
+    return RegistryEntry(name, number, role, decision["reason"], decision, pipeline_run, evaluated)
 
 
-def with_test_numbers(selection: dict, body: dict, gate: GateConfig) -> dict:
+def with_test_numbers(selection: Selection, body: EvalReport, gate: GateConfig) -> Selection:
     """The select step's table with each candidate's test number, the gate's metric where the gate reads it (one
     domain, or the eval sets' mean): the selected one's is ``finetuned``'s, the others' were scored beside it by
     evaluate. Added after the choice, for the record: the choice was made on validation alone. Without any other
     candidate's numbers (an evaluate not wired them) the table stays as select wrote it."""
     metric = primary_metric(gate, body)
-    source = body["domains"].get(gate.domain, {}) if gate.domain else body["mean"]
+    source = body.domains.get(gate.domain, {}) if gate.domain else body.mean
     rows = []
-    for row in selection["candidates"]:
-        model = "finetuned" if row["selected"] else candidate_model(row["method"])
-        rows.append({**row, "test": source.get(model, {}).get(metric)})
-    if not any(r["test"] is not None for r in rows if not r["selected"]):
+    for row in selection.candidates:
+        model = "finetuned" if row.selected else candidate_model(row.method)
+        rows.append(dataclasses.replace(row, test=source.get(model, {}).get(metric)))
+    if not any(r.test is not None for r in rows if not r.selected):
         return selection
-    where = gate.domain or f"mean of {', '.join(body.get('mean_domains') or body['domains'])}"
-    return {**selection, "candidates": rows, "test_metric": f"{metric} ({where})", "test_key": f"test_{metric}"}
+    where = gate.domain or f"mean of {', '.join(body.mean_domains or body.domains)}"
+    return dataclasses.replace(
+        selection, candidates=tuple(rows), test_metric=f"{metric} ({where})", test_key=f"test_{metric}"
+    )
 
 
-def _log_test_numbers(client, pipeline_run: str, selection: dict) -> None:
+def _log_test_numbers(client, pipeline_run: str, selection: Selection) -> None:
     """Each candidate's test number on its ``validate-<method>`` run (the newest finished one, where a retry left
     several), beside its validation score, so MLflow's run comparison of those runs charts validation against test."""
     experiment = client.get_run(pipeline_run).info.experiment_id
@@ -260,22 +264,22 @@ def _log_test_numbers(client, pipeline_run: str, selection: dict) -> None:
     by_step: dict[str, str] = {}
     for run in children:
         by_step.setdefault(run.data.tags.get(runs.STEP_TAG, ""), run.info.run_id)
-    for row in selection["candidates"]:
-        run_id = by_step.get(f"validate-{row['method']}")
-        if run_id and row.get("test") is not None:
-            client.log_metric(run_id, selection["test_key"], round(float(row["test"]), runs.METRIC_DIGITS))
+    for row in selection.candidates:
+        run_id = by_step.get(f"validate-{row.method}")
+        if run_id and row.test is not None:
+            client.log_metric(run_id, selection.test_key, round(float(row.test), runs.METRIC_DIGITS))
 
 
-def metrics_table(body: dict) -> dict[str, list]:
+def metrics_table(body: EvalReport) -> dict[str, list]:
     """Every domain's metrics of every model, and their mean, as one table (columns: domain, model, whether the
     domain was trained on, then top1/base/new/hm as measured), rounded as the logged metrics are."""
-    keys = [k for k in ("top1", "base", "new", "hm") if any(k in e[m] for e in body["domains"].values() for m in e)]
-    trained = set(body.get("source_domains") or ())
+    keys = [k for k in ("top1", "base", "new", "hm") if any(k in e[m] for e in body.domains.values() for m in e)]
+    trained = set(body.source_domains)
     columns: dict[str, list] = {"domain": [], "model": [], "trained_on": [], **{k: [] for k in keys}}
-    mean_name = "mean of " + ", ".join(body.get("mean_domains") or body["domains"])
-    entries = [*body["domains"].items(), (mean_name, body["mean"])]
+    mean_name = "mean of " + ", ".join(body.mean_domains or body.domains)
+    entries = [*body.domains.items(), (mean_name, body.mean)]
     for domain, entry in entries:
-        for model in body["models"]:
+        for model in body.models:
             columns["domain"].append(domain)
             columns["model"].append(model)
             columns["trained_on"].append(domain in trained)
@@ -285,26 +289,26 @@ def metrics_table(body: dict) -> dict[str, list]:
     return columns
 
 
-def _version_tags(meta: dict, config: Config) -> dict:
+def _version_tags(meta: ModelMeta, config: Config) -> dict:
     """Tags to filter versions by (the gate adds ``gate.decision``/``gate.reason``); metrics live in the model card
     and the pipeline's run, not here, so the registry's versions table stays readable."""
     return {
-        "dataset": meta.get("dataset") or "",
+        "dataset": meta.dataset,
         "shots": config.splits.shots,
         "protocol": config.splits.protocol,
-        "method": meta.get("method"),
-        "seed": meta.get("seed"),
-        "base_model": meta.get("base_identity"),
+        "method": meta.method,
+        "seed": meta.seed,
+        "base_model": meta.base_identity,
     }
 
 
-def _log_plots(step: runs.StepRun, body: dict, report_uris: list[str]) -> None:
+def _log_plots(step: runs.StepRun, body: EvalReport, report_uris: list[str]) -> None:
     """On the pipeline's run, as MLflow images with the same keys in every run (``domains``: every domain's bars,
     which the per-domain evaluate tasks cannot draw alone; ``confusion-<eval set>``: the evaluate step's matrices),
     so the UI previews them and its run comparison lines them up."""
     with tempfile.TemporaryDirectory() as tmp:
         chart = Path(tmp) / "domains.png"
-        plot_domains(body, body["models"], chart)
+        plot_domains(body, list(body.models), chart)
         step.log_image(chart, "domains", parent=True)
     for uri in report_uris:
         with storage.local_dir(uri) as folder:
@@ -324,8 +328,8 @@ def _example_images() -> list[bytes]:
 
 def _trained_config(model_uri: str) -> Config:
     """The config a saved model was trained with (its clipcite.json): the CLI's default for the gate's rules."""
-    where = storage.join(model_uri, META_FILE)
-    return config_from_yaml(json.dumps(read_json(where).get("config") or {}), where=f"{where}: config")
+    meta = ModelMeta.read(model_uri)
+    return config_from_yaml(json.dumps(meta.config), where=f"{storage.join(model_uri, ModelMeta.FILE)}: config")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         if tracking_uri is not None:
             parser.error("registering with --tracking-uri needs --mlflow-run-id: the run `clipcite snapshot` opened")
     config = config_from(args) if args.config or args.overrides else _trained_config(args.model)
-    body = run(
+    run(
         args.model,
         args.report,
         args.out,
@@ -364,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         tracking_uri=tracking_uri,
         mlflow_run_id=args.mlflow_run_id,
     )
-    print(markdown(body, body["models"]))
+    body = EvalReport.read(args.out)
+    print(markdown(body, list(body.models)))
     if not args.mlflow_run_id:
         log.info("to register the model, pass --mlflow-run-id (the run `clipcite snapshot` printed)")
     return 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
-import json
 import logging
 import sys
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from clipcite.data.table import (
     write_table,
 )
 from clipcite.logs import setup_logging
+from clipcite.records import EvalSet, SetDigest, SplitsManifest
 from clipcite.steps.artifact_io import write_config
 from clipcite.steps.command_line import base_parser, config_from
 from clipcite.steps.run_config import run_config
@@ -49,7 +49,7 @@ def run(
     eval_table_uris: tuple[str, ...] = (),
     expected_digest: str = "",
     config_uri: str = "",
-) -> dict:
+) -> SplitsManifest:
     """Sample the splits of ``table_uri``; eval sets also come from each of ``eval_table_uris``. Each source is an
     image table or a folder of images (:mod:`clipcite.data.folder`). ``config_uri`` (a file) receives ``config``
     as YAML: the pipeline's config artifact, which the later steps read.
@@ -85,7 +85,7 @@ def for_pipeline(
     overrides: dict,
     data_digest: str,
     **parameters: object,
-) -> dict:
+) -> SplitsManifest:
     """The pipeline's sample-splits: resolve the run's config from its parameters (``preset``, the named
     ``parameters`` of :data:`~clipcite.steps.run_config.CONFIG_PARAMETERS`, then ``overrides``), sample, and
     write the config as its own artifact."""
@@ -95,7 +95,7 @@ def for_pipeline(
 
 def _sample(
     table_uri: str, out_uri: str, config: Config, eval_table_uris: tuple[str, ...], sources: list[dict], digest: str
-) -> dict:
+) -> SplitsManifest:
     cfg = config.splits
     classes = read_classes(table_uri)
     meta = read_table(table_uri, columns=META)  # no image column: Arrow columns, tens of bytes per row
@@ -110,23 +110,12 @@ def _sample(
     val_k = val_shots(cfg.shots, cfg.val_shots)
     val_ids, val_source = _val_ids(meta, val_k, keep, config, classes)
 
-    manifest: dict = {
-        "protocol": cfg.protocol,
-        "shots": cfg.shots,
-        "seed": config.seed,
-        "val_shots": val_k,
-        "val_source": val_source,  # the split the validation images came from ("" = none: no val split, no spare)
-        "sources": sources,
-        "sources_digest": digest,
-        "train_classes": list(train_classes.names),
-        "train_domains": _domains_of(meta, train_ids),  # the source domains: evaluate's OOD mean leaves them out
-        "sets": {},
-        "eval_sets": [],
-    }
+    sets: dict[str, SetDigest] = {}
+    eval_sets: list[EvalSet] = []
     with storage.staged_dir(out_uri) as tmp:
         for name, ids in (("train", train_ids), ("val", val_ids)):
             counts = write_table(_relabelled(table_uri, ids, keep), str(tmp / name), train_classes)
-            manifest["sets"][name] = {"rows": counts["rows"], "ids_sha256": _ids_digest(ids)}
+            sets[name] = SetDigest(counts["rows"], _ids_digest(ids))
         names_seen: set[str] = set()
         for uri in (table_uri, *eval_table_uris):
             for spec in _eval_sets(uri, cfg, classes, halves, meta if uri == table_uri else None):
@@ -137,19 +126,31 @@ def _sample(
                     )
                 names_seen.add(spec["name"])
                 set_classes = ClassList(
-                    tuple(spec.pop("classnames")),
-                    spec.pop("template"),
-                    spec.pop("dataset"),
+                    tuple(spec["classnames"]),
+                    spec["template"],
+                    spec["dataset"],
                     {"domain": spec["domain"], "subset": spec["subset"]},
                 )
-                ids, labels = spec.pop("ids"), spec.pop("labels")
-                counts = write_table(_relabelled(uri, ids, labels), str(tmp / "eval" / spec["name"]), set_classes)
-                manifest["sets"][f"eval/{spec['name']}"] = {"rows": counts["rows"], "ids_sha256": _ids_digest(ids)}
-                manifest["eval_sets"].append(spec)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    log.info(
-        "wrote %s: %d train, %d val, %d eval set(s)", out_uri, len(train_ids), len(val_ids), len(manifest["eval_sets"])
-    )
+                counts = write_table(
+                    _relabelled(uri, spec["ids"], spec["labels"]), str(tmp / "eval" / spec["name"]), set_classes
+                )
+                sets[f"eval/{spec['name']}"] = SetDigest(counts["rows"], _ids_digest(spec["ids"]))
+                eval_sets.append(EvalSet(spec["name"], spec["domain"], spec["subset"]))
+        manifest = SplitsManifest(
+            protocol=cfg.protocol,
+            shots=cfg.shots,
+            seed=config.seed,
+            val_shots=val_k,
+            val_source=val_source,
+            sources=tuple(sources),
+            sources_digest=digest,
+            train_classes=tuple(train_classes.names),
+            train_domains=tuple(_domains_of(meta, train_ids)),
+            sets=sets,
+            eval_sets=tuple(eval_sets),
+        )
+        manifest.write(tmp)
+    log.info("wrote %s: %d train, %d val, %d eval set(s)", out_uri, len(train_ids), len(val_ids), len(eval_sets))
     return manifest
 
 
@@ -281,13 +282,13 @@ def _ids_digest(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
 
 
-def summary_line(manifest: dict, out: str) -> str:
+def summary_line(manifest: SplitsManifest, out: str) -> str:
     """What sample-splits prints: the protocol and each set's size in one line (the ids' digests and everything
     else stay in ``manifest.json``, which it names)."""
-    sets = ", ".join(f"{name} {entry['rows']}" for name, entry in manifest["sets"].items())
+    sets = ", ".join(f"{name} {entry.rows}" for name, entry in manifest.sets.items())
     return (
-        f"{manifest['protocol']}, {manifest['shots']} shots, seed {manifest['seed']}: {sets} images "
-        f"(manifest: {storage.join(out, 'manifest.json')})"
+        f"{manifest.protocol}, {manifest.shots} shots, seed {manifest.seed}: {sets} images "
+        f"(manifest: {storage.join(out, SplitsManifest.FILE)})"
     )
 
 

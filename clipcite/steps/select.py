@@ -9,6 +9,7 @@ single method), and ``choice``: ``selection.json`` (the rule, the winner, one ro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -16,10 +17,9 @@ import sys
 
 from clipcite import storage
 from clipcite.evaluation.report import plot_selection
-from clipcite.evaluation.selection import TIE_POINTS, Candidate, pick, rule, table
+from clipcite.evaluation.selection import TIE_POINTS, pick, rule, table
 from clipcite.logs import setup_logging
-from clipcite.records import SELECTION_FILE, VALIDATION_FILE
-from clipcite.steps.artifact_io import read_json
+from clipcite.records import Candidate, Selection
 from clipcite.tracking import runs
 
 log = logging.getLogger(__name__)
@@ -34,33 +34,31 @@ def run(
     tracking_uri: str | None = None,
     mlflow_run_id: str = "",
     tie_points: float = TIE_POINTS,
-) -> dict:
+) -> Selection:
     """``candidates``: method -> (model folder, validate output folder). Picks, copies the winner's model folder to
     ``model_out`` and writes the choice to ``choice_out``; returns the choice."""
     scored = [_candidate(method, validation) for method, (_, validation) in candidates.items()]
     winner = pick(scored, tie_points)
-    choice = {"rule": rule(tie_points), "tie_points": tie_points, "winner": winner.method}
-    choice["candidates"] = table(scored, winner)
+    choice = Selection(rule(tie_points), tie_points, winner.method, table(scored, winner))
     with storage.local_dir(candidates[winner.method][0]) as folder, storage.staged_dir(model_out) as tmp:
         shutil.copytree(folder, tmp, dirs_exist_ok=True)
     with storage.staged_dir(choice_out) as tmp:
-        (tmp / SELECTION_FILE).write_text(json.dumps(choice, indent=2))
+        choice.write(tmp)
         plot_selection(choice, tmp / "selection.png")
         with runs.step_run(tracking_uri, mlflow_run_id, "select", system_metrics=False) as step:
-            step.log_text(json.dumps(choice, indent=2), SELECTION_FILE, parent=True)
-            columns = {key: [row[key] for row in choice["candidates"]] for key in choice["candidates"][0]}
-            step.log_table(columns, SELECTION_TABLE, parent=True)
+            step.log_text(json.dumps(choice.to_dict(), indent=2), Selection.FILE, parent=True)
+            step.log_table(choice.columns(), SELECTION_TABLE, parent=True)
             step.log_image(tmp / "selection.png", "selection", parent=True)
-            step.set_tags({"selection.winner": winner.method, "selection.rule": choice["rule"]}, parent=True)
-    log.info("selected %s of %s (%s)", winner.method, sorted(candidates), choice["rule"])
+            step.set_tags({"selection.winner": winner.method, "selection.rule": choice.rule}, parent=True)
+    log.info("selected %s of %s (%s)", winner.method, sorted(candidates), choice.rule)
     return choice
 
 
 def _candidate(method: str, validation_uri: str) -> Candidate:
-    values = read_json(storage.join(validation_uri, VALIDATION_FILE))
-    if values.get("method") != method:
-        raise ValueError(f"{validation_uri}: scores method {values.get('method')!r}, wired as the {method!r} candidate")
-    return Candidate(**values)
+    candidate = Candidate.read(validation_uri)
+    if candidate.method != method:
+        raise ValueError(f"{validation_uri}: scores method {candidate.method!r}, wired as the {method!r} candidate")
+    return candidate
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         model, sep, validation = item.partition("=")
         if not sep:
             parser.error(f"--candidate {item!r}: expected MODEL_DIR=VALIDATION_DIR")
-        candidates[read_json(storage.join(validation, VALIDATION_FILE))["method"]] = (model, validation)
-    print(json.dumps(run(candidates, args.model_out, args.out), indent=2))
+        candidates[Candidate.read(validation).method] = (model, validation)
+    print(json.dumps(dataclasses.asdict(run(candidates, args.model_out, args.out)), indent=2))
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from clipcite.evaluation.report import table
+from clipcite.records import AlphaGrid, EvalReport, ModelMeta, Selection
 
 CARD_HEADING = "## Per-domain accuracy"  # a browser check looks for the table under it
 
@@ -19,12 +20,12 @@ def version_card(
     *,
     name: str,
     version: int,
-    meta: dict,
-    body: dict,
+    meta: ModelMeta,
+    body: EvalReport,
     decision: dict,
     code_version: str,
     data_digest: str = "",
-    selection: dict | None = None,
+    selection: Selection | None = None,
 ) -> str:
     """The model card of ``name`` version ``version``.
 
@@ -33,55 +34,55 @@ def version_card(
     ``decision``: ``role`` (champion | challenger) and ``reason`` from the gate; ``data_digest``: the data snapshot's
     digest (the pipeline run's ``data.sources_digest``); ``selection``: the select step's ``selection.json`` when
     this method won among several candidates (one row each, and the rule)."""
-    config = meta.get("config") or {}
+    config = meta.config
     train, splits, model = config.get("train", {}), config.get("splits", {}), config.get("model", {})
-    classnames = list(meta.get("classnames") or [])
-    evaluated = body.get("champion_version")
+    classnames = list(meta.classnames)
+    evaluated = body.champion_version
     role = decision.get("role", "challenger")
-    models = [m for m in ("finetuned", "zeroshot", "champion") if m in body.get("models", [])]
+    models = [m for m in ("finetuned", "zeroshot", "champion") if m in body.models]
     names = {"finetuned": f"**v{version}** (this)", "zeroshot": "zero-shot", "champion": f"champion v{evaluated}"}
-    eval_domains = list(body.get("domains") or {})
+    eval_domains = list(body.domains)
     lines = [
         headline(meta, body),  # the registry's versions table shows this line alone, cut at 32 characters
         "",
-        f"# {name} v{version}: {meta.get('method', '?')} on {meta.get('dataset') or '?'}",
+        f"# {name} v{version}: {meta.method} on {meta.dataset or '?'}",
         "",
-        f"CLIP fine-tuned few-shot ({splits.get('shots', '?')} shots per class, seed {meta.get('seed', '?')}). "
+        f"CLIP fine-tuned few-shot ({splits.get('shots', '?')} shots per class, seed {meta.seed}). "
         f"Gate: **{role}**: {decision.get('reason', '')}.",
         "",
         "## Base model",
         "",
         "| | |",
         "|---|---|",
-        f"| architecture | `{meta.get('arch', model.get('arch', '?'))}` |",
+        f"| architecture | `{meta.arch}` |",
         f"| weights | `{model.get('pretrained') or '(random init)'}` |",
-        f"| identity | `{meta.get('base_identity') or '?'}` |",
+        f"| identity | `{meta.base_identity or '?'}` |",
         "",
         "## Method",
         "",
         "| setting | value |",
         "|---|---|",
-        f"| method | {meta.get('method', '?')} |",
-        f"| alpha (weight-space ensemble with the zero-shot weights) | {_value(meta.get('alpha'))}"
-        f"{_alpha_grid(meta.get('alpha_grid'))} |",
+        f"| method | {meta.method} |",
+        f"| alpha (weight-space ensemble with the zero-shot weights) | {_value(meta.alpha)}"
+        f"{_alpha_grid(meta.alpha_grid)} |",
         f"| lambda (weight of L_SCL) | {_value(train.get('lam'))} |",
         f"| eta (weight of L_VLD) | {_value(train.get('eta'))} |",
         f"| shots per class | {_value(splits.get('shots'))} |",
-        f"| seed | {_value(meta.get('seed'))} |",
+        f"| seed | {_value(meta.seed)} |",
         f"| epochs, learning rate, batch size | {_value(train.get('epochs'))}, {_value(train.get('lr'))}, "
         f"{_value(train.get('batch_size'))} |",
-        *(["", meta["note"]] if meta.get("note") else []),  # the method's own word on what it changed (methods/)
+        *(["", meta.note] if meta.note else []),  # the method's own word on what it changed (methods/)
         "",
         *(selection_section(selection) if selection else []),
         "## Data",
         "",
         "| | |",
         "|---|---|",
-        f"| dataset | {meta.get('dataset') or '?'} |",
+        f"| dataset | {meta.dataset or '?'} |",
         f"| data digest | `{data_digest or '?'}` |",
         f"| protocol | {splits.get('protocol', '?')} |",
         f"| classes | {len(classnames)}: {_names(classnames)} |",
-        f"| trained on domain(s) | {', '.join(body.get('train_domains') or []) or 'every train domain'} |",
+        f"| trained on domain(s) | {', '.join(body.train_domains) or 'every train domain'} |",
         f"| evaluated on domain(s) | {', '.join(eval_domains) or '-'} |",
         "",
         CARD_HEADING,
@@ -114,12 +115,12 @@ def version_card(
 SELECTION_HEADING = "## Selection among candidates"
 
 
-def selection_section(selection: dict) -> list[str]:
+def selection_section(selection: Selection) -> list[str]:
     """The card's lines on how this method was chosen: every candidate's validation score and costs, the rule, and
     (where evaluate scored the candidates beside the selected one) each one's test number, which the choice never
     saw."""
-    tested = "test_metric" in selection
-    test_head = f" test {selection['test_metric']} |" if tested else ""
+    tested = bool(selection.test_metric)
+    test_head = f" test {selection.test_metric} |" if tested else ""
     lines = [
         SELECTION_HEADING,
         "",
@@ -127,12 +128,12 @@ def selection_section(selection: dict) -> list[str]:
         + test_head,
         "|---|---|---|---|---|---|" + ("---|" if tested else ""),
     ]
-    for row in selection["candidates"]:
-        method = f"**{row['method']}** (selected)" if row["selected"] else row["method"]
-        test = (f" {row['test']:.2f} |" if row.get("test") is not None else " - |") if tested else ""
+    for row in selection.candidates:
+        method = f"**{row.method}** (selected)" if row.selected else row.method
+        test = (f" {row.test:.2f} |" if row.test is not None else " - |") if tested else ""
         lines.append(
-            f"| {method} | {row['val_top1']:.2f} | {row['val_images']} | {row['trainable_parameters']:,} | "
-            f"{row['seconds']:.1f} | {row['artefact_bytes']:,} |{test}"
+            f"| {method} | {row.val_top1:.2f} | {row.val_images} | {row.trainable_parameters:,} | "
+            f"{row.seconds:.1f} | {row.artefact_bytes:,} |{test}"
         )
     after = (
         "every candidate was then scored on the eval sets for this record (the test column); the choice did not see "
@@ -140,16 +141,16 @@ def selection_section(selection: dict) -> list[str]:
         if tested
         else "the selected method alone was then evaluated on the eval sets (below)"
     )
-    lines += ["", f"Rule: {selection['rule']}. Scored on the validation split only; {after}.", ""]
+    lines += ["", f"Rule: {selection.rule}. Scored on the validation split only; {after}.", ""]
     return lines
 
 
-def headline(meta: dict, body: dict) -> str:
+def headline(meta: ModelMeta, body: EvalReport) -> str:
     """The card's first line, plain text, what tells versions apart first: ``cite on toyworld: HM 76.18`` (the
     mean over the summary's domains of HM, or top-1 without a base/new split). The MLflow registry's versions
     table shows a description's first line, cut at 32 characters, as raw text: no Markdown here."""
-    what = f"{meta.get('method') or '?'} on {meta.get('dataset') or '?'}"
-    mean = (body.get("mean") or {}).get("finetuned") or {}
+    what = f"{meta.method} on {meta.dataset or '?'}"
+    mean = body.mean.get("finetuned") or {}
     for key, label in (("hm", "HM"), ("top1", "top-1")):
         if key in mean:
             return f"{what}: {label} {float(mean[key]):.2f}"
@@ -221,9 +222,9 @@ def _names(classnames: list[str], shown: int = 12) -> str:
     return listed + (f", ... ({len(classnames) - shown} more)" if len(classnames) > shown else "")
 
 
-def _alpha_grid(grid: dict | None) -> str:
+def _alpha_grid(grid: AlphaGrid | None) -> str:
     """``train.alpha_grid``'s choice in the alpha row: every alpha's validation top-1."""
     if not grid:
         return ""
-    scores = ", ".join(f"{a:g}: {v:.1f}" for a, v in zip(grid["alphas"], grid["val_top1"], strict=True))
-    return f", chosen on validation (top-1 {scores}; {grid['val_images']} images)"
+    scores = ", ".join(f"{a:g}: {v:.1f}" for a, v in zip(grid.alphas, grid.val_top1, strict=True))
+    return f", chosen on validation (top-1 {scores}; {grid.val_images} images)"

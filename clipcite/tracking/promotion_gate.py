@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from clipcite.config import GateConfig
+from clipcite.records import EvalReport
 
 
 @dataclass(frozen=True)
@@ -25,18 +26,18 @@ class Decision:
         return asdict(self)
 
 
-def primary_metric(gate: GateConfig, body: dict[str, Any]) -> str:
+def primary_metric(gate: GateConfig, body: EvalReport) -> str:
     if gate.metric != "auto":
         return gate.metric
-    return "hm" if "hm" in body["mean"].get("finetuned", {}) else "top1"
+    return "hm" if "hm" in body.mean.get("finetuned", {}) else "top1"
 
 
-def decide_promotion(body: dict[str, Any], gate: GateConfig, *, version: int, holder: int | None) -> Decision:
+def decide_promotion(body: EvalReport, gate: GateConfig, *, version: int, holder: int | None) -> Decision:
     """The whole promotion rule for registered ``version``, given ``holder``, the version holding the champion
     alias now. A rerun of a run that already promoted keeps it; if the alias moved since the run's evaluation
-    (``body["champion_version"]`` is what it was compared with), nothing is promoted on a stale comparison;
+    (``body.champion_version`` is what it was compared with), nothing is promoted on a stale comparison;
     otherwise the metrics decide (:func:`decide`)."""
-    evaluated = body.get("champion_version")
+    evaluated = body.champion_version
     metric = primary_metric(gate, body)
     if holder == version:
         return Decision(True, f"v{version} already holds champion", metric)
@@ -47,24 +48,24 @@ def decide_promotion(body: dict[str, Any], gate: GateConfig, *, version: int, ho
     return decide(body, gate, champion_version=evaluated)
 
 
-def decide(body: dict[str, Any], gate: GateConfig, *, champion_version: int | None) -> Decision:
+def decide(body: EvalReport, gate: GateConfig, *, champion_version: int | None) -> Decision:
     """``body``: merged evaluate metrics (``domains``/``mean`` per model). No champion yet: promote."""
     metric = primary_metric(gate, body)
     if champion_version is None:
         return Decision(True, "no champion yet", metric, _value(body, "finetuned", metric, gate.domain))
-    if "champion" not in body["mean"]:
+    if "champion" not in body.mean:
         return Decision(False, f"champion v{champion_version} was not evaluated on these eval sets", metric)
     candidate = _value(body, "finetuned", metric, gate.domain)
     current = _value(body, "champion", metric, gate.domain)
-    covered = ", ".join(body.get("mean_domains") or ()) or "the eval domains"
+    covered = ", ".join(body.mean_domains) or "the eval domains"
     where = f"on {gate.domain}" if gate.domain else f"mean over {covered}"
     drops = {}
-    kept = gate.kept_domains or tuple(sorted(body["domains"]))
+    kept = gate.kept_domains or tuple(sorted(body.domains))
     for domain in kept:
-        if domain not in body["domains"]:
-            raise ValueError(f"gate.kept_domains: {domain!r} is not an eval domain ({sorted(body['domains'])})")
-        key = metric if metric in body["domains"][domain]["finetuned"] else "top1"
-        lost = body["domains"][domain]["champion"][key] - body["domains"][domain]["finetuned"][key]
+        if domain not in body.domains:
+            raise ValueError(f"gate.kept_domains: {domain!r} is not an eval domain ({sorted(body.domains)})")
+        key = metric if metric in body.domains[domain]["finetuned"] else "top1"
+        lost = body.domains[domain]["champion"][key] - body.domains[domain]["finetuned"][key]
         if lost > 0:
             drops[domain] = round(lost, 3)
     gain = candidate - current
@@ -84,8 +85,8 @@ def decide(body: dict[str, Any], gate: GateConfig, *, champion_version: int | No
     return Decision(True, reason, metric, candidate, current, drops)
 
 
-def _value(body: dict[str, Any], model: str, metric: str, domain: str) -> float:
-    source = body["domains"][domain][model] if domain else body["mean"][model]
+def _value(body: EvalReport, model: str, metric: str, domain: str) -> float:
+    source = body.domains[domain][model] if domain else body.mean[model]
     if metric not in source:
         raise ValueError(f"gate.metric={metric!r} is not among the measured metrics {sorted(source)}")
     return float(source[metric])

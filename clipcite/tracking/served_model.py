@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import importlib.metadata
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,7 +20,7 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 import clipcite
 from clipcite.data.prompts import DEFAULT_TEMPLATE
-from clipcite.records import META_FILE, MODEL_ARTIFACT
+from clipcite.records import MODEL_ARTIFACT, ModelMeta
 from clipcite.tracking.runs import StepRun, code_version
 
 __all__ = ["ClassifierModel", "log_classifier", "set_model"]  # set_model: for the models-from-code file
@@ -123,9 +122,9 @@ MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
 
 def log_classifier(run: StepRun, model_dir: Path, *, example_images: list[bytes]) -> str:
     """Log the fine-tuned model as a pyfunc (models-from-code) in ``run``; returns its ``models:/`` URI."""
-    meta = json.loads((model_dir / META_FILE).read_text())
-    labels = list(meta.get("classnames") or [])
-    template = meta.get("template") or DEFAULT_TEMPLATE
+    meta = ModelMeta.read(model_dir)
+    labels = list(meta.classnames)
+    template = meta.template or DEFAULT_TEMPLATE
     signature = ModelSignature(
         # Optional only so that a request without it reaches predict and gets a one-line 400 naming the column:
         # MLflow's own check answers with two dumps of the input DataFrame. predict requires it.

@@ -55,7 +55,7 @@ def evaluate(
         attempts=attempts,
         candidates={method: m.path for method, m in wired.items() if m is not None},
     )
-    for model_name, values in body["domains"][domain].items():
+    for model_name, values in body.domains[domain].items():
         for key, value in values.items():
             metrics.log_metric(f"{domain}/{model_name}/{key}", float(value))
     report.metadata.update({"domain": domain})

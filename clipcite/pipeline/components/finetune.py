@@ -19,6 +19,8 @@ def finetune(
     method: str = "",
 ):
     """``method``: "" trains the config's ``train.method``; a name trains that candidate (pipeline.py's methods)."""
+    import dataclasses
+
     from clipcite.steps.artifact_io import read_config, read_mlflow_run
     from clipcite.steps.finetune import checkpoint_uri, run
 
@@ -33,6 +35,6 @@ def finetune(
         splits_ref=splits.uri,  # read at .path (in the pod), recorded by .uri (where the artifact lives)
         method=method,
     )
-    model.metadata.update(summary)
+    model.metadata.update({k: v for k, v in dataclasses.asdict(summary).items() if v is not None})
     for key in ("steps", "epochs", "images_per_second"):
-        curves.log_metric(key, float(summary[key]))
+        curves.log_metric(key, float(getattr(summary, key)))

@@ -28,7 +28,7 @@ def register(
     from clipcite.steps.artifact_io import read_config, read_mlflow_run
     from clipcite.steps.register import run
 
-    body = run(
+    registration = run(
         model.path,
         [r.path for r in reports],
         record.path,
@@ -41,11 +41,11 @@ def register(
         model_ref=model.uri,  # read at .path (in the pod), recorded by .uri (where the artifact lives)
         selection_uri=selection.path if selection is not None else "",
     )
-    registry = body["registry"] or {}
+    entry = registration.registry
     record.metadata.update(
         {
             "model_name": registered_model_name,
-            **body["mean"].get("finetuned", {}),
-            **{k: registry[k] for k in ("version", "decision", "reason") if k in registry},
+            **registration.mean.get("finetuned", {}),
+            **({"version": entry.version, "decision": entry.decision, "reason": entry.reason} if entry else {}),
         }
     )

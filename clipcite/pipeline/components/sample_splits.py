@@ -40,5 +40,5 @@ def sample_splits(
         pretrained=pretrained,
         method=method,
     )
-    splits.metadata.update({"train_rows": manifest["sets"]["train"]["rows"], "shots": manifest["shots"]})
-    return sorted({s["domain"] for s in manifest["eval_sets"]})
+    splits.metadata.update({"train_rows": manifest.sets["train"].rows, "shots": manifest.shots})
+    return sorted({s.domain for s in manifest.eval_sets})

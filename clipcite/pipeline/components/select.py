@@ -46,5 +46,5 @@ def select(
         tracking_uri=tracking_uri,
         mlflow_run_id=read_mlflow_run(mlflow_run.path),
     )
-    model.metadata.update({"method": body["winner"]})
-    choice.metadata.update({"winner": body["winner"], "rule": body["rule"]})
+    model.metadata.update({"method": body.winner})
+    choice.metadata.update({"winner": body.winner, "rule": body.rule})

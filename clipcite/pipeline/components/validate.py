@@ -27,5 +27,5 @@ def validate(
         mlflow_run_id=read_mlflow_run(mlflow_run.path),
     )
     for key in ("val_top1", "val_images", "trainable_parameters", "seconds", "artefact_bytes"):
-        metrics.log_metric(key, float(body[key]))
-    scores.metadata.update({"method": body["method"]})
+        metrics.log_metric(key, float(getattr(body, key)))
+    scores.metadata.update({"method": body.method})

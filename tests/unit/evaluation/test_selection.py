@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from clipcite.evaluation.selection import TIE_POINTS, Candidate, alpha_rule, pick, pick_alpha, rule, table
+from clipcite.evaluation.selection import TIE_POINTS, Candidate, pick, rule, table
 
 
 def _c(method: str, top1: float, params: int) -> Candidate:
@@ -51,14 +51,5 @@ def test_no_validation_images_or_a_repeated_method_is_refused():
 
 def test_the_table_marks_the_winner_and_the_rule_states_the_tolerance():
     rows = table([PROBE, LORA, CITE], pick([PROBE, LORA, CITE]))
-    assert [(r["method"], r["selected"]) for r in rows] == [("cite", False), ("lora", True), ("linear_probe", False)]
+    assert [(r.method, r.selected) for r in rows] == [("cite", False), ("lora", True), ("linear_probe", False)]
     assert "0.1 points" in rule() and "fewest trainable parameters" in rule()
-
-
-def test_the_alpha_grid_takes_the_best_validation_score_and_ties_go_to_the_lower_alpha():
-    assert pick_alpha({0.3: 70.0, 0.5: 72.0, 1.0: 71.0}) == 0.5
-    assert pick_alpha({1.0: 72.0, 0.5: 71.95, 0.3: 70.0}) == 0.5  # within 0.1 points: more zero-shot weight
-    assert pick_alpha({1.0: 72.0, 0.5: 72.0 - TIE_POINTS - 0.01}) == 1.0  # just outside: no tie
-    assert "lowest alpha" in alpha_rule() and f"{TIE_POINTS}" in alpha_rule()
-    with pytest.raises(ValueError, match="train.alpha_grid is empty"):
-        pick_alpha({})

@@ -1,0 +1,41 @@
+"""Hand-off records for unit tests that need one without running the step that writes it: the fields a test names,
+plausible values for the rest."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clipcite.records import EvalReport, ModelMeta
+
+REPORT_DEFAULTS: dict[str, Any] = {
+    "model": "model",
+    "method": "cite",
+    "alpha": 0.5,
+    "seed": 1,
+    "template": "",
+    "train_domains": (),
+    "mean_over": "ood",
+    "domains": {},
+    "mean": {},
+    "mean_domains": (),
+    "source_domains": (),
+    "sets": {},
+}
+META_DEFAULTS: dict[str, Any] = {
+    "arch": "clipcite-tiny",
+    "base_identity": "sha256:0",
+    "method": "cite",
+    "classnames": ("a", "b"),
+    "template": "a photo of a {}.",
+}
+
+
+def report(**fields: Any) -> EvalReport:
+    """An evaluation report; sequences given as lists become the tuples the record holds."""
+    body = {**REPORT_DEFAULTS, **fields}
+    return EvalReport(**{k: tuple(v) if isinstance(v, list) else v for k, v in body.items()})
+
+
+def meta(**fields: Any) -> ModelMeta:
+    body = {**META_DEFAULTS, **fields}
+    return ModelMeta(**{k: tuple(v) if isinstance(v, list) else v for k, v in body.items()})
