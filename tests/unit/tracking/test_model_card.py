@@ -201,7 +201,7 @@ def test_a_selected_method_shows_every_candidate_and_the_rule_a_single_one_none(
 def test_each_candidate_keeps_its_own_checkpoints():
     from clipcite.steps.finetune import checkpoint_uri, step_name
 
-    assert checkpoint_uri("s3://b/ckpt", "0b1c") == "s3://b/ckpt/0b1c/finetune"  # one method: as before
+    assert checkpoint_uri("s3://b/ckpt", "0b1c") == "s3://b/ckpt/0b1c/finetune"  # one method: no method suffix
     assert checkpoint_uri("s3://b/ckpt", "0b1c", "lora") == "s3://b/ckpt/0b1c/finetune-lora"
     assert step_name("linear_probe") == "finetune-linear_probe"
 
