@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 11 goal 8, on a GPU machine (< 8 min on an H200): ViT-B-16-quickgelu, random init, bf16 -- CITE step
+# GPU throughput on a GPU machine (< 8 min on an H200): ViT-B-16-quickgelu, random init, bf16 -- CITE step
 # images/s at batch 32/64/128 with the cached teacher, evaluation images/s at batch 256 on device tensors and
 # through the real input path (synthetic 500x375 JPEGs), peak GPU memory, MFU against 790 TFLOP/s.
 # Usage: bench/gpu.sh [extra gpu_bench.py flags]; PYTHON=... picks the interpreter, OUT=... where the JSON goes.

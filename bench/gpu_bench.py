@@ -1,4 +1,4 @@
-"""GPU throughput of the CITE step and of evaluation (issue 11 goal 8); what ``bench/gpu.sh`` runs.
+"""GPU throughput of the CITE step and of evaluation; what ``bench/gpu.sh`` runs.
 
     python -m bench.gpu_bench                       # ViT-B-16-quickgelu, random init, bf16, on cuda
     python -m bench.gpu_bench --tiny                # the same code on CPU with the tiny model (what the test runs)
@@ -37,7 +37,7 @@ from clipcite.model.precision import autocast
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TRAIN_GFLOPS = 158.0  # per training image, CITE step (issue 11)
+TRAIN_GFLOPS = 158.0  # per training image, CITE step
 EVAL_GFLOPS = 35.1  # per eval image, ViT-B/16 at 224 px
 TINY = [
     "--arch", "clipcite-tiny", "--device", "cpu", "--precision", "fp32", "--train-batches", "4", "8",

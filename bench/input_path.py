@@ -1,4 +1,4 @@
-"""The input path beside the model (issue 11 goal 4), on synthetic 500x375 JPEGs, CPU.
+"""The input path beside the model, on synthetic 500x375 JPEGs, CPU.
 
     OMP_NUM_THREADS=1 python -m bench.input_path                   # the paper_vitb16 preset's workers (8 and 8)
     OMP_NUM_THREADS=1 python -m bench.input_path --config default  # the toy world's (0 and 0)

@@ -10,8 +10,9 @@ through the register step, the alias resolved for serving, a rollback; then the 
 Checks (the script exits 1 when one fails, printing which): both runs register a version (v1 takes ``champion``,
 v2's gate decision and reason are tags); PostgreSQL's own tables hold the versions and the alias; every version has
 its model card and the registered model its description; no ``metric.*`` version tags; ``python -m
-clipcite.tracking.champion_env`` resolves the alias to the champion's artifact URI; ``clipcite champion --set`` moves
-the alias (rollback) and back. Browser: the registered model page and the champion's version page, rendered by Chromium
+clipcite.tracking.champion_env`` resolves the alias to the champion's artifact URI; ``clipcite champion --promote``
+moves the alias (rollback) and back.
+Browser: the registered model page and the champion's version page, rendered by Chromium
 (``--dump-dom`` after a virtual-time budget, so the React app has drawn), show the ``champion`` alias and the model
 card's table; screenshots go to ``<out>/screenshots/``, the DOMs and a summary to ``<out>/``.
 

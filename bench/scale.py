@@ -1,4 +1,4 @@
-"""Scale benchmark (issue 11, goal 2): does every step stay linear in time and flat in memory as the data grows 4x?
+"""Scale benchmark: does every step stay linear in time and flat in memory as the data grows 4x?
 
 Generates an ImageNet-shaped ImageFolder (``train/`` and ``test/``, 1,000 classes, 500x375 photo-like JPEGs of
 ~80 KB from bench/synthetic.py) at two sizes, N and 4N, and runs the real CLI on each: ``clipcite ingest``,

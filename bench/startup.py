@@ -1,4 +1,4 @@
-"""Start-up cost of each step's module, beside ``import torch`` (issue 11 goal 3; run by hand).
+"""Start-up cost of each step's module, beside ``import torch`` (run by hand).
 
 Each import runs in a fresh interpreter, ``--repeat`` times, alternating; the table gives the median wall time and
 peak RSS, and whether torch / open_clip / mlflow got imported. The CPU-only steps (snapshot, sample-splits,

@@ -1,4 +1,4 @@
-"""The teacher cache's worth on the real architecture (issue 11 goal 5): fit's CITE step time with the cached
+"""The teacher cache's worth on the real architecture: fit's CITE step time with the cached
 teacher vs the online teacher, ViT-B-16-quickgelu (random init, 224 px) on CPU, side by side in one process.
 
     OMP_NUM_THREADS=1 python -m bench.teacher_cache            # 3 rounds x 2 timed steps per mode, batch 8

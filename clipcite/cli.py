@@ -9,13 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import logging
 import os
 import sys
 
 from clipcite.tracking import default_uri
-
-log = logging.getLogger("clipcite")
 
 STEPS = {
     "snapshot": "clipcite.steps.snapshot",
@@ -106,15 +103,9 @@ def champion_main(argv: list[str]) -> int:
     parser.add_argument(
         "--promote", dest="version", type=int, metavar="VERSION", help="give the champion alias to VERSION"
     )
-    parser.add_argument(
-        "--set", dest="old_version", type=int, metavar="VERSION", help="deprecated spelling of --promote"
-    )
     parser.add_argument("--reason", default="set by hand", help="why, recorded on the version and its model card")
     parser.add_argument("--tracking-uri", default="", help=default_uri.HELP)
     args = parser.parse_args(argv)
-    if args.old_version is not None:
-        log.warning("champion --set VERSION is deprecated (--set KEY=VALUE elsewhere): use --promote VERSION")
-        args.version = args.version if args.version is not None else args.old_version
     uri = default_uri.default_tracking_uri(args.tracking_uri)
     default_uri.require_store(uri)
     from clipcite.logs import setup_logging

@@ -77,7 +77,7 @@ class FitParams:
     on_nonfinite: str = "stop"  # a NaN/inf loss term or gradient norm stops training; "skip" skips the step
     # Checkpoint policy (with a checkpoint dir): after every N-th epoch (0 = not by epochs) and/or once M minutes
     # passed since the last save (0 = not by time). checkpoint_optimizer=false leaves AdamW's moments out (2/3 of
-    # the file for ViT-B/16): a resume then restarts them from zero and no longer matches an uninterrupted run.
+    # the file for ViT-B/16): a resume then restarts them from zero and does not match an uninterrupted run.
     checkpoint_every_epochs: int = 1
     checkpoint_every_minutes: float = 0.0
     checkpoint_optimizer: bool = True

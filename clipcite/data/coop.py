@@ -1,4 +1,4 @@
-"""The CoOp benchmark layouts (datasets.md): a dataset name and ``$DATA`` give exactly CoOp's splits and labels.
+"""The CoOp benchmark layouts (docs/data.md): a dataset name and ``$DATA`` give exactly CoOp's splits and labels.
 
 Three kinds of layout exist: a ``split_zhou_<Name>.json`` file of ``[relative_path, label, classname]`` triples;
 ImageNet-style class folders named by WordNet id with ``classnames.txt`` (ImageNet, -Sketch, -A, -R: label = index

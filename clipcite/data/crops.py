@@ -118,11 +118,6 @@ def train_pixels(image: Image.Image, box: tuple[int, int, int, int], preprocess_
     return pixels(_train_crop(image, box, preprocess_cfg))
 
 
-def train_view(image: Image.Image, box: tuple[int, int, int, int], preprocess_cfg: dict) -> torch.Tensor:
-    """:func:`train_pixels`, normalised."""
-    return to_tensor(_train_crop(image, box, preprocess_cfg), preprocess_cfg["mean"], preprocess_cfg["std"])
-
-
 def eval_pixels(image: Image.Image, preprocess_cfg: dict) -> torch.Tensor:
     """CLIP's test transform up to the tensor, exactly as open_clip builds it: uint8 [3, S, S].
 

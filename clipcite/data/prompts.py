@@ -1,4 +1,4 @@
-"""Prompt templates: the default one and CoOp's per-dataset table (method.md "Notation", datasets.md)."""
+"""Prompt templates: the default one and CoOp's per-dataset table (method.md "Notation", docs/data.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The Parquet image table: one row per image, a directory of shards plus ``classes.json``.
 
-Columns (architecture.md, "Data contracts"): ``id`` (stable string), ``image`` (original encoded bytes) or ``path``
+Columns (docs/data.md, "Image table"): ``id`` (stable string), ``image`` (original encoded bytes) or ``path``
 (a file the image can be read from), ``label`` (int), ``classname``, ``domain``, ``split``. The directory holds
 ``part-00000.parquet``, ``part-00001.parquet``... and ``classes.json`` (class names in label order, the prompt
 template, the dataset name).

@@ -110,7 +110,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
                     tracking_uri=tracking_uri,
                     checkpoint_root=checkpoint_root,  # "" = in the pod; s3://... survives preemption and retries
                     kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                    **({"method": method} if method else {}),  # "" = the config's train.method (today's DAG)
+                    **({"method": method} if method else {}),  # "" = the config's train.method (one finetune)
                 )
                 gpu_task(trained, settings, cache=False, retry_backoff="60s")  # a retry resumes from its checkpoint
                 if len(settings.methods) > 1:

@@ -26,7 +26,7 @@ class ClusterSettings:
     retries: int = 2  # CLIPCITE_RETRIES: for steps that can fail transiently (storage, preemption)
     # CLIPCITE_METHODS (or pipeline.py --methods): candidate methods, comma-separated; two or more: one finetune and
     # validate each, select registers the winner (docs/cluster.md "Several methods"). Empty: the run's train.method
-    # (today's DAG); one name: that method, the same DAG.
+    # (one finetune, no select); one name: that method, the same DAG.
     methods: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:

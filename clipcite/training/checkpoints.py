@@ -82,7 +82,7 @@ def resume(directory, fingerprint, model, head, optimizer, scheduler) -> int:
         head.copy_(state["head"])
     if state["optimizer"] is not None:
         optimizer.load_state_dict(state["optimizer"])
-    else:  # documented in FitParams: the run continues, but no longer bit-exact with an uninterrupted one
+    else:  # documented in FitParams: the run continues, but is not bit-exact with an uninterrupted one
         log.warning(
             "%s holds no optimizer state (train.checkpoint_optimizer=false): AdamW's moments restart from zero, "
             "so the result will differ from an uninterrupted run",

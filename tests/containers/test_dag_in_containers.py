@@ -67,7 +67,7 @@ def test_run_container_reads_a_failing_containers_exit_code_every_time(docker_ho
     """Why local_docker.run_container exists: with kfp's auto_remove, the engine may have removed a failed container
     before its exit code is read (podman: a 500, kfp's run dies; a 404: kfp returns 0). The replacement keeps the
     container until its code is read, then removes it; and it reads the code from the container's state, with a
-    deadline, where a wait() on podman 4.3 hung the tier for 40 minutes on a container that sat Exited (issue 38)."""
+    deadline, where a wait() on podman 4.3 hung the tier for 40 minutes on a container that sat Exited."""
     local_docker, client, image = _local_docker_and_image(docker_host, monkeypatch)
     before = {c.id for c in client.containers.list(all=True)}
     for _ in range(3):

@@ -1,5 +1,5 @@
 """Preemption does not lose fine-tuning progress: checkpoints on an s3:// prefix survive a SIGKILLed finetune, the
-rerun resumes from the last epoch and ends with the same weights as an uninterrupted run (issue 14, item 4)."""
+rerun resumes from the last epoch and ends with the same weights as an uninterrupted run."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """bench.gpu_bench (what bench/gpu.sh runs on a GPU machine) runs end to end on CPU with the tiny model, so the
-GPU script cannot rot between the rare runs on a GPU (issue 11 goal 8)."""
+GPU script cannot rot between the rare runs on a GPU."""
 
 from __future__ import annotations
 

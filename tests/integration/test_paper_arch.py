@@ -1,5 +1,5 @@
 """The paper's architecture through the whole chain on CPU: ViT-B-16-quickgelu (random init, 224 px), two
-optimiser steps of CITE, and a saved model that plain open_clip loads to the same logits (issue 13, item 10).
+optimiser steps of CITE, and a saved model that plain open_clip loads to the same logits.
 
 The data are as small as the chain allows (4 classes, one train and one test image each) so that the test costs
 what the architecture costs: four model builds, two training steps, a few 224 px forwards.

@@ -9,7 +9,6 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from clipcite.data.folder import detect_layout, scan_folder, source_snapshot
 from clipcite.toyworld.world import render
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,20 +29,6 @@ def drop_images(root: Path, classname: str, split: str, start: int, count: int) 
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(start, start + count):
         Image.fromarray(render(classname, "photo", rng)).save(folder / f"img{i:03d}.png")
-
-
-def test_layout_detection_and_errors(tmp_path):
-    assert detect_layout(["train/cat/1.jpg", "test/dog/2.jpg"], "x") == "split/class"
-    assert detect_layout(["sketch/cat/1.jpg"], "x") == "domain/class"
-    assert detect_layout(["cat/1.jpg"], "x") == "class"
-    assert detect_layout(["train/sketch/cat/1.jpg"], "x") == "split/domain/class"
-    with pytest.raises(ValueError, match="images at different depths"):
-        detect_layout(["cat/1.jpg", "train/cat/2.jpg"], "x")
-    with pytest.raises(FileNotFoundError, match="neither an image table"):
-        source_snapshot(str(tmp_path))
-    drop_images(tmp_path, "red circle", "train", 0, 2)
-    entries, classes = scan_folder(str(tmp_path))
-    assert classes.names == ("red circle",) and {e.split for e in entries} == {"train"}
 
 
 def test_a_second_run_picks_up_new_images_and_a_new_class(tmp_path):

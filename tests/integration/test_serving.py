@@ -60,7 +60,7 @@ def served(tmp_path_factory, tiny):
             client, "served", model_uri, run_id=step.run_id, pipeline_run_id=run_id, tags={}
         )
     registry.set_champion(client, "served", version.version)
-    # Deploy as docs/registry-and-champion_env.md says: resolve the alias into champion.env, render the Deployment, run
+    # Deploy as docs/registry-and-serving.md says: resolve the alias into champion.env, render the Deployment, run
     # its container's args.
     tree = work / "serving"
     shutil.copytree(ROOT / "manifests" / "serving", tree)

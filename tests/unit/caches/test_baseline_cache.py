@@ -1,5 +1,5 @@
-"""The zero-shot baseline is evaluated once per (base model, eval set, prompts, precision), not in every run
-(issue 11 goal 6): a rerun with another training config evaluates only the new model."""
+"""The zero-shot baseline is evaluated once per (base model, eval set, prompts, precision), not in every run:
+a rerun with another training config evaluates only the new model."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 """A rerun with other training settings that leave the crops alone (alpha, lr, loss weights) reuses the teacher
-cache by content instead of running the teacher again; what changes the crops or the teacher misses (issue 11
-goal 5)."""
+cache by content instead of running the teacher again; what changes the crops or the teacher misses."""
 
 from __future__ import annotations
 

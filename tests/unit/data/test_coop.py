@@ -1,4 +1,4 @@
-"""CoOp layouts (datasets.md) on small fabricated trees: splits, labels, class names, templates."""
+"""CoOp layouts (docs/data.md) on small fabricated trees: splits, labels, class names, templates."""
 
 import io
 import json

@@ -1,4 +1,4 @@
-"""One rule for class folder names: ingest and the pipeline's folder source agree (issue 13, item 9)."""
+"""One rule for class folder names: ingest and the pipeline's folder source agree."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The input path and the training loop's costs (issue 11 goals 4 and 7): one DataLoader per run with persistent
+"""The input path and the training loop's costs: one DataLoader per run with persistent
 workers and a decode-once image cache gives the same crops, batches and weights as the per-epoch path it replaced;
 the teacher cache and evaluation come out the same with and without workers; AdamW's implementation follows the
 device; the checkpoint policy writes where it says and a resume without optimizer state is allowed but announced."""

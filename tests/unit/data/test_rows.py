@@ -1,4 +1,4 @@
-"""Bounded memory (issue 11, goal 1): tables are written and read one row group at a time, a split travels as
+"""Bounded memory: tables are written and read one row group at a time, a split travels as
 metadata with its images fetched per batch through a bounded LRU, and the results equal the whole-table path's."""
 
 from __future__ import annotations

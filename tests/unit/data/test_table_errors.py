@@ -1,5 +1,5 @@
 """Every storage error names its object: shards that are corrupt, truncated, empty or of another schema, a missing
-or mismatched classes.json (issue 14, item 2). Nothing is written when the input is bad."""
+or mismatched classes.json. Nothing is written when the input is bad."""
 
 from __future__ import annotations
 

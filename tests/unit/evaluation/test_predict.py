@@ -1,4 +1,4 @@
-"""Evaluate decodes each eval image once for every model that shares an eval view (issue 11 goal 4): the one-pass
+"""Evaluate decodes each eval image once for every model that shares an eval view: the one-pass
 predictions equal each model's own, the images are decoded once per view, and evaluate's entries are unchanged."""
 
 from __future__ import annotations

@@ -72,3 +72,15 @@ def test_saved_model_round_trips_and_loads_in_plain_open_clip(tiny, tmp_path):
     assert torch.equal(loaded.model.visual.conv1.weight, state["visual.conv1.weight"])
     plain = open_clip.create_model(f"local-dir:{tmp_path / 'm'}")
     assert torch.equal(plain.visual.conv1.weight, state["visual.conv1.weight"])
+
+
+def test_a_model_load_keeps_open_clips_info_lines_out_of_the_log(caplog):
+    import logging
+
+    from clipcite.model.clip import load_model
+
+    with caplog.at_level(logging.INFO):
+        load_model("clipcite-tiny")
+        logging.info("a root record outside a model load")  # the filter is scoped to the load
+    infos = [r.getMessage() for r in caplog.records if r.name == "root" and r.levelno == logging.INFO]
+    assert infos == ["a root record outside a model load"]  # open_clip's warnings still pass

@@ -1,5 +1,5 @@
 """A diverging run is never saved: non-finite losses, gradients, teacher features, logits and weights stop the
-step with an error that says where (issue 14, item 1)."""
+step with an error that says where."""
 
 from __future__ import annotations
 

@@ -374,7 +374,7 @@ def test_one_method_compiles_to_todays_dag(tmp_path, methods):
     finetune = root["root"]["dag"]["tasks"]["exit-handler-1"]
     method = all_tasks(root)["finetune"]["inputs"]["parameters"].get("method")
     assert (method or {}).get("runtimeValue", {}).get("constant") == (methods[0] if methods else None)
-    assert finetune  # the exit handler holds the steps, as before
+    assert finetune  # the exit handler holds the steps, whatever the methods
 
 
 def test_several_methods_fan_out_share_the_teacher_and_select_feeds_evaluate_and_register(tmp_path):

@@ -1,4 +1,4 @@
-"""local_docker.py's waits on the engine, without an engine (issue 38: the container tier hung for 40 minutes on a
+"""local_docker.py's waits on the engine, without an engine (a wait on podman 4.3 can block for good on a
 container that sat Exited): a container that exited before anyone waited is seen from its state even where a
 ``wait`` call and the log stream would block for good; one that runs past its deadline fails with its id, state and
 last output lines and is removed; an engine that accepts connections and never answers fails in seconds. The same

@@ -1,4 +1,4 @@
-"""The evaluation protocol's conventions (issue 13): each eval set's own template, the base/new cut made once, the
+"""The evaluation protocol's conventions: each eval set's own template, the base/new cut made once, the
 OOD mean, per-dataset batch sizes, the cached teacher's precision."""
 
 from __future__ import annotations

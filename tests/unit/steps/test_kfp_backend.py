@@ -1,5 +1,5 @@
-"""The pipeline's steps fed what a Kubeflow Pipelines backend (release-2.17) feeds them, where kfp.local differs
-(issue 25): the exit task's status words, ``.path`` vs ``.uri``, unresolved placeholders, the loops' retry
+"""The pipeline's steps fed what a Kubeflow Pipelines backend (release-2.17) feeds them, where kfp.local differs:
+the exit task's status words, ``.path`` vs ``.uri``, unresolved placeholders, the loops' retry
 policy, KFP's MLflow integration and the API server's upload checks. Each test names the backend file it follows.
 """
 

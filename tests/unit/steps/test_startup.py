@@ -1,4 +1,4 @@
-"""The CPU-only steps start without torch and open_clip (issue 11: every step used to pay ~5 s and 1.2 GB for them)."""
+"""The CPU-only steps start without torch and open_clip (importing them costs a step ~5 s and 1.2 GB)."""
 
 import hashlib
 import json

@@ -170,9 +170,6 @@ def test_a_manual_promotion_leaves_one_champion_in_the_list_and_says_so_on_the_c
     assert "- decision: **champion** by manual promotion, replacing v1: v1 fails on night images" in card
     assert "the gate had said **challenger**: HM mean -0.38 vs champion v1" in card
     assert client.get_model_version("pets", "2").tags["gate.reason"] == "manual: v1 fails on night images"
-    # the old spelling still works, with a word about the new one
-    assert main(["champion", "pets", "--set", "1", "--reason", "back", "--tracking-uri", uri]) == 0
-    assert str(client.get_model_version_by_alias("pets", "champion").version) == "1"
 
 
 def test_a_selected_method_shows_every_candidate_and_the_rule_a_single_one_none():
@@ -204,7 +201,7 @@ def test_a_selected_method_shows_every_candidate_and_the_rule_a_single_one_none(
 def test_each_candidate_keeps_its_own_checkpoints():
     from clipcite.steps.finetune import checkpoint_uri, step_name
 
-    assert checkpoint_uri("s3://b/ckpt", "0b1c") == "s3://b/ckpt/0b1c/finetune"  # one method: as before
+    assert checkpoint_uri("s3://b/ckpt", "0b1c") == "s3://b/ckpt/0b1c/finetune"  # one method: no method suffix
     assert checkpoint_uri("s3://b/ckpt", "0b1c", "lora") == "s3://b/ckpt/0b1c/finetune-lora"
     assert step_name("linear_probe") == "finetune-linear_probe"
 

@@ -7,6 +7,7 @@ pipeline chains them (snapshot -> sample-splits -> cache-teacher -> finetune -> 
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from mlflow import MlflowClient
 
 from clipcite.steps import cache_teacher, evaluate, finetune, register, sample_splits, snapshot
 from clipcite.steps.artifact_io import read_config
-from clipcite.tracking import runs
+from clipcite.tracking import run_card, runs
 
 NAME = "ui-check"
 PARAMS = {"shots": 2, "seed": 1, "arch": "", "pretrained": "", "method": ""}  # "" keeps demo_cpu's value
@@ -138,3 +139,87 @@ def test_the_versions_table_shows_a_plain_summary_and_the_version_page_the_card(
     card = Path(client.download_artifacts(chain["run_id"], "model_card.md")).read_text()
     assert card == version.description
     assert runs.METRIC_DIGITS == 2
+
+
+# The run card's pure functions on their own (what the chain above reads back from the store).
+
+STARTED = 1796220210  # 2026-12-02 14:03:30 UTC
+
+
+@pytest.fixture
+def utc(monkeypatch):
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_model_tag_adds_an_open_clip_weights_tag_and_nothing_for_a_path_or_random_init():
+    assert run_card.model_tag("ViT-B-16", "openai") == "ViT-B-16:openai"
+    assert run_card.model_tag("ViT-B-16", " laion2b_s34b_b88k ") == "ViT-B-16:laion2b_s34b_b88k"
+    for pretrained in ("", "/w/ckpt.safetensors", "s3://b/w", "w.pt", "hf-hub:org/model"):
+        assert run_card.model_tag("ViT-B-16", pretrained) == "ViT-B-16", pretrained
+
+
+def test_the_run_name_puts_method_model_and_data_before_the_local_start_time(utc):
+    name = run_card.run_name(method="cite", arch="ViT-B-16", pretrained="openai", data="pets", started=STARTED)
+    assert name == "cite-ViT-B-16:openai-pets 2026-12-02 14:03"
+    assert run_card.run_name(method="", arch="", pretrained="openai", data="pets", started=STARTED) == (
+        "pets 2026-12-02 14:03"  # weights without an architecture say nothing
+    )
+    assert run_card.run_name(method="", arch="", pretrained="", data="", started=STARTED) == "clipcite 2026-12-02 14:03"
+
+
+def test_the_description_is_a_sentence_then_a_row_for_each_known_part():
+    text = run_card.run_description(
+        data_name="pets",
+        data_uri="s3://b/pets",
+        eval_data_uris=["s3://b/sketch"],
+        data_digest="sha256:d",
+        model={"arch": "ViT-B-16", "pretrained": "openai", "identity": "openai:ViT-B-16"},
+        method="cite",
+        shots=16,
+        seed=1,
+        preset="paper_vitb16",
+        overrides={"train.epochs": 2, "splits.shots": 16},
+        kfp_run_id="run-7",
+        kfp_run_name="nightly",
+        code_version="0.1.0",
+    )
+    assert text.splitlines() == [
+        "**cite** on **pets** from `ViT-B-16` (16 shots, seed 1).",
+        "",
+        "| | |",
+        "|---|---|",
+        "| data | `s3://b/pets`, eval `s3://b/sketch` |",
+        "| data digest | `sha256:d` |",
+        "| base model | `ViT-B-16`, weights `openai` |",
+        "| model identity | `openai:ViT-B-16` |",
+        "| method | cite |",
+        "| config | preset `paper_vitb16` |",
+        '| overrides | `{"splits.shots": 16, "train.epochs": 2}` |',
+        "| KFP run | `run-7` (`nightly`): the KFP UI's Runs page |",
+        "| code | clipcite `0.1.0` |",
+        "",
+        "Steps are the nested runs (`evaluate-<domain>` per eval domain); per-domain metrics: `metrics_table.json`.",
+    ]
+    bare = run_card.run_description(data_name="", data_uri="/data/t", eval_data_uris=[], data_digest="", model={})
+    assert bare.splitlines()[:4] == ["A run on **/data/t**.", "", "| | |", "|---|---|"]
+    assert bare.splitlines()[4] == "| data | `/data/t` |" and bare.splitlines()[5] == ""  # nothing else is known
+    seed_zero = run_card.run_description(
+        data_name="t", data_uri="t", eval_data_uris=[], data_digest="", model={"arch": "a"}, seed=0, kfp_run_id="r"
+    )
+    assert seed_zero.startswith("A run on **t** from `a` (seed 0).")  # seed 0 is a seed; no shots, none shown
+    assert "| base model | `a`, weights `(random init)` |" in seed_zero
+    assert "| KFP run | `r`: the KFP UI's Runs page |" in seed_zero  # no name: the id alone
+
+
+def test_a_rerun_of_register_replaces_the_registered_paragraph():
+    description = run_card.run_description(data_name="t", data_uri="t", eval_data_uris=[], data_digest="", model={})
+    once = run_card.with_registration(description, "pets", 3, "challenger", "HM -0.4 vs champion v2")
+    assert once == description.rstrip("\n") + "\n\n**Registered**: `pets` v3, challenger (HM -0.4 vs champion v2).\n"
+    again = run_card.with_registration(once, "pets", 3, "champion", "promoted")
+    assert again.count(run_card.REGISTERED_HEADING) == 1
+    assert again.endswith("\n\n**Registered**: `pets` v3, champion (promoted).\n")
+    assert again.startswith(description.rstrip("\n"))

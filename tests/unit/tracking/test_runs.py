@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 
 from clipcite.steps import snapshot
 from clipcite.tracking import runs
+from clipcite.tracking import runs as tracking
 from tests.conftest import mlflow_state_restored, tiny_config
 from tests.support.servers import dead_url
 
@@ -111,3 +112,44 @@ def test_connect_changes_process_wide_state_that_the_test_fixture_puts_back(tmp_
         assert inside[:2] == (uri, uri) and inside[2]["MLFLOW_TRACKING_URI"] == uri  # what later tests would inherit
         assert inside[2]["MLFLOW_REGISTRY_URI"] == uri
     assert state() == before
+
+
+def _runs(uri: str) -> dict[str, object]:
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("clipcite")
+    return {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+
+
+def test_close_pipeline_run_names_failed_and_killed_steps(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = tracking.connect(uri)
+    for kfp_run, outcome in (("kfp-ok", True), ("kfp-bad", False)):
+        run_id = tracking.open_pipeline_run(uri, "clipcite", kfp_run_id=kfp_run, run_name=kfp_run)
+        experiment = client.get_run(run_id).info.experiment_id
+        for step, status in (("snapshot", "FINISHED"), ("finetune", "RUNNING")):
+            child = client.create_run(
+                experiment, run_name=f"{kfp_run}-{step}", tags={"mlflow.parentRunId": run_id, "clipcite.step": step}
+            )
+            if status != "RUNNING":
+                client.set_terminated(child.info.run_id, status)
+        result = tracking.close_pipeline_run(uri, "clipcite", kfp_run, succeeded=outcome, error="Task x failed.")
+        assert result["failed_steps"] == ["finetune"]  # the pod died with its run RUNNING
+    runs = _runs(uri)
+    assert runs["kfp-ok"].info.status == "FINISHED" and runs["kfp-bad"].info.status == "FAILED"
+    assert runs["kfp-bad"].data.tags["clipcite.failed_step"] == "finetune"
+    # No step recorded its error: KFP's words, and where the step's own words are.
+    assert (
+        runs["kfp-bad"].data.tags["clipcite.error"]
+        == "Task x failed. (see the logs of task finetune in KFP run kfp-bad)"
+    )
+    assert runs["kfp-bad-finetune"].info.status == "FAILED"
+    assert tracking.close_pipeline_run(uri, "clipcite", "no-such-kfp-run", succeeded=False)["status"] == "none"
+
+
+def test_an_unreachable_tracking_server_error_is_not_cut_mid_word():
+    assert tracking.shorten("Failed to establish a new connection", 26) == "Failed to establish a…"
+    assert tracking.shorten("short", 26) == "short"
+    with pytest.raises(tracking.TrackingError) as raised:
+        tracking.connect("http://127.0.0.1:9")  # loopback port 9: nothing listens
+    message = str(raised.value)
+    assert "Failed to establish a new)" not in message and "Connection refused" in message, message

@@ -1,4 +1,4 @@
-"""Data parallelism (issue 12): two torchrun ranks (gloo, CPU) against one process on the same data, seed and global
+"""Data parallelism: two torchrun ranks (gloo, CPU) against one process on the same data, seed and global
 batch; resume across world sizes; the launch hooks; the pipeline spec for several GPUs.
 
 The two-rank side runs once per module (tests/support/distributed_jobs.py, one ``torchrun --standalone`` launch through

@@ -1,0 +1,88 @@
+"""``pipeline.py run``'s output (clipcite/pipeline/local_run.py): kfp.local's whole log kept in a file, one line per
+task on the terminal (with its domain for the loop's evaluate tasks), the failed task's error named, and ``print`` put
+back after overlapping tasks."""
+
+import io
+
+from clipcite.pipeline import local_run
+
+CYAN, GREEN, RED, RESET = "\x1b[96m", "\x1b[92m", "\x1b[91m", "\x1b[0m"
+
+
+def kfp_output(task: str, body: list[str], status: str) -> str:
+    """What kfp.local prints for one task (its format as of kfp 2.17, colours included)."""
+    lines = [f"05:01:35.001 - INFO - Executing task {CYAN}'{task}'{RESET}", "05:01:35.002 - INFO - Streamed logs:", ""]
+    lines += [f"    {line}" for line in body]
+    colour = GREEN if status == "SUCCESS" else RED
+    lines.append(f"05:01:54.100 - INFO - Task {CYAN}'{task}'{RESET} finished with status {colour}{status}{RESET}")
+    return "\n".join(lines) + "\n"
+
+
+def test_the_quiet_log_keeps_everything_prints_a_line_per_task_and_names_the_failure(tmp_path):
+    terminal = io.StringIO()
+    task_log = local_run.TaskLog(tmp_path / "run.log", terminal, echo=False)
+    task_log.write(kfp_output("snapshot", ["[KFP Executor] Looking for component `snapshot`"], "SUCCESS"))
+    task_log.write("05:01:55.000 - INFO - Task sample-splits cache hit (key=abc123); skipping execution.\n")
+    traceback = [
+        "Traceback (most recent call last):",
+        '  File "/work/main/clipcite/models.py", line 80, in resolve_checkpoint',
+        "    raise FileNotFoundError(f'{path}: checkpoint file not found')",
+        "FileNotFoundError: /tmp/w.safetensors: checkpoint file not found (model.pretrained='/tmp/w.safetensors')",
+    ]
+    for chunk in kfp_output("cache-teacher", traceback, "FAILURE").split("\n"):  # written in pieces, as printed
+        task_log.write(chunk + "\n")
+    task_log.close()
+    progress = terminal.getvalue().splitlines()
+    assert [line.split("] ", 1)[1] for line in progress] == [
+        "snapshot ...",
+        "snapshot: done",
+        "sample-splits: reused from the cache",
+        "cache-teacher ...",
+        "cache-teacher: failed",
+    ]
+    assert "Looking for component" in (tmp_path / "run.log").read_text()  # the whole log is kept
+    error = RuntimeError(f"Pipeline 'clipcite' finished with status FAILURE. Inner task failed: {CYAN}'cache-teacher'")
+    assert task_log.failure(error) == (
+        "task 'cache-teacher' failed: FileNotFoundError: /tmp/w.safetensors: checkpoint file not found "
+        "(model.pretrained='/tmp/w.safetensors')"
+    )
+
+
+def test_the_quiet_log_names_the_domain_of_each_evaluate_task(tmp_path):
+    """The ParallelFor's iterations are all called 'evaluate' and run at once; each line says its domain."""
+    terminal = io.StringIO()
+    task_log = local_run.TaskLog(tmp_path / "run.log", terminal, echo=False)
+    start = "05:01:35.001 - INFO - Executing task {c}'evaluate'{r}\n05:01:35.002 - INFO - Streamed logs:\n\n"
+    task_log.write(start.format(c=CYAN, r=RESET) * 2)  # both iterations start before either prints its input
+    for domain in ("sketch", "photo"):
+        task_log.write(f'            "parameterValues": {{\n                "domain": "{domain}",\n')
+    for domain in ("photo", "sketch"):
+        task_log.write(
+            f"05:01:54.100 - INFO - Task {CYAN}'evaluate'{RESET} finished with status {GREEN}SUCCESS{RESET}\n"
+        )
+        task_log.write(
+            f"    report: Artifact( name='report',\n                      metadata={{'domain': '{domain}'}} )\n"
+        )
+    task_log.close()
+    assert [line.split("] ", 1)[1] for line in terminal.getvalue().splitlines()] == [
+        "evaluate sketch ...",
+        "evaluate photo ...",
+        "evaluate photo: done",
+        "evaluate sketch: done",
+    ]
+
+
+def test_overlapping_parallel_tasks_do_not_leave_print_indented_after_the_run(tmp_path, capsys):
+    """kfp.local swaps ``builtins.print`` for an indenting one while a task runs; two evaluate iterations that overlap
+    (start A, start B, end A, end B) leave B's "original", A's indenting print, in place. CI printed the summary
+    with four spaces before it that way; ``captured`` puts the plain print back."""
+    from kfp.local import logging_utils
+
+    with local_run.captured(tmp_path / "run.log", echo=False):
+        first, second = logging_utils.indented_print(), logging_utils.indented_print()
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)
+        second.__exit__(None, None, None)
+    print("# clipcite: the summary")
+    assert capsys.readouterr().out == "# clipcite: the summary\n"
