@@ -162,25 +162,6 @@ USAGE = (
 RANKED = ("cache-teacher", "finetune", "evaluate")
 
 
-def take_nproc(argv: list[str]) -> list[str]:
-    """``argv`` without ``--nproc-per-node N``, whose N goes to ``CLIPCITE_NPROC_PER_NODE``: the step's ``run()``
-    then relaunches itself in N ranks under ``torch.distributed.run --standalone``
-    (clipcite/training/distributed.py)."""
-    out, value, rest = [], None, iter(argv)
-    for arg in rest:
-        if arg == "--nproc-per-node":
-            value = next(rest, "")
-        elif arg.startswith("--nproc-per-node="):
-            value = arg.split("=", 1)[1]
-        else:
-            out.append(arg)
-    if value is not None:
-        if not value.isdigit() or int(value) < 1:
-            raise ValueError(f"--nproc-per-node {value!r}: give the number of ranks (processes) to start, e.g. 2")
-        os.environ["CLIPCITE_NPROC_PER_NODE"] = value
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:  # no command: the commands, as an argument error (argparse's convention)
@@ -193,10 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{USAGE}\nclipcite: error: unknown command {argv[0]!r}", file=sys.stderr)
         return 2
     try:
-        if argv[0] in RANKED:
-            argv = take_nproc(argv)
-            if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 alone prints the step's result
-                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the rest of this rank's life)
+        if argv[0] in RANKED and os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 alone prints
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the rest of this rank's life)
         with default_uri.named_by_flag():
             return COMMANDS[argv[0]](argv[1:])
     except (ValueError, FileNotFoundError, RuntimeError) as e:

@@ -8,12 +8,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# The methods by name; each has its module in clipcite/training/methods (``clipcite.training.methods.MODULES``
-# maps these names to them).
-METHODS = ("zeroshot", "ce", "flyp", "cite", "lora", "linear_probe")
+
+@dataclass(frozen=True)
+class Method:
+    """One entry of :data:`REGISTRY`: where the method's training lives and what its saved weights are."""
+
+    module: str  # its module in clipcite/training/methods (``trainer(setup)``), imported only when it trains
+    ensemble: bool  # the saved weights are a weight-space ensemble with the zero-shot weights (train.alpha grid)
+    summary: str
+    cite_terms: tuple[str, ...] = ()  # which of CITE's loss terms it trains with (their weights, the rest 0)
+
+
+# Every method, by the name train.method and --methods take. A new method is a module in clipcite/training/methods
+# plus its line here; everything else (config validation, the pipeline's per-method inputs, the CLI, the benches,
+# the docs' table) follows this table or a test pins it to it (tests/unit/training/test_method_registry.py).
+REGISTRY: dict[str, Method] = {
+    "zeroshot": Method("zeroshot", False, "no training: the pre-trained weights"),
+    "ce": Method("cite", True, "L_DVA only (cross-entropy through the class head)", ("dva",)),
+    "flyp": Method("cite", True, "FLYP: CLIP contrastive on class prompts", ("clip",)),
+    "cite": Method("cite", True, "CLIP-CITE: L_DVA + lam L_SCL + eta L_VLD", ("dva", "scl", "vld")),
+    "lora": Method("lora", True, "CLIP-LoRA: low-rank adapters on q, k, v of both encoders"),
+    "linear_probe": Method("linear_probe", False, "CLAP: an anchored linear probe on cached features"),
+}
+METHODS = tuple(REGISTRY)
 # The methods whose saved weights are a weight-space ensemble with the zero-shot weights (train.alpha; LoRA's
 # train.lora.ensemble_alpha): the ones train.alpha_grid can choose alpha for.
-ENSEMBLE_METHODS = ("ce", "flyp", "cite", "lora")
+ENSEMBLE_METHODS = tuple(name for name, method in REGISTRY.items() if method.ensemble)
 PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop defaults (the paper states no other)
 DEFAULT_RATIO = (3 / 4, 4 / 3)
@@ -46,7 +66,7 @@ class ProbeParams:
 class FitParams:
     """The training recipe. Defaults are the paper's (ViT-B/16) or method.md's marked decisions."""
 
-    method: str = "cite"  # zeroshot | ce | flyp | cite | lora | linear_probe
+    method: str = "cite"  # a name of REGISTRY
     epochs: int = 20  # paper
     batch_size: int = 32  # paper (16 for EuroSAT, 64 for ImageNet: see configs/paper_vitb16.yaml)
     lr: float = 5e-6  # paper
@@ -125,22 +145,17 @@ class FitParams:
         return value
 
     def loss_weights(self) -> dict[str, float]:
-        """What each method trains with, term by term; a method or an ablation is a set of weights (0 = off)."""
-        return {
-            "zeroshot": {"dva": 0.0, "scl": 0.0, "vld": 0.0, "clip": 0.0},
-            "ce": {"dva": self.w_dva, "scl": 0.0, "vld": 0.0, "clip": 0.0},
-            "flyp": {"dva": 0.0, "scl": 0.0, "vld": 0.0, "clip": self.w_clip},
-            "cite": {"dva": self.w_dva, "scl": self.lam, "vld": self.eta, "clip": 0.0},
-            # the added methods have losses of their own (clipcite/training/methods): none of CITE's terms
-            "lora": {"dva": 0.0, "scl": 0.0, "vld": 0.0, "clip": 0.0},
-            "linear_probe": {"dva": 0.0, "scl": 0.0, "vld": 0.0, "clip": 0.0},
-        }[self.method]
+        """What each method trains with, term by term; a method or an ablation is a set of weights (0 = off). The
+        added methods have losses of their own (clipcite/training/methods): none of CITE's terms."""
+        weights = {"dva": self.w_dva, "scl": self.lam, "vld": self.eta, "clip": self.w_clip}
+        terms = REGISTRY[self.method].cite_terms
+        return {term: weight if term in terms else 0.0 for term, weight in weights.items()}
 
     def uses_text(self) -> bool:
-        """Whether a step encodes class prompts with the student (every term but L_DVA does; LoRA re-encodes all
-        class prompts every step)."""
+        """Whether CITE's step encodes class prompts with the student (every term but L_DVA does). The added methods
+        know their own needs (LoRA re-encodes all class prompts every step)."""
         weights = self.loss_weights()
-        return self.method == "lora" or any(weights[term] for term in ("scl", "vld", "clip"))
+        return any(weights[term] for term in ("scl", "vld", "clip"))
 
     def needs_teacher(self) -> bool:
         """Whether training needs the frozen teacher's image features (L_VLD on): a cache or the online teacher."""

@@ -252,77 +252,7 @@ def _add_methods_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="pipeline.py",
-        description=" ".join(__doc__.replace("``", "").split()),
-        formatter_class=argparse.RawTextHelpFormatter,
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    run_p = commands.add_parser("run", help="run locally through kfp.local (offline default: the toy world)")
-    run_p.add_argument("--out", default="runs/pipeline", help="local pipeline root, cache and generated data")
-    run_p.add_argument("--no-cache", action="store_true", help="rerun every step")
-    run_p.add_argument(
-        "--runner",
-        choices=("subprocess", "docker"),
-        default="subprocess",
-        help="subprocess: each step a process in this environment (default); docker: each step in its image, "
-        "through a Docker engine or podman's Docker API at $DOCKER_HOST (docs/containers.md)",
-    )
-    run_p.add_argument(
-        "--tracking-uri",
-        default="",
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db); 'off' disables tracking",
-    )
-    run_p.add_argument("-v", "--verbose", action="store_true", help="print kfp.local's whole log, not one line a task")
-    compile_p = commands.add_parser("compile", help="write the pipeline spec")
-    compile_p.add_argument(
-        "--output",
-        default="pipeline.yaml",
-        help="where to write the spec (YAML; default: pipeline.yaml in the working directory)",
-    )
-    for p in (run_p, compile_p):
-        _add_methods_argument(p)
-    for name in ("submit", "schedule"):
-        p = commands.add_parser(name, help=f"{name} on a Kubeflow Pipelines server")
-        p.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
-        p.add_argument("--namespace", help="Kubeflow profile namespace")
-        p.add_argument("--experiment", default="clipcite", help="KFP experiment the run is filed under")
-        p.add_argument("--token", help="bearer token (default: $KFP_TOKEN, else the in-cluster service account)")
-        p.add_argument("--workdir", default=".", help="where the compiled spec is written before upload")
-        p.add_argument(
-            "--pipeline-root",
-            default=os.environ.get("CLIPCITE_PIPELINE_ROOT") or None,
-            help="where KFP stores this run's artifacts, e.g. s3://bucket/kfp (default: the deployment's)",
-        )
-        p.add_argument(
-            "--service-account",
-            default=os.environ.get("CLIPCITE_SERVICE_ACCOUNT") or None,
-            help="service account the steps run as, e.g. clipcite-pipeline from manifests/ (default: the profile's)",
-        )
-    commands.choices["submit"].add_argument("--run-name", default=None, help="the KFP run's name (default: KFP's)")
-    sched = commands.choices["schedule"]
-    sched.add_argument(
-        "--cron",
-        required=True,
-        type=cron_expression,
-        help='6-field cron, seconds first, e.g. "0 0 3 * * 1" (Mondays 03:00), or @daily, @every 6h',
-    )
-    sched.add_argument("--job-name", default="clipcite-retrain", help="the recurring run's name")
-    sched.add_argument("--max-concurrency", type=int, default=1, help="runs of this schedule at once")
-    sched.add_argument("--no-catchup", action="store_true", help="skip the runs missed while paused")
-    for p in (commands.choices["submit"], sched):
-        _add_methods_argument(p)
-    for p in (run_p, commands.choices["submit"], sched):
-        p.add_argument(
-            "--param",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="pipeline parameter: data_uri, eval_data_uris, config, shots, seed, arch, pretrained, "
-            "method, overrides, experiment_name, registered_model_name, tracking_uri, checkpoint_root, baseline_cache, "
-            "teacher_store (defaults with an s3:// --pipeline-root: <root>/checkpoints, <root>/baselines, "
-            "<root>/teachers; run: baseline_cache and teacher_store default to <out>/baselines, <out>/teachers)",
-        )
+    parser = _parser()
     args = parser.parse_args(argv)
     try:
         args.settings = ClusterSettings.from_env()
@@ -348,6 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # a parameter, preset or override: one line that names it, no traceback
         print(f"pipeline.py {args.command}: error: {e}", file=sys.stderr)
         return 2
+    return _on_the_server(args, params)
+
+
+def _on_the_server(args: argparse.Namespace, params: dict) -> int:
+    """``submit`` or ``schedule``, after the parameters passed the checks."""
     try:
         with talking_to(args.host):
             response = submit(args, params) if args.command == "submit" else schedule(args, params)
@@ -356,3 +291,103 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(response)
     return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    """``pipeline.py``'s sub-commands, one function each: run, compile, submit, schedule."""
+    parser = argparse.ArgumentParser(
+        prog="pipeline.py",
+        description=" ".join(__doc__.replace("``", "").split()),
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_run(commands)
+    _add_compile(commands)
+    _add_submit(_add_server_command(commands, "submit"))
+    _add_schedule(_add_server_command(commands, "schedule"))
+    return parser
+
+
+def _add_run(commands) -> None:
+    run_p = commands.add_parser("run", help="run locally through kfp.local (offline default: the toy world)")
+    run_p.add_argument("--out", default="runs/pipeline", help="local pipeline root, cache and generated data")
+    run_p.add_argument("--no-cache", action="store_true", help="rerun every step")
+    run_p.add_argument(
+        "--runner",
+        choices=("subprocess", "docker"),
+        default="subprocess",
+        help="subprocess: each step a process in this environment (default); docker: each step in its image, "
+        "through a Docker engine or podman's Docker API at $DOCKER_HOST (docs/containers.md)",
+    )
+    run_p.add_argument(
+        "--tracking-uri",
+        default="",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db); 'off' disables tracking",
+    )
+    run_p.add_argument("-v", "--verbose", action="store_true", help="print kfp.local's whole log, not one line a task")
+    _add_methods_argument(run_p)
+    _add_param_argument(run_p)
+
+
+def _add_compile(commands) -> None:
+    compile_p = commands.add_parser("compile", help="write the pipeline spec")
+    compile_p.add_argument(
+        "--output",
+        default="pipeline.yaml",
+        help="where to write the spec (YAML; default: pipeline.yaml in the working directory)",
+    )
+    _add_methods_argument(compile_p)
+
+
+def _add_server_command(commands, name: str) -> argparse.ArgumentParser:
+    """What submit and schedule share: the server, where the run's artifacts go, who the steps run as."""
+    p = commands.add_parser(name, help=f"{name} on a Kubeflow Pipelines server")
+    p.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
+    p.add_argument("--namespace", help="Kubeflow profile namespace")
+    p.add_argument("--experiment", default="clipcite", help="KFP experiment the run is filed under")
+    p.add_argument("--token", help="bearer token (default: $KFP_TOKEN, else the in-cluster service account)")
+    p.add_argument("--workdir", default=".", help="where the compiled spec is written before upload")
+    p.add_argument(
+        "--pipeline-root",
+        default=os.environ.get("CLIPCITE_PIPELINE_ROOT") or None,
+        help="where KFP stores this run's artifacts, e.g. s3://bucket/kfp (default: the deployment's)",
+    )
+    p.add_argument(
+        "--service-account",
+        default=os.environ.get("CLIPCITE_SERVICE_ACCOUNT") or None,
+        help="service account the steps run as, e.g. clipcite-pipeline from manifests/ (default: the profile's)",
+    )
+    return p
+
+
+def _add_submit(submit_p: argparse.ArgumentParser) -> None:
+    submit_p.add_argument("--run-name", default=None, help="the KFP run's name (default: KFP's)")
+    _add_methods_argument(submit_p)
+    _add_param_argument(submit_p)
+
+
+def _add_schedule(sched: argparse.ArgumentParser) -> None:
+    sched.add_argument(
+        "--cron",
+        required=True,
+        type=cron_expression,
+        help='6-field cron, seconds first, e.g. "0 0 3 * * 1" (Mondays 03:00), or @daily, @every 6h',
+    )
+    sched.add_argument("--job-name", default="clipcite-retrain", help="the recurring run's name")
+    sched.add_argument("--max-concurrency", type=int, default=1, help="runs of this schedule at once")
+    sched.add_argument("--no-catchup", action="store_true", help="skip the runs missed while paused")
+    _add_methods_argument(sched)
+    _add_param_argument(sched)
+
+
+def _add_param_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="pipeline parameter: data_uri, eval_data_uris, config, shots, seed, arch, pretrained, "
+        "method, overrides, experiment_name, registered_model_name, tracking_uri, checkpoint_root, baseline_cache, "
+        "teacher_store (defaults with an s3:// --pipeline-root: <root>/checkpoints, <root>/baselines, "
+        "<root>/teachers; run: baseline_cache and teacher_store default to <out>/baselines, <out>/teachers)",
+    )

@@ -35,9 +35,6 @@ def run(splits_uri: str, out_uri: str, config: Config, *, expected_identity: str
     stored = teacher_store.restore(store, key, out_uri) if key else None
     if stored is not None:
         return {**_summary(stored), "reused": key}
-    ranks = distributed.requested_ranks()
-    if ranks > 1:
-        return distributed.launch(_ranks_run, splits_uri, out_uri, config, expected_identity, store, key, nproc=ranks)
     return _ranks_run(splits_uri, out_uri, config, expected_identity, store, key)
 
 
@@ -70,6 +67,7 @@ def _summary(meta: CacheMeta) -> dict:
     }
 
 
+@distributed.relaunch_in_ranks()  # after the store's lookup: a stored cache starts no rank
 def _ranks_run(splits_uri: str, out_uri: str, config: Config, expected_identity: str, store: str, key: str) -> dict:
     """The teacher's pass in this process, one of the ranks or the only one; rank 0 writes the cache."""
     with distributed.process_group(resolve_device(config.device)):
@@ -119,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--splits", required=True, help="output folder of sample-splits")
     parser.add_argument("--out", required=True, help="folder or s3:// prefix for the teacher cache")
     parser.add_argument("--store", default="", help="keep/reuse teacher caches by content under this folder or s3://")
+    distributed.add_ranks_argument(parser)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     print(json.dumps(run(args.splits, args.out, config_from(args), store=args.store), indent=2))

@@ -34,6 +34,7 @@ from clipcite.training import distributed
 log = logging.getLogger(__name__)
 
 
+@distributed.relaunch_in_ranks()
 def run(
     model_uri: str,
     splits_uri: str,
@@ -63,14 +64,6 @@ def run(
     scored beside it as ``candidate-<method>``, in the same pass over the images, so the record and the model card
     hold every candidate's test numbers; the selection was made before, on validation, and never sees them.
     """
-    ranks = distributed.requested_ranks()
-    if ranks > 1:
-        options = {"tracking_uri": tracking_uri, "mlflow_run_id": mlflow_run_id}
-        options["registered_model_name"] = registered_model_name
-        options["baseline_cache"] = baseline_cache
-        options.update(model_ref=model_ref, splits_ref=splits_ref, attempts=1)  # ranks do not retry alone
-        options["candidates"] = candidates
-        return distributed.launch(run, model_uri, splits_uri, out_uri, config, domains, nproc=ranks, **options)
     if not storage.exists(storage.join(model_uri, META_FILE)):
         raise FileNotFoundError(
             f"{model_uri}: no fine-tuned model there ({META_FILE} missing); run `clipcite finetune --out {model_uri}` "
@@ -310,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="folder or s3:// prefix keeping the zero-shot model's per-set metrics across runs (default: off)",
     )
+    distributed.add_ranks_argument(parser)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     body = run(

@@ -41,6 +41,7 @@ from clipcite.training.teacher_cache import TeacherCache, check_cache, load_cach
 log = logging.getLogger(__name__)
 
 
+@distributed.relaunch_in_ranks(local_only=("log_fn",))  # a callback into this process: each rank logs by MLflow
 def run(
     splits_uri: str,
     out_uri: str,
@@ -62,12 +63,6 @@ def run(
     method, in a nested run ``finetune-<method>``; the pipeline's run keeps the shared config's params.
 
     ``CLIPCITE_NPROC_PER_NODE`` > 1 runs it in that many torchrun ranks (data parallel; rank 0 writes and logs)."""
-    ranks = distributed.requested_ranks()
-    if ranks > 1:
-        options = {"cache_uri": cache_uri, "checkpoint_dir": checkpoint_dir, "keep_checkpoint": keep_checkpoint}
-        # log_fn cannot cross processes: each rank logs through its own client
-        options.update(tracking_uri=tracking_uri, mlflow_run_id=mlflow_run_id, splits_ref=splits_ref, method=method)
-        return distributed.launch(run, splits_uri, out_uri, config, nproc=ranks, **options)
     shared = config
     if method:
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, method=method))
@@ -298,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         "--checkpoint-dir", help="where epoch checkpoints go, a folder or s3:// prefix (default: <out>.checkpoints)"
     )
     parser.add_argument("--keep-checkpoint", action="store_true", help="keep the last epoch checkpoint")
+    distributed.add_ranks_argument(parser)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     summary = run(

@@ -10,22 +10,27 @@ code that always ran. What the rest of clipcite needs:
 - teacher caching and evaluation: :func:`shard_batches` (whole batches of the one-process run, dealt round-robin,
   so every image is computed in the same batch as without ranks) and :func:`combine` (the parts of all ranks);
 - :func:`is_main` (rank 0 alone writes files and talks to MLflow), :func:`broadcast` (one rank's decision for all);
-- :func:`launch`: run a step's function under ``torch.distributed.run --standalone`` and return rank 0's result
-  (``clipcite ... --nproc-per-node N`` and the pipeline's ``CLIPCITE_NPROC_PER_NODE``).
+- :func:`relaunch_in_ranks`: a step function that reruns itself under ``torch.distributed.run --standalone`` with
+  every argument it was called with when ``CLIPCITE_NPROC_PER_NODE`` (the pipeline's, or ``clipcite ...
+  --nproc-per-node N`` through :func:`add_ranks_argument`) asks for ranks, and returns rank 0's result (:func:`launch`).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import functools
 import importlib
+import inspect
 import logging
 import os
 import pickle
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.distributed as dist
@@ -228,6 +233,71 @@ def requested_ranks() -> int:
     if n < 1:
         raise ValueError(f"{NPROC_ENV}={n}: must be at least 1")
     return n
+
+
+class _RanksFlag(argparse.Action):
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        if not str(value).isdigit() or int(value) < 1:
+            raise ValueError(f"--nproc-per-node {value!r}: give the number of ranks (processes) to start, e.g. 2")
+        os.environ[NPROC_ENV] = str(int(value))
+        setattr(namespace, self.dest, int(value))
+
+
+def add_ranks_argument(parser: argparse.ArgumentParser) -> None:
+    """``--nproc-per-node N`` on a step's command line. It asks for ranks the way the pipeline does, through
+    ``CLIPCITE_NPROC_PER_NODE``, so :func:`requested_ranks` is the one place a step reads the count from."""
+    parser.add_argument(
+        "--nproc-per-node",
+        action=_RanksFlag,
+        metavar="N",
+        help=f"N data-parallel torchrun ranks on this machine (default: ${NPROC_ENV}, else 1)",
+    )
+
+
+Step = TypeVar("Step", bound=Callable[..., Any])
+
+
+def relaunch_in_ranks(*, local_only: tuple[str, ...] = ()) -> Callable[[Step], Step]:
+    """Decorate a step function that joins the ranks' process group itself: called with more than one rank asked
+    for (:func:`requested_ranks`), it runs again in that many ranks (:func:`launch`) with every argument of the
+    call, bound to its signature so that a parameter added later travels without being named here, and returns rank
+    0's result. In a rank already, or with one rank, it is the function as written.
+
+    ``local_only``: parameters whose values cannot leave this process (a callback into it); the ranks run with
+    their defaults, and a value given for one is dropped with a warning. Any other argument that cannot be pickled
+    stops the call before a rank starts, naming the parameter."""
+
+    def decorate(function: Step) -> Step:
+        signature = inspect.signature(function)
+        for name in local_only:
+            parameter = signature.parameters.get(name)
+            if parameter is None or parameter.default is inspect.Parameter.empty:
+                raise TypeError(f"{function.__qualname__}: local_only {name!r} must be a parameter with a default")
+
+        @functools.wraps(function)
+        def relaunching(*args: Any, **kwargs: Any) -> Any:
+            ranks = requested_ranks()
+            if ranks == 1:
+                return function(*args, **kwargs)
+            bound = signature.bind(*args, **kwargs)
+            for name in local_only:
+                if bound.arguments.pop(name, None) is not None:
+                    log.warning(
+                        "%s: %s stays in this process; the %d ranks run without it", function.__name__, name, ranks
+                    )
+            for name, value in bound.arguments.items():
+                try:
+                    pickle.dumps(value)
+                except Exception as e:
+                    raise TypeError(
+                        f"{function.__qualname__}: argument {name!r} cannot travel to the ranks ({e}); name it in "
+                        "relaunch_in_ranks(local_only=...) if the ranks can do without it"
+                    ) from e
+            return launch(relaunching, *bound.args, nproc=ranks, **bound.kwargs)
+
+        return cast(Step, relaunching)
+
+    return decorate
 
 
 def launch(function, *args, nproc: int, **kwargs):

@@ -1,11 +1,9 @@
 """The fine-tuning loop: every method in one readable function (method.md "Training recipe").
 
-Methods (one module each in clipcite/training/methods): ``zeroshot`` (no training), ``ce`` (L_DVA only), ``flyp`` (plain
-CLIP contrastive on class prompts), ``cite`` (L_DVA + lam L_SCL + eta L_VLD), ``lora`` (CLIP-LoRA) and
-``linear_probe`` (CLAP on cached features). A method says what it trains, its loss per batch and what it saves; the
-loop here is the same for all. Randomness is derived from the seed alone: crops from (seed, id, epoch), batch order
-from (seed, epoch), so a run resumed from an epoch checkpoint ends with the same weights as one that was never
-interrupted.
+Methods: ``clipcite.train_params.REGISTRY``, one module each in clipcite/training/methods. A method says what it
+trains, its loss per batch and what it saves; the loop here is the same for all. Randomness is derived from the seed
+alone: crops from (seed, id, epoch), batch order from (seed, epoch), so a run resumed from an epoch checkpoint ends
+with the same weights as one that was never interrupted.
 """
 
 from __future__ import annotations
@@ -78,10 +76,9 @@ def fit(
     params.validate()
     model = student.model.to(device)
     zeroshot_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    if params.method == "zeroshot" or params.epochs == 0:
-        scale = resolve_logit_scale(params.logit_scale, model)
-        return FitResult(zeroshot_state, 0, 0, 0.0, scale, alpha=params.alpha, zeroshot_state=zeroshot_state)
     scale = resolve_logit_scale(params.logit_scale, model)
+    if params.epochs == 0:  # no epoch to run: the pre-trained weights, whatever the method
+        return FitResult(zeroshot_state, 0, 0, 0.0, scale, alpha=params.alpha, zeroshot_state=zeroshot_state)
     if params.needs_teacher() and cache is None and teacher is None:
         raise ValueError("L_VLD needs the teacher: pass a teacher model or a teacher cache (or set eta=0)")
 
@@ -95,7 +92,12 @@ def fit(
         student, rows, prompts, tokens, teacher_text, labels_all, zeroshot_state, params, scale, steps_per_epoch,
         seed, device, cache, teacher, source,
     )  # fmt: skip
-    trainer = methods.MODULES[params.method].trainer(setup)
+    trainer = methods.module(params.method).trainer(setup)
+    if trainer.steps == 0:  # a method that trains nothing (zeroshot): no loader, no optimiser, what it saves
+        saved = trainer.finish()
+        return FitResult(
+            saved.state_dict, 0, 0, 0.0, scale, 0, saved.files, saved.meta, 0, trainer.alpha, zeroshot_state
+        )
     loader, batches = _train_loader(student, rows, params, trainer.epochs, seed, device, cache, source, trainer)
     optimizer = adamw(trainer.groups, params.lr, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(params.warmup_steps, trainer.steps))

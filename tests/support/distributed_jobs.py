@@ -136,3 +136,10 @@ def rank_jobs(rows, prompts, cache, work: str) -> dict:
         finetune.run(splits, str(steps / "model"), step_config(GRID), cache_uri=str(steps / "teacher"))
         evaluate.run(str(steps / "model"), splits, str(steps / "eval"), step_config())
     return out
+
+
+@distributed.relaunch_in_ranks(local_only=("log_fn",))
+def echo_in_ranks(value, *, log_fn=None, added: str = "") -> dict:
+    """What a relaunched step's ranks were called with (tests/unit/training/test_distributed.py)."""
+    with distributed.process_group("cpu"):
+        return {"world_size": distributed.world_size(), "value": value, "added": added, "log_fn": log_fn}

@@ -1,6 +1,7 @@
 """Component evaluate: one eval domain, fine-tuned and zero-shot (GPU; one task per domain; never cached).
 
-With several methods, every candidate's model comes in too (optional inputs per method, as select has them).
+With several methods, every candidate's model comes in too (optional inputs per method, as select has them:
+one per name of ``clipcite.train_params.REGISTRY``, pinned to it by a test).
 """
 
 from kfp import dsl
@@ -28,17 +29,13 @@ def evaluate(
     flyp_model: dsl.Input[dsl.Model] = None,
     zeroshot_model: dsl.Input[dsl.Model] = None,
 ):
+    inputs = dict(locals())  # the per-method inputs by name: <method>_model
     from clipcite.steps.artifact_io import read_config, read_mlflow_run
     from clipcite.steps.evaluate import run
+    from clipcite.train_params import METHODS
 
-    wired = {  # several methods: every candidate, scored beside the selected one for the record (see select)
-        "cite": cite_model,
-        "lora": lora_model,
-        "linear_probe": linear_probe_model,
-        "ce": ce_model,
-        "flyp": flyp_model,
-        "zeroshot": zeroshot_model,
-    }
+    # several methods: every candidate, scored beside the selected one for the record (see select)
+    wired = {method: inputs[f"{method}_model"] for method in METHODS}
 
     body = run(
         model.path,

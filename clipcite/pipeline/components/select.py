@@ -1,7 +1,9 @@
 """Component select: the candidate method that goes on to test and registration (CPU; never cached).
 
 KFP takes a list of artifacts only from a ParallelFor, and finetune's retries do not work inside one (kubeflow/
-pipelines#12389), so each method has its own optional pair of inputs here; pipeline.py wires the candidates'.
+pipelines#12389), so each method has its own optional pair of inputs here, one pair per name of
+``clipcite.train_params.REGISTRY`` (KFP reads a component's inputs from its signature, so they are written out; a
+test keeps them equal to the registry); pipeline.py wires the candidates'.
 """
 
 from kfp import dsl
@@ -28,17 +30,12 @@ def select(
     zeroshot_model: dsl.Input[dsl.Model] = None,
     zeroshot_scores: dsl.Input[dsl.Artifact] = None,
 ):
+    inputs = dict(locals())  # the per-method inputs by name: <method>_model, <method>_scores
     from clipcite.steps.artifact_io import read_mlflow_run
     from clipcite.steps.select import run
+    from clipcite.train_params import METHODS
 
-    wired = {
-        "cite": (cite_model, cite_scores),
-        "lora": (lora_model, lora_scores),
-        "linear_probe": (linear_probe_model, linear_probe_scores),
-        "ce": (ce_model, ce_scores),
-        "flyp": (flyp_model, flyp_scores),
-        "zeroshot": (zeroshot_model, zeroshot_scores),
-    }
+    wired = {method: (inputs[f"{method}_model"], inputs[f"{method}_scores"]) for method in METHODS}
     body = run(
         {method: (m.path, s.path) for method, (m, s) in wired.items() if m is not None and s is not None},
         model.path,

@@ -1,21 +1,18 @@
 """One module per training method, each offering ``trainer(setup) -> Trainer`` (clipcite/training/methods/common.py):
 what it trains, its loss per batch, what it saves. :func:`clipcite.training.loop.fit` runs any of them in the same loop.
 
-A new method is a new module here plus its name in ``MODULES`` and in ``clipcite.train_params.METHODS`` (the torch-free
-list the config validates against; a test keeps the two equal).
+Which module trains which method is a line of ``clipcite.train_params.REGISTRY`` (torch-free, so the config validates
+method names without loading torch); a method's module is imported the first time it trains.
 """
 
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 
-from clipcite.training.methods import cite, linear_probe, lora
+from clipcite.train_params import REGISTRY
 
-MODULES: dict[str, ModuleType] = {
-    "ce": cite,  # L_DVA only
-    "flyp": cite,  # FLYP's CLIP loss on class prompts
-    "cite": cite,
-    "lora": lora,
-    "linear_probe": linear_probe,
-}
-# "zeroshot" trains nothing: fit returns the pre-trained weights before it asks a method
+
+def module(method: str) -> ModuleType:
+    """The module that trains ``method`` (a name of ``REGISTRY``)."""
+    return importlib.import_module(f"{__name__}.{REGISTRY[method].module}")

@@ -1,7 +1,7 @@
 """CLIP-CITE and the baselines that are sets of its loss weights: ``ce`` (L_DVA only), ``flyp`` (CLIP contrastive
 on class prompts) and ``cite`` (L_DVA + lam L_SCL + eta L_VLD), method.md "Loss terms". Trains every weight of both
 encoders and the head W; saves the weight-space ensemble with the zero-shot weights (method.md "Weight-space
-ensemble"). ``zeroshot`` trains nothing (fit returns the pre-trained weights before asking any method).
+ensemble").
 """
 
 from __future__ import annotations

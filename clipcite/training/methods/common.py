@@ -2,7 +2,8 @@
 
 :func:`clipcite.training.loop.fit` owns the loop (batches, autocast, the non-finite guard, AdamW, the cosine schedule,
 checkpoints, logging); a method says what it trains (``groups``), its loss per batch (``loss``) and what it saves
-(``finish``). A method needs no base class and registers nowhere but in ``clipcite.training.methods.MODULES``.
+(``finish``). A method needs no base class and registers nowhere but in its line of
+``clipcite.train_params.REGISTRY``.
 """
 
 from __future__ import annotations

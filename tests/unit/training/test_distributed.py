@@ -184,12 +184,46 @@ def test_steps_and_the_cli_launch_torchrun_when_asked(monkeypatch):
 
     monkeypatch.setenv(distributed.NPROC_ENV, "1")  # restored after the test whatever the CLI sets
     seen = []
-    monkeypatch.setitem(cli.COMMANDS, "finetune", seen.append)
-    assert cli.main(["finetune", "--splits", "s", "--nproc-per-node", "3", "--out", "o"]) is None
-    assert seen == [["--splits", "s", "--out", "o"]] and os.environ[distributed.NPROC_ENV] == "3"
-    cli.main(["finetune", "--nproc-per-node=2"])
+    monkeypatch.setattr(finetune, "run", lambda *args, **kwargs: seen.append(args[:2]) or {})
+    assert cli.main(["finetune", "--splits", "s", "--nproc-per-node", "3", "--out", "o"]) == 0
+    assert seen == [("s", "o")] and os.environ[distributed.NPROC_ENV] == "3"
+    cli.main(["finetune", "--splits", "s", "--out", "o", "--nproc-per-node=2"])
     assert os.environ[distributed.NPROC_ENV] == "2"
-    assert cli.main(["finetune", "--nproc-per-node", "0"]) == 2  # a clear one-line error
+    assert cli.main(["finetune", "--splits", "s", "--out", "o", "--nproc-per-node", "0"]) == 2  # a one-line error
+
+
+@distributed.relaunch_in_ranks(local_only=("log_fn",))
+def _step(uri, config=None, *, log_fn=None, added=""):
+    return ("ran", uri, config, added)
+
+
+def test_a_relaunched_step_takes_every_argument_to_the_ranks_but_the_local_ones(monkeypatch, caplog):
+    """A keyword added to a step's ``run`` reaches the ranks without being named anywhere else."""
+    calls = []
+    monkeypatch.setattr(distributed, "launch", lambda fn, *a, nproc, **kw: calls.append((fn, a, nproc, kw)) or "rank 0")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv(distributed.NPROC_ENV, "1")
+    assert _step("u", log_fn=print, added="x") == ("ran", "u", None, "x")  # one rank: the function as written
+    assert calls == []
+    monkeypatch.setenv(distributed.NPROC_ENV, "2")
+    with caplog.at_level("WARNING", logger=distributed.__name__):
+        assert _step("u", {"k": 1}, log_fn=print, added="x") == "rank 0"
+    assert calls == [(_step, ("u", {"k": 1}), 2, {"added": "x"})]  # launched by name: the ranks run _step itself
+    assert "log_fn stays in this process" in caplog.text
+    with pytest.raises(TypeError, match="argument 'added' cannot travel to the ranks"):
+        _step("u", added=lambda: None)
+    with pytest.raises(TypeError, match="local_only 'nope' must be a parameter with a default"):
+        distributed.relaunch_in_ranks(local_only=("nope",))(_step.__wrapped__)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # inside a rank: never relaunches
+    assert _step("u", added="y") == ("ran", "u", None, "y")
+
+
+def test_a_relaunched_step_runs_in_two_gloo_ranks_with_its_keywords(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv(distributed.NPROC_ENV, "2")
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")  # the ranks talk over loopback only
+    result = jobs.echo_in_ranks([1, 2], log_fn=print, added="travels")
+    assert result == {"world_size": 2, "value": [1, 2], "added": "travels", "log_fn": None}
 
 
 def test_spec_for_four_gpus_requests_four_launches_four_and_sizes_shm(tmp_path):
