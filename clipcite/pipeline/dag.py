@@ -25,6 +25,7 @@ from clipcite.pipeline.components.select import select
 from clipcite.pipeline.components.snapshot import snapshot
 from clipcite.pipeline.components.validate import validate
 from clipcite.pipeline.settings import ClusterSettings, cpu_task, gpu_task
+from clipcite.records import step_name
 
 PIPELINE_NAME = "clipcite"
 
@@ -114,7 +115,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
                 )
                 gpu_task(trained, settings, cache=False, retry_backoff="60s")  # a retry resumes from its checkpoint
                 if len(settings.methods) > 1:
-                    trained.set_display_name(f"finetune-{method}")
+                    trained.set_display_name(step_name("finetune", method))
                 candidates[method] = trained.outputs["model"]
             selection = None
             if len(candidates) > 1:
@@ -126,7 +127,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
                         run_config=run_config,
                         mlflow_run=mlflow_run,
                         tracking_uri=tracking_uri,
-                    ).set_display_name(f"validate-{method}")
+                    ).set_display_name(step_name("validate", method))
                     gpu_task(scoring, settings, cache=False, retry_backoff="60s")
                     scored[f"{method}_model"], scored[f"{method}_scores"] = candidate, scoring.outputs["scores"]
                 chosen = select(mlflow_run=mlflow_run, tracking_uri=tracking_uri, **scored)

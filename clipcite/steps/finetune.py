@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from clipcite import storage
+from clipcite import records, storage
 from clipcite.config import Config, dump_yaml, to_dict
 from clipcite.data.table import ClassList
 from clipcite.logs import setup_logging
@@ -288,7 +288,7 @@ def _sizes(folder: Path, result: FitResult) -> dict:
 def step_name(method: str = "") -> str:
     """The step's name (its nested run, its checkpoint folder): ``finetune``, or ``finetune-<method>`` for one
     candidate of several."""
-    return f"finetune-{method}" if method else "finetune"
+    return records.step_name("finetune", method)
 
 
 def _log_inputs(

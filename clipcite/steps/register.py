@@ -31,7 +31,7 @@ from clipcite.evaluation.metrics import summarise
 from clipcite.evaluation.report import markdown, plot_domains, plot_selection
 from clipcite.evaluation.selection import CANDIDATE_PREFIX, candidate_model
 from clipcite.logs import setup_logging
-from clipcite.records import META_FILE, SELECTION_FILE
+from clipcite.records import META_FILE, SELECTION_FILE, step_name
 from clipcite.steps.artifact_io import read_json
 from clipcite.steps.command_line import base_parser, config_from
 from clipcite.tracking import registry, runs, served_model
@@ -261,7 +261,7 @@ def _log_test_numbers(client, pipeline_run: str, selection: dict) -> None:
     for run in children:
         by_step.setdefault(run.data.tags.get(runs.STEP_TAG, ""), run.info.run_id)
     for row in selection["candidates"]:
-        run_id = by_step.get(f"validate-{row['method']}")
+        run_id = by_step.get(step_name("validate", row["method"]))
         if run_id and row.get("test") is not None:
             client.log_metric(run_id, selection["test_key"], round(float(row["test"]), runs.METRIC_DIGITS))
 

@@ -23,7 +23,7 @@ from clipcite.evaluation.predict import predict_models
 from clipcite.evaluation.selection import Candidate, alpha_rule, pick_alpha
 from clipcite.logs import setup_logging
 from clipcite.model.clip import LoadedModel, average_weights, load_saved, resolve_device
-from clipcite.records import VALIDATION_FILE
+from clipcite.records import VALIDATION_FILE, step_name
 from clipcite.steps.artifact_io import class_prompts, read_json, read_split
 from clipcite.steps.command_line import base_parser, config_from
 from clipcite.tracking import runs
@@ -44,7 +44,7 @@ def run(
     (from its ``train_summary.json``); written to ``<out_uri>/validation.json`` and returned."""
     candidate = score(model_uri, splits_uri, config)
     body = dataclasses.asdict(candidate)
-    with runs.step_run(tracking_uri, mlflow_run_id, f"validate-{candidate.method}") as step:
+    with runs.step_run(tracking_uri, mlflow_run_id, step_name("validate", candidate.method)) as step:
         step.log_params({"method": candidate.method})
         step.log_metrics({k: v for k, v in body.items() if k != "method"}, digits=runs.METRIC_DIGITS)
     with storage.staged_dir(out_uri) as tmp:

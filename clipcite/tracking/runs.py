@@ -27,6 +27,7 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 
 import clipcite
+from clipcite.records import split_step_name, step_name
 from clipcite.tracking.default_uri import how_to_set
 
 log = logging.getLogger(__name__)
@@ -197,11 +198,11 @@ def close_pipeline_run(
     run_id = _find_pipeline_run(client, experiment_id, kfp_run_id) if experiment_id else ""
     if not run_id:
         return {"run_id": "", "status": "none"}
-    failed, errors, seen = [], [], set()
+    failed, errors, seen = [], [], []
     children = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
     for child in sorted(children, key=lambda r: r.info.start_time or 0):
         step = child.data.tags.get(STEP_TAG, child.info.run_name)
-        seen.add(step.split("-")[0] if step.startswith("evaluate-") else step)
+        seen.append(step)
         if child.info.status in ("RUNNING", "SCHEDULED"):
             client.set_terminated(child.info.run_id, "FAILED")
         if child.info.status in ("RUNNING", "SCHEDULED", "FAILED"):
@@ -209,7 +210,7 @@ def close_pipeline_run(
             errors.append(child.data.tags.get(ERROR_TAG, ""))
     status = "FINISHED" if succeeded else "FAILED"
     if not succeeded:
-        where = ", ".join(failed) or failed_task or _unrecorded_failure(seen)
+        where = ", ".join(failed) or failed_task or unrecorded_failure(seen)
         client.set_tag(run_id, "clipcite.failed_step", where)
         detail = next((e for e in errors if e), "") or _no_error_text(error, where, kfp_run_id)
         client.set_tag(run_id, ERROR_TAG, shorten(detail, 5000))
@@ -225,15 +226,28 @@ def _pipeline_experiment(client: MlflowClient, experiment: str) -> str:
     return found.experiment_id if found is not None else ""
 
 
-# The DAG's steps that keep no MLflow run of their own (cached: a run id among their inputs would defeat KFP's
-# cache), in DAG order, between the steps that do.
-_UNTRACKED_BEFORE = {"finetune": ("sample-splits", "cache-teacher"), "register": ("evaluate", "register")}
+def unrecorded_failure(seen: list[str]) -> str:
+    """Where a failure that no step run recorded happened, from the names of the step runs that exist (``finetune``
+    or ``finetune-<method>``, ``validate-<method>``, ``select``, ``evaluate-<domain>``: see
+    :func:`clipcite.records.step_name`).
 
-
-def _unrecorded_failure(seen: set[str]) -> str:
-    """Where a failure that no step run recorded happened, from the step runs that exist: before finetune opened
-    its run, sample-splits or cache-teacher; after it, an evaluate or register that failed before opening theirs."""
-    suspects = _UNTRACKED_BEFORE["register" if "finetune" in seen else "finetune"]
+    sample-splits and cache-teacher keep no run of their own (cached: a run id among their inputs would defeat
+    KFP's cache), and the other steps open theirs after some work, so a failure there can go unrecorded too. Before
+    training opened a run: sample-splits or cache-teacher. With several methods, before select opened its run: a
+    candidate's validate (one whose finetune has a run and whose validate has none) or select. After select, or
+    after the one method's finetune: an evaluate or register."""
+    steps: dict[str, set[str]] = {}
+    for name in seen:
+        step, qualifier = split_step_name(name)
+        steps.setdefault(step, set()).add(qualifier)
+    trained = steps.get("finetune", set())
+    if not trained:
+        suspects = ["sample-splits", "cache-teacher"]
+    elif "select" in steps or trained == {""}:  # "": the one method's finetune
+        suspects = ["evaluate", "register"]
+    else:
+        unscored = sorted(trained - steps.get("validate", set()))
+        suspects = [step_name("validate", method) for method in unscored] + ["select"]
     return " or ".join(suspects)
 
 
