@@ -30,8 +30,9 @@ from clipcite.records import step_name
 PIPELINE_NAME = "clipcite"
 
 
-def build_pipeline(settings: ClusterSettings | None = None):
-    """The pipeline function, with cluster settings applied to its tasks."""
+def build_pipeline(settings: ClusterSettings | None = None, *, local_failure: str = ""):
+    """The pipeline function, with cluster settings applied to its tasks. ``local_failure``: for a local run, the
+    file where its console reader writes the task it saw fail, for the exit task (see below)."""
     settings = settings or ClusterSettings.from_env()
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Few-shot CLIP fine-tuning with CLIP-CITE, evaluated per domain")
@@ -54,7 +55,12 @@ def build_pipeline(settings: ClusterSettings | None = None):
     ):
         # Runs whatever happens inside: the MLflow run ends FINISHED, or FAILED naming the failed step.
         closing = finish_run(
-            tracking_uri=tracking_uri, experiment_name=experiment_name, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER
+            tracking_uri=tracking_uri,
+            experiment_name=experiment_name,
+            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            # kfp.local tells the exit task only "Task clipcite-run failed."; `pipeline.py run` reads which task failed
+            # off kfp.local's output into this file. A cluster's step runs say it: nothing is wired there.
+            **({"local_failure": local_failure} if local_failure else {}),
         )
         cpu_task(closing, settings, cache=False)
         with dsl.ExitHandler(closing, name="clipcite-run"):
