@@ -87,12 +87,14 @@ def run(
     mlflow_run_id: str = "",
     model_ref: str = "",
     selection_uri: str = "",
+    close_run: bool = False,
 ) -> dict:
     """Merge the evaluations, record them, and with tracking register the model and apply the gate. The model is
     read at ``model_uri``; ``model_ref`` is its address to record (KFP's ``.uri``, ``s3://...``) when that is a
     pod-local path (its ``.path``, ``/s3/...``, which is gone with the pod). ``selection_uri``: the select step's
     output when the model won among candidate methods ("" = one method): its table goes into the record, the
-    summary and the model card."""
+    summary and the model card. ``close_run``: end the pipeline's MLflow run here, FINISHED (FAILED when registering
+    fails), for a run that has no exit handler (``clipcite register`` by hand); a pipeline's exit step closes it."""
     body = merge_reports(report_uris)
     selection = read_json(storage.join(selection_uri, SELECTION_FILE)) if selection_uri else None
     if selection:
@@ -126,10 +128,12 @@ def run(
                 selection,
             )
         except Exception:
-            with contextlib.suppress(Exception):  # MLflow may be the thing that failed
-                runs.finish_pipeline_run(tracking_uri, mlflow_run_id, "FAILED")
+            if close_run:
+                with contextlib.suppress(Exception):  # MLflow may be the thing that failed
+                    runs.finish_pipeline_run(tracking_uri, mlflow_run_id, "FAILED")
             raise
-        runs.finish_pipeline_run(tracking_uri, mlflow_run_id)
+        if close_run:
+            runs.finish_pipeline_run(tracking_uri, mlflow_run_id)
     with storage.staged_dir(record_uri) as tmp:
         (tmp / "registration.json").write_text(json.dumps(record, indent=2))
         (tmp / "metrics.json").write_text(json.dumps(body, indent=2))
@@ -363,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         registered_model_name=args.name,
         tracking_uri=tracking_uri,
         mlflow_run_id=args.mlflow_run_id,
+        close_run=True,  # no exit handler runs after a command
     )
     print(markdown(body, body["models"]))
     if not args.mlflow_run_id:
