@@ -374,7 +374,7 @@ class StepRun:
         and the run stays RUNNING (it ends with its step, in :func:`step_run`)."""
         if not self.enabled:
             raise TrackingError("tracking is off: no MLflow run to log to")
-        with _process_tracking_uri(self.client.tracking_uri):
+        with process_uris(self.client.tracking_uri):
             mlflow.start_run(run_id=self.run_id, nested=True, log_system_metrics=False)
             try:
                 yield
@@ -383,12 +383,15 @@ class StepRun:
 
 
 @contextlib.contextmanager
-def _process_tracking_uri(uri: str) -> Iterator[None]:
-    """MLflow's process-wide tracking and registry URIs set to ``uri`` for the block, then put back as they were,
-    with the ``MLFLOW_*`` variables MLflow copies them into (kfp.local's step subprocesses would inherit those) and
-    ``MLFLOW_RUN_ID``, which ``mlflow.end_run`` unsets but belongs to KFP's MLflow integration (code after the step,
-    and KFP's launcher, still read it). The one place clipcite touches MLflow's globals; they are module variables
-    with no public getter that tells "unset" from "set", hence the private reads."""
+def process_uris(uri: str) -> Iterator[None]:
+    """MLflow's process-wide tracking and registry URIs set to ``uri`` for the block, for the MLflow code that reads
+    them whatever client it was called through (``mlflow.pyfunc.log_model``, in :meth:`StepRun.fluent`; a local
+    registry store creating a version from ``models:/m-...``, in :func:`clipcite.tracking.registry.register_version`).
+    Put back afterwards as they were, with the ``MLFLOW_*`` variables MLflow copies them into (kfp.local's step
+    subprocesses would inherit those) and ``MLFLOW_RUN_ID``, which ``mlflow.end_run`` unsets but belongs to KFP's
+    MLflow integration (code after the step, and KFP's launcher, still read it). The one place clipcite touches
+    MLflow's globals; they are module variables with no public getter that tells "unset" from "set", hence the
+    private reads."""
     from mlflow.tracking._model_registry import utils as registry_state
     from mlflow.tracking._tracking_service import utils as tracking_state
 
