@@ -186,6 +186,8 @@ def take_nproc(argv: list[str]) -> list[str]:
     if value is not None:
         if not value.isdigit() or int(value) < 1:
             raise ValueError(f"--nproc-per-node {value!r}: give the number of ranks (processes) to start, e.g. 2")
+        # The variable the pipeline sets on its GPU tasks (settings.gpu_task), read in one place for every ranked
+        # step (training.distributed.requested_ranks); a parameter instead would run through each step's run().
         os.environ["CLIPCITE_NPROC_PER_NODE"] = value
     return out
 

@@ -138,3 +138,7 @@ def test_the_versions_table_shows_a_plain_summary_and_the_version_page_the_card(
     card = Path(client.download_artifacts(chain["run_id"], "model_card.md")).read_text()
     assert card == version.description
     assert runs.METRIC_DIGITS == 2
+
+
+def test_register_leaves_the_pipeline_run_open_for_the_exit_handler(chain):
+    assert _parent(chain).info.status == "RUNNING"  # finish_run closes it; `clipcite register` passes close_run
