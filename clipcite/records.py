@@ -382,3 +382,23 @@ class Registration(Record):
         if selection is None:
             return record
         return dataclasses.replace(record, selection=Selection.from_dict(selection, f"{where}: selection"))
+
+
+# Steps with a task per candidate method or per domain, named ``<step>-<method>`` / ``<step>-<domain>``.
+QUALIFIED_STEPS = ("finetune", "validate", "evaluate")
+
+
+def step_name(step: str, qualifier: str = "") -> str:
+    """The name of one task of ``step`` (its MLflow run, its KFP display name, its checkpoint folder): ``step``, or
+    ``<step>-<qualifier>`` for one of several: ``finetune-lora`` and ``validate-lora`` train and score the
+    candidate method lora, ``evaluate-photo`` evaluates the domain photo."""
+    return f"{step}-{qualifier}" if qualifier else step
+
+
+def split_step_name(name: str) -> tuple[str, str]:
+    """(step, qualifier) of a name :func:`step_name` made: ``("finetune", "lora")``, ``("finetune", "")``; a step
+    whose own name has a hyphen (``cache-teacher``) is not split."""
+    for step in QUALIFIED_STEPS:
+        if name.startswith(f"{step}-"):
+            return step, name[len(step) + 1 :]
+    return name, ""

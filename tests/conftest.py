@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator
 
-import mlflow
-import mlflow.tracking._model_registry.utils as mlflow_registry_state
-import mlflow.tracking._tracking_service.utils as mlflow_tracking_state
 import pytest
 
 from clipcite.config import load_config
@@ -27,36 +23,27 @@ def _quiet_open_clip():
 
 
 @contextlib.contextmanager
-def mlflow_state_restored() -> Iterator[None]:
-    """MLflow keeps process-wide tracking and registry URIs (and copies them into ``MLFLOW_*`` environment variables
-    that kfp.local's step subprocesses inherit); ``runs.connect`` sets them and remembers reachable servers.
-    Put all of it back as it was, so no test inherits a deleted database or a stopped server's URI."""
-    tracking_uri, registry_uri = mlflow_tracking_state._tracking_uri, mlflow_registry_state._registry_uri
-    environment = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+def reached_servers_restored() -> Iterator[None]:
+    """``runs.connect`` remembers the servers that answered, to check each once per process; put the set back, so
+    that no test takes a port a stopped server had for a checked one."""
     reached = set(runs._REACHED)
     try:
         yield
     finally:
-        if mlflow_tracking_state._tracking_uri != tracking_uri:
-            mlflow.set_tracking_uri(tracking_uri)  # also resets the tracer that holds the URI
-        mlflow_registry_state._registry_uri = registry_uri
-        for key in [k for k in os.environ if k.startswith("MLFLOW_") and k not in environment]:
-            del os.environ[key]
-        os.environ.update(environment)
         runs._REACHED.clear()
         runs._REACHED.update(reached)
 
 
 @pytest.fixture(autouse=True)
-def _mlflow_state_per_test():
-    with mlflow_state_restored():
+def _reached_per_test():
+    with reached_servers_restored():
         yield
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _mlflow_state_per_module():
-    """Module fixtures (a module's servers and runs) set URIs too; autouse, so it is set up before them."""
-    with mlflow_state_restored():
+def _reached_per_module():
+    """Module fixtures (a module's servers) connect too; autouse, so it is set up before them."""
+    with reached_servers_restored():
         yield
 
 

@@ -2,7 +2,7 @@
 
 A row holds ``id``, ``label``, ``classname``, ``path`` and where its image lives (shard, row group, offset), never the
 image bytes, so a split of any size costs a few dozen bytes per row. :func:`image_bytes` fetches
-an image when a Dataset needs it, through a per-process LRU of :data:`ROW_GROUP_CACHE` row groups (setting:
+an image when a Dataset needs it, through a per-process LRU of :func:`row_group_cache_size` row groups (setting:
 ``CLIPCITE_ROW_GROUP_CACHE``; each DataLoader worker has its own): readers that go in table order (evaluate, the
 teacher cache, crop boxes) read every row group once and hold at most that many.
 
@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -31,7 +31,6 @@ from clipcite.data.table import TableError, iter_row_groups, open_shard, read_gr
 
 log = logging.getLogger(__name__)
 
-ROW_GROUP_CACHE = max(1, int(os.environ.get("CLIPCITE_ROW_GROUP_CACHE", "2")))  # groups held per process
 META_COLUMNS = ["id", "label", "classname", "path"]
 
 
@@ -124,7 +123,7 @@ def fetch_image(row: dict, source: str = "") -> bytes | None:
     """The bytes at an :class:`ImageRows` row's location (None when the table holds no image bytes there)."""
     if row.get("blob"):
         return _pread(row["blob"], row["start"], row["length"])
-    ids, images = _row_group(row["shard"], row["version"], row["row_group"])
+    ids, images = _row_groups()(row["shard"], row["version"], row["row_group"])
     offset = row["offset"]
     if offset >= len(ids) or ids[offset].as_py() != row["id"]:
         raise TableError(
@@ -134,8 +133,22 @@ def fetch_image(row: dict, source: str = "") -> bytes | None:
     return None if images is None else images[offset].as_py()
 
 
-@functools.lru_cache(maxsize=ROW_GROUP_CACHE)
-def _row_group(shard: str, version: str, group: int) -> tuple[pa.Array, pa.Array | None]:
+def row_group_cache_size() -> int:
+    """Row groups held per process: ``CLIPCITE_ROW_GROUP_CACHE``, default 2, at least 1."""
+    return max(1, int(os.environ.get("CLIPCITE_ROW_GROUP_CACHE", "2")))
+
+
+RowGroup = tuple[pa.Array, pa.Array | None]
+
+
+@functools.cache
+def _row_groups() -> Callable[[str, str, int], RowGroup]:
+    """The process's LRU of row groups, sized when the first image is fetched rather than when this module is
+    imported, so the setting can be changed after import (by a caller, a test) and still applies."""
+    return functools.lru_cache(maxsize=row_group_cache_size())(_row_group)
+
+
+def _row_group(shard: str, version: str, group: int) -> RowGroup:
     """The ids and image bytes of one row group (``version``, the shard's size and time or ETag, keys the cache so
     a rewritten shard is read again)."""
     with open_shard(shard) as (parquet, schema):

@@ -88,7 +88,7 @@ def run_local(
     settings = dataclasses.replace(ClusterSettings.from_env(), retries=0)  # retries are for clusters' hiccups
     if methods is not None:
         settings = dataclasses.replace(settings, methods=methods)
-    pipeline_func = build_pipeline(settings)
+    pipeline_func = build_pipeline(settings, local_failure=str(local_run.failure_file(out).resolve()))
     config = check_params(params, pipeline_func.component_spec.inputs)
     if not params.get("data_uri"):
         from clipcite.toyworld.generate import write_world

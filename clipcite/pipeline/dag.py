@@ -26,13 +26,15 @@ from clipcite.pipeline.components.select import select
 from clipcite.pipeline.components.snapshot import snapshot
 from clipcite.pipeline.components.validate import validate
 from clipcite.pipeline.settings import ClusterSettings, cpu_task, gpu_task
+from clipcite.records import step_name
 
 PIPELINE_NAME = "clipcite"
 
 
-def build_pipeline(settings: ClusterSettings | None = None):
+def build_pipeline(settings: ClusterSettings | None = None, *, local_failure: str = ""):
     """The pipeline function, with cluster settings applied to its tasks. Its body reads as the DAG drawn in
-    docs/cluster.md, one function per stage."""
+    docs/cluster.md, one function per stage. ``local_failure``: for a local run, the file where its console reader
+    writes the task it saw fail, for the exit task (see :func:`_closing`)."""
     settings = settings or ClusterSettings.from_env()
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Few-shot CLIP fine-tuning with CLIP-CITE, evaluated per domain")
@@ -54,7 +56,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
         teacher_store: str = "",
     ):
         run = SimpleNamespace(**locals())  # the pipeline's parameters, for the stages below
-        closing = _closing(run, settings)
+        closing = _closing(run, settings, local_failure)
         with dsl.ExitHandler(closing, name="clipcite-run"):
             data = _snapshot_and_splits(run, settings)
             teacher = _teacher_cache(run, settings, data)
@@ -68,11 +70,16 @@ def build_pipeline(settings: ClusterSettings | None = None):
     return clipcite_pipeline
 
 
-def _closing(run: SimpleNamespace, settings: ClusterSettings):
+def _closing(run: SimpleNamespace, settings: ClusterSettings, local_failure: str):
     """The exit handler's task: it runs whatever happens inside, so the MLflow run ends FINISHED, or FAILED naming
     the failed step."""
     closing = finish_run(
-        tracking_uri=run.tracking_uri, experiment_name=run.experiment_name, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        tracking_uri=run.tracking_uri,
+        experiment_name=run.experiment_name,
+        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        # kfp.local tells the exit task only "Task clipcite-run failed."; `pipeline.py run` reads which task failed
+        # off kfp.local's output into this file. A cluster's step runs say it: nothing is wired there.
+        **({"local_failure": local_failure} if local_failure else {}),
     )
     cpu_task(closing, settings, cache=False)
     return closing
@@ -150,7 +157,7 @@ def _finetune_each(run: SimpleNamespace, settings: ClusterSettings, data: Simple
         )
         gpu_task(trained, settings, cache=False, retry_backoff="60s")  # a retry resumes from its checkpoint
         if len(settings.methods) > 1:
-            trained.set_display_name(f"finetune-{method}")
+            trained.set_display_name(step_name("finetune", method))
         candidates[method] = trained.outputs["model"]
     return candidates
 
@@ -169,7 +176,7 @@ def _select(run: SimpleNamespace, settings: ClusterSettings, data: SimpleNamespa
             run_config=data.run_config,
             mlflow_run=data.mlflow_run,
             tracking_uri=run.tracking_uri,
-        ).set_display_name(f"validate-{method}")
+        ).set_display_name(step_name("validate", method))
         gpu_task(scoring, settings, cache=False, retry_backoff="60s")
         scored[f"{method}_model"], scored[f"{method}_scores"] = candidate, scoring.outputs["scores"]
     chosen = select(mlflow_run=data.mlflow_run, tracking_uri=run.tracking_uri, **scored)

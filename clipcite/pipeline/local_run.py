@@ -25,6 +25,7 @@ from typing import TextIO
 from clipcite.records import EvalReport, Registration
 from clipcite.steps import kfp_backend
 
+FAILED_TASK_FILE = "failed-task.json"  # under the output folder's logs/: the task that failed, for the exit task
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 STARTED = re.compile(r"Executing task '([^']+)'")
 FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
@@ -42,8 +43,14 @@ RAISED = re.compile(r"^\s*(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Exi
 class TaskLog:
     """A text stream for kfp.local's output (stdout, stderr and log records go here during a run)."""
 
-    def __init__(self, path: Path, terminal: TextIO, *, echo: bool) -> None:
+    def __init__(self, path: Path, terminal: TextIO, *, echo: bool, failure_file: Path | None = None) -> None:
+        """``failure_file``: where the first task that fails is written, with its last exception line, for the exit
+        task (:func:`kfp_backend.write_local_failure`); an earlier run's is removed."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        if failure_file is not None:
+            failure_file.unlink(missing_ok=True)
+        self.failure_file = failure_file
+        self.failed_task = ""
         self.path = path
         self.file = path.open("w", encoding="utf-8")
         self.terminal = terminal
@@ -70,10 +77,7 @@ class TaskLog:
         self.terminal.flush()
 
     def close(self) -> None:
-        """Close the log file and take back the failed-task variables this log set for the exit task."""
         self.file.close()
-        for variable in (kfp_backend.LOCAL_FAILED_TASK, kfp_backend.LOCAL_FAILED_ERROR):
-            os.environ.pop(variable, None)
 
     def _read(self, line: str) -> None:
         raised = RAISED.match(line)
@@ -110,10 +114,10 @@ class TaskLog:
             self._finishing[task] = status
         else:
             self._progress(f"{task}: {_outcome(status)}")
-        if status != "SUCCESS" and kfp_backend.LOCAL_FAILED_TASK not in os.environ:
-            # for the exit task, started after this line: kfp.local's final status names no task
-            os.environ[kfp_backend.LOCAL_FAILED_TASK] = task
-            os.environ[kfp_backend.LOCAL_FAILED_ERROR] = self.last_error
+        if status != "SUCCESS" and not self.failed_task:
+            self.failed_task = task
+            if self.failure_file is not None:  # for the exit task, started after this line
+                kfp_backend.write_local_failure(self.failure_file, task, self.last_error)
 
     def _progress(self, message: str) -> None:
         if not self.echo:
@@ -128,14 +132,14 @@ class TaskLog:
 
 
 @contextlib.contextmanager
-def captured(path: Path, *, echo: bool) -> Iterator[TaskLog]:
+def captured(path: Path, *, echo: bool, failure_file: Path | None = None) -> Iterator[TaskLog]:
     """Send this process's stdout, stderr and root log records to a ``TaskLog`` for the duration.
 
     Also puts back ``print``: kfp.local indents a task's streamed lines by swapping ``builtins.print`` for the task's
     duration, and two ParallelFor iterations that overlap restore each other's swap, so after a run with parallel
     evaluate tasks ``print`` could stay indented and the summary printed after it start with four spaces."""
     terminal, plain_print = sys.stdout, builtins.print
-    log = TaskLog(path, terminal, echo=echo)
+    log = TaskLog(path, terminal, echo=echo, failure_file=failure_file)
     handler = logging.StreamHandler(log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
@@ -174,7 +178,8 @@ def run_dag(pipeline_func, params: dict, out: Path, *, caching: bool, quiet: boo
     )
     log_path = out / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
     before = set((out / "root").glob("*"))
-    with captured(log_path, echo=not quiet) as task_log, warnings.catch_warnings():
+    failed = failure_file(out)
+    with captured(log_path, echo=not quiet, failure_file=failed) as task_log, warnings.catch_warnings():
         # kfp.local warns on every task that the cluster's image and resource requests do not apply locally.
         warnings.filterwarnings("ignore", message=r".*(have no effect in the current local runner|non-Python base)")
         try:
@@ -192,6 +197,11 @@ def run_dag(pipeline_func, params: dict, out: Path, *, caching: bool, quiet: boo
         "data_uri": params["data_uri"],
         "log": log_path,
     }
+
+
+def failure_file(out: Path) -> Path:
+    """Where a local run into ``out`` writes the task that failed, for its exit task (the DAG names it to it)."""
+    return out / "logs" / FAILED_TASK_FILE
 
 
 def print_summary(result: dict, tracking_uri: str) -> None:

@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from clipcite import storage
+from clipcite import records, storage
 from clipcite.config import Config, dump_yaml, to_dict
 from clipcite.data.table import ClassList
 from clipcite.evaluation.predict import Scorer, scorer
@@ -239,7 +239,7 @@ def _sizes(folder: Path, result: FitResult) -> dict:
 def step_name(method: str = "") -> str:
     """The step's name (its nested run, its checkpoint folder): ``finetune``, or ``finetune-<method>`` for one
     candidate of several."""
-    return f"finetune-{method}" if method else "finetune"
+    return records.step_name("finetune", method)
 
 
 def _log_inputs(

@@ -6,7 +6,9 @@ Torch- and MLflow-free: the CPU steps, ``pipeline.py`` and the tests import it c
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +25,22 @@ SUCCEEDED_STATES = frozenset({"COMPLETE", "CACHED", "SUCCEEDED"})
 FAILED_STATES = frozenset({"FAILED", "CANCELED", "CANCELLED", "NEW", "RUNNING", "UNKNOWN"})
 
 
-# kfp.local's final status names only the exit handler's group ("Task clipcite-run failed."), not the task that
-# failed; ``pipeline.py run`` reads the failed task and its last exception line from kfp.local's output
-# (local_run.TaskLog) and hands them to the exit task, a subprocess it starts later, in these variables.
-LOCAL_FAILED_TASK = "CLIPCITE_LOCAL_FAILED_TASK"
-LOCAL_FAILED_ERROR = "CLIPCITE_LOCAL_FAILED_ERROR"
+def write_local_failure(path: Path, task: str, error: str) -> None:
+    """kfp.local's final status names only the exit handler's group ("Task clipcite-run failed."), not the task that
+    failed; ``pipeline.py run`` reads the failed task and its last exception line from kfp.local's output
+    (local_run.TaskLog) and writes them here, to a file the DAG names to the exit task (finish_run's
+    ``local_failure``), which kfp.local starts later."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"task": task, "error": error}))
+
+
+def read_local_failure(path: str) -> tuple[str, str]:
+    """(task, error) that :func:`write_local_failure` wrote at ``path``; ("", "") for no path or no file (no task
+    failed, or a cluster run)."""
+    if not path or not Path(path).is_file():
+        return "", ""
+    found = json.loads(Path(path).read_text())
+    return str(found.get("task", "")), str(found.get("error", ""))
 
 
 def run_succeeded(state: str) -> bool:

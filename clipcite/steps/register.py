@@ -31,7 +31,7 @@ from clipcite.evaluation.metrics import summarise
 from clipcite.evaluation.report import markdown, plot_domains, plot_selection
 from clipcite.evaluation.selection import CANDIDATE_PREFIX, candidate_model
 from clipcite.logs import setup_logging
-from clipcite.records import EvalReport, ModelMeta, Registration, RegistryEntry, Selection
+from clipcite.records import EvalReport, ModelMeta, Registration, RegistryEntry, Selection, step_name
 from clipcite.steps.command_line import base_parser, config_from
 from clipcite.tracking import registry, runs, served_model
 from clipcite.tracking.default_uri import HELP as TRACKING_HELP
@@ -93,12 +93,14 @@ def run(
     mlflow_run_id: str = "",
     model_ref: str = "",
     selection_uri: str = "",
+    close_run: bool = False,
 ) -> Registration:
     """Merge the evaluations, record them, and with tracking register the model and apply the gate. The model is
     read at ``model_uri``; ``model_ref`` is its address to record (KFP's ``.uri``, ``s3://...``) when that is a
     pod-local path (its ``.path``, ``/s3/...``, which is gone with the pod). ``selection_uri``: the select step's
     output when the model won among candidate methods ("" = one method): its table goes into the record, the
-    summary and the model card."""
+    summary and the model card. ``close_run``: end the pipeline's MLflow run here, FINISHED (FAILED when registering
+    fails), for a run that has no exit handler (``clipcite register`` by hand); a pipeline's exit step closes it."""
     body = merge_reports(report_uris)
     selection = Selection.read(selection_uri) if selection_uri else None
     if selection:
@@ -121,10 +123,12 @@ def run(
                 selection,
             )
         except Exception:
-            with contextlib.suppress(Exception):  # MLflow may be the thing that failed
-                runs.finish_pipeline_run(tracking_uri, mlflow_run_id, "FAILED")
+            if close_run:
+                with contextlib.suppress(Exception):  # MLflow may be the thing that failed
+                    runs.finish_pipeline_run(tracking_uri, mlflow_run_id, "FAILED")
             raise
-        runs.finish_pipeline_run(tracking_uri, mlflow_run_id)
+        if close_run:
+            runs.finish_pipeline_run(tracking_uri, mlflow_run_id)
     record = Registration(
         registered_model_name=registered_model_name,
         experiment_name=experiment_name,
@@ -265,7 +269,7 @@ def _log_test_numbers(client, pipeline_run: str, selection: Selection) -> None:
     for run in children:
         by_step.setdefault(run.data.tags.get(runs.STEP_TAG, ""), run.info.run_id)
     for row in selection.candidates:
-        run_id = by_step.get(f"validate-{row.method}")
+        run_id = by_step.get(step_name("validate", row.method))
         if run_id and row.test is not None:
             client.log_metric(run_id, selection.test_key, round(float(row.test), runs.METRIC_DIGITS))
 
@@ -367,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         registered_model_name=args.name,
         tracking_uri=tracking_uri,
         mlflow_run_id=args.mlflow_run_id,
+        close_run=True,  # no exit handler runs after a command
     )
     body = EvalReport.read(args.out)
     print(markdown(body, list(body.models)))

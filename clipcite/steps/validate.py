@@ -18,7 +18,7 @@ from clipcite.config import Config
 from clipcite.evaluation.predict import scorer
 from clipcite.logs import setup_logging
 from clipcite.model.clip import LoadedModel, load_saved, resolve_device
-from clipcite.records import Candidate, TrainSummary
+from clipcite.records import Candidate, TrainSummary, step_name
 from clipcite.steps.artifact_io import read_val_split
 from clipcite.steps.command_line import base_parser, config_from
 from clipcite.tracking import runs
@@ -38,7 +38,7 @@ def run(
     """The candidate in ``model_uri`` scored on ``<splits_uri>/val``: top-1 (points) and what it cost to train
     (from its ``train_summary.json``); written to ``<out_uri>/validation.json`` and returned."""
     candidate = score(model_uri, splits_uri, config)
-    with runs.step_run(tracking_uri, mlflow_run_id, f"validate-{candidate.method}") as step:
+    with runs.step_run(tracking_uri, mlflow_run_id, step_name("validate", candidate.method)) as step:
         step.log_params({"method": candidate.method})
         values = {k: v for k, v in dataclasses.asdict(candidate).items() if k != "method"}
         step.log_metrics(values, digits=runs.METRIC_DIGITS)

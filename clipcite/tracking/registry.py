@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 
 from clipcite.records import META_FILE, MODEL_ARTIFACT
 from clipcite.tracking.model_card import promoted_by_hand
-from clipcite.tracking.runs import TrackingError, http_retries
+from clipcite.tracking.runs import TrackingError, http_retries, process_uris
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,9 @@ def register_version(client: MlflowClient, name: str, model_uri: str, *, run_id:
     model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
     for attempt in range(1, REGISTER_ATTEMPTS + 1):
         try:
-            with http_retries(0):
+            # A local (sqlite) registry finds a models:/m-... source through the process-wide tracking URI, not
+            # the client's (mlflow 3.17, SqlAlchemyStore.create_model_version); a server finds it on its own.
+            with http_retries(0), process_uris(client.tracking_uri):
                 version = client.create_model_version(name, model_uri, run_id=run_id, tags=all_tags, model_id=model_id)
             break
         except Exception as e:  # MlflowException; a dropped connection arrives wrapped in one
@@ -77,7 +79,12 @@ def champion(client: MlflowClient, name: str):
 def download_model_dir(client: MlflowClient, name: str, version: str, dst: Path) -> Path:
     """The weights folder of a registered version (what :func:`clipcite.model.clip.load_saved` reads)."""
     source = f"models:/{name}/{version}"
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst)))
+    # models:/ resolves on the client's server (connect gives it the tracking server as its registry), not on the
+    # process-wide URIs MLflow would otherwise read
+    uri = client.tracking_uri
+    local = Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=uri, registry_uri=uri)
+    )
     folder = local / "artifacts" / MODEL_ARTIFACT
     if not (folder / META_FILE).is_file():
         raise TrackingError(f"{source} has no clipcite weights under artifacts/{MODEL_ARTIFACT}")

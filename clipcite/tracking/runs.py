@@ -27,6 +27,7 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 
 import clipcite
+from clipcite.records import split_step_name, step_name
 from clipcite.tracking.default_uri import how_to_set
 
 log = logging.getLogger(__name__)
@@ -65,14 +66,13 @@ _REACHED: set[str] = set()  # servers this process has already checked
 
 
 def connect(uri: str) -> MlflowClient:
-    """A client for ``uri``, after checking that the server answers (a few quick tries, not MLflow's minutes of
-    retries), so a wrong address fails the run before any training. ``uri`` as for :func:`resolve_uri`."""
+    """A client for ``uri`` (its registry on the same server), after checking that the server answers (a few quick
+    tries, not MLflow's minutes of retries), so a wrong address fails the run before any training. ``uri`` as for
+    :func:`resolve_uri`. The process's MLflow settings are left alone: whatever talks to MLflow is handed this."""
     resolved = resolve_uri(uri)
     if resolved is None:
         raise TrackingError("tracking is off (tracking_uri=off); no MLflow server to talk to")
     uri = resolved
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     client = MlflowClient(uri, registry_uri=uri)
     if uri.startswith(("http://", "https://")) and uri not in _REACHED:
         try:
@@ -197,11 +197,11 @@ def close_pipeline_run(
     run_id = _find_pipeline_run(client, experiment_id, kfp_run_id) if experiment_id else ""
     if not run_id:
         return {"run_id": "", "status": "none"}
-    failed, errors, seen = [], [], set()
+    failed, errors, seen = [], [], []
     children = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
     for child in sorted(children, key=lambda r: r.info.start_time or 0):
         step = child.data.tags.get(STEP_TAG, child.info.run_name)
-        seen.add(step.split("-")[0] if step.startswith("evaluate-") else step)
+        seen.append(step)
         if child.info.status in ("RUNNING", "SCHEDULED"):
             client.set_terminated(child.info.run_id, "FAILED")
         if child.info.status in ("RUNNING", "SCHEDULED", "FAILED"):
@@ -209,7 +209,7 @@ def close_pipeline_run(
             errors.append(child.data.tags.get(ERROR_TAG, ""))
     status = "FINISHED" if succeeded else "FAILED"
     if not succeeded:
-        where = ", ".join(failed) or failed_task or _unrecorded_failure(seen)
+        where = ", ".join(failed) or failed_task or unrecorded_failure(seen)
         client.set_tag(run_id, "clipcite.failed_step", where)
         detail = next((e for e in errors if e), "") or _no_error_text(error, where, kfp_run_id)
         client.set_tag(run_id, ERROR_TAG, shorten(detail, 5000))
@@ -225,15 +225,28 @@ def _pipeline_experiment(client: MlflowClient, experiment: str) -> str:
     return found.experiment_id if found is not None else ""
 
 
-# The DAG's steps that keep no MLflow run of their own (cached: a run id among their inputs would defeat KFP's
-# cache), in DAG order, between the steps that do.
-_UNTRACKED_BEFORE = {"finetune": ("sample-splits", "cache-teacher"), "register": ("evaluate", "register")}
+def unrecorded_failure(seen: list[str]) -> str:
+    """Where a failure that no step run recorded happened, from the names of the step runs that exist (``finetune``
+    or ``finetune-<method>``, ``validate-<method>``, ``select``, ``evaluate-<domain>``: see
+    :func:`clipcite.records.step_name`).
 
-
-def _unrecorded_failure(seen: set[str]) -> str:
-    """Where a failure that no step run recorded happened, from the step runs that exist: before finetune opened
-    its run, sample-splits or cache-teacher; after it, an evaluate or register that failed before opening theirs."""
-    suspects = _UNTRACKED_BEFORE["register" if "finetune" in seen else "finetune"]
+    sample-splits and cache-teacher keep no run of their own (cached: a run id among their inputs would defeat
+    KFP's cache), and the other steps open theirs after some work, so a failure there can go unrecorded too. Before
+    training opened a run: sample-splits or cache-teacher. With several methods, before select opened its run: a
+    candidate's validate (one whose finetune has a run and whose validate has none) or select. After select, or
+    after the one method's finetune: an evaluate or register."""
+    steps: dict[str, set[str]] = {}
+    for name in seen:
+        step, qualifier = split_step_name(name)
+        steps.setdefault(step, set()).add(qualifier)
+    trained = steps.get("finetune", set())
+    if not trained:
+        suspects = ["sample-splits", "cache-teacher"]
+    elif "select" in steps or trained == {""}:  # "": the one method's finetune
+        suspects = ["evaluate", "register"]
+    else:
+        unscored = sorted(trained - steps.get("validate", set()))
+        suspects = [step_name("validate", method) for method in unscored] + ["select"]
     return " or ".join(suspects)
 
 
@@ -328,7 +341,7 @@ class StepRun:
         """A table (column name -> values) as an MLflow table artifact: the run page shows it as a table and the
         run comparison's artifact view lines it up across runs, where one metric per cell would be one chart each."""
         if self.enabled:
-            mlflow.log_table(columns, artifact_file, run_id=self.parent_run_id if parent else self.run_id)
+            self.client.log_table(self.parent_run_id if parent else self.run_id, columns, artifact_file)
 
     def link_model(self, model_uri: str) -> None:
         """List a model logged in this step's run (``models:/m-...``) among the pipeline run's outputs too, so the
@@ -354,40 +367,84 @@ class StepRun:
                 self.client.set_tag(self.parent_run_id if parent else self.run_id, key, str(value))
 
     @contextlib.contextmanager
-    def _active(self) -> Iterator[None]:
-        """Make this run the fluent API's active run (for the few calls only the fluent API has)."""
-        active = mlflow.active_run()
-        if active is not None and active.info.run_id == self.run_id:
-            yield
-            return
-        with _fluent_run(self.run_id):
-            yield
+    def fluent(self) -> Iterator[None]:
+        """This run as MLflow's active run, on this run's server, for the calls that only MLflow's fluent API has:
+        ``mlflow.pyfunc.log_model`` takes neither a client nor a run id, it logs to the process's active run on the
+        process's tracking URI. Both are process-wide, so they are set for the block alone and put back after it,
+        and the run stays RUNNING (it ends with its step, in :func:`step_run`)."""
+        if not self.enabled:
+            raise TrackingError("tracking is off: no MLflow run to log to")
+        with process_uris(self.client.tracking_uri):
+            mlflow.start_run(run_id=self.run_id, nested=True, log_system_metrics=False)
+            try:
+                yield
+            finally:
+                mlflow.end_run("RUNNING")  # no longer the active run, and not ended
+
+
+@contextlib.contextmanager
+def process_uris(uri: str) -> Iterator[None]:
+    """MLflow's process-wide tracking and registry URIs set to ``uri`` for the block, for the MLflow code that reads
+    them whatever client it was called through (``mlflow.pyfunc.log_model``, in :meth:`StepRun.fluent`; a local
+    registry store creating a version from ``models:/m-...``, in :func:`clipcite.tracking.registry.register_version`).
+    Put back afterwards as they were, with the ``MLFLOW_*`` variables MLflow copies them into (kfp.local's step
+    subprocesses would inherit those) and ``MLFLOW_RUN_ID``, which ``mlflow.end_run`` unsets but belongs to KFP's
+    MLflow integration (code after the step, and KFP's launcher, still read it). The one place clipcite touches
+    MLflow's globals; they are module variables with no public getter that tells "unset" from "set", hence the
+    private reads."""
+    from mlflow.tracking._model_registry import utils as registry_state
+    from mlflow.tracking._tracking_service import utils as tracking_state
+
+    variables = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_RUN_ID")
+    environment = {key: os.environ.get(key) for key in variables}
+    tracking_uri, registry_uri = tracking_state._tracking_uri, registry_state._registry_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(tracking_uri)  # through the setter: it also resets the tracer that holds the URI
+        registry_state._registry_uri = registry_uri  # its setter cannot unset it
+        for key, value in environment.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @contextlib.contextmanager
 def step_run(uri: str | None, parent_run_id: str, name: str, *, system_metrics: bool = True) -> Iterator[StepRun]:
     """A nested run named ``name`` under ``parent_run_id``; a do-nothing StepRun when the parent is empty (tracking
-    off: the snapshot step returns no run id). Ends FINISHED, or FAILED when the step raises."""
+    off: the snapshot step returns no run id). Ends FINISHED, or FAILED when the step raises. ``system_metrics``:
+    CPU, memory, disk and GPU use sampled into the run while the step runs (``system/*``)."""
     if not parent_run_id or resolve_uri(uri or "") is None:
         yield StepRun(None)
         return
     client = connect(uri)
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     try:
-        # Created by id, then started by id: ``mlflow.start_run()`` without one would resume the ``MLFLOW_RUN_ID``
-        # that KFP's MLflow integration injects (its own run of this task) instead of nesting under ours.
+        # Made through the client, never ``mlflow.start_run()``: without a run id that would resume the
+        # ``MLFLOW_RUN_ID`` that KFP's MLflow integration injects (its own run of this task) instead of nesting
+        # under ours, and it needs the process-wide tracking URI.
         tags = {STEP_TAG: name, "clipcite.version": code_version(), "clipcite.image": _image()}
         created = client.create_run(experiment_id, run_name=name, tags={"mlflow.parentRunId": parent_run_id, **tags})
-        with _fluent_run(created.info.run_id, log_system_metrics=system_metrics) as active:
-            run = StepRun(client, active.info.run_id, parent_run_id)
+        run = StepRun(client, created.info.run_id, parent_run_id)
+        monitor = _system_metrics(client, run.run_id) if system_metrics else None
+        status = "FAILED"
+        try:
+            yield run
+            status = "FINISHED"
+        except BaseException as e:  # the step's own words, for the exit handler and the UI
+            with contextlib.suppress(Exception):
+                client.set_tag(run.run_id, ERROR_TAG, shorten(f"{type(e).__name__}: {e}", 5000))
+            raise
+        finally:
             try:
-                yield run
-            except BaseException as e:  # the step's own words, for the exit handler and the UI
-                with contextlib.suppress(Exception):
-                    client.set_tag(run.run_id, ERROR_TAG, shorten(f"{type(e).__name__}: {e}", 5000))
-                raise
-            finally:
                 run.flush()
+            finally:
+                if monitor is not None:
+                    monitor.finish()
+                client.set_terminated(run.run_id, status)
     except MlflowException as e:
         if not str(e.message).startswith("API request to"):  # MLflow's words for a request that never got through
             raise
@@ -398,17 +455,19 @@ def step_run(uri: str | None, parent_run_id: str, name: str, *, system_metrics: 
         ) from e
 
 
-@contextlib.contextmanager
-def _fluent_run(run_id: str, **kwargs) -> Iterator[mlflow.ActiveRun]:
-    """``mlflow.start_run(run_id)`` that leaves ``MLFLOW_RUN_ID`` as it found it: MLflow's ``end_run`` unsets it,
-    and the variable belongs to KFP's MLflow integration (code after the step, and KFP's launcher, still read it)."""
-    injected = os.environ.get("MLFLOW_RUN_ID")
+def _system_metrics(client: MlflowClient, run_id: str):
+    """MLflow's sampler of system metrics, started on ``run_id`` through the client's server (what
+    ``mlflow.start_run(log_system_metrics=True)`` starts, without making the run the process's active one); None
+    where it cannot start (MLflow logs why and the step goes on, as with ``start_run``)."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
     try:
-        with mlflow.start_run(run_id=run_id, nested=True, **kwargs) as active:
-            yield active
-    finally:
-        if injected is not None:
-            os.environ["MLFLOW_RUN_ID"] = injected
+        monitor = SystemMetricsMonitor(run_id, tracking_uri=client.tracking_uri)
+        monitor.start()
+    except Exception as e:  # psutil missing, no /proc: the step runs without them
+        log.error("system metrics not logged for MLflow run %s: %s", run_id, e)
+        return None
+    return monitor
 
 
 def shorten(text: str, limit: int) -> str:

@@ -138,7 +138,7 @@ def log_classifier(run: StepRun, model_dir: Path, *, example_images: list[bytes]
             ]
         ),
     )
-    with tempfile.TemporaryDirectory() as tmp, run._active():
+    with tempfile.TemporaryDirectory() as tmp, run.fluent():
         code = _package_code(Path(tmp))
         info = mlflow.pyfunc.log_model(
             name="classifier",

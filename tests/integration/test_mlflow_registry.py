@@ -51,9 +51,7 @@ def stack(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp, s3_store(mp, "clipcite-data", "mlflow-artifacts") as s3:
         write_world(DATA, seed=1, counts={"train": 3, "val": 1, "test": 2}, domains=("photo", "sketch"))
         with mlflow_server(work, "s3://mlflow-artifacts/mlflow", s3) as url:
-            mp.setenv("MLFLOW_TRACKING_URI", url)
-            mlflow.set_tracking_uri(url)  # the env var does not override a URI an earlier test set in-process
-            mlflow.set_registry_uri(url)
+            mp.setenv("MLFLOW_TRACKING_URI", url)  # the pipeline's default; models:/ URIs below resolve there too
             runs = {}
             for name, overrides in RUNS.items():
                 params = {"data_uri": DATA, "shots": 2, "overrides": overrides, "registered_model_name": NAME}
@@ -190,7 +188,6 @@ def _images(names: list[str]) -> list[np.ndarray]:
 def test_champion_loads_as_pyfunc_and_serves_the_registered_model_with_trained_and_new_labels(stack):
     from clipcite.model.classifier import Classifier
 
-    mlflow.set_registry_uri(stack["url"])  # models:/ URIs resolve against the process-wide registry URI
     trained = ["red circle", "blue square", "green triangle", "yellow diamond"]  # base classes
     new = ["purple star", "orange crescent", "blue bar"]  # new shapes, labels given at call time
     images = pd.DataFrame({"image": [_png(a) for a in _images(trained)]})

@@ -8,7 +8,6 @@ import secrets
 from pathlib import Path
 
 import boto3
-import mlflow
 import pytest
 from mlflow import MlflowClient
 
@@ -66,8 +65,6 @@ def planted_run(tmp_path_factory):
                 mp.setenv(key, value)  # moto does not check the secret: the steps sign every request with it
             mp.setenv("MLFLOW_TRACKING_USERNAME", USER)
             mp.setenv("MLFLOW_TRACKING_URI", proxy.url)
-            mlflow.set_tracking_uri(proxy.url)
-            mlflow.set_registry_uri(proxy.url)
             params = {"data_uri": DATA, "shots": 2, "overrides": {"train.epochs": 1}, "registered_model_name": NAME}
             result = cli.run_local(params, work / "run")
             spec = dag.compile_pipeline(work / "pipeline.yaml")

@@ -102,15 +102,24 @@ def test_image_rows_are_the_tables_rows_without_their_bytes(grouped, monkeypatch
     assert [(r["label"], r["classname"], r["image"]) for r in rows] == [
         (w["label"], w["classname"], None) for w in whole
     ]
-    rows_module._row_group.cache_clear()
+    rows_module._row_groups().cache_clear()
     log = ReadLog(monkeypatch)
     held = []
     for row, expected in zip(rows, whole, strict=True):
         assert image_bytes(row) == expected["image"]
-        held.append(rows_module._row_group.cache_info().currsize)
+        held.append(rows_module._row_groups().cache_info().currsize)
     groups = -(-len(whole) // GROUP)
     assert len(log.image_reads()) == groups  # in table order every row group is read once...
-    assert max(log.image_reads()) <= GROUP and max(held) <= rows_module.ROW_GROUP_CACHE  # ...and few are held
+    assert max(log.image_reads()) <= GROUP and max(held) <= rows_module.row_group_cache_size()  # ...and few are held
+
+
+def test_the_row_group_cache_takes_its_size_when_first_used(monkeypatch):
+    monkeypatch.setenv("CLIPCITE_ROW_GROUP_CACHE", "5")  # set after clipcite.data.rows was imported
+    rows_module._row_groups.cache_clear()
+    try:
+        assert rows_module._row_groups().cache_info().maxsize == 5
+    finally:
+        rows_module._row_groups.cache_clear()  # the next reader sizes it from its own setting
 
 
 def test_local_copy_serves_shuffled_reads_and_is_removed(grouped, monkeypatch):

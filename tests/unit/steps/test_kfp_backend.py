@@ -114,6 +114,15 @@ def test_a_failed_run_names_its_step_and_where_its_error_is_when_the_backend_sen
     late = _pipeline_run(uri, "kfp-4", {"snapshot": "FINISHED", "finetune": "FINISHED", "evaluate-a": "FINISHED"})
     _run_exit_task(uri, "kfp-4", _backend_status("CANCELED"), tmp_path)
     assert client.get_run(late).data.tags["clipcite.failed_step"] == "evaluate or register"
+    # Several methods (finetune-<m>, validate-<m>, select): a failure after training is placed after training.
+    trained = {"snapshot": "FINISHED", "finetune-cite": "FINISHED", "finetune-lora": "FINISHED"}
+    scoring = _pipeline_run(uri, "kfp-5", {**trained, "validate-cite": "FINISHED"})
+    _run_exit_task(uri, "kfp-5", _backend_status("FAILED"), tmp_path)
+    assert client.get_run(scoring).data.tags["clipcite.failed_step"] == "validate-lora or select"
+    chosen = {**trained, "validate-cite": "FINISHED", "validate-lora": "FINISHED", "select": "FINISHED"}
+    selected = _pipeline_run(uri, "kfp-6", chosen)
+    _run_exit_task(uri, "kfp-6", _backend_status("FAILED"), tmp_path)
+    assert client.get_run(selected).data.tags["clipcite.failed_step"] == "evaluate or register"
 
 
 def test_final_states_cover_ml_metadatas_words_and_kfp_locals():

@@ -223,3 +223,7 @@ def test_a_rerun_of_register_replaces_the_registered_paragraph():
     assert again.count(run_card.REGISTERED_HEADING) == 1
     assert again.endswith("\n\n**Registered**: `pets` v3, champion (promoted).\n")
     assert again.startswith(description.rstrip("\n"))
+
+
+def test_register_leaves_the_pipeline_run_open_for_the_exit_handler(chain):
+    assert _parent(chain).info.status == "RUNNING"  # finish_run closes it; `clipcite register` passes close_run

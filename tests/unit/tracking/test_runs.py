@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from clipcite.steps import snapshot
 from clipcite.tracking import runs
 from clipcite.tracking import runs as tracking
-from tests.conftest import mlflow_state_restored, tiny_config
+from tests.conftest import tiny_config
 from tests.support.servers import dead_url
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -98,20 +98,27 @@ def test_snapshot_identifies_the_base_model_and_hands_its_run_on_as_a_file(tmp_p
         read_mlflow_run(run_file)
 
 
-def test_connect_changes_process_wide_state_that_the_test_fixture_puts_back(tmp_path):
+def test_tracking_leaves_mlflows_process_wide_state_alone(tmp_path):
+    """connect, a step's run and the one fluent block (what ``mlflow.pyfunc.log_model`` needs) change no process-wide
+    MLflow setting: kfp.local's step subprocesses inherit the ``MLFLOW_*`` variables, and later code its URIs."""
+
     def state():
         env = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
-        return mlflow.get_tracking_uri(), mlflow.get_registry_uri(), env, set(runs._REACHED)
+        return mlflow.get_tracking_uri(), mlflow.get_registry_uri(), env, mlflow.active_run()
 
     before = state()
-    uri = f"sqlite:///{tmp_path / 'gone.db'}"
-    with mlflow_state_restored():
-        runs.connect(uri)
-        runs._REACHED.add("http://127.0.0.1:1")
-        inside = state()
-        assert inside[:2] == (uri, uri) and inside[2]["MLFLOW_TRACKING_URI"] == uri  # what later tests would inherit
-        assert inside[2]["MLFLOW_REGISTRY_URI"] == uri
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs.connect(uri)
     assert state() == before
+    parent = runs.open_pipeline_run(uri, "clipcite", kfp_run_id="k", run_name="k")
+    with runs.step_run(uri, parent, "register") as step:
+        assert state() == before
+        with step.fluent():
+            assert mlflow.get_tracking_uri() == uri and mlflow.active_run().info.run_id == step.run_id
+        assert state() == before
+        assert step.client.get_run(step.run_id).info.status == "RUNNING"  # the block did not end the step's run
+    assert state() == before
+    assert MlflowClient(uri).get_run(step.run_id).info.status == "FINISHED"
 
 
 def _runs(uri: str) -> dict[str, object]:
@@ -153,3 +160,16 @@ def test_an_unreachable_tracking_server_error_is_not_cut_mid_word():
         tracking.connect("http://127.0.0.1:9")  # loopback port 9: nothing listens
     message = str(raised.value)
     assert "Failed to establish a new)" not in message and "Connection refused" in message, message
+
+
+def test_an_unrecorded_failure_is_placed_after_the_step_runs_that_exist():
+    where = runs.unrecorded_failure
+    assert where(["snapshot"]) == "sample-splits or cache-teacher"
+    after = "evaluate or register"
+    assert where(["snapshot", "finetune"]) == where(["snapshot", "finetune", "evaluate-photo"]) == after
+    trained = ["snapshot", "finetune-cite", "finetune-linear_probe"]  # several methods
+    assert where(trained) == "validate-cite or validate-linear_probe or select"
+    assert where([*trained, "validate-cite"]) == "validate-linear_probe or select"
+    scored = [*trained, "validate-cite", "validate-linear_probe"]
+    assert where(scored) == "select"
+    assert where([*scored, "select"]) == where([*scored, "select", "evaluate-photo"]) == after

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from clipcite.config import ConfigError
-from clipcite.records import TrainSummary
-from clipcite.training.alpha_grid import TIE_POINTS, alpha_rule, pick_alpha
 from clipcite.model.clip import average_weights, load_model, load_saved
+from clipcite.records import TrainSummary
 from clipcite.steps import finetune, sample_splits, validate
 from clipcite.tracking.model_card import version_card
+from clipcite.training.alpha_grid import TIE_POINTS, alpha_rule, pick_alpha
 from tests.conftest import tiny_config
 from tests.unit.tracking.test_model_card import BODY
 
