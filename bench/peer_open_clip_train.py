@@ -27,6 +27,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from clipcite.records import EvalReport
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONFIGS = ROOT / "clipcite" / "model_configs"
@@ -172,6 +176,7 @@ def convert_peer(checkpoint: Path, out: Path, config, splits: Path) -> float:
 
     from clipcite.config import to_dict
     from clipcite.model.clip import load_model, save_model
+    from clipcite.records import ModelMeta
     from clipcite.steps.artifact_io import class_prompts, read_split
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -183,10 +188,18 @@ def convert_peer(checkpoint: Path, out: Path, config, splits: Path) -> float:
     _, classes = read_split(str(splits / "train"))
     template, _ = class_prompts(classes, config)
     scale = float(weights["logit_scale"].exp())
-    meta = {
-        **{"alpha": 1.0, "method": "open_clip_train", "classnames": list(classes.names), "template": template},
-        **{"dataset": classes.dataset, "seed": config.seed, "logit_scale": scale, "config": to_dict(config)},
-    }
+    meta = ModelMeta(
+        arch=base.name,
+        base_identity=base.identity,
+        method="open_clip_train",
+        classnames=tuple(classes.names),
+        template=template,
+        dataset=classes.dataset,
+        alpha=1.0,
+        seed=config.seed,
+        logit_scale=scale,
+        config=to_dict(config),
+    )
     save_model(base, weights, out, meta)
     return scale
 
@@ -237,16 +250,16 @@ def clipcite_half(table: Path, out: Path, extra: list[str]) -> int:
     ours = train_clipcite(splits, out / "clipcite-model", 1, extra, config.train.epochs)
     flags = parse_args(peer_argv(csv, out / "peer-logs", "train", config, config.train.epochs))
     scored = evaluate.run(str(out / "clipcite-model"), str(splits), str(out / "clipcite-eval"), config)
-    hm = scored["mean"]["finetuned"]["hm"]
+    hm = scored.mean["finetuned"]["hm"]
     print(f"clipcite: {ours['images_per_second']:.0f} images/s, mean HM {hm:.2f}; open_clip_train's flags parse: "
           f"{flags.epochs} epoch(s), batch {flags.batch_size}, lr {flags.lr}")  # fmt: skip
     return 0
 
 
-def accuracy(body: dict, model: str) -> dict:
+def accuracy(body: EvalReport, model: str) -> dict:
     """Base/New/HM per domain and the mean over domains, from an evaluate output."""
-    entry = {d: dict(v[model]) for d, v in body["domains"].items()}
-    return {**entry, "mean": dict(body["mean"][model])}
+    entry = {d: dict(v[model]) for d, v in body.domains.items()}
+    return {**entry, "mean": dict(body.mean[model])}
 
 
 def speed_rounds(out: Path, seed_dir: Path, seed: int, extra: list[str], epochs: int, rounds: int) -> dict:

@@ -87,12 +87,14 @@ def step_commands(work: Path, shots: int, epochs: int) -> dict[str, list[str]]:
 
 def images_of(step: str, work: Path, epochs: int) -> int:
     """The images a step touches: table rows, train images x epochs, eval images x 2 models."""
-    manifest = json.loads((work / "splits" / "manifest.json").read_text()) if step != "ingest" else {}
     if step in ("ingest", "sample-splits"):
         return sum(1 for _ in (work / "images").rglob("*.jpg"))
+    from clipcite.records import SplitsManifest
+
+    manifest = SplitsManifest.read(work / "splits")
     if step in ("cache-teacher", "finetune"):
-        return manifest["sets"]["train"]["rows"] * epochs
-    return 2 * sum(v["rows"] for k, v in manifest["sets"].items() if k.startswith("eval/"))
+        return manifest.sets["train"].rows * epochs
+    return 2 * sum(v.rows for k, v in manifest.sets.items() if k.startswith("eval/"))
 
 
 def run_step(args: list[str], log: Path, code: str = "") -> dict:

@@ -87,7 +87,7 @@ def evaluate_model(model: Path, splits: Path, metrics: Path, config, protocol: s
     """Evaluate a saved model; b2n: photo Base/New/HM, xd: top-1 per domain and the shifted domains' mean; both
     with the validation score and the costs the selection sees (``val``: clipcite.evaluation.selection.Candidate's
     fields)."""
-    entry = evaluate.run(str(model), str(splits), str(metrics), config)["domains"]
+    entry = evaluate.run(str(model), str(splits), str(metrics), config).domains
     if protocol == "b2n":
         result = {k: entry["photo"]["finetuned"][k] for k in ("base", "new", "hm")}
     else:

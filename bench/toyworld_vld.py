@@ -23,6 +23,7 @@ Results per seed are kept in ``<out>/seed<N>/vld.json`` and reused by a rerun wi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -40,8 +41,9 @@ from clipcite.data.prompts import prompts_for
 from clipcite.evaluation.metrics import aggregate, harmonic_mean, top1
 from clipcite.evaluation.report import pyplot
 from clipcite.model.clip import LoadedModel, average_weights, encode_texts, load_saved
+from clipcite.records import SplitsManifest
 from clipcite.steps import finetune
-from clipcite.steps.artifact_io import read_json, read_split
+from clipcite.steps.artifact_io import read_split
 from clipcite.steps.command_line import add_overrides_argument
 from clipcite.toyworld.generate import write_world
 from clipcite.toyworld.world import DOMAINS
@@ -80,13 +82,13 @@ def ordered(summary: dict) -> list[str]:
 def load_sets(splits: Path, loaded: LoadedModel, template: str) -> list[dict]:
     """Every eval set of the splits, decoded once: name, domain, subset, eval-view images, labels, prompts."""
     sets = []
-    for spec in read_json(str(splits / "manifest.json"))["eval_sets"]:
-        rows, classes = read_split(str(splits / "eval" / spec["name"]))
+    for spec in SplitsManifest.read(splits).eval_sets:
+        rows, classes = read_split(str(splits / "eval" / spec.name))
         loader = DataLoader(EvalDataset(rows, loaded.preprocess_cfg), batch_size=256)
         images, labels = zip(*[(x, y) for _, x, y in loader], strict=True)
         prompts = prompts_for(template or classes.template, classes.names)
         normalised = model_input(torch.cat(images), loaded.preprocess_cfg, "cpu")
-        sets.append({**spec, "images": normalised, "labels": torch.cat(labels), "prompts": prompts})
+        sets.append({**dataclasses.asdict(spec), "images": normalised, "labels": torch.cat(labels), "prompts": prompts})
     return sets
 
 
@@ -145,8 +147,8 @@ def run_seed(table: Path, out: Path, seed: int, extra: list[str], args: argparse
         zs_model = out / f"{protocol}-zero-shot-model"
         finetune.run(str(splits), str(zs_model), zs_config, cache_uri=str(cache))
         zeroshot, meta = load_saved(zs_model)
-        scale = float(meta["logit_scale"])  # the loss temperature the runs use
-        sets = load_sets(splits, zeroshot, meta["template"])
+        scale = float(meta.logit_scale)  # the loss temperature the runs use
+        sets = load_sets(splits, zeroshot, meta.template)
         teacher = score(zeroshot, sets, scale)
         results["zero-shot"][protocol] = {"alpha=0": metrics(sets, protocol, teacher, teacher)}
         check = evaluate_model(zs_model, splits, out / f"{protocol}-zero-shot-eval", zs_config, protocol)

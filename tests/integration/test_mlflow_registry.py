@@ -15,6 +15,7 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
+from clipcite.records import Registration
 from clipcite.steps import register
 from clipcite.steps.artifact_io import read_config
 from clipcite.toyworld.generate import write_world
@@ -215,7 +216,7 @@ def test_champion_loads_as_pyfunc_and_serves_the_registered_model_with_trained_a
     assert ((result["score"] > 1 / len(new)) & (result["score"] <= 1)).all()
 
 
-def _register_again(result: dict, tmp_path: Path, tracking_uri: str) -> dict:
+def _register_again(result: dict, tmp_path: Path, tracking_uri: str) -> Registration:
     """``register.run`` on a finished pipeline run's own inputs (its model, reports, config and MLflow run), as a
     retry of its register task would call it."""
     record = json.loads((result["record"] / "registration.json").read_text())
@@ -242,8 +243,8 @@ def test_rerunning_register_does_not_register_twice_and_a_registry_outage_loses_
     assert Path(record["model_uri"], "open_clip_model.safetensors").is_file()  # the trained model is still there
     assert not (tmp_path / "record").exists()
     body = _register_again(result, tmp_path, stack["url"])
-    assert body["registry"]["version"] == 3  # found, not registered again
-    assert (body["registry"]["decision"], body["registry"]["reason"]) == ("champion", "v3 already holds champion")
+    assert body.registry.version == 3  # found, not registered again
+    assert (body.registry.decision, body.registry.reason) == ("champion", "v3 already holds champion")
     versions = MlflowClient(stack["url"]).search_model_versions(f"name = '{NAME}'")
     assert sorted(int(v.version) for v in versions) == [1, 2, 3]
 
@@ -254,8 +255,8 @@ def test_register_refuses_to_promote_when_the_champion_moved_during_the_run(stac
     tags = client.get_model_version(NAME, "2").tags
     try:
         body = _register_again(stack["runs"]["worse"], tmp_path, stack["url"])
-        assert (body["registry"]["version"], body["registry"]["decision"]) == (2, "challenger")
-        assert body["registry"]["reason"] == (
+        assert (body.registry.version, body.registry.decision) == (2, "challenger")
+        assert body.registry.reason == (
             "champion is v3 but this run was compared with v1 (it moved during the run); rerun to compare"
         )
         assert client.get_model_version_by_alias(NAME, "champion").version == "3"
@@ -283,8 +284,8 @@ def test_evaluate_compares_with_the_champion_unless_gate_evaluate_champion_is_fa
             mlflow_run_id=record["registry"]["mlflow_run_id"],
             registered_model_name=NAME,
         )
-        assert body["champion_version"] == version
-        assert ("champion" in body["sets"]["photo-base"]) == evaluate_champion
+        assert body.champion_version == version
+        assert ("champion" in body.sets["photo-base"]) == evaluate_champion
 
 
 def test_rolling_back_the_champion_by_hand(stack, capsys):

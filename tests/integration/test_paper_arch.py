@@ -52,12 +52,12 @@ def test_vit_b16_chain_and_plain_open_clip_reload(small_table, tmp_path):
     sample_splits.run(str(small_table), splits, config)
     cache_teacher.run(splits, cache, config)
     summary = finetune.run(splits, model, config, cache_uri=cache)
-    assert summary["steps"] == 2 and summary["images"] == 2  # 1 shot x 2 base classes, batch 2, 2 epochs
+    assert summary.steps == 2 and summary.images == 2  # 1 shot x 2 base classes, batch 2, 2 epochs
     curves = [json.loads(line) for line in (tmp_path / "model" / "curves.jsonl").read_text().splitlines()]
     assert len(curves) == 2 and {"dva", "scl", "vld"} <= set(curves[0])
     assert all(torch.isfinite(torch.tensor(c["total"])) for c in curves)
     body = evaluate.run(model, splits, report, config)
-    assert {"base", "new", "hm"} <= set(body["domains"]["photo"]["finetuned"])
+    assert {"base", "new", "hm"} <= set(body.domains["photo"]["finetuned"])
 
     ours, meta = load_saved(tmp_path / "model")
     plain = open_clip.create_model(f"local-dir:{tmp_path / 'model'}").eval()
@@ -69,7 +69,7 @@ def test_vit_b16_chain_and_plain_open_clip_reload(small_table, tmp_path):
     ours_images = model_input(ours_pixels, ours.preprocess_cfg, "cpu")
     plain_images = torch.stack([preprocess(Image.open(io.BytesIO(r["image"])).convert("RGB")) for r in rows])
     assert torch.equal(ours_images, plain_images)
-    prompts = [meta["template"].format(n) for n in meta["classnames"]]
+    prompts = [meta.template.format(n) for n in meta.classnames]
     with torch.no_grad():
         text = ours.model.eval().encode_text(ours.tokenizer(prompts), normalize=True)
         ours_logits = ours.model.encode_image(ours_images, normalize=True) @ text.T

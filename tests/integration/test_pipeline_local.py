@@ -88,7 +88,7 @@ def test_bad_input_fails_at_its_step_and_the_fixed_rerun_reuses_the_cache(world,
     executed = _executed(result)
     assert "sample-splits" not in executed  # reused from the failed run's cache
     assert "cache-teacher" in executed  # a failed step is never cached
-    assert set(result["metrics"]["domains"]) == {"photo", "sketch"}
+    assert set(result["metrics"].domains) == {"photo", "sketch"}
 
     # New weights under the same path (a re-exported checkpoint): the data is unchanged, so the splits come from
     # the cache, but the teacher cache must be rebuilt; serving the old one fails finetune's identity check.
@@ -98,4 +98,4 @@ def test_bad_input_fails_at_its_step_and_the_fixed_rerun_reuses_the_cache(world,
     result = cli.run_local(params, tmp_path / "run")
     executed = _executed(result)
     assert "sample-splits" not in executed and "cache-teacher" in executed
-    assert set(result["metrics"]["domains"]) == {"photo", "sketch"}
+    assert set(result["metrics"].domains) == {"photo", "sketch"}

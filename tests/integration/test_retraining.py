@@ -63,9 +63,9 @@ def test_a_second_run_picks_up_new_images_and_a_new_class(tmp_path):
     assert after["sources_digest"] != before["sources_digest"]
 
     metrics = second["metrics"]
-    per_class = metrics["sets"]["default"]["finetuned"]["per_class"]
+    per_class = metrics.sets["default"]["finetuned"]["per_class"]
     assert NEW in per_class and len(per_class) == len(FIRST) + 1  # evaluated on the new class
-    assert NEW in metrics["sets"]["default"]["champion"]["per_class"]  # so was the champion, for the gate
+    assert NEW in metrics.sets["default"]["champion"]["per_class"]  # so was the champion, for the gate
 
     registry = json.loads((second["record"] / "registration.json").read_text())["registry"]
     assert registry["version"] == 2 and registry["champion_before"] == 1
@@ -74,8 +74,8 @@ def test_a_second_run_picks_up_new_images_and_a_new_class(tmp_path):
     tags = version.tags
     # The outcome the numbers imply (default gate: top-1 under fewshot, any gain promotes unless a domain drops
     # more than 1 point), worked out here from the merged metrics rather than read back from the gate.
-    gain = metrics["mean"]["finetuned"]["top1"] - metrics["mean"]["champion"]["top1"]
-    drops = [d["champion"]["top1"] - d["finetuned"]["top1"] for d in metrics["domains"].values()]
+    gain = metrics.mean["finetuned"]["top1"] - metrics.mean["champion"]["top1"]
+    drops = [d["champion"]["top1"] - d["finetuned"]["top1"] for d in metrics.domains.values()]
     expected = "champion" if gain > 0 and max(drops) <= 1.0 else "challenger"
     assert registry["gate"]["candidate"] - registry["gate"]["champion"] == pytest.approx(gain)
     assert (registry["decision"], tags["gate.decision"]) == (expected, expected), registry["reason"]

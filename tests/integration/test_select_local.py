@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 from clipcite.evaluation.selection import Candidate, pick  # noqa: E402
 from clipcite.pipeline import cli  # noqa: E402
+from clipcite.records import Selection  # noqa: E402
 from clipcite.steps import select, validate  # noqa: E402
 from clipcite.steps.artifact_io import read_config  # noqa: E402
 from clipcite.toyworld.generate import write_world  # noqa: E402
@@ -40,7 +41,7 @@ def _outputs(result: dict, step: str) -> Path:
 
 def test_every_candidate_is_scored_and_the_rule_picks_from_validation(run):
     result, _, _ = run
-    choice = json.loads((_outputs(result, "select") / "choice" / select.SELECTION_FILE).read_text())
+    choice = json.loads((_outputs(result, "select") / "choice" / Selection.FILE).read_text())
     assert (_outputs(result, "select") / "choice" / "selection.png").is_file()
     rows = {row["method"]: row for row in choice["candidates"]}
     assert set(rows) == set(METHODS)
@@ -77,11 +78,11 @@ def test_selection_never_reads_test_labels(run, tmp_path):
         scores = tmp_path / f"scores-{method}"
         body = validate.run(str(model), str(copy), str(scores), config)
         task = "validate" if index == 0 else f"validate-{index + 1}"
-        logged = json.loads((_outputs(result, task) / "scores" / validate.VALIDATION_FILE).read_text())
+        logged = json.loads((_outputs(result, task) / "scores" / Candidate.FILE).read_text())
         assert body == logged
         candidates[method] = (str(model), str(scores))
     choice = select.run(candidates, str(tmp_path / "model"), str(tmp_path / "choice"))
-    original = json.loads((_outputs(result, "select") / "choice" / select.SELECTION_FILE).read_text())
+    original = json.loads((_outputs(result, "select") / "choice" / Selection.FILE).read_text())
     assert choice == original
 
 
@@ -106,7 +107,7 @@ def test_the_tracking_store_and_the_model_card_hold_every_candidate(run):
     ]
     assert {"val_top1", "trainable_parameters", "seconds", "artefact_bytes"} <= set(table["columns"])
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"model_card.md", select.SELECTION_FILE, select.SELECTION_TABLE} <= artifacts
+    assert {"model_card.md", Selection.FILE, select.SELECTION_TABLE} <= artifacts
     card = Path(client.download_artifacts(parent.info.run_id, "model_card.md")).read_text()
     assert "## Selection among candidates" in card and f"**{winner}** (selected)" in card
     for method in METHODS:

@@ -21,6 +21,7 @@ from PIL import Image
 from clipcite.model.clip import save_model
 from clipcite.tracking import champion_env, registry, runs, served_model
 from tests.support.kubectl import render
+from tests.support.records import meta
 from tests.support.servers import BIN, _serving
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +51,12 @@ def _body(images: list[str], params: dict | None = None, column: str = "image") 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny):
     work = tmp_path_factory.mktemp("serving")
-    save_model(tiny, tiny.model.state_dict(), work / "model", {"classnames": ["cat", "dog"], "template": "a {}."})
+    save_model(
+        tiny,
+        tiny.model.state_dict(),
+        work / "model",
+        meta(arch=tiny.name, base_identity=tiny.identity, classnames=("cat", "dog"), template="a {}."),
+    )
     uri = f"sqlite:///{work / 'mlflow.db'}"
     run_id = runs.open_pipeline_run(uri, "serving")
     with runs.step_run(uri, run_id, "register", system_metrics=False) as step:
@@ -118,7 +124,12 @@ def test_a_malformed_request_gets_a_400_that_says_why_and_the_server_keeps_servi
 def test_served_predictions_equal_the_in_process_classifier(served, tiny, tmp_path):
     from clipcite.model.classifier import Classifier
 
-    save_model(tiny, tiny.model.state_dict(), tmp_path, {"classnames": ["cat", "dog"], "template": "a {}."})
+    save_model(
+        tiny,
+        tiny.model.state_dict(),
+        tmp_path,
+        meta(arch=tiny.name, base_identity=tiny.identity, classnames=("cat", "dog"), template="a {}."),
+    )
     rng = np.random.default_rng(0)
     arrays = [rng.integers(0, 255, (32, 40, 3), dtype=np.uint8) for _ in range(3)]
     answer = requests.post(served, json=_body([_png(a) for a in arrays], {"top_k": 2}), timeout=120)
