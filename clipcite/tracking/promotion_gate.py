@@ -86,6 +86,8 @@ def decide(body: EvalReport, gate: GateConfig, *, champion_version: int | None) 
 
 
 def _value(body: EvalReport, model: str, metric: str, domain: str) -> float:
+    if domain and domain not in body.domains:
+        raise ValueError(f"gate.domain={domain!r} is not an eval domain ({sorted(body.domains)})")
     source = body.domains[domain][model] if domain else body.mean[model]
     if metric not in source:
         raise ValueError(f"gate.metric={metric!r} is not among the measured metrics {sorted(source)}")

@@ -48,3 +48,23 @@ def test_pipeline_failing_at_finetune_leaves_its_mlflow_run_failed(world, tmp_pa
     assert "step 2 (epoch 1/2)" in parent.data.tags["clipcite.error"]
     assert runs["finetune"].info.status == "FAILED" and runs["snapshot"].info.status == "FINISHED"
     assert "register" not in runs
+
+
+def test_a_several_method_run_failing_after_training_is_blamed_on_the_step_that_failed(world, tmp_path):
+    """With several methods the step runs are finetune-<method> and validate-<method>: a failure after them (here
+    register, on a gate domain the data lacks) names register, never the steps before training."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params = {
+        "data_uri": str(world),
+        "shots": 2,
+        "overrides": {"train.epochs": 1, "gate.domain": "nosuch"},
+        "tracking_uri": uri,
+    }
+    with pytest.raises(RuntimeError, match="task 'register' failed"):
+        cli.run_local(params, tmp_path / "run", methods=("cite", "linear_probe"), quiet=True)
+    runs = _runs(uri)
+    (parent,) = [r for r in runs.values() if "mlflow.parentRunId" not in r.data.tags]
+    assert {"finetune-cite", "finetune-linear_probe", "validate-cite", "validate-linear_probe", "select"} <= set(runs)
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["clipcite.failed_step"] == "register"
+    assert "gate.domain='nosuch' is not an eval domain" in parent.data.tags["clipcite.error"]

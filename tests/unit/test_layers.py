@@ -66,3 +66,21 @@ def test_no_test_or_bench_edits_sys_path():
         if re.search(r"sys\.path\.insert\(", path.read_text())
     ]
     assert offenders == []
+
+
+def test_each_hand_off_file_is_named_in_clipcite_records_alone():
+    """A file one step writes and another reads is named once, by its record; a literal elsewhere in the package would
+    be a second spelling that can drift."""
+    from clipcite import records
+
+    names = {cls.FILE for cls in vars(records).values() if isinstance(cls, type) and getattr(cls, "FILE", None)}
+    names |= {records.WEIGHTS_FILE, records.OPENCLIP_CONFIG_FILE, records.HEAD_FILE, records.LORA_FILE}
+    names.add(records.CURVES_FILE)
+    assert {"manifest.json", "clipcite.json", "train_summary.json", "metrics.json", "registration.json"} <= names
+    found = []
+    for path in sorted((ROOT / "clipcite").rglob("*.py")):
+        if path.name == "records.py" and path.parent.name == "clipcite":
+            continue
+        text = path.read_text()
+        found += [f"{path.relative_to(ROOT)}: {name}" for name in names if f'"{name}"' in text or f"'{name}'" in text]
+    assert not found, found
