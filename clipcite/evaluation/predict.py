@@ -46,34 +46,18 @@ def predict(
     return preds[""], target
 
 
-def top1_points(
-    loaded: LoadedModel,
-    rows: list[dict],
-    prompts: list[str],
-    *,
-    batch_size: int = 256,
-    device: str = "cpu",
-    num_workers: int = 0,
-    precision: str = "auto",
-    source: str = "",
-) -> float:
-    """Top-1 in points of ``loaded`` on ``rows`` (0.0 for no rows: the caller says whether that is an error)."""
-    if not len(rows):
-        return 0.0
-    options = {"batch_size": batch_size, "device": device, "num_workers": num_workers, "precision": precision}
-    preds, target = predict(loaded, rows, prompts, **options, source=source)
-    return float(top1(preds, target))
-
-
 def scorer(rows: Sequence[dict], prompts: list[str], config: Config, device: str, source: str = "") -> Scorer:
     """Top-1 (points) of a model on ``rows`` with the eval settings of ``config``: how validate scores a candidate
     and train.alpha_grid an alpha."""
 
     def top1_of(model: LoadedModel) -> float:
-        options = {"batch_size": config.eval.batch_size, "num_workers": config.eval.num_workers}
-        return top1_points(
-            model, rows, prompts, **options, device=device, precision=config.train.precision, source=source
+        if not len(rows):  # the caller says whether no validation images is an error
+            return 0.0
+        settings = {"batch_size": config.eval.batch_size, "num_workers": config.eval.num_workers}
+        preds, target = predict(
+            model, rows, prompts, **settings, device=device, precision=config.train.precision, source=source
         )
+        return float(top1(preds, target))
 
     return top1_of
 

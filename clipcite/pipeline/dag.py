@@ -27,6 +27,7 @@ from clipcite.pipeline.components.snapshot import snapshot
 from clipcite.pipeline.components.validate import validate
 from clipcite.pipeline.settings import ClusterSettings, cpu_task, gpu_task
 from clipcite.records import step_name
+from clipcite.steps.run_config import CONFIG_PARAMETERS
 
 PIPELINE_NAME = "clipcite"
 
@@ -88,6 +89,8 @@ def _closing(run: SimpleNamespace, settings: ClusterSettings, local_failure: str
 def _snapshot_and_splits(run: SimpleNamespace, settings: ClusterSettings) -> SimpleNamespace:
     """snapshot (the data's digest, the MLflow run, the base model's identity) -> sample_splits (cached on the
     digest); returns what the later stages read of them."""
+    # what the run's config is resolved from: the preset, the named parameters, then the overrides
+    resolved = {"config": run.config, **{k: getattr(run, k) for k in CONFIG_PARAMETERS}, "overrides": run.overrides}
     snap = snapshot(
         data_uri=run.data_uri,
         eval_data_uris=run.eval_data_uris,
@@ -95,26 +98,14 @@ def _snapshot_and_splits(run: SimpleNamespace, settings: ClusterSettings) -> Sim
         experiment_name=run.experiment_name,
         kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-        config=run.config,
-        shots=run.shots,
-        seed=run.seed,
-        arch=run.arch,
-        pretrained=run.pretrained,
-        method=run.method,
-        overrides=run.overrides,
+        **resolved,
     )
     cpu_task(snap, settings, cache=False, retry_backoff="30s")
     splits = sample_splits(
         data_uri=run.data_uri,
         eval_data_uris=run.eval_data_uris,
         data_digest=snap.outputs["digest"],
-        config=run.config,
-        shots=run.shots,
-        seed=run.seed,
-        arch=run.arch,
-        pretrained=run.pretrained,
-        method=run.method,
-        overrides=run.overrides,
+        **resolved,
     )
     cpu_task(splits, settings, cache=True, retry_backoff="30s")
     return SimpleNamespace(

@@ -4,12 +4,10 @@ and evaluates on it, records the snapshot it used, and registers a second versio
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from mlflow import MlflowClient
-from PIL import Image
 
-from clipcite.toyworld.world import render
+from tests.support.image_folders import drop_images
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,15 +18,6 @@ pytestmark = pytest.mark.slow  # see pyproject.toml: `make test-fast` leaves the
 FIRST = ["red circle", "blue square", "green triangle", "yellow diamond", "purple cross", "orange bar"]
 NEW = "green star"
 OVERRIDES = {"splits.protocol": "fewshot", "splits.train_domains": [], "train.epochs": 1, "eval.batch_size": 64}
-
-
-def drop_images(root: Path, classname: str, split: str, start: int, count: int) -> None:
-    """What a data team does: save image files under <split>/<class>/."""
-    rng = np.random.default_rng([sum(map(ord, classname)), start, len(split)])
-    folder = root / split / classname.replace(" ", "_")
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(start, start + count):
-        Image.fromarray(render(classname, "photo", rng)).save(folder / f"img{i:03d}.png")
 
 
 def test_a_second_run_picks_up_new_images_and_a_new_class(tmp_path):

@@ -1,23 +1,10 @@
 """Folder sources (clipcite/data/folder.py): the layout told from the image paths, and the errors for images at
 mixed depths and for a folder that is neither an image table nor a tree of images."""
 
-from pathlib import Path
-
-import numpy as np
 import pytest
-from PIL import Image
 
 from clipcite.data.folder import detect_layout, scan_folder, source_snapshot
-from clipcite.toyworld.world import render
-
-
-def drop_images(root: Path, classname: str, split: str, start: int, count: int) -> None:
-    """What a data team does: save image files under <split>/<class>/."""
-    rng = np.random.default_rng([sum(map(ord, classname)), start, len(split)])
-    folder = root / split / classname.replace(" ", "_")
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(start, start + count):
-        Image.fromarray(render(classname, "photo", rng)).save(folder / f"img{i:03d}.png")
+from tests.support.image_folders import drop_images
 
 
 def test_layout_detection_and_errors(tmp_path):
