@@ -43,9 +43,19 @@ RAISED = re.compile(r"^\s*(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Exi
 class TaskLog:
     """A text stream for kfp.local's output (stdout, stderr and log records go here during a run)."""
 
-    def __init__(self, path: Path, terminal: TextIO, *, echo: bool, failure_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        terminal: TextIO,
+        *,
+        echo: bool,
+        failure_file: Path | None = None,
+        names: dict[str, str] | None = None,
+    ) -> None:
         """``failure_file``: where the first task that fails is written, with its last exception line, for the exit
-        task (:func:`kfp_backend.write_local_failure`); an earlier run's is removed."""
+        task (:func:`kfp_backend.write_local_failure`); an earlier run's is removed. ``names``: kfp.local's task
+        name -> the name a person reads (:func:`display_names`: ``finetune-2`` -> ``finetune-linear_probe``)."""
+        self.names = names or {}
         path.parent.mkdir(parents=True, exist_ok=True)
         if failure_file is not None:
             failure_file.unlink(missing_ok=True)
@@ -87,11 +97,11 @@ class TaskLog:
             if started[1] in LOOP_TASKS:
                 self._starting[started[1]] = self._starting.get(started[1], 0) + 1
             else:
-                self._progress(f"{started[1]} ...")
+                self._progress(f"{self._name(started[1])} ...")
         elif finished := FINISHED.search(line):
             self._finished(finished[1], finished[2])
         elif cached := CACHED.search(line):
-            self._progress(f"{cached[1]}: reused from the cache")
+            self._progress(f"{self._name(cached[1])}: reused from the cache")
         else:
             self._loop_item(line)
 
@@ -113,11 +123,14 @@ class TaskLog:
         if task in LOOP_TASKS and status == "SUCCESS":  # outputs (with the item) follow; a failure prints none
             self._finishing[task] = status
         else:
-            self._progress(f"{task}: {_outcome(status)}")
+            self._progress(f"{self._name(task)}: {_outcome(status)}")
         if status != "SUCCESS" and not self.failed_task:
-            self.failed_task = task
+            self.failed_task = task = self._name(task)
             if self.failure_file is not None:  # for the exit task, started after this line
                 kfp_backend.write_local_failure(self.failure_file, task, self.last_error)
+
+    def _name(self, task: str) -> str:
+        return self.names.get(task, task)
 
     def _progress(self, message: str) -> None:
         if not self.echo:
@@ -127,19 +140,21 @@ class TaskLog:
     def failure(self, error: Exception) -> str:
         """What a failed run ends with: the failed task and the last exception line printed before it failed."""
         found = FAILED_TASK.search(ANSI.sub("", str(error)))
-        task = f"task {found[1]!r} failed" if found else ANSI.sub("", str(error))
+        task = f"task {self._name(found[1])!r} failed" if found else ANSI.sub("", str(error))
         return f"{task}: {self.last_error}" if self.last_error else task
 
 
 @contextlib.contextmanager
-def captured(path: Path, *, echo: bool, failure_file: Path | None = None) -> Iterator[TaskLog]:
+def captured(
+    path: Path, *, echo: bool, failure_file: Path | None = None, names: dict[str, str] | None = None
+) -> Iterator[TaskLog]:
     """Send this process's stdout, stderr and root log records to a ``TaskLog`` for the duration.
 
     Also puts back ``print``: kfp.local indents a task's streamed lines by swapping ``builtins.print`` for the task's
     duration, and two ParallelFor iterations that overlap restore each other's swap, so after a run with parallel
     evaluate tasks ``print`` could stay indented and the summary printed after it start with four spaces."""
     terminal, plain_print = sys.stdout, builtins.print
-    log = TaskLog(path, terminal, echo=echo, failure_file=failure_file)
+    log = TaskLog(path, terminal, echo=echo, failure_file=failure_file, names=names)
     handler = logging.StreamHandler(log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
@@ -154,6 +169,15 @@ def captured(path: Path, *, echo: bool, failure_file: Path | None = None) -> Ite
         root.handlers, level = saved
         root.setLevel(level)
         log.close()
+
+
+def display_names(pipeline_func) -> dict[str, str]:
+    """kfp.local's task names -> the DAG's display names where they differ: with several methods kfp.local numbers
+    the second finetune and validate tasks (``finetune-2``), while the DAG names each after its method
+    (``finetune-linear_probe``, the name of its MLflow run too)."""
+    spec = pipeline_func.pipeline_spec
+    dags = [spec.root.dag, *(c.dag for c in spec.components.values() if c.HasField("dag"))]
+    return {key: task.task_info.name for dag in dags for key, task in dag.tasks.items() if key != task.task_info.name}
 
 
 def run_dag(pipeline_func, params: dict, out: Path, *, caching: bool, quiet: bool, runner: str = "subprocess") -> dict:
@@ -179,7 +203,8 @@ def run_dag(pipeline_func, params: dict, out: Path, *, caching: bool, quiet: boo
     log_path = out / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
     before = set((out / "root").glob("*"))
     failed = failure_file(out)
-    with captured(log_path, echo=not quiet, failure_file=failed) as task_log, warnings.catch_warnings():
+    names = display_names(pipeline_func)
+    with captured(log_path, echo=not quiet, failure_file=failed, names=names) as task_log, warnings.catch_warnings():
         # kfp.local warns on every task that the cluster's image and resource requests do not apply locally.
         warnings.filterwarnings("ignore", message=r".*(have no effect in the current local runner|non-Python base)")
         try:

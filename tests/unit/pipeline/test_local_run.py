@@ -86,3 +86,34 @@ def test_overlapping_parallel_tasks_do_not_leave_print_indented_after_the_run(tm
         second.__exit__(None, None, None)
     print("# clipcite: the summary")
     assert capsys.readouterr().out == "# clipcite: the summary\n"
+
+
+def test_each_candidates_task_line_names_its_method(tmp_path):
+    """With several methods kfp.local numbers the second finetune and validate tasks; the lines, the failed task and
+    the exit task's file use the DAG's names, which are the step runs' names in MLflow."""
+    import dataclasses
+
+    from clipcite.pipeline.dag import build_pipeline
+    from clipcite.pipeline.settings import ClusterSettings
+
+    settings = dataclasses.replace(ClusterSettings.from_env(), methods=("cite", "linear_probe"))
+    names = local_run.display_names(build_pipeline(settings))
+    assert names["finetune"] == "finetune-cite" and names["finetune-2"] == "finetune-linear_probe"
+    assert names["validate"] == "validate-cite" and names["validate-2"] == "validate-linear_probe"
+    assert "evaluate" not in names and "register" not in names  # one task each: kfp.local's name is the DAG's
+    terminal = io.StringIO()
+    failure = tmp_path / "failed.json"
+    task_log = local_run.TaskLog(tmp_path / "run.log", terminal, echo=False, failure_file=failure, names=names)
+    task_log.write(kfp_output("finetune", [], "SUCCESS"))
+    task_log.write(kfp_output("finetune-2", ["ValueError: bad"], "FAILURE"))
+    task_log.close()
+    progress = [line.split("] ", 1)[1] for line in terminal.getvalue().splitlines()]
+    assert progress == [
+        "finetune-cite ...",
+        "finetune-cite: done",
+        "finetune-linear_probe ...",
+        "finetune-linear_probe: failed",
+    ]
+    assert task_log.failed_task == "finetune-linear_probe" and "finetune-linear_probe" in failure.read_text()
+    error = RuntimeError(f"Pipeline 'clipcite' finished with status FAILURE. Inner task failed: {CYAN}'finetune-2'")
+    assert task_log.failure(error) == "task 'finetune-linear_probe' failed: ValueError: bad"
