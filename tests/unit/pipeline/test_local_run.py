@@ -117,3 +117,25 @@ def test_each_candidates_task_line_names_its_method(tmp_path):
     assert task_log.failed_task == "finetune-linear_probe" and "finetune-linear_probe" in failure.read_text()
     error = RuntimeError(f"Pipeline 'clipcite' finished with status FAILURE. Inner task failed: {CYAN}'finetune-2'")
     assert task_log.failure(error) == "task 'finetune-linear_probe' failed: ValueError: bad"
+
+
+def test_the_summary_heading_names_the_registered_winner_and_the_selection(tmp_path, capsys):
+    from clipcite.config import load_config
+    from clipcite.records import Registration, Selection, SelectionRow
+    from tests.support.records import report
+
+    rows = (
+        SelectionRow("linear_probe", 45.83, 24, 1536, 3.0, 6144, True),
+        SelectionRow("cite", 33.33, 24, 10**6, 9.0, 4 * 10**6, False),
+    )
+    selection = Selection("rule", 0.1, "linear_probe", rows)
+    mean = {"finetuned": {"top1": 40.9}}
+    metrics = report(method="linear_probe", alpha=1.0, domains={"default": mean}, mean=mean, models=("finetuned",))
+    registration = Registration("m", "e", "model", "id", ("a",), "linear_probe", 1.0, {}, mean, selection=selection)
+    config = load_config("default", ["train.method=cite"])  # the shared config names the first method
+    result = {"metrics": metrics, "config": config, "registration": registration, "data_uri": "photos"}
+    result |= {"record": tmp_path / "record", "summary": tmp_path / "summary", "log": tmp_path / "log"}
+    local_run.print_summary(result, "off")
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("# clipcite: linear_probe (alpha=1.0), ")
+    assert "selected linear_probe on validation (top-1 45.83; cite 33.33)" in printed
