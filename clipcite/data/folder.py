@@ -102,8 +102,11 @@ def scan_folder(uri: str, images: list[str] | None = None) -> tuple[list[FileEnt
     entries, names = layout_entries(
         uri, images, layout, split=settings.get("split", "train"), domain=settings.get("domain", "default")
     )
-    dataset = settings.get("dataset", "")
-    classes = ClassList(tuple(names), template_for(dataset, settings.get("template", "")), dataset)
+    named = settings.get("dataset", "")
+    # Without a source file the folder's own name is the dataset's (what the card and the registry show); only a
+    # dataset named in the file picks a benchmark's prompt template.
+    dataset = named or uri.rstrip("/").rsplit("/", 1)[-1]
+    classes = ClassList(tuple(names), template_for(named, settings.get("template", "")), dataset)
     return entries, classes
 
 
