@@ -1,42 +1,45 @@
 """The model card and the registered model's description, rendered from plain data (no MLflow)."""
 
+import dataclasses
 import re
 
 from clipcite.config import GateConfig
+from clipcite.records import Selection
 from clipcite.tracking.model_card import CARD_HEADING, family_description, headline, version_card
+from tests.support import records as fake
 
-META = {
-    "arch": "toyclip",
-    "base_identity": "sha256:6e8d8c23",
-    "method": "cite",
-    "alpha": 0.5,
-    "seed": 2,
-    "dataset": "toyworld",
-    "classnames": [f"class {i}" for i in range(20)],
-    "config": {
+META = fake.meta(
+    arch="toyclip",
+    base_identity="sha256:6e8d8c23",
+    method="cite",
+    alpha=0.5,
+    seed=2,
+    dataset="toyworld",
+    classnames=[f"class {i}" for i in range(20)],
+    config={
         "splits": {"shots": 4, "protocol": "base2new"},
         "train": {"lam": 0.7, "eta": 0.1, "epochs": 3, "lr": 1e-4, "batch_size": 32},
         "model": {"arch": "toyclip", "pretrained": "clipcite:toyworld/toyclip.safetensors"},
     },
-}
+)
 
 
 def _entry(base: float, new: float) -> dict:
     return {"base": base, "new": new, "hm": 2 * base * new / (base + new)}
 
 
-BODY = {
-    "models": ["zeroshot", "finetuned", "champion"],
-    "champion_version": 3,
-    "train_domains": ["photo"],
-    "source_domains": ["photo"],
-    "mean_domains": ["sketch"],
-    "domains": {
+BODY = fake.report(
+    models=["zeroshot", "finetuned", "champion"],
+    champion_version=3,
+    train_domains=["photo"],
+    source_domains=["photo"],
+    mean_domains=["sketch"],
+    domains={
         "photo": {"zeroshot": _entry(70, 60), "finetuned": _entry(90, 62), "champion": _entry(85, 61)},
         "sketch": {"zeroshot": _entry(50, 40), "finetuned": _entry(58, 41), "champion": _entry(55, 40)},
     },
-    "mean": {"zeroshot": _entry(50, 40), "finetuned": _entry(58, 41), "champion": _entry(55, 40)},
-}
+    mean={"zeroshot": _entry(50, 40), "finetuned": _entry(58, 41), "champion": _entry(55, 40)},
+)
 
 
 def _card(**changes) -> str:
@@ -102,19 +105,19 @@ def test_the_gate_decision_and_how_to_load_and_serve():
 
 
 def test_the_first_version_has_no_champion_to_compare_with():
-    body = {**BODY, "models": ["zeroshot", "finetuned"], "champion_version": None}
+    body = dataclasses.replace(BODY, models=("zeroshot", "finetuned"), champion_version=None)
     card = _card(body=body, decision={"role": "champion", "reason": "no champion yet"})
     assert "- compared with: no champion (none held the alias)" in card
     assert not any(model.startswith("champion") for _, model in _table_rows(card))
 
 
 def test_a_top1_protocol_shows_top1_and_missing_settings_show_a_dash():
-    meta = {**META, "config": {"splits": {"shots": 1, "protocol": "fewshot"}, "train": {}}}
-    body = {
-        "models": ["finetuned"],
-        "domains": {"photo": {"finetuned": {"top1": 81.234}}},
-        "mean": {"finetuned": {"top1": 81.234}},
-    }
+    meta = dataclasses.replace(META, config={"splits": {"shots": 1, "protocol": "fewshot"}, "train": {}})
+    body = fake.report(
+        models=["finetuned"],
+        domains={"photo": {"finetuned": {"top1": 81.234}}},
+        mean={"finetuned": {"top1": 81.234}},
+    )
     card = _card(meta=meta, body=body, decision={"role": "champion", "reason": "no champion yet"})
     assert "| domain | model | Top-1 |" in card and "| photo | **v4** (this) | 81.23 |" in card
     assert "| lambda (weight of L_SCL) | - |" in card
@@ -131,9 +134,9 @@ def test_the_family_description_says_what_the_model_is_and_how_versions_are_prom
 def test_the_first_line_is_a_plain_summary_the_versions_table_can_show():
     """The registry's versions table shows a description's first line, cut at 32 characters, unrendered."""
     assert _card().split("\n", 1)[0] == "cite on toyworld: HM 48.04"
-    fewshot = {"mean": {"finetuned": {"top1": 81.234}}}
+    fewshot = fake.report(mean={"finetuned": {"top1": 81.234}})
     assert headline(META, fewshot) == "cite on toyworld: top-1 81.23"
-    assert headline({"method": "flyp"}, {}) == "flyp on ?"
+    assert headline(fake.meta(method="flyp"), fake.report()) == "flyp on ?"
 
 
 def test_a_manual_promotion_leaves_one_champion_in_the_list_and_says_so_on_the_card(tmp_path, monkeypatch, capsys):
@@ -180,11 +183,11 @@ def test_a_selected_method_shows_every_candidate_and_the_rule_a_single_one_none(
         Candidate("lora", 79.95, 48, 184_320, 40.2, 737_280),
         Candidate("linear_probe", 75.0, 48, 12_288, 1.3, 49_152),
     ]
-    selection = {"rule": rule(), "winner": "lora", "candidates": table(candidates, pick(candidates))}
+    selection = Selection(rule(), 0.1, "lora", table(candidates, pick(candidates)))
     card = version_card(
         name="clipcite",
         version=4,
-        meta={**META, "method": "lora"},
+        meta=dataclasses.replace(META, method="lora"),
         body=BODY,
         decision={},
         code_version="abc",
@@ -209,31 +212,28 @@ def test_each_candidate_keeps_its_own_checkpoints():
 def test_every_candidates_test_number_joins_the_selection_after_the_choice(tmp_path):
     """evaluate scores the losers as candidate-<method>; register keeps them through the merge of the domains'
     reports and puts each one's gate metric beside its validation score on the card."""
-    import json
-
     from clipcite.config import GateConfig
     from clipcite.evaluation.selection import Candidate, pick, rule, table
     from clipcite.steps.register import merge_reports, with_test_numbers
 
     candidates = [Candidate("cite", 80.0, 48, 150_000_000, 61.5, 598_000_000), Candidate("lora", 79.0, 48, 9, 4, 7)]
-    selection = {"rule": rule(), "winner": "cite", "candidates": table(candidates, pick(candidates))}
+    selection = Selection(rule(), 0.1, "cite", table(candidates, pick(candidates)))
     scored = {"finetuned": {"top1": 58.0}, "zeroshot": {"top1": 50.0}, "candidate-lora": {"top1": 61.0}}
     reports = []
     for domain in ("photo", "sketch"):
         report = tmp_path / domain
         report.mkdir()
         entry = {"domain": domain, "subset": "all", "template": "", **scored}
-        body = {"sets": {domain: entry}, "train_domains": ["photo"], "mean_over": "ood", "method": "cite"}
-        (report / "metrics.json").write_text(json.dumps(body))
+        fake.report(sets={domain: entry}, train_domains=["photo"], method="cite").write(report)
         reports.append(str(report))
     body = merge_reports(reports)
-    assert body["models"] == ["zeroshot", "finetuned", "candidate-lora"]
+    assert body.models == ("zeroshot", "finetuned", "candidate-lora")
     joined = with_test_numbers(selection, body, GateConfig())
-    assert [(r["method"], r["test"]) for r in joined["candidates"]] == [("cite", 58.0), ("lora", 61.0)]
-    assert joined["test_metric"] == "top1 (mean of sketch)" and joined["test_key"] == "test_top1"
+    assert [(r.method, r.test) for r in joined.candidates] == [("cite", 58.0), ("lora", 61.0)]
+    assert joined.test_metric == "top1 (mean of sketch)" and joined.test_key == "test_top1"
     on_photo = with_test_numbers(selection, body, GateConfig(domain="photo"))  # where the gate reads its metric
-    assert on_photo["test_metric"] == "top1 (photo)" and on_photo["candidates"][1]["test"] == 61.0
-    without = {**body, "mean": {k: v for k, v in body["mean"].items() if k != "candidate-lora"}}
+    assert on_photo.test_metric == "top1 (photo)" and on_photo.candidates[1].test == 61.0
+    without = dataclasses.replace(body, mean={k: v for k, v in body.mean.items() if k != "candidate-lora"})
     assert with_test_numbers(selection, without, GateConfig()) == selection  # no other candidate scored: no column
     card = version_card(name="m", version=1, meta=META, body=body, decision={}, code_version="x", selection=joined)
     section = card.split("## Selection among candidates")[1].split("## Data")[0]

@@ -3,15 +3,17 @@
 import pytest
 
 from clipcite.config import GateConfig
+from clipcite.records import EvalReport
 from clipcite.tracking.promotion_gate import decide, decide_promotion
+from tests.support.records import report
 
 
-def body(candidate: dict, champion: dict | None = None) -> dict:
+def body(candidate: dict, champion: dict | None = None, champion_version: int | None = None) -> EvalReport:
     """Per-domain HM for the fine-tuned model (and the champion); the mean over domains as summarise computes it."""
     models = {"finetuned": candidate, **({"champion": champion} if champion else {})}
     domains = {d: {m: {"hm": v[d], "base": v[d], "new": v[d]} for m, v in models.items()} for d in candidate}
     mean = {m: {"hm": sum(v.values()) / len(v)} for m, v in models.items()}
-    return {"domains": domains, "mean": mean}
+    return report(domains=domains, mean=mean, champion_version=champion_version)
 
 
 def test_no_champion_promotes():
@@ -49,10 +51,10 @@ def test_a_kept_domain_dropping_too_much_blocks_promotion():
 def test_primary_metric_on_one_domain_and_fewshot_top1():
     metrics = body({"photo": 70.0, "sketch": 30.0}, {"photo": 60.0, "sketch": 45.0})  # mean worse, photo better
     assert decide(metrics, GateConfig(domain="photo", kept_domains=("photo",)), champion_version=1).promote
-    fewshot = {
-        "domains": {"photo": {"finetuned": {"top1": 80.0}, "champion": {"top1": 70.0}}},
-        "mean": {"finetuned": {"top1": 80.0}, "champion": {"top1": 70.0}},
-    }
+    fewshot = report(
+        domains={"photo": {"finetuned": {"top1": 80.0}, "champion": {"top1": 70.0}}},
+        mean={"finetuned": {"top1": 80.0}, "champion": {"top1": 70.0}},
+    )
     decision = decide(fewshot, GateConfig(), champion_version=1)
     assert decision.promote and decision.metric == "top1"
     with pytest.raises(ValueError, match="gate.metric='hm'"):
@@ -65,13 +67,13 @@ def test_champion_not_evaluated_never_promotes():
 
 
 def test_registry_state_rules_come_before_the_metrics():
-    better = {**body({"photo": 62.0}, {"photo": 60.0}), "champion_version": 1}
+    better = body({"photo": 62.0}, {"photo": 60.0}, champion_version=1)
     assert decide_promotion(better, GateConfig(), version=2, holder=1).promote  # the metrics decide
     rerun = decide_promotion(better, GateConfig(), version=2, holder=2)
     assert rerun.promote and rerun.reason == "v2 already holds champion"
     moved = decide_promotion(better, GateConfig(), version=3, holder=2)  # compared with v1, v2 took it meanwhile
     assert not moved.promote and "champion is v2 but this run was compared with v1" in moved.reason
-    first = {**body({"photo": 50.0}), "champion_version": None}
+    first = body({"photo": 50.0})
     assert decide_promotion(first, GateConfig(), version=1, holder=None).reason == "no champion yet"
     late = decide_promotion(first, GateConfig(), version=2, holder=1)  # v1 became champion while this run ran
     assert not late.promote and "compared with no champion" in late.reason

@@ -115,12 +115,12 @@ def test_the_run_holds_a_few_rounded_means_and_every_domain_in_one_table(chain):
     assert metrics and all(k.startswith("mean/") for k in metrics), sorted(metrics)  # one chart per metric
     assert {"mean/finetuned/hm", "mean/zeroshot/hm"} <= set(metrics) and len(metrics) <= 12
     assert all(v == round(v, 2) for v in metrics.values()), metrics
-    assert metrics["mean/finetuned/hm"] == round(chain["body"]["mean"]["finetuned"]["hm"], 2)
+    assert metrics["mean/finetuned/hm"] == round(chain["body"].mean["finetuned"]["hm"], 2)
     table = json.loads(Path(client.download_artifacts(chain["run_id"], register.METRICS_TABLE)).read_text())
     rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
     assert {(r["domain"], r["model"]) for r in rows} >= {("photo", "finetuned"), ("sketch", "zeroshot")}
     photo = next(r for r in rows if (r["domain"], r["model"]) == ("photo", "finetuned"))
-    assert photo["hm"] == round(chain["body"]["domains"]["photo"]["finetuned"]["hm"], 2)
+    assert photo["hm"] == round(chain["body"].domains["photo"]["finetuned"]["hm"], 2)
     # each domain's own numbers stay on its evaluate run, under the names they always had
     step = _steps(chain)["evaluate-photo"].data.metrics
     assert {"eval/photo/finetuned/base", "eval/photo/finetuned/hm"} <= set(step) and not any(
@@ -132,7 +132,7 @@ def test_the_versions_table_shows_a_plain_summary_and_the_version_page_the_card(
     client = chain["client"]
     version = client.get_model_version(NAME, "1")
     first, rest = version.description.split("\n", 1)
-    hm = chain["body"]["mean"]["finetuned"]["hm"]
+    hm = chain["body"].mean["finetuned"]["hm"]
     assert first == f"cite on demo: HM {hm:.2f}" and len(first) <= 32  # the table cuts at 32 characters
     assert not re.search(r"[#*`|\[]", first)
     assert f"# {NAME} v1: cite on demo" in rest and "## Per-domain accuracy" in rest  # the rendered card
