@@ -1,12 +1,11 @@
 """Image tables and steps on s3:// URIs, against a real S3 endpoint (moto_server on loopback)."""
 
-import json
-
 import boto3
 import pytest
 
 from clipcite import storage
 from clipcite.data.table import read_classes, read_table
+from clipcite.records import EvalReport, SplitsManifest
 from clipcite.steps import sample_splits
 from clipcite.steps.artifact_io import read_config
 from tests.conftest import tiny_config
@@ -35,10 +34,10 @@ def test_table_round_trip_and_splits_on_s3(s3, table):
     config_uri = "s3://clipcite-test/run_config.yaml"
     manifest = sample_splits.run("s3://clipcite-test/table", "s3://clipcite-test/splits", config, config_uri=config_uri)
     assert read_config(config_uri) == config  # the config artifact the later steps read
-    assert manifest["sets"]["train"]["rows"] == 3 * 4  # 3 base classes x 4 shots
-    stored = json.loads(storage.read_text("s3://clipcite-test/splits/manifest.json"))
-    assert stored["sets"] == manifest["sets"]
-    assert len(read_table("s3://clipcite-test/splits/train")) == manifest["sets"]["train"]["rows"]
+    assert manifest.sets["train"].rows == 3 * 4  # 3 base classes x 4 shots
+    stored = SplitsManifest.read("s3://clipcite-test/splits")  # manifest.json
+    assert stored.sets == manifest.sets
+    assert len(read_table("s3://clipcite-test/splits/train")) == manifest.sets["train"].rows
     with storage.local_dir("s3://clipcite-test/splits") as local:
         assert (local / "eval").is_dir() and not (local / "config.yaml").exists()
 
@@ -74,10 +73,10 @@ def test_teacher_cache_model_and_report_on_s3(s3, table):
     sample_splits.run(f"{root}/table", f"{root}/splits", config)
     cache_teacher.run(f"{root}/splits", f"{root}/teacher", config)
     summary = finetune.run(f"{root}/splits", f"{root}/model", config, cache_uri=f"{root}/teacher")
-    assert summary["teacher"] == "cache"
+    assert summary.teacher == "cache"
     body = evaluate.run(f"{root}/model", f"{root}/splits", f"{root}/report", config)
     assert storage.exists(f"{root}/model/open_clip_model.safetensors")
-    assert json.loads(storage.read_text(f"{root}/report/metrics.json"))["mean"] == body["mean"]
+    assert EvalReport.read(f"{root}/report").mean == body.mean  # metrics.json
 
 
 def test_large_objects_move_in_parts(s3, monkeypatch):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from clipcite.caches.baseline_cache import baseline_key
+from clipcite.records import EvalReport, SetDigest
 from clipcite.steps import evaluate, finetune, sample_splits
 from tests.conftest import tiny_config
 
@@ -48,7 +49,7 @@ def spied(monkeypatch):
     return calls
 
 
-def _run(out: Path, model: str, config, cache: Path, name: str) -> dict:
+def _run(out: Path, model: str, config, cache: Path, name: str) -> EvalReport:
     return evaluate.run(str(out / model), str(out / "splits"), str(out / name), config, baseline_cache=str(cache))
 
 
@@ -56,18 +57,18 @@ def test_a_rerun_with_another_training_config_does_not_run_the_zero_shot_model(t
     out, first, second = two_models
     cache = tmp_path / "baselines"
     before = _run(out, "model-a", first, cache, "eval-a")
-    sets = len(before["sets"])
+    sets = len(before.sets)
     assert spied == {"load_model": 1, "predict": sets, "models": 2 * sets}  # zero-shot and fine-tuned, one pass a set
-    assert before["zeroshot_cached"] == [] and len(list(cache.glob("*.json"))) == sets
+    assert before.zeroshot_cached == () and len(list(cache.glob("*.json"))) == sets
 
     spied.update(load_model=0, predict=0, models=0)
     after = _run(out, "model-b", second, cache, "eval-b")
     assert spied == {"load_model": 0, "predict": sets, "models": sets}  # the new model alone; the base model not loaded
-    assert set(after["zeroshot_cached"]) == set(after["sets"])
-    for name, entry in after["sets"].items():
-        assert entry["zeroshot"] == before["sets"][name]["zeroshot"]
-    assert after["mean"]["zeroshot"] == before["mean"]["zeroshot"]
-    assert after["alpha"] == 0.3 and after["method"] == "ce"  # the other training config's model
+    assert set(after.zeroshot_cached) == set(after.sets)
+    for name, entry in after.sets.items():
+        assert entry["zeroshot"] == before.sets[name]["zeroshot"]
+    assert after.mean["zeroshot"] == before.mean["zeroshot"]
+    assert after.alpha == 0.3 and after.method == "ce"  # the other training config's model
 
 
 def test_what_changes_the_predictions_misses_the_cache(two_models, tmp_path, spied):
@@ -77,7 +78,7 @@ def test_what_changes_the_predictions_misses_the_cache(two_models, tmp_path, spi
     spied.update(load_model=0, predict=0, models=0)
     other_prompts = tiny_config(*SPLITS, "train.method=zeroshot", "model.template=itap {}")
     body = _run(out, "model-a", other_prompts, cache, "eval-t")
-    assert body["zeroshot_cached"] == [] and spied["load_model"] == 1
+    assert body.zeroshot_cached == () and spied["load_model"] == 1
 
 
 def test_a_damaged_entry_is_evaluated_again(two_models, tmp_path, spied):
@@ -88,8 +89,8 @@ def test_a_damaged_entry_is_evaluated_again(two_models, tmp_path, spied):
     damaged.write_text('{"key": "tru')
     spied.update(load_model=0, predict=0, models=0)
     after = _run(out, "model-a", first, cache, "eval-again")
-    assert spied["load_model"] == 1 and len(after["zeroshot_cached"]) == len(after["sets"]) - 1
-    assert after["sets"] == before["sets"]
+    assert spied["load_model"] == 1 and len(after.zeroshot_cached) == len(after.sets) - 1
+    assert after.sets == before.sets
     assert json.loads(damaged.read_text())["metrics"]  # rewritten whole
 
 
@@ -98,7 +99,7 @@ def test_the_key_covers_every_input_of_the_predictions():
         base_identity="toyclip:abc",
         sources_digest="d1",
         set_name="photo-base",
-        set_record={"rows": 10, "ids_sha256": "i1"},
+        set_record=SetDigest(rows=10, ids_sha256="i1"),
         prompts=["a photo of a x.", "a photo of a y."],
         precision="fp32",
     )
@@ -108,7 +109,7 @@ def test_the_key_covers_every_input_of_the_predictions():
         "base_identity": "toyclip:abd",
         "sources_digest": "d2",
         "set_name": "photo-new",
-        "set_record": {"rows": 10, "ids_sha256": "i2"},
+        "set_record": SetDigest(rows=10, ids_sha256="i2"),
         "prompts": ["a photo of a y.", "a photo of a x."],  # another label order
         "precision": "bf16",
     }

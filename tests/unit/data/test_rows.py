@@ -159,7 +159,7 @@ def test_sample_splits_streams_and_writes_the_whole_table_paths_splits(grouped, 
     picked = {pool[i]["id"] for i in sample_few_shot([r["id"] for r in pool], [r["label"] for r in pool], 2, 1)}
     expected = [{**r, "label": relabel([r["label"]], keep)[0]} for r in whole if r["id"] in picked]
     assert read_table(str(tmp_path / "s" / "train")).to_pylist() == expected
-    assert manifest["sets"]["train"]["rows"] == len(expected)
+    assert manifest.sets["train"].rows == len(expected)
     tests = [r for r in whole if r["split"] == "test" and r["domain"] == "sketch" and r["label"] in keep]
     sketch = read_table(str(tmp_path / "s" / "eval" / "sketch-base")).to_pylist()
     assert [r["id"] for r in sketch] == [r["id"] for r in tests]

@@ -13,8 +13,9 @@ from clipcite.data import loading
 from clipcite.data.table import read_table
 from clipcite.evaluation.predict import predict, predict_models, set_metrics
 from clipcite.model.clip import load_model, load_saved
+from clipcite.records import SplitsManifest
 from clipcite.steps import evaluate, finetune, sample_splits
-from clipcite.steps.artifact_io import class_prompts, read_json, read_split
+from clipcite.steps.artifact_io import class_prompts, read_split
 from tests.conftest import tiny_config
 
 TINY_ARCH = Path(__file__).resolve().parents[3] / "clipcite" / "model_configs" / "clipcite-tiny.json"
@@ -96,11 +97,11 @@ def test_evaluate_scores_a_set_in_one_pass_per_view_with_unchanged_metrics(table
     finetune.run(str(tmp_path / "splits"), str(tmp_path / "model"), config)
     finetuned, meta = load_saved(tmp_path / "model")
     champion = load_model(tiny48, "", init_seed=2)
-    manifest = read_json(str(tmp_path / "splits" / "manifest.json"))
+    manifest = SplitsManifest.read(tmp_path / "splits")
     models = {"zeroshot": None, "finetuned": finetuned, "champion": champion}
     scoring = evaluate._Evaluation(config, "cpu", manifest, meta, str(tmp_path / "model"), models, "")
-    for spec_set in manifest["eval_sets"]:
-        set_uri = str(tmp_path / "splits" / "eval" / spec_set["name"])
+    for spec_set in manifest.eval_sets:
+        set_uri = str(tmp_path / "splits" / "eval" / spec_set.name)
         decodes.clear()
         entry, cached = scoring.score_set(spec_set, set_uri, set_uri)  # read and recorded at one local path
         rows, classes = read_split(set_uri)
@@ -109,5 +110,5 @@ def test_evaluate_scores_a_set_in_one_pass_per_view_with_unchanged_metrics(table
         for name in ("zeroshot", "finetuned", "champion"):
             options = {"batch_size": config.eval.batch_size, "precision": config.train.precision}
             pred, target = predict(models[name], rows, prompts, **options)
-            assert entry[name] == set_metrics(pred, target, list(classes.names)), (spec_set["name"], name)
+            assert entry[name] == set_metrics(pred, target, list(classes.names)), (spec_set.name, name)
     assert models["zeroshot"] is not None  # loaded on first need

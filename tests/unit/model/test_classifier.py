@@ -15,6 +15,7 @@ from clipcite.model.classifier import Classifier, to_image
 from clipcite.model.clip import save_model
 from clipcite.records import MODEL_ARTIFACT
 from clipcite.tracking.served_model import BadInput, ClassifierModel
+from tests.support.records import meta
 
 
 def _png(colour) -> bytes:
@@ -24,7 +25,7 @@ def _png(colour) -> bytes:
 
 
 def test_classifier_inputs_labels_and_errors(tiny, tmp_path):
-    save_model(tiny, tiny.model.state_dict(), tmp_path, {"classnames": ["cat", "dog"], "template": "a {}."})
+    save_model(tiny, tiny.model.state_dict(), tmp_path, meta(classnames=["cat", "dog"], template="a {}."))
     classifier = Classifier(tmp_path)
     grey = np.add.outer(np.arange(16), np.arange(16)).astype(np.uint8) * 8  # a gradient, not a flat image
     images = [_png((200, 0, 0)), np.stack([grey] * 3, axis=-1), grey]
@@ -59,7 +60,7 @@ def test_the_served_model_says_in_one_short_line_which_row_and_column_is_bad(
     tiny, tmp_path, model_input, params, message
 ):
     """The pyfunc's 400 names the row and column and what was expected: no DataFrame dump, no object reprs."""
-    save_model(tiny, tiny.model.state_dict(), tmp_path, {"classnames": ["cat", "dog"], "template": "a {}."})
+    save_model(tiny, tiny.model.state_dict(), tmp_path, meta(classnames=["cat", "dog"], template="a {}."))
     served = ClassifierModel()
     served.load_context(SimpleNamespace(artifacts={MODEL_ARTIFACT: str(tmp_path)}))
     with pytest.raises(BadInput) as raised:

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from clipcite.model.clip import average_weights, load_model, load_saved, save_model
+from tests.support.records import meta
 
 
 def test_alpha_one_and_zero_return_the_originals_exactly(tiny):
@@ -66,9 +67,11 @@ def test_architecture_from_a_json_file_and_an_unknown_name_refused(tmp_path):
 
 def test_saved_model_round_trips_and_loads_in_plain_open_clip(tiny, tmp_path):
     state = {k: v + 1 if v.is_floating_point() else v for k, v in tiny.model.state_dict().items()}
-    save_model(tiny, state, tmp_path / "m", {"alpha": 0.5, "classnames": ["a", "b"], "template": "a {}."})
-    loaded, meta = load_saved(tmp_path / "m")
-    assert meta["alpha"] == 0.5 and meta["classnames"] == ["a", "b"] and meta["base_identity"] == tiny.identity
+    written = meta(arch=tiny.name, base_identity=tiny.identity, alpha=0.5, classnames=["a", "b"], template="a {}.")
+    save_model(tiny, state, tmp_path / "m", written)
+    loaded, saved = load_saved(tmp_path / "m")
+    assert saved.alpha == 0.5 and saved.classnames == ("a", "b") and saved.base_identity == tiny.identity
+    assert saved == written
     assert torch.equal(loaded.model.visual.conv1.weight, state["visual.conv1.weight"])
     plain = open_clip.create_model(f"local-dir:{tmp_path / 'm'}")
     assert torch.equal(plain.visual.conv1.weight, state["visual.conv1.weight"])

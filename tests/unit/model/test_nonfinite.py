@@ -13,6 +13,7 @@ from clipcite.evaluation.predict import predict
 from clipcite.model.clip import load_model
 from clipcite.model.nonfinite import NonFiniteError
 from clipcite.steps import finetune, sample_splits
+from clipcite.training import candidate
 from clipcite.training.loop import FitParams, fit
 from clipcite.training.methods import cite
 from clipcite.training.teacher_cache import build_cache
@@ -74,7 +75,7 @@ def test_skip_mode_skips_the_bad_step_and_counts_it(splits, monkeypatch):
 
 
 def test_finetune_refuses_to_save_nonfinite_weights(splits, tmp_path, monkeypatch):
-    real = finetune.fit
+    real = candidate.fit
 
     def broken(*args, **kwargs):
         result = real(*args, **kwargs)
@@ -82,9 +83,9 @@ def test_finetune_refuses_to_save_nonfinite_weights(splits, tmp_path, monkeypatc
         result.state_dict[key] = result.state_dict[key] * float("inf")
         return result
 
-    monkeypatch.setattr(finetune, "fit", broken)
+    monkeypatch.setattr(candidate, "fit", broken)  # finetune trains through training.candidate
     config = tiny_config("train.epochs=1", "train.method=ce")
-    with pytest.raises(NonFiniteError, match="not written"):
+    with pytest.raises(NonFiniteError, match="no model written"):
         finetune.run(str(splits), str(tmp_path / "model"), config)
     assert not (tmp_path / "model").exists()
 

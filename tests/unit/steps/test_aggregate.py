@@ -1,22 +1,28 @@
 """``clipcite aggregate`` (clipcite/steps/aggregate.py): mean, sample standard deviation and count over seeds, the HM
 of the mean Base and New, and evaluations that are not seeds of one run refused unless --allow-mixed."""
 
+import dataclasses
 import json
 import math
 
 import pytest
 
 from clipcite.cli import main
+from clipcite.records import EvalReport
+from tests.support.records import report
 
 
 def _metrics_file(folder, base: float, new: float):
     """An evaluate output with one domain and known numbers (the per-domain and mean rows agree: one domain)."""
     folder.mkdir()
     row = {"base": base, "new": new, "hm": 2 * base * new / (base + new)}
-    (folder / "metrics.json").write_text(
-        json.dumps({"domains": {"photo": {"finetuned": row}}, "mean": {"finetuned": row}})
-    )
+    report(domains={"photo": {"finetuned": row}}, mean={"finetuned": row}).write(folder)
     return str(folder)
+
+
+def _change(folder, **fields) -> None:
+    """Rewrite the evaluate output in ``folder`` with ``fields`` changed."""
+    dataclasses.replace(EvalReport.read(folder), **fields).write(folder)
 
 
 def test_aggregate_gives_mean_sample_std_and_count_over_two_seeds(tmp_path):
@@ -39,8 +45,7 @@ def test_aggregate_gives_mean_sample_std_and_count_over_two_seeds(tmp_path):
 def test_aggregate_refuses_evaluations_of_different_runs_without_allow_mixed(tmp_path, capsys):
     runs = [_metrics_file(tmp_path / "a", 80.0, 60.0), _metrics_file(tmp_path / "b", 76.0, 50.0)]
     for folder, method in zip(runs, ("cite", "ce"), strict=True):
-        path = tmp_path / folder / "metrics.json"
-        path.write_text(json.dumps({**json.loads(path.read_text()), "method": method, "seed": 1}))
+        _change(folder, method=method, seed=1)
     assert main(["aggregate", *runs, "--out", str(tmp_path / "agg.json")]) == 2
     err = capsys.readouterr().err
     assert "not seeds of one run (method: cite, ce" in err and "--allow-mixed" in err
@@ -51,10 +56,8 @@ def test_aggregate_refuses_evaluations_of_different_runs_without_allow_mixed(tmp
 def test_aggregate_takes_seeds_that_chose_different_alphas_from_one_grid(tmp_path, capsys):
     runs = [_metrics_file(tmp_path / "a", 80.0, 60.0), _metrics_file(tmp_path / "b", 76.0, 50.0)]
     for folder, alpha, grid in zip(runs, (0.5, 0.7), ([0.5, 0.7], [0.5, 0.7]), strict=True):
-        path = tmp_path / folder / "metrics.json"
-        path.write_text(json.dumps({**json.loads(path.read_text()), "alpha": alpha, "alpha_grid": grid}))
+        _change(folder, alpha=alpha, alpha_grid=tuple(grid))
     assert main(["aggregate", *runs, "--out", str(tmp_path / "agg.json")]) == 0  # one recipe: alpha from one grid
-    path = tmp_path / runs[1] / "metrics.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), "alpha_grid": [0.5, 1.0]}))
+    _change(runs[1], alpha_grid=(0.5, 1.0))
     assert main(["aggregate", *runs, "--out", str(tmp_path / "agg2.json")]) == 2
     assert "alpha: {'alpha_grid': [0.5, 0.7]}, {'alpha_grid': [0.5, 1.0]}" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from clipcite.steps import evaluate, finetune, sample_splits
 from clipcite.tracking import promotion_gate
 from clipcite.training.teacher_cache import build_cache
 from tests.conftest import tiny_config
+from tests.support.records import report
 
 
 def _rewrite(table, out, keep_row, classes: ClassList | None = None, **changes) -> str:
@@ -71,8 +72,8 @@ def test_each_eval_set_is_prompted_with_its_own_template(evaluated, monkeypatch)
     by_set = {source.rstrip(": ").rsplit("/", 1)[-1]: prompts for source, prompts in used.items()}
     assert by_set["clipart-base"] == ["a clipart of a w.", "a clipart of a x."]
     assert by_set["photo-base"][0].startswith("a photo of a ")
-    assert body["sets"]["clipart-new"]["template"] == "a clipart of a {}."
-    assert body["sets"]["sketch-new"]["template"] == "a photo of a {}."
+    assert body.sets["clipart-new"]["template"] == "a clipart of a {}."
+    assert body.sets["sketch-new"]["template"] == "a photo of a {}."
 
     used.clear()
     forced = tiny_config("splits.train_domains=[photo]", "train.method=zeroshot", "model.template=itap {}")
@@ -86,10 +87,8 @@ def test_base_new_cut_is_made_once_on_the_training_classes(table, two_tables, tm
     names = read_classes(str(table)).names
     no_test_1 = _rewrite(table, tmp_path / "t", lambda r: not (r["split"] == "test" and r["label"] == 1))
     manifest = sample_splits.run(no_test_1, str(tmp_path / "splits"), tiny_config("splits.shots=2"), (two_tables[1],))
-    classes = {
-        s["name"]: read_classes(str(tmp_path / "splits" / "eval" / s["name"])).names for s in manifest["eval_sets"]
-    }
-    assert manifest["train_classes"] == list(names[:3])
+    classes = {s.name: read_classes(str(tmp_path / "splits" / "eval" / s.name)).names for s in manifest.eval_sets}
+    assert manifest.train_classes == tuple(names[:3])
     assert classes["photo-base"] == names[:3] and classes["photo-new"] == names[3:]
     assert classes["clipart-base"] == ("w", "x") and classes["clipart-new"] == ("y", "z")
     rows = read_table(str(tmp_path / "splits" / "eval" / "photo-base")).to_pylist()
@@ -119,17 +118,17 @@ def test_mean_leaves_out_the_trained_on_domains_and_takes_the_hm_of_means():
 def test_evaluate_and_gate_say_which_domains_the_mean_covers(evaluated):
     out, config = evaluated
     body = evaluate.run(str(out / "model"), str(out / "splits"), str(out / "eval3"), config)
-    assert body["train_domains"] == ["photo"]
-    assert body["mean_domains"] == ["sketch", "clipart"]
-    assert body["mean"]["zeroshot"]["base"] == pytest.approx(
-        (body["domains"]["clipart"]["zeroshot"]["base"] + body["domains"]["sketch"]["zeroshot"]["base"]) / 2
+    assert body.train_domains == ("photo",)
+    assert body.mean_domains == ("sketch", "clipart")
+    assert body.mean["zeroshot"]["base"] == pytest.approx(
+        (body.domains["clipart"]["zeroshot"]["base"] + body.domains["sketch"]["zeroshot"]["base"]) / 2
     )
     assert "mean of sketch, clipart" in (out / "eval3" / "report.md").read_text()
     assert "| photo (trained on) |" in (out / "eval3" / "report.md").read_text()
     reason = promotion_gate.decide(
-        {"mean": {"finetuned": {"hm": 50.0}, "champion": {"hm": 40.0}}, "domains": {}, "mean_domains": ["sketch"]},
+        report(mean={"finetuned": {"hm": 50.0}, "champion": {"hm": 40.0}}, domains={}, mean_domains=["sketch"]),
         GateConfig(),
-        champion_version="1",
+        champion_version=1,
     ).reason
     assert "mean over sketch" in reason
 

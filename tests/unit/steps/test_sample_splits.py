@@ -74,7 +74,7 @@ def test_train_and_eval_sets_are_todays_whatever_validation_takes(world, tmp_pat
     ):
         config = load_config(None, [*TINY, f"splits.protocol={protocol}", *extra])
         manifest = sample_splits.run(str(world / table), str(tmp_path / name), config)
-        ids = {k: v["ids_sha256"][:16] for k, v in manifest["sets"].items() if k != "val"}
+        ids = {k: v.ids_sha256[:16] for k, v in manifest.sets.items() if k != "val"}
         if table == "with_val":
             assert ids == BEFORE[protocol]
         outputs[name] = _files(tmp_path / name, "train", "eval")
@@ -90,14 +90,13 @@ def _val(folder: Path):
 def test_validation_comes_from_the_val_split_for_the_trained_classes_only(world, tmp_path):
     manifest = sample_splits.run(str(world / "with_val"), str(tmp_path / "s"), load_config(None, TINY))
     rows = _val(tmp_path / "s")
-    base = len(manifest["train_classes"])  # base-to-new: 24 of the 48 classes are trained
-    assert manifest["val_source"] == "val" and manifest["val_shots"] == 2
+    base = len(manifest.train_classes)  # base-to-new: 24 of the 48 classes are trained
+    assert manifest.val_source == "val" and manifest.val_shots == 2
     assert {r["split"] for r in rows} == {"val"} and {r["domain"] for r in rows} == {"photo"}
     assert sorted({r["label"] for r in rows}) == list(range(base))  # relabelled base classes, none of the new
     assert len(rows) == 2 * base
     assert (
-        manifest["sets"]["val"]["ids_sha256"]
-        == hashlib.sha256("\n".join(sorted(r["id"] for r in rows)).encode()).hexdigest()
+        manifest.sets["val"].ids_sha256 == hashlib.sha256("\n".join(sorted(r["id"] for r in rows)).encode()).hexdigest()
     )
 
 
@@ -107,12 +106,12 @@ def test_without_a_val_split_validation_takes_the_train_images_beyond_the_shots(
     again = sample_splits.run(str(world / "no_val"), str(tmp_path / "b"), config)
     rows = _val(tmp_path / "a")
     train = {r["id"] for r in read_table(str(tmp_path / "a" / "train"), columns=["id"]).to_pylist()}
-    assert first["val_source"] == "train" and {r["split"] for r in rows} == {"train"}  # never test
+    assert first.val_source == "train" and {r["split"] for r in rows} == {"train"}  # never test
     assert not train & {r["id"] for r in rows}
-    assert len(rows) == 3 * len(first["train_classes"])
-    assert again["sets"]["val"] == first["sets"]["val"]  # deterministic from the seed
+    assert len(rows) == 3 * len(first.train_classes)
+    assert again.sets["val"] == first.sets["val"]  # deterministic from the seed
     other = sample_splits.run(str(world / "no_val"), str(tmp_path / "c"), load_config(None, [*TINY, "seed=2"]))
-    assert other["sets"]["val"]["ids_sha256"] != first["sets"]["val"]["ids_sha256"]
+    assert other.sets["val"].ids_sha256 != first.sets["val"].ids_sha256
 
 
 def test_an_explicit_val_shots_the_data_cannot_fill_names_the_setting(world, tmp_path):
@@ -125,4 +124,4 @@ def test_an_explicit_val_shots_the_data_cannot_fill_names_the_setting(world, tmp
     # the default (0 = K) takes what there is: 1 image beyond the 4 shots of a class with 5
     config = load_config(None, [*TINY, "splits.shots=4"])
     manifest = sample_splits.run(str(world / "no_val"), str(tmp_path / "c"), config)
-    assert manifest["sets"]["val"]["rows"] == 1 * len(manifest["train_classes"])
+    assert manifest.sets["val"].rows == 1 * len(manifest.train_classes)

@@ -4,12 +4,11 @@ reports that overlap or compared against different champions."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from clipcite.steps import evaluate, finetune, register, sample_splits, snapshot
 from tests.conftest import tiny_config
+from tests.support.records import report
 
 SPLITS = ("splits.shots=2",)
 
@@ -27,7 +26,7 @@ def trained(table, tmp_path_factory):
 def test_sample_splits_refuses_data_that_changed_after_the_snapshot(table, tmp_path):
     digest = snapshot.run(str(table), tracking_uri="off").digest
     manifest = sample_splits.run(str(table), str(tmp_path / "ok"), tiny_config(*SPLITS), expected_digest=digest)
-    assert manifest["sources_digest"] == digest
+    assert manifest.sources_digest == digest
     stale = "0" * 64  # what the snapshot saw before a shard was added or replaced
     with pytest.raises(ValueError, match=rf"the data under {table} changed after this run's snapshot .*rerun"):
         sample_splits.run(str(table), str(tmp_path / "splits"), tiny_config(*SPLITS), expected_digest=stale)
@@ -57,8 +56,7 @@ def test_evaluate_refuses_a_domain_with_no_eval_set(trained, tmp_path):
 
 def _report(folder, sets: dict, champion_version=None) -> str:
     folder.mkdir()
-    body = {"method": "cite", "alpha": 0.5, "seed": 1, "champion_version": champion_version, "sets": sets}
-    (folder / "metrics.json").write_text(json.dumps(body))
+    report(method="cite", alpha=0.5, seed=1, champion_version=champion_version, sets=sets).write(folder)
     return str(folder)
 
 
@@ -72,11 +70,8 @@ def test_register_merges_one_report_per_domain(tmp_path):
     )
     sketch = _report(tmp_path / "b", {"sketch-base": _set("sketch", "base", 50.0)})
     body = register.merge_reports([photo, sketch])
-    assert set(body["sets"]) == {"photo-base", "photo-new", "sketch-base"} and body["models"] == [
-        "zeroshot",
-        "finetuned",
-    ]
-    assert body["domains"]["photo"]["finetuned"]["hm"] == pytest.approx(2 * 80 * 60 / 140)
+    assert set(body.sets) == {"photo-base", "photo-new", "sketch-base"} and body.models == ("zeroshot", "finetuned")
+    assert body.domains["photo"]["finetuned"]["hm"] == pytest.approx(2 * 80 * 60 / 140)
 
 
 def test_register_refuses_an_eval_set_in_two_reports(tmp_path):

@@ -19,6 +19,7 @@ from clipcite.data.prompts import prompts_for
 from clipcite.data.table import read_table
 from clipcite.evaluation.predict import predict
 from clipcite.model.clip import load_model
+from clipcite.records import TrainSummary
 from clipcite.steps import cache_teacher, evaluate, finetune
 from clipcite.steps.sample_splits import run as sample_splits
 from clipcite.training import distributed
@@ -165,6 +166,24 @@ def test_rank_batches_split_each_global_batch_in_order(monkeypatch):
     assert distributed.shard_batches(7, 2) == [[0, 1], [4, 5]] if distributed.rank() == 0 else True
 
 
+# What a stubbed finetune.run hands the CLI (which prints it).
+SUMMARY = TrainSummary(
+    method="ce",
+    skipped_steps=0,
+    steps=1,
+    epochs=1,
+    alpha=1.0,
+    trainable_parameters=1,
+    logit_scale=100.0,
+    batch_size=4,
+    images=4,
+    classes=2,
+    images_per_second=1.0,
+    seconds=1.0,
+    device="cpu",
+)
+
+
 def test_steps_and_the_cli_launch_torchrun_when_asked(monkeypatch):
     calls = []
     monkeypatch.setattr(distributed, "launch", lambda fn, *a, nproc, **kw: calls.append((fn, nproc)) or {})
@@ -184,7 +203,7 @@ def test_steps_and_the_cli_launch_torchrun_when_asked(monkeypatch):
 
     monkeypatch.setenv(distributed.NPROC_ENV, "1")  # restored after the test whatever the CLI sets
     seen = []
-    monkeypatch.setattr(finetune, "run", lambda *args, **kwargs: seen.append(args[:2]) or {})
+    monkeypatch.setattr(finetune, "run", lambda *args, **kwargs: seen.append(args[:2]) or SUMMARY)
     assert cli.main(["finetune", "--splits", "s", "--nproc-per-node", "3", "--out", "o"]) == 0
     assert seen == [("s", "o")] and os.environ[distributed.NPROC_ENV] == "3"
     cli.main(["finetune", "--splits", "s", "--out", "o", "--nproc-per-node=2"])
