@@ -113,8 +113,12 @@ def _value(hint: Any, value: Any, where: str) -> Any:
             raise RecordError(f"{where}: expected an object for {hint.__name__}")
         return _build(hint, value, where)
     if origin is tuple:
+        if not isinstance(value, list):
+            raise RecordError(f"{where}: expected a list, found {type(value).__name__}")
         return tuple(_value(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is dict and len(args) == 2:
+        if not isinstance(value, dict):
+            raise RecordError(f"{where}: expected an object, found {type(value).__name__}")
         return {k: _value(args[1], v, f"{where}.{k}") for k, v in value.items()}
     return value
 

@@ -202,3 +202,14 @@ def test_a_registration_without_selection_or_registry_round_trips(tmp_path):
     bare = dataclasses.replace(RECORDS["registration"], selection=None, registry=None)
     bare.write(tmp_path)
     assert Registration.read(tmp_path) == bare
+
+
+def test_a_list_or_object_field_of_the_wrong_kind_is_named_with_the_file(tmp_path):
+    from clipcite.records import FORMAT_KEY, RecordError, SplitsManifest
+
+    body = {FORMAT_KEY: SplitsManifest.format(), "protocol": "fewshot", "shots": 1, "seed": 1, "val_shots": 0}
+    body |= {"val_source": "", "sources": [], "sources_digest": "d", "train_classes": None, "train_domains": []}
+    with pytest.raises(RecordError, match=r"where\.json: train_classes: expected a list, found NoneType"):
+        SplitsManifest.from_dict({**body, "sets": {}}, "where.json")
+    with pytest.raises(RecordError, match=r"where\.json: sets: expected an object, found list"):
+        SplitsManifest.from_dict({**body, "train_classes": [], "sets": []}, "where.json")
