@@ -79,12 +79,15 @@ def champion(client: MlflowClient, name: str):
 def download_model_dir(client: MlflowClient, name: str, version: str, dst: Path) -> Path:
     """The weights folder of a registered version (what :func:`clipcite.model.clip.load_saved` reads)."""
     source = f"models:/{name}/{version}"
-    # models:/ resolves on the client's server (connect gives it the tracking server as its registry), not on the
-    # process-wide URIs MLflow would otherwise read
+    # models:/ must resolve on the client's store; MLflow 3.17's models:/ repository builds its own client from the
+    # process-wide URIs whatever is passed here, so they are set for the call and put back after it
     uri = client.tracking_uri
-    local = Path(
-        mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=uri, registry_uri=uri)
-    )
+    with process_uris(uri):
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=source, dst_path=str(dst), tracking_uri=uri, registry_uri=uri
+            )
+        )
     folder = local / "artifacts" / MODEL_ARTIFACT
     if not (folder / META_FILE).is_file():
         raise TrackingError(f"{source} has no clipcite weights under artifacts/{MODEL_ARTIFACT}")

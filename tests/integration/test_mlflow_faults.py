@@ -30,7 +30,7 @@ FINETUNE = textwrap.dedent(
     splits, cache, out, uri, run_id, *overrides = sys.argv[1:]
     summary = finetune.run(splits, out, load_config(overrides=overrides), cache_uri=cache, tracking_uri=uri,
                            mlflow_run_id=run_id)
-    print("STEPS", summary["steps"])
+    print("STEPS", summary.steps)
     """
 )
 
