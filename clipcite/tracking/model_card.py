@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from clipcite.evaluation.report import table
+from clipcite.evaluation.report import baseline_lines, per_class_lines, table
 from clipcite.records import AlphaGrid, EvalReport, ModelMeta, Selection
 from clipcite.train_params import REGISTRY
 
@@ -85,6 +85,9 @@ def version_card(
         "",
         table(body, models, names).rstrip("\n"),
         "",
+        *(f"- {line}" for line in baseline_lines(body)),
+        "",
+        *per_class_lines(body, [m for m in models if m != "champion"]),
         "## Gate",
         "",
         f"- decision: **{role}**",
@@ -165,19 +168,23 @@ def selection_section(selection: Selection) -> list[str]:
     (where evaluate scored the candidates beside the selected one) each one's test number, which the choice never
     saw."""
     tested = bool(selection.test_metric)
+    balanced = any(r.metric == "balanced_accuracy" for r in selection.candidates)  # selection.metric
     test_head = f" test {selection.test_metric} |" if tested else ""
     lines = [
         SELECTION_HEADING,
         "",
-        "| method | validation top-1 | validation images | trainable parameters | training time (s) | artefact bytes |"
+        "| method | validation top-1 |"
+        + (" validation balanced accuracy |" if balanced else "")
+        + " validation images | trainable parameters | training time (s) | artefact bytes |"
         + test_head,
-        "|---|---|---|---|---|---|" + ("---|" if tested else ""),
+        "|---|---|---|---|---|---|" + ("---|" if balanced else "") + ("---|" if tested else ""),
     ]
     for row in selection.candidates:
         method = f"**{row.method}** (selected)" if row.selected else row.method
         test = (f" {row.test:.2f} |" if row.test is not None else " - |") if tested else ""
+        extra = f" {row.val_balanced_accuracy:.2f} |" if balanced else ""
         lines.append(
-            f"| {method} | {row.val_top1:.2f} | {row.val_images} | {row.trainable_parameters:,} | "
+            f"| {method} | {row.val_top1:.2f} |{extra} {row.val_images} | {row.trainable_parameters:,} | "
             f"{row.seconds:.1f} | {row.artefact_bytes:,} |{test}"
         )
     after = (
