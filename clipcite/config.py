@@ -66,12 +66,19 @@ class EvalConfig:
 class GateConfig:
     """When a new model version takes the ``champion`` alias (both models evaluated on the same eval sets)."""
 
-    metric: str = "auto"  # hm | top1 | base | new; auto = hm under base2new, else top1
+    metric: str = "auto"  # hm | top1 | balanced_accuracy | base | new; auto = hm under base2new, else top1
     domain: str = ""  # the primary metric on this domain; "" = the summary's mean (eval.mean_over says over which)
     min_improvement: float = 0.0  # points the primary metric must gain (a tie never promotes)
     max_domain_drop: float = 1.0  # points any kept domain may lose on its metric
     kept_domains: tuple[str, ...] = ()  # domains the drop rule protects; empty = every eval domain
     evaluate_champion: bool = True  # evaluate the current champion beside the new model (else: never promote)
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """Which of several candidate methods a run registers (pipeline.py --methods): compared on validation."""
+
+    metric: str = "top1"  # top1 | balanced_accuracy (mean per-class recall: classes of unequal size)
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,7 @@ class Config:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
     batch_size_by_dataset: dict[str, int] = field(default_factory=dict)  # paper: eurosat 16, imagenet 64
 
     def batch_size_for(self, dataset: str) -> int:
@@ -168,6 +176,10 @@ def _finish(data: dict, overrides, where: str) -> Config:
         raise ConfigError(f"{where}: splits: val_shots must be >= 0 (0 = the shots, K), got {config.splits.val_shots}")
     if config.eval.mean_over not in ("ood", "all"):
         raise ConfigError(f"{where}: eval: mean_over must be 'ood' or 'all', got {config.eval.mean_over!r}")
+    if config.selection.metric not in ("top1", "balanced_accuracy"):
+        raise ConfigError(
+            f"{where}: selection: metric must be 'top1' or 'balanced_accuracy', got {config.selection.metric!r}"
+        )
     return config
 
 

@@ -262,6 +262,13 @@ class Candidate(Record):
     trainable_parameters: int
     seconds: float  # training time
     artefact_bytes: int  # what the method adds to the base model
+    val_balanced_accuracy: float = 0.0  # mean per-class recall (points) on the validation split
+    metric: str = "top1"  # the validation metric the selection compares (selection.metric)
+
+    @property
+    def score(self) -> float:
+        """The validation score the selection compares: top-1 or balanced accuracy, as ``metric`` says."""
+        return self.val_balanced_accuracy if self.metric == "balanced_accuracy" else self.val_top1
 
 
 @dataclass(frozen=True)
@@ -277,6 +284,12 @@ class SelectionRow:
     artefact_bytes: int
     selected: bool
     test: float | None = None
+    val_balanced_accuracy: float = 0.0
+    metric: str = "top1"
+
+    @property
+    def score(self) -> float:
+        return self.val_balanced_accuracy if self.metric == "balanced_accuracy" else self.val_top1
 
 
 @dataclass(frozen=True)

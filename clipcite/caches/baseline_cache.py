@@ -19,7 +19,7 @@ from clipcite.records import SetDigest
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when the stored metrics change shape or meaning (old entries are then never read)
+FORMAT = 2  # bump when the stored metrics change shape or meaning (old entries are then never read)
 
 
 def baseline_key(

@@ -23,6 +23,19 @@ def confusion_matrix(pred: ArrayLike, target: ArrayLike, num_classes: int) -> np
     return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
+# The summary's metrics, in the order tables show them: top-1 and balanced accuracy per domain (all classes), or
+# Base / New / HM under base-to-new.
+SUMMARY_METRICS = ("top1", "balanced_accuracy", "base", "new", "hm")
+IMBALANCE_RATIO = 1.5  # decision: classes whose sizes differ by more than this make top-1 alone misleading
+
+
+def balanced_accuracy(confusion: np.ndarray) -> float:
+    """Mean per-class recall in percent over the classes that have test images (clip_benchmark's
+    ``mean_per_class_recall``): a model that always answers the largest class scores 100 / C, whatever the sizes."""
+    recalls = [r for r in per_class_accuracy(confusion) if not np.isnan(r)]
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
 def per_class_accuracy(confusion: np.ndarray) -> list[float]:
     """Accuracy (percent) of each true class; NaN for a class with no test image."""
     confusion = np.asarray(confusion)
@@ -98,6 +111,8 @@ def summarise(
         key = {"all": "top1", "base": "base", "new": "new"}[info["subset"]]
         for m in models:
             entry[m][key] = info[m]["top1"]
+            if key == "top1" and "balanced_accuracy" in info[m]:  # sets scored before it existed have none
+                entry[m]["balanced_accuracy"] = info[m]["balanced_accuracy"]
     for entry in domains.values():
         for m in models:
             if "base" in entry[m] and "new" in entry[m]:
@@ -107,7 +122,7 @@ def summarise(
     averaged = targets if mean_over == "ood" and targets else list(domains)
     mean: dict[str, dict[str, Any]] = {m: {} for m in models}
     for m in models:
-        for key in ("top1", "base", "new"):
+        for key in ("top1", "balanced_accuracy", "base", "new"):
             values = [domains[d][m][key] for d in averaged if key in domains[d][m]]
             if values:
                 mean[m][key] = sum(values) / len(values)

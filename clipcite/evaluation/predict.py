@@ -17,7 +17,7 @@ from tqdm import tqdm
 from clipcite.config import Config
 from clipcite.data.crops import model_input, view_key
 from clipcite.data.loading import EvalDataset, loader_options
-from clipcite.evaluation.metrics import confusion_matrix, per_class_accuracy, top1
+from clipcite.evaluation.metrics import balanced_accuracy, confusion_matrix, per_class_accuracy, top1
 from clipcite.model.clip import LoadedModel, class_features
 from clipcite.model.nonfinite import require_finite, row_ids
 from clipcite.model.precision import autocast as precision_autocast
@@ -46,20 +46,24 @@ def predict(
     return preds[""], target
 
 
+def validation_scores(
+    model: LoadedModel, rows: Sequence[dict], prompts: list[str], config: Config, device: str, source: str = ""
+) -> dict[str, float]:
+    """Top-1 and balanced accuracy (points) of ``model`` on ``rows``, from one pass with the eval settings of
+    ``config``; 0 for no rows (the caller says whether no validation images is an error)."""
+    if not len(rows):
+        return {"top1": 0.0, "balanced_accuracy": 0.0}
+    settings = {"batch_size": config.eval.batch_size, "num_workers": config.eval.num_workers}
+    preds, target = predict(
+        model, rows, prompts, **settings, device=device, precision=config.train.precision, source=source
+    )
+    confusion = confusion_matrix(preds, target, len(prompts))
+    return {"top1": float(top1(preds, target)), "balanced_accuracy": balanced_accuracy(confusion)}
+
+
 def scorer(rows: Sequence[dict], prompts: list[str], config: Config, device: str, source: str = "") -> Scorer:
-    """Top-1 (points) of a model on ``rows`` with the eval settings of ``config``: how validate scores a candidate
-    and train.alpha_grid an alpha."""
-
-    def top1_of(model: LoadedModel) -> float:
-        if not len(rows):  # the caller says whether no validation images is an error
-            return 0.0
-        settings = {"batch_size": config.eval.batch_size, "num_workers": config.eval.num_workers}
-        preds, target = predict(
-            model, rows, prompts, **settings, device=device, precision=config.train.precision, source=source
-        )
-        return float(top1(preds, target))
-
-    return top1_of
+    """Validation top-1 (points) of a model: how train.alpha_grid scores an alpha."""
+    return lambda model: validation_scores(model, rows, prompts, config, device, source)["top1"]
 
 
 @torch.no_grad()
@@ -146,11 +150,14 @@ def _one_pass(
 
 
 def set_metrics(pred: torch.Tensor, target: torch.Tensor, classnames: list[str]) -> dict:
-    """Top-1, per-class accuracy and the confusion matrix of one eval set."""
+    """Top-1, balanced accuracy, per-class accuracy (recall) and images, and the confusion matrix of one eval
+    set."""
     confusion = confusion_matrix(pred, target, len(classnames))
     return {
         "top1": top1(pred, target),
+        "balanced_accuracy": balanced_accuracy(confusion),
         "n": len(target),
         "per_class": dict(zip(classnames, per_class_accuracy(confusion), strict=True)),
+        "support": dict(zip(classnames, (int(n) for n in confusion.sum(axis=1)), strict=True)),
         "confusion": confusion.tolist(),
     }

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from clipcite.evaluation.metrics import IMBALANCE_RATIO, SUMMARY_METRICS
 from clipcite.records import EvalReport, Selection
 
 
@@ -20,10 +22,8 @@ def table(summary: EvalReport, models: list[str], names: dict | None = None) -> 
     """One row per domain and model: top-1 or Base / New / HM, then the mean (the domains it covers named: by
     default those not trained on, which are marked). ``names`` relabels models in the rows (``champion`` ->
     ``champion v3``)."""
-    keys = [
-        k for k in ("top1", "base", "new", "hm") if any(k in d[m] for d in summary.domains.values() for m in models)
-    ]
-    header = {"top1": "Top-1", "base": "Base", "new": "New", "hm": "HM"}
+    keys = [k for k in SUMMARY_METRICS if any(k in d[m] for d in summary.domains.values() for m in models)]
+    header = {"top1": "Top-1", "balanced_accuracy": "Balanced", "base": "Base", "new": "New", "hm": "HM"}
     lines = [
         "| domain | model | " + " | ".join(header[k] for k in keys) + " |",
         "|---|---|" + "---|" * len(keys),
@@ -40,6 +40,69 @@ def table(summary: EvalReport, models: list[str], names: dict | None = None) -> 
             cells = " | ".join(_fmt(entry[m].get(k)) for k in keys)
             lines.append(f"| {domain} | {names.get(m, m)} | {cells} |")
     return "\n".join(lines) + "\n"
+
+
+def _support(entry: dict[str, Any]) -> dict[str, int]:
+    """Images per class of an eval set's entry (every model saw the same images)."""
+    for value in entry.values():
+        if isinstance(value, dict) and "support" in value:
+            return {k: int(v) for k, v in value["support"].items()}
+    return {}
+
+
+def majority_baseline(support: dict[str, int]) -> dict[str, Any]:
+    """The trivial model that always answers the largest class: its class, top-1 and balanced accuracy."""
+    present = {k: v for k, v in support.items() if v}
+    largest = max(present, key=lambda k: (present[k], k))
+    return {
+        "class": largest,
+        "top1": 100.0 * present[largest] / sum(present.values()),
+        "balanced_accuracy": 100.0 / len(present),
+    }
+
+
+def baseline_lines(summary: EvalReport) -> list[str]:
+    """Under the table, per eval set of all classes: the majority-class and zero-shot baselines, and a note when the
+    classes differ in size by more than IMBALANCE_RATIO (top-1 then rewards answering the large classes)."""
+    lines = []
+    for name, entry in summary.sets.items():
+        support = _support(entry)
+        if entry.get("subset") != "all" or not any(support.values()):
+            continue
+        base = majority_baseline(support)
+        trivial = f"top-1 {_fmt(base['top1'])}, balanced {_fmt(base['balanced_accuracy'])}"
+        line = f"baselines on {name}: always '{base['class']}' {trivial}"
+        if "zeroshot" in entry:
+            zs = entry["zeroshot"]
+            line += f"; zero-shot top-1 {_fmt(zs.get('top1'))}, balanced {_fmt(zs.get('balanced_accuracy'))}"
+        lines.append(line)
+        sizes = [v for v in support.values() if v]
+        if max(sizes) > IMBALANCE_RATIO * min(sizes):
+            lines.append(
+                f"note: {name}'s classes differ in size up to {max(sizes) / min(sizes):.1f}x ({min(sizes)} to "
+                f"{max(sizes)} images): top-1 favours the large classes; read balanced accuracy, and gate and select "
+                "by it (gate.metric=balanced_accuracy, selection.metric=balanced_accuracy)"
+            )
+    return lines
+
+
+def per_class_lines(summary: EvalReport, models: list[str], shown: int = 30) -> list[str]:
+    """Per eval set of all classes: each class's images and recall per model (the card's table)."""
+    lines: list[str] = []
+    for name, entry in summary.sets.items():
+        support = _support(entry)
+        present = [m for m in models if isinstance(entry.get(m), dict) and "per_class" in entry[m]]
+        if entry.get("subset") != "all" or not support or not present:
+            continue
+        lines += [f"Recall per class on {name}:", "", "| class | images | " + " | ".join(present) + " |"]
+        lines.append("|---|---|" + "---|" * len(present))
+        for cls in list(support)[:shown]:
+            cells = " | ".join(_fmt(entry[m]["per_class"].get(cls)) for m in present)
+            lines.append(f"| {cls} | {support[cls]} | {cells} |")
+        if len(support) > shown:
+            lines.append(f"| ... {len(support) - shown} more classes (metrics.json) | | |")
+        lines.append("")
+    return lines
 
 
 def pyplot():

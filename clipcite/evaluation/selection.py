@@ -15,9 +15,10 @@ from clipcite.records import Candidate, SelectionRow
 
 TIE_POINTS = 0.1  # decision: validation top-1 within 0.1 points of the best is a tie (a few-shot val set is small)
 RULE = (
-    "the highest validation top-1 (trained classes) wins; candidates within {tie} points of the best are a tie, "
+    "the highest validation {metric} (trained classes) wins; candidates within {tie} points of the best are a tie, "
     "won by the fewest trainable parameters (then the higher score, then the method's name)"
 )
+METRIC_NAMES = {"top1": "top-1", "balanced_accuracy": "balanced accuracy"}  # selection.metric's choices
 
 CANDIDATE_PREFIX = "candidate-"  # evaluate's name for a candidate that lost the selection, scored for the record
 
@@ -27,9 +28,9 @@ def candidate_model(method: str) -> str:
     return f"{CANDIDATE_PREFIX}{method}"
 
 
-def rule(tie_points: float = TIE_POINTS) -> str:
+def rule(tie_points: float = TIE_POINTS, metric: str = "top1") -> str:
     """The rule in words, as the model card and the tracking store state it."""
-    return RULE.format(tie=tie_points)
+    return RULE.format(tie=tie_points, metric=METRIC_NAMES[metric])
 
 
 def pick(candidates: Sequence[Candidate], tie_points: float = TIE_POINTS) -> Candidate:
@@ -47,12 +48,15 @@ def pick(candidates: Sequence[Candidate], tie_points: float = TIE_POINTS) -> Can
             f"no validation images to score {empty} on: give the data a val split or more train images than the "
             "shots (splits.val_shots), or run one method"
         )
-    best = max(c.val_top1 for c in candidates)
-    tied = [c for c in candidates if c.val_top1 >= best - tie_points - 1e-9]
-    return min(tied, key=lambda c: (c.trainable_parameters, -c.val_top1, c.method))
+    metrics = sorted({c.metric for c in candidates})
+    if len(metrics) > 1:
+        raise ValueError(f"the candidates were scored by different metrics {metrics}: validate them with one config")
+    best = max(c.score for c in candidates)
+    tied = [c for c in candidates if c.score >= best - tie_points - 1e-9]
+    return min(tied, key=lambda c: (c.trainable_parameters, -c.score, c.method))
 
 
 def table(candidates: Sequence[Candidate], winner: Candidate) -> tuple[SelectionRow, ...]:
     """One row per candidate (best validation score first), marking the winner: what the card and MLflow show."""
     rows = [SelectionRow(**asdict(c), selected=c.method == winner.method) for c in candidates]
-    return tuple(sorted(rows, key=lambda r: (-r.val_top1, r.method)))
+    return tuple(sorted(rows, key=lambda r: (-r.score, r.method)))

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
+from clipcite.evaluation.selection import METRIC_NAMES
 from clipcite.records import EvalReport, Registration, Selection
 from clipcite.steps import kfp_backend
 
@@ -231,7 +232,7 @@ def failure_file(out: Path) -> Path:
 
 def print_summary(result: dict, tracking_uri: str) -> None:
     """The table, then where everything is: what a person reads after ``pipeline.py run``."""
-    from clipcite.evaluation.report import markdown
+    from clipcite.evaluation.report import baseline_lines, markdown
 
     metrics, config, registration = result["metrics"], result["config"], result["registration"]
     title = (  # the registered model's method and alpha: the winner when several methods ran
@@ -239,6 +240,8 @@ def print_summary(result: dict, tracking_uri: str) -> None:
         f"seed {config.seed}, {config.splits.protocol}, data {_short(result['data_uri'])}"
     )
     print(markdown(metrics, list(metrics.models), title=title))
+    for line in baseline_lines(metrics):
+        print(line)
     if registration.selection is not None:
         print(selection_line(registration.selection))
     print(f"registration record: {_short(result['record'])}\nreport: {_short(result['summary'])}")
@@ -255,10 +258,11 @@ def print_summary(result: dict, tracking_uri: str) -> None:
 
 def selection_line(selection: Selection) -> str:
     """Which candidate won on validation, and by how much: ``selected linear_probe on validation (top-1 45.83; cite
-    33.33)``."""
-    others = "; ".join(f"{r.method} {r.val_top1:.2f}" for r in selection.candidates if not r.selected)
+    33.33)``, in the metric the selection compared (selection.metric)."""
+    others = "; ".join(f"{r.method} {r.score:.2f}" for r in selection.candidates if not r.selected)
     (won,) = [r for r in selection.candidates if r.selected]
-    return f"selected {won.method} on validation (top-1 {won.val_top1:.2f}; {others})"
+    metric = METRIC_NAMES[won.metric]
+    return f"selected {won.method} on validation ({metric} {won.score:.2f}; {others})"
 
 
 def _outcome(status: str) -> str:

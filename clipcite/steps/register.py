@@ -27,8 +27,8 @@ from PIL import Image
 
 from clipcite import storage
 from clipcite.config import Config, GateConfig, config_from_yaml
-from clipcite.evaluation.metrics import summarise
-from clipcite.evaluation.report import markdown, plot_domains, plot_selection
+from clipcite.evaluation.metrics import SUMMARY_METRICS, summarise
+from clipcite.evaluation.report import baseline_lines, markdown, plot_domains, plot_selection
 from clipcite.evaluation.selection import CANDIDATE_PREFIX, candidate_model
 from clipcite.logs import setup_logging
 from clipcite.records import EvalReport, ModelMeta, Registration, RegistryEntry, Selection, step_name
@@ -157,6 +157,7 @@ def run(
 def summary_text(name: str, body: EvalReport, selection: Selection | None, entry: RegistryEntry | None) -> str:
     """The run's Markdown summary: the merged table, the selection and what the registry did."""
     text = markdown(body, list(body.models), title=f"{name}: {body.method} (alpha={body.alpha}, seed={body.seed})")
+    text += "".join(f"\n{line}\n" for line in baseline_lines(body))
     if selection:
         text += "\n" + "\n".join(selection_section(selection))
     if entry is not None:
@@ -277,7 +278,7 @@ def _log_test_numbers(client, pipeline_run: str, selection: Selection) -> None:
 def metrics_table(body: EvalReport) -> dict[str, list]:
     """Every domain's metrics of every model, and their mean, as one table (columns: domain, model, whether the
     domain was trained on, then top1/base/new/hm as measured), rounded as the logged metrics are."""
-    keys = [k for k in ("top1", "base", "new", "hm") if any(k in e[m] for e in body.domains.values() for m in e)]
+    keys = [k for k in SUMMARY_METRICS if any(k in e[m] for e in body.domains.values() for m in e)]
     trained = set(body.source_domains)
     columns: dict[str, list] = {"domain": [], "model": [], "trained_on": [], **{k: [] for k in keys}}
     mean_name = "mean of " + ", ".join(body.mean_domains or body.domains)

@@ -39,7 +39,7 @@ def run(
     ``model_out`` and writes the choice to ``choice_out``; returns the choice."""
     scored = [_candidate(method, validation) for method, (_, validation) in candidates.items()]
     winner = pick(scored, tie_points)
-    choice = Selection(rule(tie_points), tie_points, winner.method, table(scored, winner))
+    choice = Selection(rule(tie_points, winner.metric), tie_points, winner.method, table(scored, winner))
     with storage.local_dir(candidates[winner.method][0]) as folder, storage.staged_dir(model_out) as tmp:
         shutil.copytree(folder, tmp, dirs_exist_ok=True)
     with storage.staged_dir(choice_out) as tmp:

@@ -15,7 +15,7 @@ import sys
 
 from clipcite import storage
 from clipcite.config import Config
-from clipcite.evaluation.predict import scorer
+from clipcite.evaluation.predict import scorer, validation_scores
 from clipcite.logs import setup_logging
 from clipcite.model.clip import LoadedModel, load_saved, resolve_device
 from clipcite.records import Candidate, TrainSummary, step_name
@@ -55,14 +55,17 @@ def score(model_uri: str, splits_uri: str, config: Config) -> Candidate:
     summary = TrainSummary.read(model_uri)
     with storage.local_dir(model_uri) as folder:
         model, meta = load_saved(folder, device=device)
-    accuracy, images = val_top1(model, splits_uri, config, device)
+    rows, prompts = read_val_split(splits_uri, config)
+    scores = validation_scores(model, rows, prompts, config, device, source=f"{splits_uri}/val: ")
     return Candidate(
         method=meta.method,
-        val_top1=float(accuracy),
-        val_images=images,
+        val_top1=scores["top1"],
+        val_images=len(rows),
         trainable_parameters=summary.trainable_parameters,
         seconds=summary.seconds,
         artefact_bytes=summary.artefact_bytes,
+        val_balanced_accuracy=scores["balanced_accuracy"],
+        metric=config.selection.metric,
     )
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 
-from clipcite.evaluation.report import table
+from clipcite.evaluation.report import baseline_lines, per_class_lines, table
 from clipcite.records import AlphaGrid, EvalReport, ModelMeta, Selection
+from clipcite.train_params import REGISTRY
 
 CARD_HEADING = "## Per-domain accuracy"  # a browser check looks for the table under it
 
@@ -35,7 +36,7 @@ def version_card(
     digest (the pipeline run's ``data.sources_digest``); ``selection``: the select step's ``selection.json`` when
     this method won among several candidates (one row each, and the rule)."""
     config = meta.config
-    train, splits, model = config.get("train", {}), config.get("splits", {}), config.get("model", {})
+    splits, model = config.get("splits", {}), config.get("model", {})
     classnames = list(meta.classnames)
     evaluated = body.champion_version
     role = decision.get("role", "challenger")
@@ -63,14 +64,9 @@ def version_card(
         "| setting | value |",
         "|---|---|",
         f"| method | {meta.method} |",
-        f"| alpha (weight-space ensemble with the zero-shot weights) | {_value(meta.alpha)}"
-        f"{_alpha_grid(meta.alpha_grid)} |",
-        f"| lambda (weight of L_SCL) | {_value(train.get('lam'))} |",
-        f"| eta (weight of L_VLD) | {_value(train.get('eta'))} |",
+        *(f"| {label} | {value} |" for label, value in method_settings(meta)),
         f"| shots per class | {_value(splits.get('shots'))} |",
         f"| seed | {_value(meta.seed)} |",
-        f"| epochs, learning rate, batch size | {_value(train.get('epochs'))}, {_value(train.get('lr'))}, "
-        f"{_value(train.get('batch_size'))} |",
         *(["", meta.note] if meta.note else []),  # the method's own word on what it changed (methods/)
         "",
         *(selection_section(selection) if selection else []),
@@ -89,6 +85,9 @@ def version_card(
         "",
         table(body, models, names).rstrip("\n"),
         "",
+        *(f"- {line}" for line in baseline_lines(body)),
+        "",
+        *per_class_lines(body, [m for m in models if m != "champion"]),
         "## Gate",
         "",
         f"- decision: **{role}**",
@@ -112,6 +111,55 @@ def version_card(
     return "\n".join(lines)
 
 
+LOSS_TERMS = {  # a CITE-family term: its weight's setting and what the card calls it
+    "dva": ("w_dva", "w_dva (weight of L_DVA)"),
+    "scl": ("lam", "lambda (weight of L_SCL)"),
+    "vld": ("eta", "eta (weight of L_VLD)"),
+    "clip": ("w_clip", "w_clip (weight of FLYP's contrastive loss)"),
+}
+
+
+def method_settings(meta: ModelMeta) -> list[tuple[str, str]]:
+    """The settings the saved model's method trained with, and only those: CITE's family its loss weights, alpha and
+    recipe; LoRA its rank, scaling, targets and own optimiser; the linear probe its anchor and optimiser; zero-shot
+    none. Rows of (label, value)."""
+    train = meta.config.get("train", {})
+    alpha = f"{_value(meta.alpha)}{_alpha_grid(meta.alpha_grid)}"
+    recipe = ("epochs, learning rate, batch size", f"{_value(train.get('epochs'))}, {_value(train.get('lr'))}, "
+              f"{_value(train.get('batch_size'))}")  # fmt: skip
+    if meta.method == "zeroshot":
+        return [("training", "none: the pre-trained weights")]
+    if meta.method == "linear_probe":
+        probe = train.get("probe", {})
+        epochs = probe.get("epochs") or train.get("epochs")
+        return [
+            ("anchor penalty (CLAP's weight of the zero-shot anchor)", _value(probe.get("penalty"))),
+            (
+                "probe epochs, learning rate, batch size",
+                f"{_value(epochs)}, {_value(probe.get('lr'))}, {_value(train.get('batch_size'))}",
+            ),
+        ]
+    if meta.method == "lora":
+        lora = train.get("lora", {})
+        return [
+            (
+                "LoRA rank, alpha, dropout",
+                f"{_value(lora.get('rank'))}, {_value(lora.get('alpha'))}, {_value(lora.get('dropout'))}",
+            ),
+            ("LoRA targets", "q, k, v of both encoders"),
+            (
+                "LoRA learning rate, iterations per shot",
+                f"{_value(lora.get('lr'))}, {_value(lora.get('iters_per_shot'))}",
+            ),
+            ("alpha (weight-space ensemble with the zero-shot weights)", alpha),
+            ("batch size", _value(train.get("batch_size"))),
+        ]
+    method = REGISTRY.get(meta.method)
+    terms = method.cite_terms if method else ()
+    rows = [(LOSS_TERMS[term][1], _value(train.get(LOSS_TERMS[term][0]))) for term in terms if term in LOSS_TERMS]
+    return [*rows, ("alpha (weight-space ensemble with the zero-shot weights)", alpha), recipe]
+
+
 SELECTION_HEADING = "## Selection among candidates"
 
 
@@ -120,19 +168,23 @@ def selection_section(selection: Selection) -> list[str]:
     (where evaluate scored the candidates beside the selected one) each one's test number, which the choice never
     saw."""
     tested = bool(selection.test_metric)
+    balanced = any(r.metric == "balanced_accuracy" for r in selection.candidates)  # selection.metric
     test_head = f" test {selection.test_metric} |" if tested else ""
     lines = [
         SELECTION_HEADING,
         "",
-        "| method | validation top-1 | validation images | trainable parameters | training time (s) | artefact bytes |"
+        "| method | validation top-1 |"
+        + (" validation balanced accuracy |" if balanced else "")
+        + " validation images | trainable parameters | training time (s) | artefact bytes |"
         + test_head,
-        "|---|---|---|---|---|---|" + ("---|" if tested else ""),
+        "|---|---|---|---|---|---|" + ("---|" if balanced else "") + ("---|" if tested else ""),
     ]
     for row in selection.candidates:
         method = f"**{row.method}** (selected)" if row.selected else row.method
         test = (f" {row.test:.2f} |" if row.test is not None else " - |") if tested else ""
+        extra = f" {row.val_balanced_accuracy:.2f} |" if balanced else ""
         lines.append(
-            f"| {method} | {row.val_top1:.2f} | {row.val_images} | {row.trainable_parameters:,} | "
+            f"| {method} | {row.val_top1:.2f} |{extra} {row.val_images} | {row.trainable_parameters:,} | "
             f"{row.seconds:.1f} | {row.artefact_bytes:,} |{test}"
         )
     after = (

@@ -3,8 +3,11 @@
 import dataclasses
 import re
 
+import pytest
+
 from clipcite.config import GateConfig
 from clipcite.records import Selection
+from clipcite.train_params import METHODS
 from clipcite.tracking.model_card import CARD_HEADING, family_description, headline, version_card
 from tests.support import records as fake
 
@@ -245,3 +248,40 @@ def test_every_candidates_test_number_joins_the_selection_after_the_choice(tmp_p
 
     plot_selection(joined, tmp_path / "selection.png")  # validation and test bars side by side
     assert (tmp_path / "selection.png").stat().st_size > 0
+
+
+ALPHA_ROW = "alpha (weight-space ensemble with the zero-shot weights)"
+RECIPE_ROW = "epochs, learning rate, batch size"
+METHOD_ROWS = {  # what each method's card shows under "## Method", besides its name, the shots and the seed
+    "zeroshot": ["training"],
+    "ce": ["w_dva (weight of L_DVA)", ALPHA_ROW, RECIPE_ROW],
+    "flyp": ["w_clip (weight of FLYP's contrastive loss)", ALPHA_ROW, RECIPE_ROW],
+    "cite": ["w_dva (weight of L_DVA)", "lambda (weight of L_SCL)", "eta (weight of L_VLD)", ALPHA_ROW, RECIPE_ROW],
+    "lora": [
+        "LoRA rank, alpha, dropout",
+        "LoRA targets",
+        "LoRA learning rate, iterations per shot",
+        ALPHA_ROW,
+        "batch size",
+    ],
+    "linear_probe": [
+        "anchor penalty (CLAP's weight of the zero-shot anchor)",
+        "probe epochs, learning rate, batch size",
+    ],
+}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_method_table_lists_that_methods_own_settings_and_nothing_else(method):
+    from clipcite.config import load_config, to_dict
+
+    config = to_dict(load_config("default", [f"train.method={method}"]))
+    card = _card(meta=dataclasses.replace(META, method=method, config=config))
+    section = card.split("## Method\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.strip("|").split(" | ")[0].strip() for line in section.splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["method", *METHOD_ROWS[method], "shots per class", "seed"], rows
+    if method == "linear_probe":
+        assert "| anchor penalty (CLAP's weight of the zero-shot anchor) | 1.0 |" in section
+    if method == "lora":
+        assert "| LoRA rank, alpha, dropout | 2, 1.0, 0.25 |" in section
+    assert set(METHOD_ROWS) == set(METHODS)  # a new method gets its row here
