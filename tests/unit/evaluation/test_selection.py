@@ -36,7 +36,8 @@ def test_the_choice_does_not_depend_on_the_candidates_order():
 def test_selection_sees_validation_and_costs_only():
     # the rule's whole input: a test metric cannot reach it (a field named test_* would fail here)
     fields = {f.name for f in dataclasses.fields(Candidate)}
-    assert fields == {"method", "val_top1", "val_images", "trainable_parameters", "seconds", "artefact_bytes"}
+    validation = {"val_top1", "val_balanced_accuracy", "val_images", "metric"}
+    assert fields == {"method", *validation, "trainable_parameters", "seconds", "artefact_bytes"}
     assert list(inspect.signature(pick).parameters) == ["candidates", "tie_points"]
 
 
@@ -53,3 +54,13 @@ def test_the_table_marks_the_winner_and_the_rule_states_the_tolerance():
     rows = table([PROBE, LORA, CITE], pick([PROBE, LORA, CITE]))
     assert [(r.method, r.selected) for r in rows] == [("cite", False), ("lora", True), ("linear_probe", False)]
     assert "0.1 points" in rule() and "fewest trainable parameters" in rule()
+
+
+def test_selection_metric_balanced_accuracy_compares_mean_per_class_recall():
+    balanced = [dataclasses.replace(c, metric="balanced_accuracy") for c in (CITE, LORA, PROBE)]
+    scores = {"cite": 60.0, "lora": 50.0, "linear_probe": 70.0}  # by top-1 lora wins (see above)
+    balanced = [dataclasses.replace(c, val_balanced_accuracy=scores[c.method]) for c in balanced]
+    assert pick(balanced).method == "linear_probe" and pick([CITE, LORA, PROBE]).method == "lora"
+    assert "highest validation balanced accuracy" in rule(metric="balanced_accuracy")
+    with pytest.raises(ValueError, match="different metrics"):
+        pick([balanced[0], CITE])

@@ -7,8 +7,8 @@ import pytest
 
 from clipcite.config import GateConfig
 from clipcite.records import Selection
-from clipcite.train_params import METHODS
 from clipcite.tracking.model_card import CARD_HEADING, family_description, headline, version_card
+from clipcite.train_params import METHODS
 from tests.support import records as fake
 
 META = fake.meta(
