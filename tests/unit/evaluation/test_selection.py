@@ -63,4 +63,4 @@ def test_selection_metric_balanced_accuracy_compares_mean_per_class_recall():
     assert pick(balanced).method == "linear_probe" and pick([CITE, LORA, PROBE]).method == "lora"
     assert "highest validation balanced accuracy" in rule(metric="balanced_accuracy")
     with pytest.raises(ValueError, match="different metrics"):
-        pick([balanced[0], CITE])
+        pick([balanced[0], LORA])
