@@ -77,3 +77,18 @@ def test_registry_state_rules_come_before_the_metrics():
     assert decide_promotion(first, GateConfig(), version=1, holder=None).reason == "no champion yet"
     late = decide_promotion(first, GateConfig(), version=2, holder=1)  # v1 became champion while this run ran
     assert not late.promote and "compared with no champion" in late.reason
+
+
+def test_gate_metric_balanced_accuracy_promotes_by_mean_per_class_recall():
+    """On classes of unequal size a model can gain top-1 by answering the large class more often and lose the
+    small ones: with gate.metric=balanced_accuracy the gate reads the recall over classes instead."""
+    finetuned = {"top1": 72.0, "balanced_accuracy": 55.0}
+    champion = {"top1": 70.0, "balanced_accuracy": 60.0}
+    metrics = report(
+        domains={"line": {"finetuned": finetuned, "champion": champion}},
+        mean={"finetuned": finetuned, "champion": champion},
+    )
+    assert decide(metrics, GateConfig(), champion_version=1).promote  # top-1 by default: +2 points
+    by_recall = decide(metrics, GateConfig(metric="balanced_accuracy"), champion_version=1)
+    assert not by_recall.promote and by_recall.metric == "balanced_accuracy"
+    assert (by_recall.candidate, by_recall.champion) == (55.0, 60.0)
