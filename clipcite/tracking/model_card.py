@@ -215,21 +215,14 @@ def promoted_by_hand(card: str, *, reason: str, previous: int | None) -> str:
     says "challenger" on the version that holds the alias. A card in another shape gets a section at the end."""
     replaced = f", replacing v{previous}" if previous is not None else ""
     now = f"**champion** by manual promotion{replaced}: {reason}"
-    card, summary = re.subn(
-        r"Gate: \*\*(\w+)\*\*: (.*)\.$",
-        lambda m: f"Now {now} (the gate had said **{m[1]}**: {m[2]}).",
-        card,
-        count=1,
-        flags=re.M,
-    )
-    card, section = re.subn(
-        r"^- decision: \*\*(\w+)\*\*$",
-        lambda m: f"- decision: {now} (the gate had said **{m[1]}**)",
-        card,
-        count=1,
-        flags=re.M,
-    )
-    if not (summary and section):
+    replaced_lines = 0
+    for pattern, text in (
+        (r"Gate: \*\*(\w+)\*\*: (.*)\.$", lambda m: f"Now {now} (the gate had said **{m[1]}**: {m[2]})."),  # summary
+        (r"^- decision: \*\*(\w+)\*\*$", lambda m: f"- decision: {now} (the gate had said **{m[1]}**)"),  # Gate
+    ):
+        card, found = re.subn(pattern, text, card, count=1, flags=re.M)
+        replaced_lines += found
+    if replaced_lines < 2:
         card = card.rstrip("\n") + f"\n\n## Manual promotion\n\n- decision: {now}\n"
     return card
 

@@ -39,3 +39,23 @@ def report(**fields: Any) -> EvalReport:
 def meta(**fields: Any) -> ModelMeta:
     body = {**META_DEFAULTS, **fields}
     return ModelMeta(**{k: tuple(v) if isinstance(v, list) else v for k, v in body.items()})
+
+
+def base_new(base: float, new: float) -> dict[str, float]:
+    """One model's Base / New / HM on a domain."""
+    return {"base": base, "new": new, "hm": 2 * base * new / (base + new)}
+
+
+# A merged base-to-new report with a compared champion: trained on photo, the mean over sketch.
+SAMPLE_REPORT = report(
+    models=["zeroshot", "finetuned", "champion"],
+    champion_version=3,
+    train_domains=["photo"],
+    source_domains=["photo"],
+    mean_domains=["sketch"],
+    domains={
+        "photo": {"zeroshot": base_new(70, 60), "finetuned": base_new(90, 62), "champion": base_new(85, 61)},
+        "sketch": {"zeroshot": base_new(50, 40), "finetuned": base_new(58, 41), "champion": base_new(55, 40)},
+    },
+    mean={"zeroshot": base_new(50, 40), "finetuned": base_new(58, 41), "champion": base_new(55, 40)},
+)

@@ -27,22 +27,7 @@ META = fake.meta(
 )
 
 
-def _entry(base: float, new: float) -> dict:
-    return {"base": base, "new": new, "hm": 2 * base * new / (base + new)}
-
-
-BODY = fake.report(
-    models=["zeroshot", "finetuned", "champion"],
-    champion_version=3,
-    train_domains=["photo"],
-    source_domains=["photo"],
-    mean_domains=["sketch"],
-    domains={
-        "photo": {"zeroshot": _entry(70, 60), "finetuned": _entry(90, 62), "champion": _entry(85, 61)},
-        "sketch": {"zeroshot": _entry(50, 40), "finetuned": _entry(58, 41), "champion": _entry(55, 40)},
-    },
-    mean={"zeroshot": _entry(50, 40), "finetuned": _entry(58, 41), "champion": _entry(55, 40)},
-)
+BODY = fake.SAMPLE_REPORT
 
 
 def _card(**changes) -> str:

@@ -16,30 +16,11 @@ from clipcite.steps import finetune, sample_splits, validate
 from clipcite.tracking.model_card import version_card
 from clipcite.training.alpha_grid import TIE_POINTS, alpha_rule, pick_alpha
 from tests.conftest import tiny_config
-from tests.support.records import report
+from tests.support.records import SAMPLE_REPORT as BODY
 
 SPLITS = ("splits.shots=2", "splits.protocol=fewshot", "splits.train_domains=[photo]")
 TRAIN = ("train.method=ce", "train.epochs=2", "train.lr=1e-3", "train.batch_size=4")
 GRID = (0.0, 0.5, 1.0)
-
-
-def _entry(base: float, new: float) -> dict:
-    return {"base": base, "new": new, "hm": 2 * base * new / (base + new)}
-
-
-# A merged evaluation report for the card (the numbers of tests/unit/tracking/test_model_card.py's).
-BODY = report(
-    models=["zeroshot", "finetuned", "champion"],
-    champion_version=3,
-    train_domains=["photo"],
-    source_domains=["photo"],
-    mean_domains=["sketch"],
-    domains={
-        "photo": {"zeroshot": _entry(70, 60), "finetuned": _entry(90, 62), "champion": _entry(85, 61)},
-        "sketch": {"zeroshot": _entry(50, 40), "finetuned": _entry(58, 41), "champion": _entry(55, 40)},
-    },
-    mean={"zeroshot": _entry(50, 40), "finetuned": _entry(58, 41), "champion": _entry(55, 40)},
-)
 
 
 @pytest.fixture(scope="module")
