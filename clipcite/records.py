@@ -248,8 +248,21 @@ class TrainSummary(Record):
 # --- validate -> select -> register, the card
 
 
+class ValidationScore:
+    """The score the selection compares, for the records that carry a candidate's validation numbers."""
+
+    metric: str
+    val_top1: float
+    val_balanced_accuracy: float
+
+    @property
+    def score(self) -> float:
+        """Top-1 or balanced accuracy on the validation split, as ``metric`` (selection.metric) says."""
+        return self.val_balanced_accuracy if self.metric == "balanced_accuracy" else self.val_top1
+
+
 @dataclass(frozen=True)
-class Candidate(Record):
+class Candidate(ValidationScore, Record):
     """``validation.json`` of validate: one trained method as the selection sees it, its validation score and
     costs, and no test metric."""
 
@@ -265,14 +278,9 @@ class Candidate(Record):
     val_balanced_accuracy: float = 0.0  # mean per-class recall (points) on the validation split
     metric: str = "top1"  # the validation metric the selection compares (selection.metric)
 
-    @property
-    def score(self) -> float:
-        """The validation score the selection compares: top-1 or balanced accuracy, as ``metric`` says."""
-        return self.val_balanced_accuracy if self.metric == "balanced_accuracy" else self.val_top1
-
 
 @dataclass(frozen=True)
-class SelectionRow:
+class SelectionRow(ValidationScore):
     """One candidate's row of the selection table; ``test`` is joined by register after the choice, for the
     record (the choice was made on validation alone)."""
 
@@ -286,10 +294,6 @@ class SelectionRow:
     test: float | None = None
     val_balanced_accuracy: float = 0.0
     metric: str = "top1"
-
-    @property
-    def score(self) -> float:
-        return self.val_balanced_accuracy if self.metric == "balanced_accuracy" else self.val_top1
 
 
 @dataclass(frozen=True)
