@@ -89,15 +89,25 @@ def fit(
         raise ValueError(f"{source}labels must lie in 0..{len(prompts) - 1} (one prompt per class)")
     steps_per_epoch = len(EpochBatches(len(rows), params.batch_size, seed))
     setup = Setup(
-        student, rows, prompts, tokens, teacher_text, labels_all, zeroshot_state, params, scale, steps_per_epoch,
-        seed, device, cache, teacher, source,
-    )  # fmt: skip
+        student=student,
+        rows=rows,
+        prompts=prompts,
+        tokens=tokens,
+        teacher_text=teacher_text,
+        labels=labels_all,
+        zeroshot_state=zeroshot_state,
+        params=params,
+        scale=scale,
+        steps_per_epoch=steps_per_epoch,
+        seed=seed,
+        device=device,
+        cache=cache,
+        teacher=teacher,
+        source=source,
+    )
     trainer = methods.module(params.method).trainer(setup)
     if trainer.steps == 0:  # a method that trains nothing (zeroshot): no loader, no optimiser, what it saves
-        saved = trainer.finish()
-        return FitResult(
-            saved.state_dict, 0, 0, 0.0, scale, 0, saved.files, saved.meta, 0, trainer.alpha, zeroshot_state
-        )
+        return _result(trainer, 0, 0.0, 0, scale, zeroshot_state, trained=False)
     loader, batches = _train_loader(student, rows, params, trainer.epochs, seed, device, cache, source, trainer)
     optimizer = adamw(trainer.groups, params.lr, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(params.warmup_steps, trainer.steps))
@@ -150,12 +160,28 @@ def fit(
     progress.close()
     throughput = distributed.total(seen) / max(time.perf_counter() - started, 1e-9)
     log.info("trained %d step(s) (%d epoch(s)), %.1f images/s", step, trainer.epochs, throughput)
+    return _result(trainer, step, throughput, skipped, scale, zeroshot_state, trained=True)
+
+
+def _result(
+    trainer, steps: int, throughput: float, skipped: int, scale: float, zeroshot_state: dict, *, trained: bool
+) -> FitResult:
+    """What the method saves, with the loop's counts (a method that trained nothing reports no epochs and no
+    trainable parameters)."""
     out = trainer.finish()
-    count = trainer.trainable_parameters()
     return FitResult(
-        out.state_dict, step, trainer.epochs, throughput, scale, skipped, out.files, out.meta, count, trainer.alpha,
-        zeroshot_state,
-    )  # fmt: skip
+        state_dict=out.state_dict,
+        steps=steps,
+        epochs=trainer.epochs if trained else 0,
+        images_per_second=throughput,
+        logit_scale=scale,
+        skipped_steps=skipped,
+        files=out.files,
+        meta=out.meta,
+        trainable_parameters=trainer.trainable_parameters() if trained else 0,
+        alpha=trainer.alpha,
+        zeroshot_state=zeroshot_state,
+    )
 
 
 def _teacher_text(student: LoadedModel, prompts: list[str], device: str, teacher, cache) -> torch.Tensor:
