@@ -176,6 +176,11 @@ def _finish(data: dict, overrides, where: str) -> Config:
         raise ConfigError(f"{where}: splits: val_shots must be >= 0 (0 = the shots, K), got {config.splits.val_shots}")
     if config.eval.mean_over not in ("ood", "all"):
         raise ConfigError(f"{where}: eval: mean_over must be 'ood' or 'all', got {config.eval.mean_over!r}")
+    if config.gate.metric == "balanced_accuracy" and config.splits.protocol == "base2new":
+        raise ConfigError(
+            f"{where}: gate: metric=balanced_accuracy needs splits.protocol=fewshot (base-to-new reports base, new "
+            "and hm)"
+        )
     if config.selection.metric not in ("top1", "balanced_accuracy"):
         raise ConfigError(
             f"{where}: selection: metric must be 'top1' or 'balanced_accuracy', got {config.selection.metric!r}"

@@ -10,7 +10,7 @@ from clipcite.records import EvalReport, Selection
 
 
 def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.2f}"
+    return "-" if value is None or value != value else f"{value:.2f}"  # value != value: NaN (a class with no image)
 
 
 def markdown(summary: EvalReport, models: list[str], title: str = "Evaluation") -> str:

@@ -24,7 +24,7 @@ from clipcite.evaluation.selection import candidate_model
 from clipcite.logs import setup_logging
 from clipcite.model.clip import LoadedModel, load_model, load_saved, resolve_device
 from clipcite.model.precision import resolve_precision
-from clipcite.records import META_FILE, EvalReport, EvalSet, ModelMeta, SplitsManifest
+from clipcite.records import META_FILE, EvalReport, EvalSet, ModelMeta, RecordError, SplitsManifest
 from clipcite.steps.artifact_io import class_prompts, read_split
 from clipcite.steps.command_line import base_parser, config_from
 from clipcite.steps.retry import with_retries
@@ -112,8 +112,20 @@ def _champion(client, name: str, tmp: Path, device: str) -> tuple[int, LoadedMod
     if found is None:
         log.info("%s has no champion yet", name)
         return None
+    try:
+        loaded = load_saved(Path(found[1]), device=device)[0]
+    except RecordError as e:  # a champion saved by an older clipcite: this run registers, the gate cannot promote
+        log.warning(
+            "%s v%s (the champion) is not comparable: %s; not evaluated, so the gate keeps it (move the alias by "
+            "hand: clipcite champion %s --promote <version>)",
+            name,
+            found[0],
+            e,
+            name,
+        )
+        return None
     log.info("evaluating champion %s v%s beside the new model", name, found[0])
-    return found[0], load_saved(Path(found[1]), device=device)[0]
+    return found[0], loaded
 
 
 @dataclass

@@ -306,7 +306,7 @@ def launch(function, *args, nproc: int, **kwargs):
     group itself (the steps' ``run`` do); arguments and result travel pickled through a private temp folder."""
     with tempfile.TemporaryDirectory(prefix="clipcite-ranks-") as tmp:
         call, result = Path(tmp, "call.pkl"), Path(tmp, "result.pkl")
-        call.write_bytes(pickle.dumps((function.__module__, function.__qualname__, args, kwargs)))
+        call.write_bytes(pickle.dumps((_importable_module(function), function.__qualname__, args, kwargs)))
         command = [
             sys.executable,
             "-m",
@@ -327,6 +327,17 @@ def launch(function, *args, nproc: int, **kwargs):
                 f"{done.returncode}); the ranks' errors are in the log above"
             )
         return pickle.loads(result.read_bytes())
+
+
+def _importable_module(function) -> str:
+    """The module the ranks import ``function`` from: its own, or, for a step run as ``python -m
+    clipcite.steps.<step>`` (where it is ``__main__``), the name it was run by."""
+    if function.__module__ != "__main__":
+        return str(function.__module__)
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    if spec is None:
+        raise ValueError(f"{function.__qualname__}: a script's function cannot run in ranks; run it with python -m")
+    return str(spec.name)
 
 
 def _rank_main(call: str, result: str) -> None:

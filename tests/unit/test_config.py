@@ -60,3 +60,13 @@ def test_config_accepts_a_number_or_checkpoint_and_refuses_the_rest():
     for bad in ("auto", "-1", "0"):
         with pytest.raises(ConfigError, match="logit_scale"):
             load_config(overrides=[f"train.logit_scale={bad}"])
+
+
+def test_gate_and_selection_metrics_are_checked_against_what_the_protocol_reports():
+    assert load_config("default", ["splits.protocol=fewshot", "gate.metric=balanced_accuracy"]).gate.metric == (
+        "balanced_accuracy"
+    )
+    with pytest.raises(ConfigError, match="metric=balanced_accuracy needs splits.protocol=fewshot"):
+        load_config("default", ["splits.protocol=base2new", "gate.metric=balanced_accuracy"])
+    with pytest.raises(ConfigError, match="selection: metric must be 'top1' or 'balanced_accuracy'"):
+        load_config("default", ["selection.metric=hm"])

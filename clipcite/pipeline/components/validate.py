@@ -26,6 +26,6 @@ def validate(
         tracking_uri=tracking_uri,
         mlflow_run_id=read_mlflow_run(mlflow_run.path),
     )
-    for key in ("val_top1", "val_images", "trainable_parameters", "seconds", "artefact_bytes"):
+    for key in ("val_top1", "val_balanced_accuracy", "val_images", "trainable_parameters", "seconds", "artefact_bytes"):
         metrics.log_metric(key, float(getattr(body, key)))
     scores.metadata.update({"method": body.method})

@@ -152,3 +152,28 @@ def test_cached_teacher_follows_train_precision(tiny, table):
     with torch.no_grad(), autocast("cpu", "bf16"):
         online = tiny.model.eval().encode_image(images, normalize=True).float()
     assert torch.allclose(bf16.image[0], online, atol=1e-6)  # what the online teacher computes under bf16
+
+
+def test_a_champion_saved_in_an_older_format_is_skipped_and_the_gate_keeps_it(tiny, tmp_path, monkeypatch, caplog):
+    """A registry whose champion predates the record formats: the run evaluates without it (and registers), the
+    warning says how to move the alias by hand, instead of failing after training."""
+    import json
+    import logging
+    import types
+
+    from clipcite.model.clip import save_model
+    from clipcite.tracking import registry
+    from tests.support.records import meta
+
+    folder = tmp_path / "champion"
+    save_model(tiny, tiny.model.state_dict(), folder, meta(arch=tiny.name, base_identity=tiny.identity))
+    body = json.loads((folder / "clipcite.json").read_text())
+    del body["format"]  # as an older clipcite wrote it
+    (folder / "clipcite.json").write_text(json.dumps(body))
+    monkeypatch.setattr(registry, "champion", lambda client, name: types.SimpleNamespace(version="3"))
+    monkeypatch.setattr(registry, "download_model_dir", lambda client, name, version, tmp: folder)
+    with caplog.at_level(logging.WARNING, logger="clipcite.steps.evaluate"):
+        assert evaluate._champion(None, "pets", tmp_path, "cpu") is None
+    assert (
+        "pets v3 (the champion) is not comparable" in caplog.text and "clipcite champion pets --promote" in caplog.text
+    )

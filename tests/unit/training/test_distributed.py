@@ -263,3 +263,25 @@ def test_spec_for_four_gpus_requests_four_launches_four_and_sizes_shm(tmp_path):
         assert distributed.NPROC_ENV not in json.dumps(executors[f"exec-{step}"])
     one = pipeline_settings.ClusterSettings()
     assert (one.gpu_limit, one.shm()) == (1, "16Gi")  # one GPU: the committed spec, no torchrun
+
+
+def test_a_step_run_as_python_dash_m_is_imported_by_its_name_in_the_ranks(monkeypatch):
+    """Under ``python -m clipcite.steps.finetune`` the step's run() lives in ``__main__``; a rank imports the
+    module by the name it was run as, since its own ``__main__`` is the rank's entry point."""
+    import sys
+    import types
+
+    from clipcite.training import distributed
+
+    def run():  # what a step's run() looks like when its module is the program
+        return None
+
+    run.__module__ = "__main__"
+    program = types.ModuleType("__main__")
+    program.__spec__ = types.SimpleNamespace(name="clipcite.steps.finetune")
+    monkeypatch.setitem(sys.modules, "__main__", program)
+    assert distributed._importable_module(run) == "clipcite.steps.finetune"
+    assert distributed._importable_module(distributed.launch) == "clipcite.training.distributed"
+    program.__spec__ = None  # a script: nothing for a rank to import
+    with pytest.raises(ValueError, match="run it with python -m"):
+        distributed._importable_module(run)
