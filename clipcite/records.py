@@ -344,13 +344,6 @@ class EvalReport(Record):
     zeroshot_cached: tuple[str, ...] = ()  # eval sets whose zero-shot metrics came from the baseline cache
     models: tuple[str, ...] = ()  # register's merged report: the models scored on every eval set
 
-    def models_in(self) -> tuple[str, ...]:
-        """The models of the report: the merged list, or those of the first eval set."""
-        if self.models:
-            return self.models
-        first = next(iter(self.sets.values()), {})
-        return tuple(k for k, v in first.items() if isinstance(v, dict))
-
 
 # --- register -> local runs, retraining, the user
 

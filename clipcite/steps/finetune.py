@@ -153,7 +153,6 @@ def _alpha_grid_scorer(params: FitParams, splits_uri: str, config: Config, devic
     alpha, and checked before hours of training (the grid needs validation images)."""
     if grid_fit_params(params) is params:
         return None, 0
-    require_validation(splits_uri, "choose train.alpha_grid on", "leave train.alpha_grid empty")
     rows, prompts = read_val_split(splits_uri, config)
     require_validation(splits_uri, "choose train.alpha_grid on", "leave train.alpha_grid empty", rows=len(rows))
     return scorer(rows, prompts, config, device, source=f"{splits_uri}/val: "), len(rows)
